@@ -1,0 +1,73 @@
+from corral.v1 import vm_pb2 as _vm_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AssignmentEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ASSIGNMENT_EVENT_TYPE_UNSPECIFIED: _ClassVar[AssignmentEventType]
+    ASSIGNMENT_EVENT_TYPE_UPSERT: _ClassVar[AssignmentEventType]
+    ASSIGNMENT_EVENT_TYPE_REMOVE: _ClassVar[AssignmentEventType]
+    ASSIGNMENT_EVENT_TYPE_SYNCED: _ClassVar[AssignmentEventType]
+ASSIGNMENT_EVENT_TYPE_UNSPECIFIED: AssignmentEventType
+ASSIGNMENT_EVENT_TYPE_UPSERT: AssignmentEventType
+ASSIGNMENT_EVENT_TYPE_REMOVE: AssignmentEventType
+ASSIGNMENT_EVENT_TYPE_SYNCED: AssignmentEventType
+
+class WatchAssignmentsRequest(_message.Message):
+    __slots__ = ("node_name",)
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+
+class WatchAssignmentsResponse(_message.Message):
+    __slots__ = ("type", "virtual_machine", "resource_version")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    type: AssignmentEventType
+    virtual_machine: _vm_pb2.VirtualMachine
+    resource_version: int
+    def __init__(self, type: _Optional[_Union[AssignmentEventType, str]] = ..., virtual_machine: _Optional[_Union[_vm_pb2.VirtualMachine, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class ReportVirtualMachineStatusRequest(_message.Message):
+    __slots__ = ("node_name", "name", "uid", "phase", "reason", "message", "serial_log_path")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    name: str
+    uid: str
+    phase: _vm_pb2.VirtualMachinePhase
+    reason: str
+    message: str
+    serial_log_path: str
+    def __init__(self, node_name: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., phase: _Optional[_Union[_vm_pb2.VirtualMachinePhase, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., serial_log_path: _Optional[str] = ...) -> None: ...
+
+class ReportVirtualMachineStatusResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: _vm_pb2.VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[_vm_pb2.VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class ReleaseVirtualMachineRequest(_message.Message):
+    __slots__ = ("node_name", "name", "uid")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    name: str
+    uid: str
+    def __init__(self, node_name: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ...) -> None: ...
+
+class ReleaseVirtualMachineResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
