@@ -1,0 +1,12 @@
+"""Where each kind of Corral object lives in the store."""
+from __future__ import annotations
+
+from corral.store import Kind
+from corral.v1 import node_pb2, vm_pb2
+
+VMS: Kind[vm_pb2.VirtualMachine] = Kind("vms", vm_pb2.VirtualMachine)
+NODES: Kind[node_pb2.Node] = Kind("nodes", node_pb2.Node)
+#: A handler's heartbeat: a key bound to an etcd lease; while it exists the node is Ready.
+NODE_LEASES_FOLDER = "node-leases/"
+#: The key the controller leader holds; its create revision is the fencing token.
+LEADER_KEY = "leader"

@@ -1,0 +1,96 @@
+"""Where a VM fits: pure functions over node views, so the policy is testable without etcd.
+
+A node fits a VM when it is Ready, not cordoned, has every label of the VM's node_selector
+and has the VM's vCPUs and memory free (capacity reported by its handler minus what VMs
+assigned to it take). Among the nodes that fit, the least allocated wins, which spreads VMs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable
+
+from corral.v1 import node_pb2, vm_pb2
+
+#: Phases in which a VM holds resources on its node.
+ALLOCATING_PHASES = frozenset({vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED, vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING})
+
+
+@dataclasses.dataclass
+class NodeView:
+    name: str
+    labels: dict[str, str]
+    ready: bool
+    unschedulable: bool
+    capacity_vcpus: int
+    capacity_memory_mib: int
+    allocated_vcpus: int = 0
+    allocated_memory_mib: int = 0
+    vm_count: int = 0
+
+    def add(self, spec: vm_pb2.VirtualMachineSpec) -> None:
+        self.allocated_vcpus += spec.vcpus
+        self.allocated_memory_mib += spec.memory_mib
+        self.vm_count += 1
+
+    def load_after(self, spec: vm_pb2.VirtualMachineSpec) -> float:
+        cpu = (self.allocated_vcpus + spec.vcpus) / max(self.capacity_vcpus, 1)
+        mem = (self.allocated_memory_mib + spec.memory_mib) / max(self.capacity_memory_mib, 1)
+        return (cpu + mem) / 2
+
+
+def holds_resources(vm: vm_pb2.VirtualMachine) -> bool:
+    return bool(vm.status.node_name) and vm.status.phase in ALLOCATING_PHASES
+
+
+def build_views(nodes: Iterable[node_pb2.Node], ready: set[str],
+                vms: Iterable[vm_pb2.VirtualMachine]) -> dict[str, NodeView]:
+    views = {
+        node.metadata.name: NodeView(
+            name=node.metadata.name,
+            labels=dict(node.metadata.labels),
+            ready=node.metadata.name in ready,
+            unschedulable=node.spec.unschedulable,
+            capacity_vcpus=node.status.capacity.vcpus,
+            capacity_memory_mib=node.status.capacity.memory_mib,
+        )
+        for node in nodes
+    }
+    for vm in vms:
+        view = views.get(vm.status.node_name)
+        if view is not None and holds_resources(vm):
+            view.add(vm.spec)
+    return views
+
+
+def misfit(view: NodeView, spec: vm_pb2.VirtualMachineSpec) -> str | None:
+    """Why the VM does not fit this node, or None if it does."""
+    if not view.ready:
+        return "node(s) were not ready"
+    if view.unschedulable:
+        return "node(s) were unschedulable"
+    if any(view.labels.get(key) != value for key, value in spec.node_selector.items()):
+        return "node(s) didn't match the node selector"
+    if view.capacity_vcpus - view.allocated_vcpus < spec.vcpus:
+        return "Insufficient vcpus"
+    if view.capacity_memory_mib - view.allocated_memory_mib < spec.memory_mib:
+        return "Insufficient memory"
+    return None
+
+
+def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> tuple[str | None, str]:
+    """The node to run on and "", or None and a Kubernetes-style explanation."""
+    reasons: Counter[str] = Counter()
+    fitting: list[NodeView] = []
+    for view in views.values():
+        reason = misfit(view, spec)
+        if reason is None:
+            fitting.append(view)
+        else:
+            reasons[reason] += 1
+    if fitting:
+        best = min(fitting, key=lambda v: (round(v.load_after(spec), 6), v.vm_count, v.name))
+        return best.name, ""
+    detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    message = f"0/{len(views)} nodes are available" + (f": {detail}." if detail else ".")
+    return None, message

@@ -1,0 +1,365 @@
+"""The etcd store: every Corral object is one key holding the object's protobuf JSON.
+
+Writes are transactions guarded by the key's mod_revision (optimistic concurrency: a
+concurrent writer is never silently overwritten) and, for the leader's writes, by a fencing
+token: the create revision of the leader key the writer holds (etcd leases alone do not give
+mutual exclusion). Errors come out as the typed exceptions below, never as raw gRPC errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+import pyetcd
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from pyetcd import etcdrpc, events as etcd_events, exceptions as etcd_exceptions, utils as etcd_utils
+from pyetcd import transactions as T
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+ETCD_DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class StoreError(Exception):
+    """Base of everything the store raises."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """The object changed since it was read (stale resource_version)."""
+
+
+class FencingLost(StoreError):
+    """The writer's fencing token is no longer the current leader's."""
+
+
+class Unavailable(StoreError):
+    """etcd cannot be reached or did not answer in time."""
+
+
+class Compacted(StoreError):
+    """A watch asked for a revision that etcd has compacted away: re-list."""
+
+    def __init__(self, compacted_revision: int) -> None:
+        super().__init__(f"revision compacted up to {compacted_revision}")
+        self.compacted_revision = compacted_revision
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """Proof of leadership: the leader key and the create revision it had when won."""
+
+    key: bytes
+    token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent(Generic[M]):
+    kind: str  # "put" or "delete"
+    name: str
+    obj: M  # for a delete: the object as it was before
+    revision: int
+    created: bool  # a put that created the key
+
+
+class Kind(Generic[M]):
+    """One kind of object: its key folder and protobuf class."""
+
+    def __init__(self, folder: str, message_class: type[M]) -> None:
+        self.folder = folder
+        self.message_class = message_class
+
+
+def encode(obj: Message) -> bytes:
+    copy = type(obj)()
+    copy.CopyFrom(obj)
+    if hasattr(copy, "metadata"):
+        copy.metadata.resource_version = 0  # derived from etcd's mod_revision on read
+    return json_format.MessageToJson(copy, indent=None, sort_keys=True).encode()
+
+
+def decode(message_class: type[M], value: bytes, mod_revision: int) -> M:
+    obj = message_class()
+    json_format.Parse(value, obj, ignore_unknown_fields=True)
+    if hasattr(obj, "metadata"):
+        obj.metadata.resource_version = mod_revision
+    return obj
+
+
+def parse_endpoint(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return parts.hostname or "127.0.0.1", parts.port or 2379, parts.scheme == "https"
+
+
+class Store:
+    """Typed access to Corral's keys in etcd."""
+
+    def __init__(self, *, endpoints: list[str], prefix: str = "/corral/", timeout: float = 5.0) -> None:
+        self.prefix = prefix.encode()
+        self.timeout = timeout
+        etcd_endpoints = []
+        for url in endpoints:
+            host, port, secure = parse_endpoint(url)
+            if secure:
+                raise StoreError("TLS etcd endpoints are not supported yet")
+            etcd_endpoints.append(pyetcd.Endpoint(host, port, secure=False, time_retry=2.0))
+        self.client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=etcd_endpoints, timeout=timeout, failover=True
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- keys -------------------------------------------------------------------------------
+    def key(self, kind: Kind, name: str) -> bytes:
+        return self.prefix + kind.folder.encode() + b"/" + name.encode()
+
+    def folder(self, kind: Kind) -> bytes:
+        return self.prefix + kind.folder.encode() + b"/"
+
+    def raw_key(self, suffix: str) -> bytes:
+        return self.prefix + suffix.encode()
+
+    # -- low level --------------------------------------------------------------------------
+    def _call(self, method_name: str, stub_name: str, request: Message, timeout: float | None = None):
+        client = self.client
+        try:
+            stub = getattr(client, stub_name)
+            return getattr(stub, method_name)(
+                request,
+                timeout or self.timeout,
+                credentials=client.call_credentials,
+                metadata=client.metadata,
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in ETCD_DOWN_CODES:
+                try:
+                    client.endpoint_in_use.fail()
+                    client._clear_old_stubs()
+                except Exception:  # pragma: no cover - best effort failover
+                    pass
+                raise Unavailable(f"etcd is unreachable ({code.name}): {exc.details()}") from exc
+            if code == grpc.StatusCode.OUT_OF_RANGE:
+                raise Compacted(0) from exc
+            raise StoreError(f"etcd refused the request ({code}): {exc.details()}") from exc
+        except (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError,
+                etcd_exceptions.NoServerAvailableError) as exc:
+            raise Unavailable(f"etcd is unreachable: {exc}") from exc
+
+    def txn(self, compare: list, success: list, failure: list | None = None) -> etcdrpc.TxnResponse:
+        request = etcdrpc.TxnRequest(
+            compare=[c.build_message() for c in compare],
+            success=self.client._ops_to_requests(success),
+            failure=self.client._ops_to_requests(failure or []),
+        )
+        return self._call("Txn", "kvstub", request)
+
+    def range(self, start: bytes, end: bytes | None = None, *, limit: int = 0,
+              revision: int = 0) -> etcdrpc.RangeResponse:
+        request = etcdrpc.RangeRequest(key=start, range_end=end or b"", limit=limit, revision=revision)
+        return self._call("Range", "kvstub", request)
+
+    def revision(self) -> int:
+        return self.range(self.prefix, limit=1).header.revision
+
+    # -- objects ----------------------------------------------------------------------------
+    def get(self, kind: Kind[M], name: str) -> M:
+        response = self.range(self.key(kind, name))
+        if not response.kvs:
+            raise NotFound(f"{kind.folder[:-1] if kind.folder.endswith('s') else kind.folder} {name!r} not found")
+        kv = response.kvs[0]
+        return decode(kind.message_class, kv.value, kv.mod_revision)
+
+    def list(self, kind: Kind[M], *, start_after: str = "", limit: int = 0,
+             revision: int = 0) -> tuple[list[M], int, bool]:
+        """Objects in key order after start_after, read at revision (0: now).
+
+        Returns (objects, the revision read at, whether more follow)."""
+        folder = self.folder(kind)
+        start = folder + start_after.encode() + b"\0" if start_after else folder
+        response = self.range(start, etcd_utils.prefix_range_end(folder), limit=limit, revision=revision)
+        objects = [decode(kind.message_class, kv.value, kv.mod_revision) for kv in response.kvs]
+        return objects, response.header.revision, response.more
+
+    def list_all(self, kind: Kind[M]) -> tuple[list[M], int]:
+        objects, revision, _ = self.list(kind)
+        return objects, revision
+
+    def create(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, lease: int | None = None) -> M:
+        key = self.key(kind, obj.metadata.name)
+        compare = [T.Create(key) == 0]
+        if fence:
+            compare.append(T.Create(fence.key) == fence.token)
+        response = self.txn(compare, [T.Put(key, encode(obj), lease=lease)])
+        if not response.succeeded:
+            self._explain_failure(kind, obj.metadata.name, fence, exists_is_error=True)
+        stored = type(obj)()
+        stored.CopyFrom(obj)
+        stored.metadata.resource_version = response.header.revision
+        return stored
+
+    def put(self, kind: Kind[M], obj: M, *, lease: int | None = None) -> M:
+        """Unconditional write: only for objects a single owner writes (a node's own record)."""
+        key = self.key(kind, obj.metadata.name)
+        response = self.txn([], [T.Put(key, encode(obj), lease=lease)])
+        stored = type(obj)()
+        stored.CopyFrom(obj)
+        stored.metadata.resource_version = response.header.revision
+        return stored
+
+    def update(self, kind: Kind[M], obj: M, *, fence: Fence | None = None) -> M:
+        """Write obj if its key still has obj.metadata.resource_version as mod_revision."""
+        key = self.key(kind, obj.metadata.name)
+        compare = [T.Mod(key) == obj.metadata.resource_version]
+        if fence:
+            compare.append(T.Create(fence.key) == fence.token)
+        response = self.txn(compare, [T.Put(key, encode(obj))])
+        if not response.succeeded:
+            self._explain_failure(kind, obj.metadata.name, fence)
+        stored = type(obj)()
+        stored.CopyFrom(obj)
+        stored.metadata.resource_version = response.header.revision
+        return stored
+
+    def delete(self, kind: Kind, name: str, *, resource_version: int = 0, fence: Fence | None = None) -> int:
+        """Delete, guarded by resource_version when given; returns the revision of the delete."""
+        key = self.key(kind, name)
+        compare = [T.Version(key) > 0]
+        if resource_version:
+            compare.append(T.Mod(key) == resource_version)
+        if fence:
+            compare.append(T.Create(fence.key) == fence.token)
+        response = self.txn(compare, [T.Delete(key)])
+        if not response.succeeded:
+            self._explain_failure(kind, name, fence)
+        return response.header.revision
+
+    def _explain_failure(self, kind: Kind, name: str, fence: Fence | None, *, exists_is_error: bool = False) -> None:
+        if fence is not None:
+            leader = self.range(fence.key)
+            if not leader.kvs or leader.kvs[0].create_revision != fence.token:
+                raise FencingLost(f"fencing token {fence.token} is no longer the leader's")
+        current = self.range(self.key(kind, name))
+        noun = kind.message_class.DESCRIPTOR.name
+        if exists_is_error:
+            if current.kvs:
+                raise AlreadyExists(f"{noun} {name!r} already exists")
+            raise Conflict(f"{noun} {name!r} changed concurrently")
+        if not current.kvs:
+            raise NotFound(f"{noun} {name!r} not found")
+        raise Conflict(
+            f"{noun} {name!r} was modified (now at resource_version {current.kvs[0].mod_revision}); "
+            "read it again and retry"
+        )
+
+    # -- watches ----------------------------------------------------------------------------
+    def watch(self, kind: Kind[M], *, start_revision: int) -> "Watch[M]":
+        """Events of kind from start_revision on; iterate the returned Watch, close() it."""
+        return Watch(self, kind, start_revision)
+
+    def watch_key(self, key: bytes, *, start_revision: int) -> "RawWatch":
+        return RawWatch(self, key, None, start_revision)
+
+    def watch_everything(self, *, start_revision: int) -> "RawWatch":
+        """Every change under the prefix: a wake-up signal for reconcilers."""
+        return RawWatch(self, self.prefix, etcd_utils.prefix_range_end(self.prefix), start_revision)
+
+
+class RawWatch:
+    """An etcd watch as an iterator of raw events, failing with typed errors."""
+
+    _END = object()
+
+    def __init__(self, store: Store, key: bytes, range_end: bytes | None, start_revision: int) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = threading.Event()
+        self._store = store
+        try:
+            self._watch_id = store.client.add_watch_callback(
+                key, self._queue.put, range_end=range_end, start_revision=start_revision, prev_kv=True
+            )
+        except etcd_exceptions.WatchTimedOut as exc:
+            raise Unavailable("etcd did not accept the watch in time") from exc
+        except grpc.RpcError as exc:
+            raise Unavailable(f"etcd is unreachable: {exc}") from exc
+        except etcd_exceptions.RevisionCompactedError as exc:
+            raise Compacted(exc.compacted_revision) from exc
+        except etcd_exceptions.Etcd3Exception as exc:
+            raise Unavailable(f"etcd is unreachable: {exc!r}") from exc
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self._queue.put(self._END)
+            try:
+                self._store.client.cancel_watch(self._watch_id)
+            except Exception:  # the stream may be gone with etcd
+                pass
+
+    def responses(self, timeout: float | None = None) -> Iterator:
+        """Watch responses; yields None every `timeout` seconds of silence (a chance to stop)."""
+        while not self._closed.is_set():
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                yield None
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, etcd_exceptions.RevisionCompactedError):
+                raise Compacted(item.compacted_revision)
+            if isinstance(item, Exception):
+                raise Unavailable(f"etcd watch broke: {item!r}")
+            yield item
+
+
+class Watch(Generic[M]):
+    """Typed watch over one kind's folder."""
+
+    def __init__(self, store: Store, kind: Kind[M], start_revision: int) -> None:
+        folder = store.folder(kind)
+        self._kind = kind
+        self._folder_len = len(folder)
+        self._raw = RawWatch(store, folder, etcd_utils.prefix_range_end(folder), start_revision)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "Watch[M]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def events(self, timeout: float | None = None) -> Iterator[WatchEvent[M] | None]:
+        """Typed events; None after `timeout` seconds of silence."""
+        for response in self._raw.responses(timeout):
+            if response is None:
+                yield None
+                continue
+            for event in response.events:
+                name = event.key[self._folder_len:].decode()
+                if isinstance(event, etcd_events.DeleteEvent):
+                    prev = event._event.prev_kv
+                    obj = decode(self._kind.message_class, prev.value, prev.mod_revision) if prev.value else self._kind.message_class()
+                    yield WatchEvent("delete", name, obj, event.mod_revision, False)
+                else:
+                    obj = decode(self._kind.message_class, event.value, event.mod_revision)
+                    yield WatchEvent("put", name, obj, event.mod_revision, event.version == 1)

@@ -1,0 +1,131 @@
+"""Validation of what users send: every problem is named with its field so a person can fix
+it, and nothing invalid reaches the store. Pure functions, no I/O."""
+from __future__ import annotations
+
+import posixpath
+import re
+
+from corral.v1 import vm_pb2
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+MAX_LABELS = 64
+MAX_VCPUS = 256
+MIN_MEMORY_MIB = 16
+MAX_MEMORY_MIB = 4 * 1024 * 1024
+MAX_PATH_LENGTH = 4096
+MAX_CMDLINE_LENGTH = 4096
+
+
+class ValidationError(ValueError):
+    """One or more fields are invalid; str() lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def name_problem(name: str, field: str = "metadata.name") -> str | None:
+    if not name:
+        return f"{field} is required"
+    if not DNS1123_LABEL.match(name):
+        return (f"{field} {name!r} is not a DNS-1123 label: use at most 63 lower-case letters, "
+                "digits and '-', starting and ending with a letter or digit")
+    return None
+
+
+def label_problems(labels: dict[str, str] | object, field: str) -> list[str]:
+    problems: list[str] = []
+    items = dict(labels)  # type: ignore[arg-type]
+    if len(items) > MAX_LABELS:
+        problems.append(f"{field} has {len(items)} entries; at most {MAX_LABELS} are allowed")
+        return problems
+    for key, value in items.items():
+        prefix, slash, name = key.rpartition("/")
+        if not LABEL_NAME.match(name) or (slash and not LABEL_PREFIX.match(prefix)):
+            problems.append(f"{field} key {key!r} is not a valid label key (optional DNS prefix + '/', "
+                            "then at most 63 letters, digits, '-', '_' or '.')")
+        if not LABEL_VALUE.match(value):
+            problems.append(f"{field}[{key!r}] value {value!r} is not a valid label value "
+                            "(at most 63 letters, digits, '-', '_' or '.')")
+    return problems
+
+
+def node_path_problem(path: str, field: str, *, required: bool) -> str | None:
+    """A path on the node: absolute, normalised, printable. Where it may point (allowed roots)
+    is the node's decision."""
+    if not path:
+        return f"{field} is required" if required else None
+    if len(path) > MAX_PATH_LENGTH:
+        return f"{field} is longer than {MAX_PATH_LENGTH} characters"
+    if not path.startswith("/"):
+        return f"{field} {path!r} must be an absolute path"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return f"{field} contains control characters"
+    if posixpath.normpath(path) != path or "/../" in path + "/":
+        return f"{field} {path!r} must be normalised (no '..', '.', or repeated '/')"
+    return None
+
+
+def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
+    problems: list[str] = []
+    if not 1 <= spec.vcpus <= MAX_VCPUS:
+        problems.append(f"spec.vcpus must be between 1 and {MAX_VCPUS}, not {spec.vcpus}")
+    if not MIN_MEMORY_MIB <= spec.memory_mib <= MAX_MEMORY_MIB:
+        problems.append(f"spec.memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, "
+                        f"not {spec.memory_mib}")
+    source = spec.boot.WhichOneof("source")
+    if source is None:
+        problems.append("spec.boot needs either kernel (kernel_path, initrd_path, cmdline) or disk (image_path, format)")
+    elif source == "kernel":
+        kernel = spec.boot.kernel
+        for problem in (
+            node_path_problem(kernel.kernel_path, "spec.boot.kernel.kernel_path", required=True),
+            node_path_problem(kernel.initrd_path, "spec.boot.kernel.initrd_path", required=False),
+        ):
+            if problem:
+                problems.append(problem)
+        if len(kernel.cmdline) > MAX_CMDLINE_LENGTH:
+            problems.append(f"spec.boot.kernel.cmdline is longer than {MAX_CMDLINE_LENGTH} characters")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in kernel.cmdline):
+            problems.append("spec.boot.kernel.cmdline contains control characters")
+    else:
+        disk = spec.boot.disk
+        problem = node_path_problem(disk.image_path, "spec.boot.disk.image_path", required=True)
+        if problem:
+            problems.append(problem)
+        if disk.format == vm_pb2.DISK_FORMAT_UNSPECIFIED:
+            problems.append("spec.boot.disk.format must be given (RAW or QCOW2): formats are never probed")
+    problems.extend(label_problems(spec.node_selector, "spec.node_selector"))
+    return problems
+
+
+def validate_new_vm(vm: vm_pb2.VirtualMachine) -> None:
+    """What CreateVirtualMachine accepts."""
+    problems: list[str] = []
+    problem = name_problem(vm.metadata.name)
+    if problem:
+        problems.append(problem)
+    problems.extend(label_problems(vm.metadata.labels, "metadata.labels"))
+    if not vm.HasField("spec"):
+        problems.append("spec is required")
+    else:
+        problems.extend(spec_problems(vm.spec))
+    if problems:
+        raise ValidationError(problems)
+
+
+def validate_vm_update(vm: vm_pb2.VirtualMachine) -> None:
+    """What UpdateVirtualMachine accepts: the same as create, and a resource_version."""
+    problems: list[str] = []
+    if vm.metadata.resource_version <= 0:
+        problems.append("metadata.resource_version is required for an update (read the VM first)")
+    try:
+        validate_new_vm(vm)
+    except ValidationError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ValidationError(problems)
