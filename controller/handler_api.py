@@ -1,0 +1,100 @@
+"""HandlerService: what node handlers get from any controller replica. Their assignments as
+a stream (snapshot, SYNCED, then changes), and the one place their reports become VM status
+writes, each checked against the VM's uid and assigned node."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
+
+from controller.errors import RequestError, grpc_errors
+from corral import status as vm_status
+from corral.resources import VMS
+from corral.store import Conflict, Store
+from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
+from corral.validation import ValidationError, name_problem
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+P = vm_pb2
+
+
+def _assigned(vm: vm_pb2.VirtualMachine, node: str) -> bool:
+    return vm.status.node_name == node
+
+
+class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
+    def __init__(self, *, store: Store) -> None:
+        self.store = store
+
+    @grpc_errors
+    def WatchAssignments(self, request, context):
+        node = request.node_name
+        problem = name_problem(node, "node_name")
+        if problem:
+            raise ValidationError([problem])
+        vms, revision = self.store.list_all(VMS)
+        mine: set[str] = set()
+        for vm in vms:
+            if _assigned(vm, node):
+                mine.add(vm.metadata.name)
+                yield handler_pb2.WatchAssignmentsResponse(
+                    type=handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT, virtual_machine=vm, resource_version=revision)
+        yield handler_pb2.WatchAssignmentsResponse(type=handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED, resource_version=revision)
+        log.info("node %s follows its %d assignments from revision %d", node, len(mine), revision)
+        with self.store.watch(VMS, start_revision=revision + 1) as watch:
+            for event in watch.events(timeout=POLL_SECONDS):
+                if not context.is_active():
+                    return
+                if event is None:
+                    continue
+                if event.kind == "put" and _assigned(event.obj, node):
+                    mine.add(event.name)
+                    kind = handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT
+                elif event.name in mine:
+                    mine.discard(event.name)
+                    kind = handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE
+                else:
+                    continue
+                yield handler_pb2.WatchAssignmentsResponse(
+                    type=kind, virtual_machine=event.obj, resource_version=event.revision)
+
+    def _owned_vm(self, node: str, name: str, uid: str) -> vm_pb2.VirtualMachine:
+        vm = self.store.get(VMS, name)
+        if vm.metadata.uid != uid or vm.status.node_name != node:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"VirtualMachine {name!r} uid {uid} is not assigned to node {node!r}")
+        return vm
+
+    @grpc_errors
+    @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
+    def ReportVirtualMachineStatus(self, request, context):
+        vm = self._owned_vm(request.node_name, request.name, request.uid)
+        changed = False
+        if request.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_UNSPECIFIED:
+            changed |= vm_status.set_phase(vm, request.phase)
+        running = request.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+        changed |= vm_status.set_condition(
+            vm, "Ready", running, request.reason or ("Running" if running else vm_status.phase_name(request.phase)),
+            request.message)
+        if request.serial_log_path and vm.status.serial_log_path != request.serial_log_path:
+            vm.status.serial_log_path = request.serial_log_path
+            changed = True
+        if changed:
+            vm = self.store.update(VMS, vm)
+            log.info("vm %s on %s is %s %s", vm.metadata.name, request.node_name,
+                     vm_status.phase_name(vm.status.phase), request.reason)
+        return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
+
+    @grpc_errors
+    @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
+    def ReleaseVirtualMachine(self, request, context):
+        vm = self._owned_vm(request.node_name, request.name, request.uid)
+        if not vm.metadata.HasField("delete_time"):
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"VirtualMachine {request.name!r} was not asked to be deleted")
+        self.store.delete(VMS, request.name, resource_version=vm.metadata.resource_version)
+        log.info("vm %s released by node %s and deleted", request.name, request.node_name)
+        return handler_pb2.ReleaseVirtualMachineResponse()

@@ -1,0 +1,99 @@
+"""corral-controller: serves the API on every replica; the elected leader also runs the
+scheduler. Settings come from CORRAL_* environment variables, overridden by flags."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
+from controller.api import NodeService, VirtualMachineService
+from controller.handler_api import HandlerService
+from controller.leader import LeaderElector
+from controller.scheduler import Scheduler
+from corral import logs
+from corral.settings import ControllerSettings
+from corral.store import Store
+from corral.v1 import handler_pb2, handler_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
+
+log = logging.getLogger("corral.controller")
+
+SERVICE_NAMES = (
+    vm_pb2.DESCRIPTOR.services_by_name["VirtualMachineService"].full_name,
+    node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    handler_pb2.DESCRIPTOR.services_by_name["HandlerService"].full_name,
+)
+
+
+def parse_settings(argv: list[str] | None) -> ControllerSettings:
+    parser = argparse.ArgumentParser(prog="corral-controller", description=__doc__)
+    parser.add_argument("--listen", help="HOST:PORT for the gRPC API (CORRAL_LISTEN)")
+    parser.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (CORRAL_ETCD_ENDPOINTS)")
+    parser.add_argument("--etcd-prefix", help="key prefix (CORRAL_ETCD_PREFIX)")
+    parser.add_argument("--leader-lease-seconds", type=int, help="(CORRAL_LEADER_LEASE_SECONDS)")
+    parser.add_argument("--replica-id", help="name of this replica in the leader key")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        return ControllerSettings(**overrides)
+    except ValidationError as exc:
+        parser.exit(2, f"corral-controller: invalid settings:\n{exc}\n")
+
+
+def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Server, health.HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=200, thread_name_prefix="api"))
+    vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(store=store), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=store), server)
+    handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=store), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+    if server.add_insecure_port(settings.listen) == 0:
+        raise SystemExit(f"corral-controller: cannot listen on {settings.listen}")
+    log.warning("serving the API on %s WITHOUT TLS: use only on a trusted network", settings.listen)
+    return server, health_servicer
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logs.setup(settings.log_level, name="controller")
+    store = Store(endpoints=settings.etcd_endpoints, prefix=settings.etcd_prefix,
+                  timeout=settings.etcd_timeout_seconds)
+    server, health_servicer = build_server(settings, store)
+    scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds)
+    elector = LeaderElector(store=store, identity=settings.replica_id,
+                            lease_seconds=settings.leader_lease_seconds, lead=scheduler.run)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    for name in ("",) + SERVICE_NAMES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("controller %s started", settings.replica_id)
+    election = threading.Thread(target=elector.run, args=(stop,), name="election", daemon=True)
+    election.start()
+    stop.wait()
+    health_servicer.enter_graceful_shutdown()
+    election.join(timeout=settings.leader_lease_seconds)
+    server.stop(grace=2).wait()
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
