@@ -1,0 +1,185 @@
+"""corral-launcher: one process per VM, owning exactly one libvirt domain.
+
+Command line::
+
+    python -m launcher.main --vm-dir DIR [--emulation auto|on|off]
+        [--capabilities-cache CACHEDIR] [--libvirt-uri URI]
+
+DIR must hold ``vm.binpb`` (a serialized ``corral.v1.VirtualMachine``). The launcher
+creates ``DIR/launcher.sock`` (gRPC LauncherService), ``DIR/libvirt/`` (the state of
+``qemu:///embed?root=DIR/libvirt``, the default URI), ``DIR/serial.log`` (the guest's serial
+console) and ``DIR/started`` (written after the first successful domain start).
+
+Startup: a running domain with the VM's uid is adopted, never restarted (QEMU keeps its
+pid across launcher restarts). If the ``started`` marker exists and the domain is not
+running, the guest already ran: its status is reported and it is not booted again.
+Otherwise the domain is defined and started; if that fails the status is CRASHED with
+libvirt's message and the launcher keeps serving so the handler can read it. The socket
+is served from just after the libvirt connection opens, so STARTING is visible while a
+cold start probes QEMU.
+
+Exit: ShutdownDomain and KillDomain stop and undefine the domain, answer, then the
+launcher exits and removes its socket. SIGTERM or SIGINT make the launcher exit WITHOUT
+touching the domain: the guest keeps running and the next launcher on DIR adopts it.
+
+Keep DIR short (about 43 bytes or less): libvirt's QEMU monitor socket lives at
+DIR/libvirt/lib/qemu/domain-N-SHORTNAME/monitor.sock and unix socket paths max out at 107.
+
+DIR gets o+x (search only) when running as root, because libvirt runs QEMU as its
+unprivileged user, which must reach DIR/libvirt; DIR's parents must be searchable too.
+
+Exit codes: 0 after a stop RPC or a signal; 1 if vm.binpb is unreadable or libvirt
+cannot be opened (e.g. another launcher still holds DIR's embedded driver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import stat
+import sys
+from concurrent import futures
+
+import grpc
+
+from corral.v1 import launcher_pb2_grpc, vm_pb2
+
+from launcher import domain_xml
+from launcher.host import Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache
+from launcher.service import LauncherServicer
+from launcher.supervisor import Supervisor
+
+log = logging.getLogger("launcher")
+
+SOCKET_NAME = "launcher.sock"
+VM_FILE = "vm.binpb"
+SERIAL_LOG = "serial.log"
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
+# DIR + "/libvirt/lib/qemu/domain-NNN-" + 20-char short name + "/monitor.sock" must fit.
+MAX_VM_DIR = MAX_UNIX_PATH - 64
+
+
+def kvm_usable() -> bool:
+    """True when /dev/kvm opens read-write (what 'auto' emulation checks)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def ensure_traversable(vm_dir: str) -> None:
+    """Let QEMU (run by libvirt as an unprivileged user, e.g. libvirt-qemu) reach DIR/libvirt.
+
+    Adds only search (x) permission for others, not read: the directory cannot be listed.
+    """
+    mode = os.stat(vm_dir).st_mode
+    if os.geteuid() == 0 and not mode & stat.S_IXOTH:
+        os.chmod(vm_dir, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="corral-launcher", description=__doc__.split("\n")[0])
+    parser.add_argument("--vm-dir", required=True, help="the VM's directory (holds vm.binpb)")
+    parser.add_argument("--emulation", choices=["auto", "on", "off"], default="auto",
+                        help="on: TCG (domain type qemu); off: KVM; auto: KVM if /dev/kvm is usable")
+    parser.add_argument("--capabilities-cache", metavar="CACHEDIR",
+                        help="shared QEMU capabilities cache dir (saves ~4 s on the first start)")
+    parser.add_argument("--libvirt-uri", help="default: qemu:///embed?root=VM_DIR/libvirt")
+    return parser.parse_args(argv)
+
+
+def _exit(code: int) -> None:
+    """Leave without running libvirt's teardown: the domain must outlive this process."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    vm_dir = os.path.abspath(args.vm_dir)
+    vm = vm_pb2.VirtualMachine()
+    try:
+        with open(os.path.join(vm_dir, VM_FILE), "rb") as f:
+            vm.ParseFromString(f.read())
+    except Exception as e:  # unreadable or not a VirtualMachine
+        log.error("cannot read %s: %s", os.path.join(vm_dir, VM_FILE), e)
+        _exit(1)
+
+    ensure_traversable(vm_dir)
+    if len(vm_dir.encode()) > MAX_VM_DIR:
+        log.warning("vm dir is %d bytes; above %d, libvirt's QEMU monitor socket under "
+                    "DIR/libvirt may exceed the unix socket path limit", len(vm_dir.encode()),
+                    MAX_VM_DIR)
+    emulation = {"on": True, "off": False}.get(args.emulation)
+    if emulation is None:
+        emulation = not kvm_usable()
+    uri = args.libvirt_uri or f"qemu:///embed?root={os.path.join(vm_dir, 'libvirt')}"
+    root = embed_root(uri)
+    if root:
+        prepare_embed_root(root)
+        if args.capabilities_cache:
+            try:
+                n = seed_capabilities_cache(root, args.capabilities_cache)
+                log.info("seeded %d capabilities file(s) from %s", n, args.capabilities_cache)
+            except OSError as e:
+                log.warning("cannot seed capabilities cache: %s", e)
+
+    host = Host(uri)
+    try:
+        host.open()
+    except LauncherError as e:
+        log.error("%s", e)
+        _exit(1)
+    log.info("opened %s (vm %s uid %s, emulation %s)", uri, vm.metadata.name, vm.metadata.uid,
+             "on" if emulation else "off")
+
+    options = domain_xml.DomainOptions(emulation=emulation,
+                                       serial_log_path=os.path.join(vm_dir, SERIAL_LOG))
+    supervisor = Supervisor(vm, vm_dir, host, options, args.capabilities_cache)
+
+    sock = os.path.join(vm_dir, SOCKET_NAME)
+    if os.path.exists(sock):
+        os.unlink(sock)  # left by a launcher that was killed; libvirt's lock says it is gone
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"))
+    launcher_pb2_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(supervisor), server)
+    try:
+        server.add_insecure_port(f"unix:{sock}")
+    except RuntimeError as e:
+        log.error("cannot bind unix:%s (%d bytes; unix socket paths max out at %d): %s",
+                  sock, len(sock.encode()), MAX_UNIX_PATH, e)
+        _exit(1)
+    server.start()
+    log.info("serving on unix:%s", sock)
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %s: exiting, leaving the domain to the next launcher",
+                 signal.Signals(signum).name)
+        supervisor.exit_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    supervisor.start()
+    while not supervisor.exit_requested.wait(0.5):
+        pass
+    supervisor.board.close()  # ends WatchDomainStatus streams
+    server.stop(grace=5).wait()  # in-flight Shutdown/Kill answers are delivered first
+    try:
+        os.unlink(sock)
+    except FileNotFoundError:
+        pass
+    log.info("launcher exiting")
+    _exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

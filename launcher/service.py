@@ -1,0 +1,78 @@
+"""gRPC LauncherService: a thin mapping from RPCs to the Supervisor.
+
+Failures are gRPC status codes (never a success/message envelope).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import grpc
+
+from corral.v1 import launcher_pb2, launcher_pb2_grpc
+
+from launcher.host import DomainNotFound, DomainOperationFailed, HypervisorUnavailable, LauncherError
+from launcher.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def _abort(context: grpc.ServicerContext, error: LauncherError) -> None:
+    """Map a typed launcher error to a status code (context.abort raises)."""
+    if isinstance(error, HypervisorUnavailable):
+        code = grpc.StatusCode.UNAVAILABLE
+    elif isinstance(error, DomainNotFound):
+        code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(error, DomainOperationFailed):
+        code = grpc.StatusCode.INTERNAL
+    else:
+        code = grpc.StatusCode.FAILED_PRECONDITION
+    context.abort(code, f"{type(error).__name__}: {error}")
+
+
+class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
+    """Serves one VM's status and stop requests to the node handler."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+
+    def GetDomainStatus(self, request: launcher_pb2.GetDomainStatusRequest,
+                        context: grpc.ServicerContext) -> launcher_pb2.GetDomainStatusResponse:
+        return launcher_pb2.GetDomainStatusResponse(status=self._sup.board.current())
+
+    def WatchDomainStatus(self, request: launcher_pb2.WatchDomainStatusRequest,
+                          context: grpc.ServicerContext
+                          ) -> Iterator[launcher_pb2.WatchDomainStatusResponse]:
+        board = self._sup.board
+        # Start from the current status, then every later one, until the launcher exits.
+        statuses, closed = board.wait(0, 0)
+        seen = len(statuses)
+        yield launcher_pb2.WatchDomainStatusResponse(status=statuses[-1])
+        while context.is_active():
+            fresh, closed = board.wait(seen, timeout=1.0)
+            seen += len(fresh)
+            for status in fresh:
+                yield launcher_pb2.WatchDomainStatusResponse(status=status)
+            if closed:
+                return
+
+    def ShutdownDomain(self, request: launcher_pb2.ShutdownDomainRequest,
+                       context: grpc.ServicerContext) -> launcher_pb2.ShutdownDomainResponse:
+        if request.grace_period_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "grace_period_seconds must be >= 0")
+        try:
+            status = self._sup.shutdown(request.grace_period_seconds)
+        except LauncherError as e:
+            log.error("ShutdownDomain failed: %s", e)
+            _abort(context, e)
+        return launcher_pb2.ShutdownDomainResponse(status=status)
+
+    def KillDomain(self, request: launcher_pb2.KillDomainRequest,
+                   context: grpc.ServicerContext) -> launcher_pb2.KillDomainResponse:
+        try:
+            status = self._sup.kill()
+        except LauncherError as e:
+            log.error("KillDomain failed: %s", e)
+            _abort(context, e)
+        return launcher_pb2.KillDomainResponse(status=status)

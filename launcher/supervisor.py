@@ -1,0 +1,232 @@
+"""The launcher's one VM: adopt or start its domain, track status, stop it on request.
+
+Kept apart from gRPC (service.py) and libvirt details (host.py) so each is small.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+from corral.v1 import launcher_pb2, vm_pb2
+
+from launcher import domain_xml
+from launcher.host import (DomainNotFound, DomainNotRunning, Guest, Host, LauncherError,
+                           LifecycleEvent, save_capabilities_cache, translate_state)
+
+log = logging.getLogger(__name__)
+pb = launcher_pb2
+
+STARTED_MARKER = "started"
+# Events can be lost (e.g. QEMU dying while libvirt reconnects at startup): poll as well.
+_POLL_SECONDS = 2.0
+
+
+class StatusBoard:
+    """The latest DomainStatus plus a condition, so watchers see every change in order."""
+
+    def __init__(self, initial: launcher_pb2.DomainStatus) -> None:
+        self._cond = threading.Condition()
+        self._history: list[launcher_pb2.DomainStatus] = [initial]
+        self._closed = False
+
+    def current(self) -> launcher_pb2.DomainStatus:
+        with self._cond:
+            return self._history[-1]
+
+    def publish(self, status: launcher_pb2.DomainStatus) -> bool:
+        """Record ``status`` if it differs from the current one; False if closed or equal."""
+        with self._cond:
+            if self._closed or status == self._history[-1]:
+                return False
+            self._history.append(status)
+            self._cond.notify_all()
+            log.info("status: %s %s %s", pb.DomainState.Name(status.state), status.reason,
+                     status.message)
+            return True
+
+    def close(self) -> None:
+        """No more changes: watchers drain what they have not seen and end."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> tuple[list[launcher_pb2.DomainStatus], bool]:
+        """Statuses after the first ``seen`` ones (waiting up to ``timeout``), and closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or len(self._history) > seen, timeout)
+            return list(self._history[seen:]), self._closed
+
+
+class Supervisor:
+    """Owns the VM's domain for this launcher's lifetime."""
+
+    def __init__(self, vm: vm_pb2.VirtualMachine, vm_dir: str, host: Host,
+                 options: domain_xml.DomainOptions, capabilities_cache: str | None) -> None:
+        self.vm = vm
+        self.vm_dir = vm_dir
+        self.host = host
+        self.options = options
+        self.capabilities_cache = capabilities_cache
+        self.exit_requested = threading.Event()
+        self._op_lock = threading.Lock()  # startup, shutdown and kill never overlap
+        self._guest: Guest | None = None
+        self._start_error: str | None = None
+        self._shutting_down = False
+        self._final: launcher_pb2.DomainStatus | None = None
+        self._events: queue.Queue[LifecycleEvent | None] = queue.Queue()
+        self.board = StatusBoard(self._status(pb.DOMAIN_STATE_STARTING, "starting"))
+        host.on_lifecycle(self._events.put)
+
+    @property
+    def marker_path(self) -> str:
+        return os.path.join(self.vm_dir, STARTED_MARKER)
+
+    def _status(self, state: int, reason: str, message: str = "",
+                qemu_pid: int = 0) -> launcher_pb2.DomainStatus:
+        return pb.DomainStatus(state=state, reason=reason, message=message,
+                               vm_uid=self.vm.metadata.uid, qemu_pid=qemu_pid,
+                               launcher_pid=os.getpid(),
+                               serial_log_path=self.options.serial_log_path)
+
+    # --- startup -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt a running domain, report a finished one, or define and start a new one."""
+        with self._op_lock:
+            try:
+                self._start_locked()
+            except LauncherError as e:
+                log.error("cannot start domain: %s", e)
+                self._start_error = str(e) or type(e).__name__
+            self.refresh()
+        threading.Thread(target=self._refresh_loop, name="status-refresh", daemon=True).start()
+
+    def _start_locked(self) -> None:
+        uid = self.vm.metadata.uid
+        try:
+            guest: Guest | None = self.host.lookup(uid)
+        except DomainNotFound:
+            guest = None
+        marker = os.path.exists(self.marker_path)
+        if guest is not None and guest.is_active():
+            log.info("adopting running domain %s (qemu pid %d)", guest.name, guest.qemu_pid())
+            self._guest = guest
+            return
+        if marker:
+            # The guest already ran and stopped (or was undefined): never boot it twice.
+            log.info("domain already ran (marker %s exists); not starting it", self.marker_path)
+            self._guest = guest
+            return
+        try:
+            xml = domain_xml.build_domain_xml(self.vm, self.options)
+        except ValueError as e:
+            raise _InvalidSpec(f"invalid VM spec: {e}") from e
+        t0 = time.monotonic()
+        self._guest = guest = self.host.define(xml)
+        t1 = time.monotonic()
+        guest.start()
+        t2 = time.monotonic()
+        with open(self.marker_path, "w") as f:
+            f.write(f"{time.time():.3f}\n")
+        log.info("domain %s started: define %.2fs, start %.2fs", guest.name, t1 - t0, t2 - t1)
+        if self.capabilities_cache and self.host.root:
+            try:
+                save_capabilities_cache(self.host.root, self.capabilities_cache)
+            except OSError as e:
+                log.warning("cannot update capabilities cache %s: %s", self.capabilities_cache, e)
+
+    # --- status --------------------------------------------------------------------------
+
+    def _refresh_loop(self) -> None:
+        while True:
+            try:
+                self._events.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                pass
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("status refresh failed")
+
+    def refresh(self) -> None:
+        """Recompute the status from libvirt and publish it if it changed."""
+        if self._final is not None:
+            return
+        guest = self._guest
+        if guest is None:
+            if self._start_error is not None:
+                self.board.publish(self._status(pb.DOMAIN_STATE_CRASHED, "failed", self._start_error))
+            elif os.path.exists(self.marker_path):
+                self.board.publish(self._status(pb.DOMAIN_STATE_SHUTOFF, "undefined",
+                                                "the domain already ran and was removed"))
+            return
+        try:
+            raw_state, raw_reason = guest.state()
+            pid = guest.qemu_pid()
+        except DomainNotFound:
+            return  # undefined during shutdown; the final status is published there
+        state, reason = translate_state(raw_state, raw_reason)
+        message = ""
+        if state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED) and self._start_error:
+            state, reason, message = pb.DOMAIN_STATE_CRASHED, "failed", self._start_error
+        elif state == pb.DOMAIN_STATE_CRASHED:
+            message = "QEMU exited unexpectedly"
+        elif state == pb.DOMAIN_STATE_RUNNING and self._shutting_down:
+            state, reason = pb.DOMAIN_STATE_SHUTTING_DOWN, "shutdown-requested"
+        self.board.publish(self._status(state, reason, message, pid))
+
+    # --- stopping ------------------------------------------------------------------------
+
+    def shutdown(self, grace_period_seconds: float) -> launcher_pb2.DomainStatus:
+        """ACPI power-off, destroy after the grace period, undefine; then the launcher exits."""
+        with self._op_lock:
+            if self._final is not None:
+                return self._final
+            guest = self._guest
+            if guest is not None and guest.is_active():
+                self._shutting_down = True
+                self.refresh()
+                try:
+                    guest.shutdown()
+                except DomainNotRunning:
+                    pass
+                deadline = time.monotonic() + max(0.0, grace_period_seconds)
+                while guest.is_active() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if guest.is_active():
+                    log.info("guest did not power off within %ss; destroying", grace_period_seconds)
+                    guest.destroy()
+            return self._finish_locked()
+
+    def kill(self) -> launcher_pb2.DomainStatus:
+        """Destroy at once, undefine; then the launcher exits."""
+        with self._op_lock:
+            if self._final is not None:
+                return self._final
+            if self._guest is not None:
+                self._guest.destroy()
+            return self._finish_locked()
+
+    def _finish_locked(self) -> launcher_pb2.DomainStatus:
+        self._shutting_down = False
+        self.refresh()  # the stopped state, read before undefine makes it unreadable
+        final = self.board.current()
+        if final.state in (pb.DOMAIN_STATE_RUNNING, pb.DOMAIN_STATE_PAUSED,
+                           pb.DOMAIN_STATE_SHUTTING_DOWN, pb.DOMAIN_STATE_STARTING):
+            final = self._status(pb.DOMAIN_STATE_SHUTOFF, "destroyed")  # stop event not seen yet
+        final = self._status(final.state, final.reason, final.message, 0)
+        if self._guest is not None:
+            self._guest.undefine()
+        self.board.publish(final)
+        self._final = final
+        self.board.close()
+        self.exit_requested.set()
+        return final
+
+
+class _InvalidSpec(LauncherError):
+    """The VM spec cannot be turned into a domain."""
