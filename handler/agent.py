@@ -1,0 +1,249 @@
+"""The node agent: makes the node run exactly the VMs assigned to it.
+
+Level-triggered: each pass compares what the controller assigned (kept from the assignment
+stream) with the launcher directories on this node, starts or re-adopts what is missing,
+stops what is no longer assigned, and reports each VM's observed phase. Slow stops run in a
+small pool so one stubborn guest does not hold up the others."""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from corral import status as vm_status
+from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
+from handler.launchers import VM_FILE, Launcher
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 2.0
+#: A report the store does not reflect yet is sent again after this long.
+REPORT_AGAIN_SECONDS = 5.0
+#: After this many launchers in a row died at start, the VM is reported Failed.
+MAX_QUICK_DEATHS = 5
+RUNNABLE = (vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED, vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING)
+DS = launcher_pb2
+
+
+def observed_phase(status: launcher_pb2.DomainStatus | None) -> tuple[int, str, str] | None:
+    """(phase, reason, message) a domain status means, or None while it is still starting."""
+    if status is None:
+        return None
+    state = status.state
+    if state in (DS.DOMAIN_STATE_RUNNING, DS.DOMAIN_STATE_PAUSED, DS.DOMAIN_STATE_SHUTTING_DOWN):
+        return vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, "", ""
+    if state == DS.DOMAIN_STATE_SHUTOFF:
+        return vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, "GuestShutdown", "the guest powered off"
+    if state == DS.DOMAIN_STATE_CRASHED:
+        return vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, "Crashed", status.message or status.reason
+    return None
+
+
+class NodeAgent:
+    def __init__(self, *, node_name: str, state_dir: Path, launcher_command: list[str],
+                 stubs: "ControllerStubs", grace_seconds: int) -> None:
+        self.node_name = node_name
+        self.state_dir = state_dir
+        self.launcher_command = launcher_command
+        self.stubs = stubs
+        self.grace_seconds = grace_seconds
+        self.desired: dict[str, vm_pb2.VirtualMachine] = {}  # by name, from the stream
+        self.synced = False
+        self.launchers: dict[str, Launcher] = {}  # by uid
+        self.busy: set[str] = set()  # uids with a stop in progress
+        self.reported: dict[str, tuple] = {}
+        self.lock = threading.RLock()
+        self.wake = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
+
+    # -- inputs -----------------------------------------------------------------------------
+    def set_assignments(self, vms: dict[str, vm_pb2.VirtualMachine]) -> None:
+        with self.lock:
+            self.desired = vms
+            self.synced = True
+        self.wake.set()
+
+    def upsert(self, vm: vm_pb2.VirtualMachine) -> None:
+        with self.lock:
+            self.desired[vm.metadata.name] = vm
+        self.wake.set()
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            self.desired.pop(name, None)
+        self.wake.set()
+
+    # -- adoption ---------------------------------------------------------------------------
+    def adopt_existing(self) -> None:
+        """After a (re)start: find every VM directory and reconnect to, or restart, its launcher."""
+        vms_dir = self.state_dir / "vms"
+        vms_dir.mkdir(parents=True, exist_ok=True)
+        for vm_dir in sorted(vms_dir.iterdir()):
+            if not (vm_dir / VM_FILE).exists():
+                shutil.rmtree(vm_dir, ignore_errors=True)
+                continue
+            launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set)
+            self.launchers[launcher.uid] = launcher
+            if launcher.finished:
+                continue
+            if launcher.probe():
+                log.info("vm %s: adopted launcher pid %d", launcher.vm.metadata.name, launcher.status.launcher_pid)
+                launcher.follow()
+            else:
+                log.info("vm %s: launcher gone, starting a new one to adopt its domain", launcher.vm.metadata.name)
+                launcher.spawn(self.launcher_command)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.wake.wait(RESYNC_SECONDS)
+            self.wake.clear()
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
+
+    def reconcile(self) -> None:
+        with self.lock:
+            desired = {vm.metadata.uid: vm for vm in self.desired.values()}
+            synced = self.synced
+        for uid, vm in desired.items():
+            if uid in self.busy:
+                continue
+            launcher = self.launchers.get(uid)
+            if vm.metadata.HasField("delete_time"):
+                self._stop(uid, release=vm)
+            elif launcher is None:
+                if vm.status.phase in RUNNABLE:
+                    self._start(vm)
+            elif not launcher.finished and not launcher.alive():
+                self._restart_launcher(vm, launcher)
+            else:
+                self._report(vm, launcher)
+        if synced:
+            for uid in list(self.launchers):
+                if uid not in desired and uid not in self.busy:
+                    self._stop(uid, release=None)
+
+    def _start(self, vm: vm_pb2.VirtualMachine) -> None:
+        vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm)
+        launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set)
+        self.launchers[vm.metadata.uid] = launcher
+        launcher.spawn(self.launcher_command)
+
+    def _restart_launcher(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
+        if launcher.quick_deaths >= MAX_QUICK_DEATHS:
+            self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, "LauncherFailed",
+                              f"the launcher keeps exiting at start: {launcher.log_tail()}")
+            return
+        if launcher.respawn_delay() > 0:
+            return  # the periodic pass comes back
+        log.warning("vm %s: launcher exited, starting a new one", vm.metadata.name)
+        launcher.spawn(self.launcher_command)
+
+    def _report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
+        observed = observed_phase(launcher.status)
+        if observed is None or launcher.finished:
+            return
+        self._send_report(vm, launcher, *observed)
+
+    def _send_report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, phase: int, reason: str,
+                     message: str) -> None:
+        serial = launcher.status.serial_log_path if launcher.status else ""
+        key = (phase, reason, message, serial)
+        last_key, last_time = self.reported.get(vm.metadata.uid, (None, 0.0))
+        if last_key == key and (vm.status.phase == phase or time.monotonic() - last_time < REPORT_AGAIN_SECONDS):
+            return
+        try:
+            self.stubs.handler.ReportVirtualMachineStatus(handler_pb2.ReportVirtualMachineStatusRequest(
+                node_name=self.node_name, name=vm.metadata.name, uid=vm.metadata.uid, phase=phase,
+                reason=reason, message=message, serial_log_path=serial), timeout=10)
+        except grpc.RpcError as exc:
+            log.warning("vm %s: report %s failed: %s", vm.metadata.name, vm_status.phase_name(phase), exc.details())
+            return
+        self.reported[vm.metadata.uid] = (key, time.monotonic())
+        if phase in vm_status.TERMINAL_PHASES:
+            # The instance is over: free the launcher, keep the directory (serial log) until
+            # the VM is deleted or moves on.
+            launcher.mark_finished()
+            self._in_pool(vm.metadata.uid, self._kill_quietly, launcher)
+
+    def _kill_quietly(self, launcher: Launcher) -> None:
+        try:
+            launcher.kill()
+        except grpc.RpcError as exc:
+            log.warning("vm %s: cleaning up the launcher: %s", launcher.vm.metadata.name, exc.details())
+        launcher.close()
+
+    def _stop(self, uid: str, *, release: vm_pb2.VirtualMachine | None) -> None:
+        launcher = self.launchers.get(uid)
+        if launcher is None and release is not None:
+            self._in_pool(uid, self._release, release)
+        elif launcher is not None:
+            self._in_pool(uid, self._stop_and_remove, launcher, release)
+
+    def _stop_and_remove(self, launcher: Launcher, release: vm_pb2.VirtualMachine | None) -> None:
+        name = launcher.vm.metadata.name
+        if not launcher.finished:
+            if not launcher.alive() and not launcher.probe():
+                launcher.spawn(self.launcher_command)  # a launcher must adopt the domain to stop it
+            try:
+                status = launcher.shutdown(self.grace_seconds)
+                log.info("vm %s: stopped (%s)", name, status.reason)
+            except grpc.RpcError as exc:
+                log.warning("vm %s: stopping failed, will retry: %s", name, exc.details())
+                return
+        launcher.remove_dir()
+        self.launchers.pop(launcher.uid, None)
+        self.reported.pop(launcher.uid, None)
+        if release is not None:
+            self._release(release)
+
+    def _release(self, vm: vm_pb2.VirtualMachine) -> None:
+        try:
+            self.stubs.handler.ReleaseVirtualMachine(handler_pb2.ReleaseVirtualMachineRequest(
+                node_name=self.node_name, name=vm.metadata.name, uid=vm.metadata.uid), timeout=10)
+            log.info("vm %s: released", vm.metadata.name)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                log.warning("vm %s: release failed, will retry: %s", vm.metadata.name, exc.details())
+
+    def _in_pool(self, uid: str, fn, *args) -> None:
+        self.busy.add(uid)
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("background step for %s failed", uid)
+            finally:
+                self.busy.discard(uid)
+                self.wake.set()
+
+        self.pool.submit(run)
+
+
+class ControllerStubs:
+    """Stubs on a channel to one of the controllers; rotate() moves to the next address."""
+
+    def __init__(self, servers: list[str]) -> None:
+        self.servers = servers
+        self.index = -1
+        self.channel: grpc.Channel | None = None
+        self.rotate()
+
+    def rotate(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.index = (self.index + 1) % len(self.servers)
+        self.channel = grpc.insecure_channel(self.servers[self.index])
+        self.handler = handler_pb2_grpc.HandlerServiceStub(self.channel)
+
+    @property
+    def address(self) -> str:
+        return self.servers[self.index]

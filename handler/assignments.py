@@ -1,0 +1,84 @@
+"""Follows the node's assignments on a gRPC server stream from any controller, reconnecting
+with jittered exponential backoff (tenacity) and rotating through the controller addresses."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from corral.v1 import handler_pb2, vm_pb2
+from handler.agent import ControllerStubs, NodeAgent
+
+log = logging.getLogger(__name__)
+
+
+class StreamEnded(Exception):
+    pass
+
+
+class AssignmentFollower:
+    def __init__(self, *, agent: NodeAgent, stubs: ControllerStubs, node_name: str) -> None:
+        self.agent = agent
+        self.stubs = stubs
+        self.node_name = node_name
+        self.stream = None
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def follow_once(self) -> None:
+        """One stream: a snapshot that replaces what the agent knows, then changes. Returns
+        (rather than raises) when a stream that had synced breaks, so backoff starts afresh."""
+        snapshot: dict[str, vm_pb2.VirtualMachine] = {}
+        synced = False
+        self.stream = self.stubs.handler.WatchAssignments(
+            handler_pb2.WatchAssignmentsRequest(node_name=self.node_name))
+        try:
+            for event in self.stream:
+                vm = event.virtual_machine
+                if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
+                    synced = True
+                    self.agent.set_assignments(snapshot)
+                    log.info("following %d assignments from controller %s", len(snapshot), self.stubs.address)
+                elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
+                    if synced:
+                        self.agent.upsert(vm)
+                    else:
+                        snapshot[vm.metadata.name] = vm
+                elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE:
+                    if synced:
+                        self.agent.remove(vm.metadata.name)
+                    else:
+                        snapshot.pop(vm.metadata.name, None)
+        except grpc.RpcError as exc:
+            if not synced or self.stopped.is_set():
+                raise
+            log.warning("assignment stream from %s broke: %s", self.stubs.address, exc.details())
+            self.stubs.rotate()
+            return
+        if not synced:
+            raise StreamEnded("the controller closed the assignment stream before it synced")
+
+    def run(self) -> None:
+        def before_sleep(state) -> None:
+            exc = state.outcome.exception()
+            detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+            log.warning("assignment stream from %s: %s; reconnecting", self.stubs.address, detail)
+            self.stubs.rotate()
+
+        while not self.stopped.is_set():
+            for attempt in Retrying(
+                retry=retry_if_exception_type((grpc.RpcError, StreamEnded)),
+                wait=wait_exponential_jitter(initial=0.2, max=5.0),
+                before_sleep=before_sleep,
+                sleep=self.stopped.wait,
+            ):
+                with attempt:
+                    if self.stopped.is_set():
+                        return
+                    self.follow_once()

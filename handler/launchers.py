@@ -1,0 +1,209 @@
+"""The handler's view of one VM's launcher: its directory on the node, its process, and the
+domain status it streams. Launchers run in their own session so they outlive the handler;
+a new handler finds them again through their directories and sockets."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
+
+log = logging.getLogger(__name__)
+
+VM_FILE = "vm.binpb"
+SOCKET_FILE = "launcher.sock"
+LOG_FILE = "launcher.log"
+FINISHED_MARKER = "finished"
+#: A launcher that dies sooner than this after its start counts towards backing off.
+QUICK_DEATH_SECONDS = 10.0
+#: A launcher's socket appears within milliseconds: don't wait gRPC's default second to retry.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+#: libvirt puts QEMU's monitor socket ~62 bytes below the VM directory, and a unix socket
+#: path has at most 107 bytes: the VM directory must stay this short.
+MAX_VM_DIR_LENGTH = 43
+
+
+def vm_dir_for(state_dir: Path, uid: str) -> Path:
+    """The VM's directory: named from the server-made uid (never a user string), kept short."""
+    return state_dir / "vms" / uid.replace("-", "")[:12]
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    longest = len(str(vm_dir_for(state_dir, "0" * 32)))
+    if longest > MAX_VM_DIR_LENGTH:
+        return (f"state dir {str(state_dir)!r} is too long: VM directories below it would be {longest} "
+                f"characters, and QEMU's sockets need them to be at most {MAX_VM_DIR_LENGTH} "
+                "(use a short path such as /var/lib/corral)")
+    return None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Launcher:
+    """One VM directory and the launcher process serving it."""
+
+    def __init__(self, *, vm_dir: Path, on_change: Callable[[], None]) -> None:
+        self.vm_dir = vm_dir
+        self.on_change = on_change
+        vm = vm_pb2.VirtualMachine()
+        vm.ParseFromString((vm_dir / VM_FILE).read_bytes())
+        self.vm = vm
+        self.uid = vm.metadata.uid
+        self.status: launcher_pb2.DomainStatus | None = None
+        self.process: subprocess.Popen | None = None
+        self.spawned_at = 0.0
+        self.quick_deaths = 0  # launchers that died soon after starting, in a row
+        self.closed = threading.Event()
+        self._follower: threading.Thread | None = None
+        self._channel = grpc.insecure_channel(f"unix:{self.socket_path}", options=CHANNEL_OPTIONS)
+        self.stub = launcher_pb2_grpc.LauncherServiceStub(self._channel)
+
+    # -- directory --------------------------------------------------------------------------
+    @classmethod
+    def create_dir(cls, *, state_dir: Path, vm: vm_pb2.VirtualMachine) -> Path:
+        vm_dir = vm_dir_for(state_dir, vm.metadata.uid)
+        vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(vm_dir / VM_FILE, vm.SerializeToString())
+        return vm_dir
+
+    @property
+    def socket_path(self) -> Path:
+        return self.vm_dir / SOCKET_FILE
+
+    @property
+    def finished(self) -> bool:
+        return (self.vm_dir / FINISHED_MARKER).exists()
+
+    def mark_finished(self) -> None:
+        (self.vm_dir / FINISHED_MARKER).touch()
+
+    def remove_dir(self) -> None:
+        self.close()
+        shutil.rmtree(self.vm_dir, ignore_errors=True)
+
+    # -- process ----------------------------------------------------------------------------
+    def spawn(self, command: list[str]) -> None:
+        """Start a launcher for this directory; it adopts a running domain if there is one."""
+        if self.spawned_at and time.monotonic() - self.spawned_at < QUICK_DEATH_SECONDS:
+            self.quick_deaths += 1
+        else:
+            self.quick_deaths = 0
+        self.spawned_at = time.monotonic()
+        with open(self.vm_dir / LOG_FILE, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [*command, "--vm-dir", str(self.vm_dir)],
+                cwd=self.vm_dir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        log.info("vm %s: launcher pid %d started", self.vm.metadata.name, self.process.pid)
+        self.follow()
+
+    def respawn_delay(self) -> float:
+        """Seconds to wait before the next start: launchers that keep dying back off."""
+        if not self.quick_deaths:
+            return 0.0
+        return min(0.5 * 2 ** self.quick_deaths, 30.0) - (time.monotonic() - self.spawned_at)
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = (self.vm_dir / LOG_FILE).read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])[-500:]
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.status is not None and pid_alive(self.status.launcher_pid)
+
+    def probe(self, timeout: float = 1.0) -> bool:
+        """Whether a launcher answers on the socket now (used to adopt after a restart)."""
+        if not self.socket_path.exists():
+            return False
+        try:
+            self.status = self.stub.GetDomainStatus(launcher_pb2.GetDomainStatusRequest(), timeout=timeout).status
+            return True
+        except grpc.RpcError:
+            return False
+
+    # -- status stream ----------------------------------------------------------------------
+    def follow(self) -> None:
+        if self._follower is None or not self._follower.is_alive():
+            self._follower = threading.Thread(target=self._follow, name=f"launcher-{self.uid[:8]}", daemon=True)
+            self._follower.start()
+
+    def _follow(self) -> None:
+        while not self.closed.is_set():
+            if self.socket_path.exists():
+                try:
+                    for response in self.stub.WatchDomainStatus(launcher_pb2.WatchDomainStatusRequest()):
+                        self.status = response.status
+                        self.on_change()
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                        log.warning("vm %s: launcher stream: %s", self.vm.metadata.name, exc.details())
+            if self.closed.is_set():
+                return
+            if not self.alive():
+                self.on_change()  # let the reconciler decide (respawn or done)
+                return
+            time.sleep(0.02 if self.status is None else 0.2)
+
+    def close(self) -> None:
+        self.closed.set()
+        self._channel.close()
+
+    # -- commands ---------------------------------------------------------------------------
+    def shutdown(self, grace_seconds: int) -> launcher_pb2.DomainStatus:
+        response = self.stub.ShutdownDomain(
+            launcher_pb2.ShutdownDomainRequest(grace_period_seconds=grace_seconds), timeout=grace_seconds + 30)
+        self._reap()
+        return response.status
+
+    def kill(self) -> launcher_pb2.DomainStatus:
+        response = self.stub.KillDomain(launcher_pb2.KillDomainRequest(), timeout=30)
+        self._reap()
+        return response.status
+
+    def _reap(self, timeout: float = 10.0) -> None:
+        """Wait for the launcher to exit after a stop command."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
