@@ -1,0 +1,331 @@
+"""How the CLI shows resources: tables, describe blocks, json/yaml/name output. Pure functions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from corral.manifest import API_VERSION
+from corral.v1 import meta_pb2, node_pb2, vm_pb2
+
+NONE = "<none>"
+
+VM_COLUMNS = ("NAME", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE")
+VM_WIDE_COLUMNS = VM_COLUMNS + ("UID", "LABELS")
+NODE_COLUMNS = ("NAME", "STATUS", "VCPUS", "MEMORY", "VMS", "AGE")
+NODE_WIDE_COLUMNS = NODE_COLUMNS + ("ADDRESS", "HYPERVISOR", "LABELS")
+
+
+# --- enums -----------------------------------------------------------------------------------
+
+
+def _enum_name(enum_type: Any, value: int, prefix: str) -> str:
+    try:
+        name = enum_type.Name(value)
+    except ValueError:
+        return f"Unknown({value})"
+    name = name.removeprefix(prefix)
+    if name == "UNSPECIFIED":
+        return "Unknown"
+    return "".join(part.title() for part in name.split("_"))
+
+
+def phase_name(phase: int) -> str:
+    """VIRTUAL_MACHINE_PHASE_RUNNING -> "Running"; unspecified -> "Unknown"."""
+    return _enum_name(vm_pb2.VirtualMachinePhase, phase, "VIRTUAL_MACHINE_PHASE_")
+
+
+def parse_phase(text: str) -> int:
+    """"Running", "running" or "VIRTUAL_MACHINE_PHASE_RUNNING" -> the enum value; ValueError."""
+    key = text.strip().upper().removeprefix("VIRTUAL_MACHINE_PHASE_")
+    try:
+        value = vm_pb2.VirtualMachinePhase.Value("VIRTUAL_MACHINE_PHASE_" + key)
+    except ValueError:
+        value = 0
+    if not value:
+        known = ", ".join(phase_name(v) for v in vm_pb2.VirtualMachinePhase.values() if v)
+        raise ValueError(f"unknown phase {text!r} (one of: {known})")
+    return value
+
+
+def node_status(phase: int) -> str:
+    """NODE_PHASE_READY -> "Ready", NODE_PHASE_NOT_READY -> "NotReady"."""
+    return _enum_name(node_pb2.NodePhase, phase, "NODE_PHASE_")
+
+
+# --- small formats ---------------------------------------------------------------------------
+
+
+def _to_datetime(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def _is_set(ts: Timestamp) -> bool:
+    return bool(ts.seconds or ts.nanos)
+
+
+def format_time(ts: Timestamp) -> str:
+    """RFC 3339 in UTC, to the second; "<none>" when unset."""
+    if not _is_set(ts):
+        return NONE
+    return _to_datetime(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's HumanDuration: 45s, 3m20s, 15m, 5h10m, 20h, 3d4h, 40d, 2y30d, 10y."""
+    seconds = int(seconds)
+    if seconds < 0:
+        seconds = 0
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        rest = seconds % 60
+        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = seconds // 3600
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        rest = hours % 24
+        return f"{hours // 24}d{rest}h" if rest else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = hours // 24
+        return f"{days // 365}y{days % 365}d" if days % 365 else f"{days // 365}y"
+    return f"{hours // 24 // 365}y"
+
+
+def format_age(ts: Timestamp, now: datetime | None = None) -> str:
+    """How long ago ``ts`` was, kubectl style; "<unknown>" when unset."""
+    if not _is_set(ts):
+        return "<unknown>"
+    now = now or datetime.now(timezone.utc)
+    return human_duration((now - _to_datetime(ts)).total_seconds())
+
+
+def format_memory(mib: int) -> str:
+    """128 -> "128Mi", 2048 -> "2Gi" (exact multiples only)."""
+    if mib and mib % 1024 == 0:
+        return f"{mib // 1024}Gi"
+    return f"{mib}Mi"
+
+
+def format_labels(labels: Mapping[str, str]) -> str:
+    """{"b": "2", "a": "1"} -> "a=1,b=2"; "<none>" when empty."""
+    if not labels:
+        return NONE
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns, three spaces apart, as kubectl prints them (no trailing blanks)."""
+    table = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    lines = []
+    for row in table:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append("   ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+def vm_row(vm: vm_pb2.VirtualMachine, *, wide: bool = False,
+           now: datetime | None = None) -> list[str]:
+    row = [
+        vm.metadata.name,
+        phase_name(vm.status.phase),
+        vm.status.node_name or NONE,
+        str(vm.spec.vcpus),
+        format_memory(vm.spec.memory_mib),
+        format_age(vm.metadata.create_time, now),
+    ]
+    if wide:
+        row += [vm.metadata.uid or NONE, format_labels(vm.metadata.labels)]
+    return row
+
+
+def vm_table(vms: Iterable[vm_pb2.VirtualMachine], *, wide: bool = False,
+             now: datetime | None = None) -> str:
+    """The `corral get vms` table."""
+    return format_table(VM_WIDE_COLUMNS if wide else VM_COLUMNS,
+                        [vm_row(vm, wide=wide, now=now) for vm in vms])
+
+
+def node_row(node: node_pb2.Node, *, wide: bool = False,
+             now: datetime | None = None) -> list[str]:
+    st = node.status
+    status = node_status(st.phase)
+    if node.spec.unschedulable:
+        status += ",SchedulingDisabled"
+    row = [
+        node.metadata.name,
+        status,
+        f"{st.allocated.vcpus}/{st.capacity.vcpus}",
+        f"{format_memory(st.allocated.memory_mib)}/{format_memory(st.capacity.memory_mib)}",
+        str(st.virtual_machine_count),
+        format_age(node.metadata.create_time if _is_set(node.metadata.create_time)
+                   else st.registered_time, now),
+    ]
+    if wide:
+        row += [st.address or NONE, st.hypervisor or NONE, format_labels(node.metadata.labels)]
+    return row
+
+
+def node_table(nodes: Iterable[node_pb2.Node], *, wide: bool = False,
+               now: datetime | None = None) -> str:
+    """The `corral get nodes` table."""
+    return format_table(NODE_WIDE_COLUMNS if wide else NODE_COLUMNS,
+                        [node_row(n, wide=wide, now=now) for n in nodes])
+
+
+# --- json / yaml / name ----------------------------------------------------------------------
+
+
+def to_dict(message: Any, kind: str) -> dict[str, Any]:
+    """A resource as Kubernetes-style JSON: apiVersion and kind first, then camelCase fields."""
+    return {"apiVersion": API_VERSION, "kind": kind, **json_format.MessageToDict(message)}
+
+
+def list_dict(messages: Iterable[Any], kind: str) -> dict[str, Any]:
+    """Several resources as one ``<kind>List`` object with ``items``, as kubectl prints them."""
+    return {"apiVersion": API_VERSION, "kind": f"{kind}List",
+            "items": [to_dict(m, kind) for m in messages]}
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False).rstrip("\n")
+
+
+# --- describe --------------------------------------------------------------------------------
+
+
+def _block(pairs: Sequence[tuple[str, Any]], indent: int = 0) -> list[str]:
+    """Aligned "Key:  value" lines; a value that is a list of lines becomes a nested block."""
+    width = max((len(k) for k, v in pairs if not isinstance(v, list)), default=0) + 2
+    pad = " " * indent
+    out = []
+    for key, value in pairs:
+        if isinstance(value, list):
+            out.append(f"{pad}{key}:" + ("" if value else f"  {NONE}"))
+            out.extend(value)
+        else:
+            out.append(f"{pad}{(key + ':').ljust(width)}{value}".rstrip())
+    return out
+
+
+def _indent(text: str, n: int) -> list[str]:
+    return [(" " * n + line).rstrip() for line in text.splitlines()]
+
+
+def _time_with_age(ts: Timestamp, now: datetime | None) -> str:
+    if not _is_set(ts):
+        return NONE
+    return f"{format_time(ts)} ({format_age(ts, now)} ago)"
+
+
+def _metadata_pairs(meta: meta_pb2.ObjectMeta, now: datetime | None) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = [
+        ("Name", meta.name),
+        ("Labels", format_labels(meta.labels)),
+        ("UID", meta.uid or NONE),
+        ("Resource Version", meta.resource_version),
+        ("Created", _time_with_age(meta.create_time, now)),
+    ]
+    if _is_set(meta.delete_time):
+        pairs.append(("Deletion Requested", _time_with_age(meta.delete_time, now)))
+    return pairs
+
+
+def _boot_lines(boot: vm_pb2.BootSource) -> list[str]:
+    which = boot.WhichOneof("source")
+    if which == "kernel":
+        k = boot.kernel
+        return _block([("Kernel", k.kernel_path or NONE), ("Initrd", k.initrd_path or NONE),
+                       ("Cmdline", k.cmdline or NONE)], 4)
+    if which == "disk":
+        d = boot.disk
+        fmt = _enum_name(vm_pb2.DiskFormat, d.format, "DISK_FORMAT_")
+        return _block([("Disk Image", d.image_path or NONE), ("Format", fmt)], 4)
+    return []
+
+
+def describe_vm(vm: vm_pb2.VirtualMachine, *, now: datetime | None = None) -> str:
+    """The `corral describe vm` block: metadata, spec, status, conditions, phase transitions."""
+    spec, st = vm.spec, vm.status
+    spec_lines = _block([
+        ("vCPUs", spec.vcpus),
+        ("Memory", format_memory(spec.memory_mib)),
+        ("Node Selector", format_labels(spec.node_selector)),
+        ("Boot", _boot_lines(spec.boot)),
+    ], 2)
+    status_lines = _block([
+        ("Phase", phase_name(st.phase)),
+        ("Node", st.node_name or NONE),
+        ("Serial Log", st.serial_log_path or NONE),
+    ], 2)
+    if st.conditions:
+        cond_lines = _indent(format_table(
+            ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"),
+            [(c.type, "True" if c.status else "False", c.reason or NONE,
+              format_time(c.last_transition_time), c.message or "")
+             for c in st.conditions]), 2)
+    else:
+        cond_lines = []
+    if st.phase_transitions:
+        prev: datetime | None = None
+        rows = []
+        for t in st.phase_transitions:
+            when = _to_datetime(t.time) if _is_set(t.time) else None
+            after = human_duration((when - prev).total_seconds()) if when and prev else ""
+            rows.append((phase_name(t.phase), format_time(t.time),
+                         format_age(t.time, now), after and f"+{after}"))
+            prev = when or prev
+        trans_lines = _indent(format_table(("PHASE", "TIME", "AGE", "AFTER PREVIOUS"), rows), 2)
+    else:
+        trans_lines = []
+    lines = _block(_metadata_pairs(vm.metadata, now) + [
+        ("Spec", spec_lines),
+        ("Status", status_lines),
+        ("Conditions", cond_lines),
+        ("Phase Transitions", trans_lines),
+    ])
+    return "\n".join(lines)
+
+
+def describe_node(node: node_pb2.Node, *, now: datetime | None = None) -> str:
+    """The `corral describe node` block."""
+    st = node.status
+    lines = _block(_metadata_pairs(node.metadata, now) + [
+        ("Spec", _block([("Unschedulable", str(node.spec.unschedulable).lower())], 2)),
+        ("Status", _block([
+            ("Status", node_status(st.phase)),
+            ("Address", st.address or NONE),
+            ("Hypervisor", st.hypervisor or NONE),
+            ("Registered", _time_with_age(st.registered_time, now)),
+            ("Virtual Machines", st.virtual_machine_count),
+        ], 2)),
+        ("Resources", _indent(format_table(
+            ("RESOURCE", "ALLOCATED", "CAPACITY"),
+            [("vcpus", st.allocated.vcpus, st.capacity.vcpus),
+             ("memory", format_memory(st.allocated.memory_mib),
+              format_memory(st.capacity.memory_mib))]), 2)),
+    ])
+    return "\n".join(lines)
