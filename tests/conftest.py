@@ -1,0 +1,46 @@
+"""Shared fixtures: one real etcd for the session, a freshly built test guest, and a
+cluster of real controller and handler processes per test (own key prefix)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import REPO, Cluster, Etcd
+
+
+def pytest_report_header(config):
+    return [f"libvirt guests run under TCG emulation (nested KVM is unusable on CI machines)"]
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    server = Etcd(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def guest_dir(tmp_path_factory) -> Path:
+    """Debian's kernel plus a busybox initramfs that prints CORRAL-GUEST-READY on ttyS0."""
+    target = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/tmp/corral-guest"))
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    subprocess.run([str(REPO / "scripts" / "build-guest.sh"), str(target)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return target
+
+
+@pytest.fixture
+def cluster(etcd, guest_dir, tmp_path):
+    base = Path(tmp_path)
+    made = Cluster(etcd=etcd, base=base, prefix=f"/t-{uuid.uuid4().hex[:8]}/", guest_dir=guest_dir)
+    yield made
+    made.close()

@@ -1,0 +1,159 @@
+"""Unit tests of the pure parts: validation, selectors, scheduling fit, page tokens, status."""
+from __future__ import annotations
+
+import pytest
+
+from controller import pagination
+from controller.errors import RequestError
+from corral import scheduling, status
+from corral.selectors import SelectorError, matches, parse_selector
+from corral.v1 import node_pb2, vm_pb2
+from corral.validation import ValidationError, validate_new_vm
+
+
+def make_vm(name="web-1", vcpus=1, memory=128, **selector) -> vm_pb2.VirtualMachine:
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = name
+    vm.spec.vcpus = vcpus
+    vm.spec.memory_mib = memory
+    vm.spec.boot.kernel.kernel_path = "/boot/vmlinuz"
+    vm.spec.node_selector.update(selector)
+    return vm
+
+
+@pytest.mark.parametrize("name", ["", "Web", "web_1", "-web", "web-", "a" * 64, "we b", "../etc", "a.b"])
+def test_bad_names_are_refused(name):
+    with pytest.raises(ValidationError, match="metadata.name"):
+        validate_new_vm(make_vm(name=name))
+
+
+@pytest.mark.parametrize("name", ["a", "web-1", "a" * 63, "0day"])
+def test_good_names_pass(name):
+    validate_new_vm(make_vm(name=name))
+
+
+@pytest.mark.parametrize("vcpus,memory,field", [(0, 128, "vcpus"), (257, 128, "vcpus"), (1, 8, "memory"),
+                                                 (1, 10**9, "memory"), (-1, 128, "vcpus")])
+def test_bad_sizes_are_refused(vcpus, memory, field):
+    with pytest.raises(ValidationError, match=field):
+        validate_new_vm(make_vm(vcpus=vcpus, memory=memory))
+
+
+@pytest.mark.parametrize("path", ["vmlinuz", "/boot/../etc/shadow", "/boot//vmlinuz", "/boot/\nx", "/a/./b"])
+def test_kernel_paths_must_be_absolute_and_normalised(path):
+    vm = make_vm()
+    vm.spec.boot.kernel.kernel_path = path
+    with pytest.raises(ValidationError, match="kernel_path"):
+        validate_new_vm(vm)
+
+
+def test_disk_boot_needs_an_explicit_format():
+    vm = make_vm()
+    vm.spec.boot.disk.image_path = "/var/lib/images/a.qcow2"
+    with pytest.raises(ValidationError, match="format"):
+        validate_new_vm(vm)
+    vm.spec.boot.disk.format = vm_pb2.DISK_FORMAT_QCOW2
+    validate_new_vm(vm)
+
+
+def test_missing_boot_and_every_problem_listed():
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = "BAD"
+    vm.spec.vcpus = 0
+    with pytest.raises(ValidationError) as caught:
+        validate_new_vm(vm)
+    assert len(caught.value.problems) == 4  # name, vcpus, memory, boot
+
+
+def test_labels_are_checked():
+    vm = make_vm()
+    vm.metadata.labels["bad key!"] = "x"
+    vm.metadata.labels["ok"] = "<script>"
+    with pytest.raises(ValidationError) as caught:
+        validate_new_vm(vm)
+    assert len(caught.value.problems) == 2
+
+
+def test_selectors():
+    selector = parse_selector("app=web, tier!=db,gpu,!spot")
+    assert matches(selector, {"app": "web", "gpu": "1"})
+    assert not matches(selector, {"app": "web", "gpu": "1", "spot": ""})
+    assert not matches(selector, {"app": "web", "tier": "db", "gpu": "1"})
+    assert not matches(selector, {"app": "api", "gpu": "1"})
+    assert matches(parse_selector(""), {})
+    with pytest.raises(SelectorError):
+        parse_selector("a=<b>")
+
+
+def node(name, vcpus=4, memory=4096, **labels) -> node_pb2.Node:
+    made = node_pb2.Node()
+    made.metadata.name = name
+    made.metadata.labels.update(labels)
+    made.status.capacity.vcpus = vcpus
+    made.status.capacity.memory_mib = memory
+    return made
+
+
+def placed(vm: vm_pb2.VirtualMachine, on: str) -> vm_pb2.VirtualMachine:
+    vm.status.node_name = on
+    vm.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+    return vm
+
+
+def test_fit_counts_what_assigned_vms_take():
+    views = scheduling.build_views([node("n1", vcpus=2, memory=1024)], {"n1"},
+                                   [placed(make_vm("a", vcpus=1, memory=768), "n1")])
+    assert scheduling.choose_node(make_vm(vcpus=1, memory=256).spec, views) == ("n1", "")
+    chosen, why = scheduling.choose_node(make_vm(vcpus=1, memory=512).spec, views)
+    assert chosen is None and why == "0/1 nodes are available: 1 Insufficient memory."
+
+
+def test_finished_vms_free_their_resources():
+    done = placed(make_vm("a", vcpus=2), "n1")
+    done.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED
+    views = scheduling.build_views([node("n1", vcpus=2)], {"n1"}, [done])
+    assert scheduling.choose_node(make_vm(vcpus=2).spec, views)[0] == "n1"
+
+
+def test_not_ready_cordoned_and_selector_are_explained():
+    cordoned = node("n2")
+    cordoned.spec.unschedulable = True
+    views = scheduling.build_views([node("n1"), cordoned, node("n3", disk="hdd")], {"n2", "n3"}, [])
+    chosen, why = scheduling.choose_node(make_vm(disk="ssd").spec, views)
+    assert chosen is None
+    assert why == ("0/3 nodes are available: 1 node(s) didn't match the node selector, "
+                   "1 node(s) were not ready, 1 node(s) were unschedulable.")
+
+
+def test_ties_spread_across_nodes():
+    views = scheduling.build_views([node("n1"), node("n2")], {"n1", "n2"}, [])
+    chosen = []
+    for index in range(4):
+        vm = make_vm(f"v{index}")
+        name, _ = scheduling.choose_node(vm.spec, views)
+        views[name].add(vm.spec)
+        chosen.append(name)
+    assert sorted(chosen) == ["n1", "n1", "n2", "n2"]
+
+
+def test_page_tokens_round_trip_and_reject_garbage():
+    assert pagination.decode_token(pagination.encode_token(42, "web-7")) == (42, "web-7")
+    for bad in ("garbage", "eyJ4IjoxfQ", pagination.encode_token(0, "a")):
+        with pytest.raises(RequestError):
+            pagination.decode_token(bad)
+    assert pagination.page_size(0) == pagination.DEFAULT_PAGE_SIZE
+    assert pagination.page_size(10**6) == pagination.MAX_PAGE_SIZE
+
+
+def test_phase_transitions_and_conditions():
+    vm = make_vm()
+    assert status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
+    assert not status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
+    assert status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING)
+    assert [t.phase for t in vm.status.phase_transitions] == [1, 3]
+    assert status.set_condition(vm, "Ready", True, "Running")
+    first = vm.status.conditions[0].last_transition_time.ToNanoseconds()
+    assert not status.set_condition(vm, "Ready", True, "Running")
+    assert status.set_condition(vm, "Ready", True, "Running", "still")
+    assert vm.status.conditions[0].last_transition_time.ToNanoseconds() == first
+    assert status.phase_name(vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED) == "Succeeded"
