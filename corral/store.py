@@ -183,7 +183,7 @@ class Store:
     def get(self, kind: Kind[M], name: str) -> M:
         response = self.range(self.key(kind, name))
         if not response.kvs:
-            raise NotFound(f"{kind.folder[:-1] if kind.folder.endswith('s') else kind.folder} {name!r} not found")
+            raise NotFound(f"{kind.message_class.DESCRIPTOR.name} {name!r} not found")
         kv = response.kvs[0]
         return decode(kind.message_class, kv.value, kv.mod_revision)
 

@@ -14,7 +14,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [[ -n $kpkg ]] || { echo "cannot find the versioned cloud kernel package (run apt-get update)" >&2; exit 1; }
-apt-get download -q "$kpkg" busybox-static >/dev/null
+apt-get download -q -o APT::Sandbox::User=root "$kpkg" busybox-static >/dev/null
 for deb in ./*.deb; do dpkg-deb -x "$deb" root; done
 cp root/boot/vmlinuz-* "$out/vmlinuz.tmp"
 mkdir -p initramfs/{bin,proc,sys,dev,tmp,mnt}

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Installs what Corral needs on Debian 12, idempotently: Debian packages (QEMU, libvirt,
+# etcd, the guest's ingredients), a Python venv in .venv with Corral installed editable,
+# and the buf CLI (from the npm registry) in .local/ for linting the protos.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+          etcd-server etcd-client busybox-static cpio e2fsprogs python3-venv python3-dev gcc)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+command -v npm >/dev/null || missing+=(npm)
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# apt-get download (the guest builder) needs package lists even when nothing was missing.
+[[ -n $(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1) ]] || apt-get update -qq
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+if [[ ! -x .local/node_modules/.bin/buf ]]; then
+    mkdir -p .local
+    (cd .local && npm install --silent --no-audit --no-fund @bufbuild/buf >/dev/null)
+fi
+echo "install: done"
