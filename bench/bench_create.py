@@ -198,6 +198,22 @@ def kill_mentioning(text: str) -> None:
             pass
 
 
+READY_LINE = b"CORRAL-GUEST-READY"
+
+
+def wait_guest_ready(serial_log: Path, timeout: float = 60) -> None:
+    """Until the guest printed its readiness line (its boot no longer competes for CPU)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if READY_LINE in serial_log.read_bytes():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    print(f"warning: no readiness line in {serial_log} after {timeout} s", file=sys.stderr)
+
+
 def mib(kb: float) -> float:
     return kb / 1024
 
@@ -298,6 +314,8 @@ class Bench:
         base.mkdir()
         os.chmod(base, 0o755)
         for i in range(self.n):
+            if self.args.settle and self.baseline:
+                wait_guest_ready(self.baseline[-1].vm_dir / "serial.log")
             self.baseline.append(BaselineDomain(base / f"{i:02d}", f"bench-b{i:02d}", self.guest_dir, self.capcache))
         # all N running: memory of a bare embedded-libvirt process, for context
         self.baseline_child_pss = [smaps(d.process.pid).get("Pss", 0) for d in self.baseline]
@@ -354,6 +372,10 @@ class Bench:
         for i in range(self.n):
             name = f"bench-{i:02d}"
             vm = make_vm(name, self.guest_dir)
+            if self.args.settle and i:
+                prev = self.stub.GetVirtualMachine(vm_pb2.GetVirtualMachineRequest(name=f"bench-{i - 1:02d}"),
+                                                   timeout=5).virtual_machine
+                wait_guest_ready(Path(prev.status.serial_log_path))
             wall0 = time.time()
             t0 = time.monotonic()
             self.stub.CreateVirtualMachine(vm_pb2.CreateVirtualMachineRequest(virtual_machine=vm), timeout=10)
@@ -418,8 +440,15 @@ class Bench:
     def collect_logs(self) -> None:
         from handler.launchers import vm_dir_for
         state_dir = self.cluster.state_dir("n1")
+        keep = self.work / "launcher-logs"
+        keep.mkdir(exist_ok=True)
         for row in self.corral_rows:
-            self.launcher_logs[row["name"]] = launcher_log(vm_dir_for(state_dir, row["uid"]) / "launcher.log")
+            path = vm_dir_for(state_dir, row["uid"]) / "launcher.log"
+            self.launcher_logs[row["name"]] = launcher_log(path)
+            try:
+                shutil.copy(path, keep / f"{row['name']}.log")
+            except OSError:
+                pass
 
     def breakdown(self) -> list[dict]:
         controller = json_log(self.work / "controller-c1.log")
@@ -444,6 +473,13 @@ class Bench:
             rows.append(dict(points))
         return rows
 
+    def launcher_split(self, name: str) -> tuple[float, float] | None:
+        for _, msg in self.launcher_logs.get(name, []):
+            mm = re.search(r"define ([\d.]+)s, start ([\d.]+)s", msg)
+            if mm:
+                return float(mm.group(1)), float(mm.group(2))
+        return None
+
     # -- report -----------------------------------------------------------------------------
     def report(self) -> None:
         n = self.n
@@ -453,12 +489,15 @@ class Bench:
         client = [r["client"] for r in self.corral_rows]
         server = [r["server"] for r in self.corral_rows]
         diff = [c - b for c, b in zip(client, base)]
-        print(f"== create -> RUNNING, {n} VMs (TCG, {MEMORY_MIB} MiB, 1 vCPU, kernel+initrd), one node ==")
+        print(f"== create -> RUNNING, {n} VMs{' (settled: previous guest booted before the next start)' if self.args.settle else ''} (TCG, {MEMORY_MIB} MiB, 1 vCPU, kernel+initrd), one node ==")
         print(f"{'vm':>4} {'corral client':>14} {'corral server':>14} {'libvirt def+start':>18} "
-              f"{'libvirt open':>13} {'corral - libvirt':>17}")
+              f"{'libvirt open':>13} {'corral - libvirt':>17}   define/start: libvirt | in launcher")
         for i in range(n):
+            inl = self.launcher_split(self.corral_rows[i]["name"])
             print(f"{i:>4} {client[i]:>12.3f} s {server[i]:>12.3f} s {base[i]:>16.3f} s "
-                  f"{opens[i]:>11.3f} s {diff[i]:>15.3f} s")
+                  f"{opens[i]:>11.3f} s {diff[i]:>15.3f} s   "
+                  f"{self.baseline[i].result['define']:.2f}/{self.baseline[i].result['start']:.2f} | "
+                  f"{inl[0]:.2f}/{inl[1]:.2f}" if inl else "")
         print()
         print(f"{'':28} {'p50':>9} {'p95':>9}   target")
         def line(label: str, values: list[float], target: str = "") -> None:
@@ -572,6 +611,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=20, help="VMs (default 20)")
     parser.add_argument("--guest-dir", default="/var/tmp/corral-guest", help="kernel + initrd (built if missing)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per VM to reach RUNNING")
+    parser.add_argument("--settle", action="store_true",
+                        help="in both runs, wait (untimed) for the previous guest's readiness line on its "
+                             "serial console before starting the next: N-1 idle guests instead of booting ones")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     parser.add_argument("--baseline-child", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)

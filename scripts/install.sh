@@ -23,7 +23,11 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+mkdir -p .local
+if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >.local/pip.log 2>&1; then
+    cat .local/pip.log >&2
+    exit 1
+fi
 
 if [[ ! -x .local/node_modules/.bin/buf ]]; then
     mkdir -p .local
