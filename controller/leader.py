@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pyetcd import transactions as T
+from pyetcd import events as etcd_events, transactions as T
 
 from corral.resources import LEADER_KEY
 from corral.store import Fence, Store, StoreError
@@ -39,6 +39,7 @@ class LeaderElector:
                 lease_id = self._campaign(stop)
                 if lease_id is not None:
                     self._hold(lease_id, stop)
+                    continue
             except StoreError as exc:
                 log.warning("leader election: %s", exc)
             except Exception:  # keep campaigning whatever happens
@@ -50,6 +51,7 @@ class LeaderElector:
         """Try to take the key once; the lease id if this replica now leads."""
         current = self.store.range(self.key)
         if current.kvs:
+            self._wait_for_vacancy(current.header.revision, stop)
             return None
         lease = self.store.client.lease(self.lease_seconds)
         response = self.store.txn(
@@ -63,6 +65,20 @@ class LeaderElector:
         self.fence = Fence(self.key, token)
         log.info("leading with fencing token %d", token)
         return lease.id
+
+    def _wait_for_vacancy(self, revision: int, stop: threading.Event) -> None:
+        """Block until the leader key is deleted (its lease expired or was revoked), for at
+        most one lease period: a standby then campaigns at once instead of polling."""
+        watch = self.store.watch_key(self.key, start_revision=revision + 1)
+        deadline = time.monotonic() + self.lease_seconds
+        try:
+            for response in watch.responses(timeout=0.25):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                if response is not None and any(isinstance(e, etcd_events.DeleteEvent) for e in response.events):
+                    return
+        finally:
+            watch.close()
 
     def _hold(self, lease_id: int, stop: threading.Event) -> None:
         """Keep the lease alive and run the leader's work until the lease cannot be kept."""
@@ -94,9 +110,8 @@ class LeaderElector:
         finally:
             work_stop.set()
             self.fence = None
-            if stop.is_set():
-                try:
-                    self.store.client.revoke_lease(lease_id)  # hand over at once on a clean exit
-                except Exception:
-                    pass
+            try:
+                self.store.client.revoke_lease(lease_id)  # hand over at once where etcd still answers
+            except Exception:
+                pass
             worker.join(timeout=5)

@@ -58,7 +58,7 @@ class ControllerSettings(CommonSettings):
 
     listen: str = Field("127.0.0.1:7100", description="HOST:PORT the gRPC API listens on")
     replica_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
-    leader_lease_seconds: int = Field(4, ge=2, le=60)
+    leader_lease_seconds: int = Field(3, ge=2, le=60)
     resync_seconds: float = Field(2.0, gt=0)
 
 

@@ -106,6 +106,7 @@ class Cluster:
         self.handlers: dict[str, subprocess.Popen] = {}
         self.handler_args: dict[str, list[str]] = {}
         self._channels: list[grpc.Channel] = []
+        self.preferred = ""  # the controller clients talk to, when set
         # QEMU's sockets live below the VM directories, and unix socket paths are short.
         self.node_root = Path(tempfile.mkdtemp(prefix="corral-", dir="/tmp"))
         os.chmod(self.node_root, 0o755)
@@ -162,7 +163,9 @@ class Cluster:
 
     # -- clients ----------------------------------------------------------------------------
     def channel(self) -> grpc.Channel:
-        address = next(iter(self.controllers.values()))[1]
+        """A channel to the preferred controller (or the first one started)."""
+        name = self.preferred if self.preferred in self.controllers else next(iter(self.controllers))
+        address = self.controllers[name][1]
         channel = grpc.insecure_channel(address)
         self._channels.append(channel)
         return channel
