@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import grpc
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from controller import pagination
 from controller.errors import RequestError, grpc_errors
@@ -14,7 +15,7 @@ from controller.nodes import list_node_views
 from corral import status as vm_status
 from corral.resources import NODES, VMS
 from corral.selectors import matches, parse_selector
-from corral.store import Conflict, NotFound, Store
+from corral.store import Compacted, Conflict, NotFound, Store
 from corral.v1 import meta_pb2, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 from corral.validation import name_problem, validate_new_vm, validate_vm_update, ValidationError
 
@@ -34,7 +35,11 @@ def list_page(store: Store, kind, *, size: int, token: str, keep: Callable[[obje
     revision, after = pagination.decode_token(token)
     items: list = []
     while True:
-        batch, read_at, more = store.list(kind, start_after=after, limit=size, revision=revision)
+        try:
+            batch, read_at, more = store.list(kind, start_after=after, limit=size, revision=revision)
+        except Compacted:
+            raise RequestError(grpc.StatusCode.OUT_OF_RANGE, "the page token expired (the store compacted "
+                               "that revision): start the listing again without a page_token") from None
         revision = revision or read_at
         for obj in batch:
             after = obj.metadata.name
@@ -92,6 +97,11 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         if current.metadata.HasField("delete_time"):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {given.metadata.name!r} is being deleted")
+        if given.spec != current.spec and current.status.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"VirtualMachine {given.metadata.name!r} is "
+                               f"{vm_status.phase_name(current.status.phase)}: its spec can change only "
+                               "while it is Pending (labels can always change)")
         current.metadata.labels.clear()
         current.metadata.labels.update(given.metadata.labels)
         current.spec.CopyFrom(given.spec)
@@ -101,6 +111,14 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     @grpc_errors
     def DeleteVirtualMachine(self, request, context):
         _check_name(request.name)
+        if request.resource_version:
+            return self._delete(request)
+        # No precondition given: a concurrent status write must not make the delete fail.
+        for attempt in Retrying(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True):
+            with attempt:
+                return self._delete(request)
+
+    def _delete(self, request):
         vm = self.store.get(VMS, request.name)
         if request.resource_version and request.resource_version != vm.metadata.resource_version:
             raise Conflict(f"VirtualMachine {request.name!r} is at resource_version "

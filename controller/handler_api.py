@@ -18,7 +18,6 @@ from corral.validation import ValidationError, name_problem
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-P = vm_pb2
 
 
 def _assigned(vm: vm_pb2.VirtualMachine, node: str) -> bool:
@@ -72,6 +71,10 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
     @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
     def ReportVirtualMachineStatus(self, request, context):
         vm = self._owned_vm(request.node_name, request.name, request.uid)
+        if vm.status.phase in vm_status.TERMINAL_PHASES and request.phase != vm.status.phase:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"VirtualMachine {request.name!r} already ended as "
+                               f"{vm_status.phase_name(vm.status.phase)}")
         changed = False
         if request.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_UNSPECIFIED:
             changed |= vm_status.set_phase(vm, request.phase)

@@ -9,10 +9,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from pyetcd import events as etcd_events, transactions as T
+from pyetcd import transactions as T
 
 from corral.resources import LEADER_KEY
-from corral.store import Fence, Store, StoreError
+from corral.store import DELETE_EVENT, Fence, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,18 @@ class LeaderElector:
         if current.kvs:
             self._wait_for_vacancy(current.header.revision, stop)
             return None
-        lease = self.store.client.lease(self.lease_seconds)
+        lease_id = self.store.grant_lease(self.lease_seconds)
         response = self.store.txn(
             [T.Create(self.key) == 0],
-            [T.Put(self.key, self.identity.encode(), lease=lease.id)],
+            [T.Put(self.key, self.identity.encode(), lease=lease_id)],
         )
         if not response.succeeded:
-            self.store.client.revoke_lease(lease.id)
+            self.store.revoke_lease(lease_id)
             return None
         token = response.header.revision
         self.fence = Fence(self.key, token)
         log.info("leading with fencing token %d", token)
-        return lease.id
+        return lease_id
 
     def _wait_for_vacancy(self, revision: int, stop: threading.Event) -> None:
         """Block until the leader key is deleted (its lease expired or was revoked), for at
@@ -75,7 +75,7 @@ class LeaderElector:
             for response in watch.responses(timeout=0.25):
                 if stop.is_set() or time.monotonic() > deadline:
                     return
-                if response is not None and any(isinstance(e, etcd_events.DeleteEvent) for e in response.events):
+                if response is not None and any(e.type == DELETE_EVENT for e in response.events):
                     return
         finally:
             watch.close()
@@ -90,20 +90,21 @@ class LeaderElector:
         try:
             while not stop.is_set():
                 stop.wait(self.lease_seconds / 4)
-                try:
-                    ttl = next(iter(self.store.client.refresh_lease(lease_id))).TTL
-                except Exception as exc:  # etcd down or lease gone
-                    log.warning("cannot renew the leader lease: %r", exc)
-                    ttl = None
-                if ttl is not None and ttl > 0:
-                    renewed = time.monotonic()
-                elif ttl is not None:
-                    log.warning("leader lease expired")
-                    return
-                # Step down before the lease can have expired in etcd's eyes.
-                if time.monotonic() - renewed > self.lease_seconds * 0.75:
+                # Never wait on etcd past the moment the lease could have expired.
+                budget = self.lease_seconds * 0.75 - (time.monotonic() - renewed)
+                if budget <= 0:
                     log.warning("could not renew the leader lease in time: stepping down")
                     return
+                sent = time.monotonic()
+                try:
+                    ttl = self.store.refresh_lease(lease_id, timeout=budget)
+                except StoreError as exc:
+                    log.warning("cannot renew the leader lease: %s", exc)
+                    continue
+                if ttl <= 0:
+                    log.warning("leader lease expired: stepping down")
+                    return
+                renewed = sent
                 if not worker.is_alive():
                     log.error("leader work stopped unexpectedly: stepping down")
                     return
@@ -111,7 +112,7 @@ class LeaderElector:
             work_stop.set()
             self.fence = None
             try:
-                self.store.client.revoke_lease(lease_id)  # hand over at once where etcd still answers
-            except Exception:
+                self.store.revoke_lease(lease_id, timeout=1.0)  # hand over at once where etcd answers
+            except StoreError:
                 pass
             worker.join(timeout=5)

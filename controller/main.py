@@ -32,6 +32,14 @@ SERVICE_NAMES = (
 )
 
 
+#: Accept the handlers' keepalive pings (they notice a dead controller by them).
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 4000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 def parse_settings(argv: list[str] | None) -> ControllerSettings:
     parser = argparse.ArgumentParser(prog="corral-controller", description=__doc__)
     parser.add_argument("--listen", help="HOST:PORT for the gRPC API (CORRAL_LISTEN)")
@@ -49,7 +57,9 @@ def parse_settings(argv: list[str] | None) -> ControllerSettings:
 
 
 def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Server, health.HealthServicer]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=200, thread_name_prefix="api"))
+    # Every open stream (a handler's assignments, a watch) holds a worker thread.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=500, thread_name_prefix="api"),
+                         options=SERVER_OPTIONS)
     vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(store=store), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=store), server)
     handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=store), server)

@@ -19,14 +19,14 @@ import grpc
 import pyetcd
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pyetcd import etcdrpc, events as etcd_events, exceptions as etcd_exceptions, utils as etcd_utils
+from pyetcd import etcdrpc, exceptions as etcd_exceptions, utils as etcd_utils
 from pyetcd import transactions as T
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-ETCD_DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+DELETE_EVENT = 1  # mvccpb.Event.EventType.DELETE
 
 
 class StoreError(Exception):
@@ -124,7 +124,8 @@ class Store:
         )
 
     def close(self) -> None:
-        self.client.close()
+        for endpoint in self.client.endpoints.values():
+            endpoint.close()
 
     # -- keys -------------------------------------------------------------------------------
     def key(self, kind: Kind, name: str) -> bytes:
@@ -137,31 +138,50 @@ class Store:
         return self.prefix + suffix.encode()
 
     # -- low level --------------------------------------------------------------------------
-    def _call(self, method_name: str, stub_name: str, request: Message, timeout: float | None = None):
+    def _stub(self, stub_class):
+        # A fresh stub on the current endpoint's channel each call: when an endpoint is marked
+        # failed, the next call goes to another one (pyetcd's cached stubs would not).
+        return stub_class(self.client.channel)
+
+    def _call(self, stub_class, method_name: str, request: Message, timeout: float | None = None):
         client = self.client
         try:
-            stub = getattr(client, stub_name)
-            return getattr(stub, method_name)(
-                request,
-                timeout or self.timeout,
-                credentials=client.call_credentials,
-                metadata=client.metadata,
-            )
+            method = getattr(self._stub(stub_class), method_name)
+            if method_name == "LeaseKeepAlive":
+                return next(iter(method(iter([request]), timeout or self.timeout,
+                                        credentials=client.call_credentials, metadata=client.metadata)))
+            return method(request, timeout or self.timeout, credentials=client.call_credentials,
+                          metadata=client.metadata)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            if code in ETCD_DOWN_CODES:
-                try:
-                    client.endpoint_in_use.fail()
-                    client._clear_old_stubs()
-                except Exception:  # pragma: no cover - best effort failover
-                    pass
-                raise Unavailable(f"etcd is unreachable ({code.name}): {exc.details()}") from exc
-            if code == grpc.StatusCode.OUT_OF_RANGE:
-                raise Compacted(0) from exc
-            raise StoreError(f"etcd refused the request ({code}): {exc.details()}") from exc
-        except (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError,
-                etcd_exceptions.NoServerAvailableError) as exc:
-            raise Unavailable(f"etcd is unreachable: {exc}") from exc
+            raise self._translate(exc) from exc
+        except etcd_exceptions.NoServerAvailableError as exc:
+            raise Unavailable(f"etcd is unreachable: no endpoint answered recently ({exc})") from exc
+
+    def _translate(self, exc: grpc.RpcError) -> StoreError:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if len(self.client.endpoints) > 1:
+                self.client.endpoint_in_use.fail()  # try another member next time
+            return Unavailable(f"etcd is unreachable: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Unavailable(f"etcd did not answer within {self.timeout}s (the outcome of a write is unknown): {details}")
+        if code == grpc.StatusCode.OUT_OF_RANGE:
+            return Compacted(0)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return Unavailable(f"etcd is out of space or overloaded: {details}")
+        return StoreError(f"etcd refused the request ({code.name if code else code}): {details}")
+
+    def grant_lease(self, ttl: int) -> int:
+        return self._call(etcdrpc.LeaseStub, "LeaseGrant", etcdrpc.LeaseGrantRequest(TTL=ttl)).ID
+
+    def refresh_lease(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Renew a lease; its remaining TTL, 0 if it expired."""
+        return self._call(etcdrpc.LeaseStub, "LeaseKeepAlive", etcdrpc.LeaseKeepAliveRequest(ID=lease_id),
+                          timeout=timeout).TTL
+
+    def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        self._call(etcdrpc.LeaseStub, "LeaseRevoke", etcdrpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
 
     def txn(self, compare: list, success: list, failure: list | None = None) -> etcdrpc.TxnResponse:
         request = etcdrpc.TxnRequest(
@@ -169,12 +189,12 @@ class Store:
             success=self.client._ops_to_requests(success),
             failure=self.client._ops_to_requests(failure or []),
         )
-        return self._call("Txn", "kvstub", request)
+        return self._call(etcdrpc.KVStub, "Txn", request)
 
     def range(self, start: bytes, end: bytes | None = None, *, limit: int = 0,
               revision: int = 0) -> etcdrpc.RangeResponse:
         request = etcdrpc.RangeRequest(key=start, range_end=end or b"", limit=limit, revision=revision)
-        return self._call("Range", "kvstub", request)
+        return self._call(etcdrpc.KVStub, "Range", request)
 
     def revision(self) -> int:
         return self.range(self.prefix, limit=1).header.revision
@@ -283,38 +303,55 @@ class Store:
 
 
 class RawWatch:
-    """An etcd watch as an iterator of raw events, failing with typed errors."""
+    """One etcd watch on its own gRPC stream, as an iterator of responses that fails with
+    typed errors. Owning the stream (rather than sharing pyetcd's watcher) means closing one
+    watch can never cancel another, and a broken stream is always reported."""
 
     _END = object()
 
     def __init__(self, store: Store, key: bytes, range_end: bytes | None, start_revision: int) -> None:
         self._queue: queue.Queue = queue.Queue()
+        self._requests: queue.Queue = queue.Queue()
         self._closed = threading.Event()
-        self._store = store
+        create = etcdrpc.WatchCreateRequest(key=key, range_end=range_end or b"",
+                                            start_revision=start_revision, prev_kv=True)
+        self._requests.put(etcdrpc.WatchRequest(create_request=create))
+        client = store.client
         try:
-            self._watch_id = store.client.add_watch_callback(
-                key, self._queue.put, range_end=range_end, start_revision=start_revision, prev_kv=True
-            )
-        except etcd_exceptions.WatchTimedOut as exc:
-            raise Unavailable("etcd did not accept the watch in time") from exc
-        except grpc.RpcError as exc:
+            stub = etcdrpc.WatchStub(client.channel)
+        except etcd_exceptions.NoServerAvailableError as exc:
             raise Unavailable(f"etcd is unreachable: {exc}") from exc
-        except etcd_exceptions.RevisionCompactedError as exc:
-            raise Compacted(exc.compacted_revision) from exc
-        except etcd_exceptions.Etcd3Exception as exc:
-            raise Unavailable(f"etcd is unreachable: {exc!r}") from exc
+        self._call = stub.Watch(self._request_stream(), credentials=client.call_credentials,
+                                metadata=client.metadata)
+        self._pump_thread = threading.Thread(target=self._pump, name="etcd-watch", daemon=True)
+        self._pump_thread.start()
+
+    def _request_stream(self) -> Iterator[etcdrpc.WatchRequest]:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _pump(self) -> None:
+        try:
+            for response in self._call:
+                self._queue.put(response)
+            error: StoreError = Unavailable("etcd ended the watch stream")
+        except grpc.RpcError as exc:
+            error = Unavailable(f"etcd watch broke: {exc.details() if hasattr(exc, 'details') else exc}")
+        if not self._closed.is_set():
+            self._queue.put(error)
 
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
+            self._requests.put(None)
+            self._call.cancel()
             self._queue.put(self._END)
-            try:
-                self._store.client.cancel_watch(self._watch_id)
-            except Exception:  # the stream may be gone with etcd
-                pass
 
     def responses(self, timeout: float | None = None) -> Iterator:
-        """Watch responses; yields None every `timeout` seconds of silence (a chance to stop)."""
+        """Watch responses with events; yields None every `timeout` seconds of silence."""
         while not self._closed.is_set():
             try:
                 item = self._queue.get(timeout=timeout)
@@ -323,11 +360,14 @@ class RawWatch:
                 continue
             if item is self._END:
                 return
-            if isinstance(item, etcd_exceptions.RevisionCompactedError):
-                raise Compacted(item.compacted_revision)
-            if isinstance(item, Exception):
-                raise Unavailable(f"etcd watch broke: {item!r}")
-            yield item
+            if isinstance(item, StoreError):
+                raise item
+            if item.compact_revision:
+                raise Compacted(item.compact_revision)
+            if item.canceled:
+                raise Unavailable(f"etcd cancelled the watch: {item.cancel_reason or 'no reason given'}")
+            if item.events:
+                yield item
 
 
 class Watch(Generic[M]):
@@ -355,11 +395,13 @@ class Watch(Generic[M]):
                 yield None
                 continue
             for event in response.events:
-                name = event.key[self._folder_len:].decode()
-                if isinstance(event, etcd_events.DeleteEvent):
-                    prev = event._event.prev_kv
-                    obj = decode(self._kind.message_class, prev.value, prev.mod_revision) if prev.value else self._kind.message_class()
-                    yield WatchEvent("delete", name, obj, event.mod_revision, False)
+                name = event.kv.key[self._folder_len:].decode()
+                if event.type == DELETE_EVENT:
+                    prev = event.prev_kv
+                    obj = (decode(self._kind.message_class, prev.value, prev.mod_revision) if prev.value
+                           else self._kind.message_class())
+                    obj.metadata.name = name  # even when etcd no longer had the previous value
+                    yield WatchEvent("delete", name, obj, event.kv.mod_revision, False)
                 else:
-                    obj = decode(self._kind.message_class, event.value, event.mod_revision)
-                    yield WatchEvent("put", name, obj, event.mod_revision, event.version == 1)
+                    obj = decode(self._kind.message_class, event.kv.value, event.kv.mod_revision)
+                    yield WatchEvent("put", name, obj, event.kv.mod_revision, event.kv.version == 1)

@@ -7,7 +7,9 @@ small pool so one stubborn guest does not hold up the others."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +96,9 @@ class NodeAgent:
             if launcher.probe():
                 log.info("vm %s: adopted launcher pid %d", launcher.vm.metadata.name, launcher.status.launcher_pid)
                 launcher.follow()
+            elif launcher.running():
+                log.info("vm %s: adopted a launcher that is still starting", launcher.vm.metadata.name)
+                launcher.follow()
             else:
                 log.info("vm %s: launcher gone, starting a new one to adopt its domain", launcher.vm.metadata.name)
                 launcher.spawn(self.launcher_command)
@@ -113,22 +118,31 @@ class NodeAgent:
             desired = {vm.metadata.uid: vm for vm in self.desired.values()}
             synced = self.synced
         for uid, vm in desired.items():
-            if uid in self.busy:
-                continue
-            launcher = self.launchers.get(uid)
-            if vm.metadata.HasField("delete_time"):
-                self._stop(uid, release=vm)
-            elif launcher is None:
-                if vm.status.phase in RUNNABLE:
-                    self._start(vm)
-            elif not launcher.finished and not launcher.alive():
-                self._restart_launcher(vm, launcher)
-            else:
-                self._report(vm, launcher)
+            if uid not in self.busy:
+                self._guarded(vm.metadata.name, self._reconcile_vm, uid, vm)
         if synced:
             for uid in list(self.launchers):
                 if uid not in desired and uid not in self.busy:
-                    self._stop(uid, release=None)
+                    self._guarded(uid, self._stop, uid, release=None)
+
+    def _guarded(self, what: str, step, *args, **kwargs) -> None:
+        """One VM's trouble must not hold up the others."""
+        try:
+            step(*args, **kwargs)
+        except Exception:
+            log.exception("vm %s: reconcile step failed", what)
+
+    def _reconcile_vm(self, uid: str, vm: vm_pb2.VirtualMachine) -> None:
+        launcher = self.launchers.get(uid)
+        if vm.metadata.HasField("delete_time"):
+            self._stop(uid, release=vm)
+        elif launcher is None:
+            if vm.status.phase in RUNNABLE:
+                self._start(vm)
+        elif not launcher.finished and not launcher.alive() and not launcher.running():
+            self._restart_launcher(vm, launcher)
+        else:
+            self._report(vm, launcher)
 
     def _start(self, vm: vm_pb2.VirtualMachine) -> None:
         vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm)
@@ -138,8 +152,9 @@ class NodeAgent:
 
     def _restart_launcher(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
         if launcher.quick_deaths >= MAX_QUICK_DEATHS:
-            self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, "LauncherFailed",
-                              f"the launcher keeps exiting at start: {launcher.log_tail()}")
+            if self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, "LauncherFailed",
+                                 f"the launcher keeps exiting at start: {launcher.log_tail()}"):
+                self._in_pool(vm.metadata.uid, self._finish, launcher)
             return
         if launcher.respawn_delay() > 0:
             return  # the periodic pass comes back
@@ -150,35 +165,54 @@ class NodeAgent:
         observed = observed_phase(launcher.status)
         if observed is None or launcher.finished:
             return
-        self._send_report(vm, launcher, *observed)
+        phase = observed[0]
+        if self._send_report(vm, launcher, *observed) and phase in vm_status.TERMINAL_PHASES:
+            # The instance is over: free the launcher, keep the directory (serial log) until
+            # the VM is deleted or moves on.
+            self._in_pool(vm.metadata.uid, self._finish, launcher)
 
     def _send_report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, phase: int, reason: str,
-                     message: str) -> None:
+                     message: str) -> bool:
+        """Report a phase unless already reported; whether the controller has it."""
         serial = launcher.status.serial_log_path if launcher.status else ""
         key = (phase, reason, message, serial)
         last_key, last_time = self.reported.get(vm.metadata.uid, (None, 0.0))
         if last_key == key and (vm.status.phase == phase or time.monotonic() - last_time < REPORT_AGAIN_SECONDS):
-            return
+            return True
         try:
             self.stubs.handler.ReportVirtualMachineStatus(handler_pb2.ReportVirtualMachineStatusRequest(
                 node_name=self.node_name, name=vm.metadata.name, uid=vm.metadata.uid, phase=phase,
                 reason=reason, message=message, serial_log_path=serial), timeout=10)
-        except grpc.RpcError as exc:
-            log.warning("vm %s: report %s failed: %s", vm.metadata.name, vm_status.phase_name(phase), exc.details())
-            return
+        except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel was just rotated
+            detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+            log.warning("vm %s: report %s failed: %s", vm.metadata.name, vm_status.phase_name(phase), detail)
+            return False
         self.reported[vm.metadata.uid] = (key, time.monotonic())
-        if phase in vm_status.TERMINAL_PHASES:
-            # The instance is over: free the launcher, keep the directory (serial log) until
-            # the VM is deleted or moves on.
-            launcher.mark_finished()
-            self._in_pool(vm.metadata.uid, self._kill_quietly, launcher)
+        return True
 
-    def _kill_quietly(self, launcher: Launcher) -> None:
-        try:
-            launcher.kill()
-        except grpc.RpcError as exc:
-            log.warning("vm %s: cleaning up the launcher: %s", launcher.vm.metadata.name, exc.details())
+    def _finish(self, launcher: Launcher) -> None:
+        """End an instance whose guest stopped: stop its launcher and any QEMU left, then mark
+        the directory finished. Retried on the next pass until nothing of it runs."""
+        if launcher.running():
+            try:
+                launcher.kill()
+            except (grpc.RpcError, ValueError) as exc:
+                log.warning("vm %s: stopping the launcher failed, will retry: %s", launcher.vm.metadata.name, exc)
+            if launcher.running():
+                return
+        self._kill_leftover_qemu(launcher)
+        launcher.mark_finished()
         launcher.close()
+
+    @staticmethod
+    def _kill_leftover_qemu(launcher: Launcher) -> None:
+        """Last resort when no launcher can be asked: QEMU of this VM still running."""
+        for pid in launcher.qemu_pids():
+            log.warning("vm %s: killing leftover QEMU pid %d", launcher.vm.metadata.name, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _stop(self, uid: str, *, release: vm_pb2.VirtualMachine | None) -> None:
         launcher = self.launchers.get(uid)
@@ -189,15 +223,18 @@ class NodeAgent:
 
     def _stop_and_remove(self, launcher: Launcher, release: vm_pb2.VirtualMachine | None) -> None:
         name = launcher.vm.metadata.name
-        if not launcher.finished:
-            if not launcher.alive() and not launcher.probe():
+        if not launcher.finished or launcher.running() or launcher.qemu_pids():
+            if not launcher.running():
                 launcher.spawn(self.launcher_command)  # a launcher must adopt the domain to stop it
             try:
                 status = launcher.shutdown(self.grace_seconds)
                 log.info("vm %s: stopped (%s)", name, status.reason)
-            except grpc.RpcError as exc:
-                log.warning("vm %s: stopping failed, will retry: %s", name, exc.details())
+            except (grpc.RpcError, ValueError) as exc:
+                log.warning("vm %s: stopping failed, will retry: %s", name, exc)
                 return
+            if launcher.running():
+                return
+            self._kill_leftover_qemu(launcher)
         launcher.remove_dir()
         self.launchers.pop(launcher.uid, None)
         self.reported.pop(launcher.uid, None)
@@ -212,6 +249,8 @@ class NodeAgent:
         except grpc.RpcError as exc:
             if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 log.warning("vm %s: release failed, will retry: %s", vm.metadata.name, exc.details())
+        except ValueError as exc:
+            log.warning("vm %s: release failed, will retry: %s", vm.metadata.name, exc)
 
     def _in_pool(self, uid: str, fn, *args) -> None:
         self.busy.add(uid)
@@ -228,6 +267,15 @@ class NodeAgent:
         self.pool.submit(run)
 
 
+#: Notice a controller that vanished without closing its connections (power loss, partition).
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
 class ControllerStubs:
     """Stubs on a channel to one of the controllers; rotate() moves to the next address."""
 
@@ -238,11 +286,12 @@ class ControllerStubs:
         self.rotate()
 
     def rotate(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        old = self.channel
         self.index = (self.index + 1) % len(self.servers)
-        self.channel = grpc.insecure_channel(self.servers[self.index])
+        self.channel = grpc.insecure_channel(self.servers[self.index], options=KEEPALIVE_OPTIONS)
         self.handler = handler_pb2_grpc.HandlerServiceStub(self.channel)
+        if old is not None:
+            old.close()
 
     @property
     def address(self) -> str:

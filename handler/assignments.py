@@ -3,6 +3,7 @@ with jittered exponential backoff (tenacity) and rotating through the controller
 from __future__ import annotations
 
 import logging
+import random
 import threading
 
 import grpc
@@ -60,6 +61,7 @@ class AssignmentFollower:
                 raise
             log.warning("assignment stream from %s broke: %s", self.stubs.address, exc.details())
             self.stubs.rotate()
+            self.stopped.wait(0.5 + random.random())  # many handlers must not all reconnect at once
             return
         if not synced:
             raise StreamEnded("the controller closed the assignment stream before it synced")

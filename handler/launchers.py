@@ -76,6 +76,27 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def pids_with_cmdline(text: str) -> list[int]:
+    needle = text.encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if needle in handle.read() and pid_alive(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _is_qemu(pid: int) -> bool:
+    try:
+        return "qemu" in os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+
+
 class Launcher:
     """One VM directory and the launcher process serving it."""
 
@@ -149,9 +170,19 @@ class Launcher:
         return " | ".join(text.strip().splitlines()[-lines:])[-500:]
 
     def alive(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is None
+        """Cheap check: our child, or the pid the launcher reported, still runs."""
+        if self.process is not None and self.process.poll() is None:
+            return True
         return self.status is not None and pid_alive(self.status.launcher_pid)
+
+    def running(self) -> bool:
+        """Thorough check before starting another launcher or giving up on this one: any
+        process serving this directory (say, one a previous handler started moments ago)."""
+        return self.alive() or bool(pids_with_cmdline(f"--vm-dir\0{self.vm_dir}\0"))
+
+    def qemu_pids(self) -> list[int]:
+        """QEMU processes of this VM (their command line carries the VM's uuid)."""
+        return [pid for pid in pids_with_cmdline(self.uid) if _is_qemu(pid)]
 
     def probe(self, timeout: float = 1.0) -> bool:
         """Whether a launcher answers on the socket now (used to adopt after a restart)."""
@@ -170,6 +201,9 @@ class Launcher:
             self._follower.start()
 
     def _follow(self) -> None:
+        """Mirror the launcher's status until closed; wake the reconciler when it dies (it may
+        be replaced by a new launcher, which this same loop then follows)."""
+        was_alive = True
         while not self.closed.is_set():
             if self.socket_path.exists():
                 try:
@@ -179,11 +213,14 @@ class Launcher:
                 except grpc.RpcError as exc:
                     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                         log.warning("vm %s: launcher stream: %s", self.vm.metadata.name, exc.details())
+                except ValueError:  # the channel was closed: we are shutting down
+                    return
             if self.closed.is_set():
                 return
-            if not self.alive():
+            alive = self.alive()
+            if was_alive and not alive:
                 self.on_change()  # let the reconciler decide (respawn or done)
-                return
+            was_alive = alive
             time.sleep(0.02 if self.status is None else 0.2)
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ import os
 import random
 import threading
 
+from pyetcd import transactions as T
+
 from corral import status as vm_status
 from corral.resources import NODE_LEASES_FOLDER, NODES
 from corral.store import NotFound, Store, StoreError
@@ -60,18 +62,17 @@ class Heartbeat:
         self.beating = threading.Event()
 
     def _grant(self) -> None:
-        lease = self.store.client.lease(self.ttl)
-        self.store.client.put(self.key, self.node_name.encode(), lease=lease.id)
-        self.lease_id = lease.id
+        lease_id = self.store.grant_lease(self.ttl)
+        self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
+        self.lease_id = lease_id
         self.beating.set()
-        log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease.id, self.ttl)
+        log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease_id, self.ttl)
 
     def beat_once(self) -> None:
         if self.lease_id is None:
             self._grant()
             return
-        response = next(iter(self.store.client.refresh_lease(self.lease_id)))
-        if response.TTL <= 0:
+        if self.store.refresh_lease(self.lease_id, timeout=self.ttl / 3) <= 0:
             log.warning("node %s heartbeat lease expired: taking a new one", self.node_name)
             self.lease_id = None
             self._grant()
@@ -90,6 +91,6 @@ class Heartbeat:
         """On a clean exit: the node turns NotReady at once instead of after the TTL."""
         if self.lease_id is not None:
             try:
-                self.store.client.revoke_lease(self.lease_id)
-            except Exception:
+                self.store.revoke_lease(self.lease_id, timeout=1.0)
+            except StoreError:
                 pass
