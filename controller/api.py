@@ -13,6 +13,7 @@ from controller import pagination
 from controller.errors import RequestError, grpc_errors
 from controller.nodes import list_node_views
 from corral import status as vm_status
+from corral.logs import log_vm
 from corral.resources import NODES, VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Compacted, Conflict, NotFound, Store
@@ -68,7 +69,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         vm.spec.CopyFrom(given.spec)
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
         stored = self.store.create(VMS, vm)
-        log.info("created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
+        log_vm(log, stored, "created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
         return vm_pb2.CreateVirtualMachineResponse(virtual_machine=stored)
 
     @grpc_errors
@@ -126,13 +127,13 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         if not vm.status.node_name:
             # Never reached a node: nothing runs anywhere, remove it now.
             self.store.delete(VMS, request.name, resource_version=vm.metadata.resource_version)
-            log.info("deleted vm %s (never scheduled)", request.name)
+            log_vm(log, vm, "deleted vm %s (never scheduled)", request.name)
             return vm_pb2.DeleteVirtualMachineResponse()
         if not vm.metadata.HasField("delete_time"):
             # Its node stops the guest, then releases the VM (HandlerService.ReleaseVirtualMachine).
             vm.metadata.delete_time.CopyFrom(vm_status.now())
             vm = self.store.update(VMS, vm)
-            log.info("vm %s marked for deletion on node %s", request.name, vm.status.node_name)
+            log_vm(log, vm, "vm %s marked for deletion on node %s", request.name, vm.status.node_name)
         return vm_pb2.DeleteVirtualMachineResponse(virtual_machine=vm)
 
     @grpc_errors

@@ -43,6 +43,18 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {exc!r}"
 
 
+#: gRPC carries a status message percent-encoded in a trailer and refuses trailers past
+#: 16 KiB (8 KiB soft): a longer message would turn the answer into RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 2048
+
+
+def clip(message: str) -> str:
+    data = message.encode()
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    return data[:MAX_MESSAGE_BYTES].decode(errors="ignore") + "... (message cut)"
+
+
 def grpc_errors(method: Callable) -> Callable:
     """Decorate a servicer method so any known error aborts the call with its status."""
     if inspect.isgeneratorfunction(method):
@@ -52,7 +64,7 @@ def grpc_errors(method: Callable) -> Callable:
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error becomes a status
                 code, message = status_for(exc)
-                context.abort(code, message)
+                context.abort(code, clip(message))
         return stream_wrapper
 
     @functools.wraps(method)
@@ -61,5 +73,5 @@ def grpc_errors(method: Callable) -> Callable:
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error becomes a status
             code, message = status_for(exc)
-            context.abort(code, message)
+            context.abort(code, clip(message))
     return unary_wrapper

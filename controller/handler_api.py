@@ -8,16 +8,19 @@ import logging
 import grpc
 from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
+from controller import auth
 from controller.errors import RequestError, grpc_errors
-from corral import status as vm_status
+from corral import metrics, status as vm_status
+from corral.logs import log_vm
 from corral.resources import VMS
-from corral.store import Conflict, Store
+from corral.store import Conflict, Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
 from corral.validation import ValidationError, name_problem
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+STORE_HEALTH_TIMEOUT = 1.0
 
 
 def _assigned(vm: vm_pb2.VirtualMachine, node: str) -> bool:
@@ -31,6 +34,7 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
     @grpc_errors
     def WatchAssignments(self, request, context):
         node = request.node_name
+        auth.require_node(context, node)
         problem = name_problem(node, "node_name")
         if problem:
             raise ValidationError([problem])
@@ -60,24 +64,29 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
                 yield handler_pb2.WatchAssignmentsResponse(
                     type=kind, virtual_machine=event.obj, resource_version=event.revision)
 
-    def _owned_vm(self, node: str, name: str, uid: str) -> vm_pb2.VirtualMachine:
+    def _owned_vm(self, node: str, name: str, uid: str, instance_uid: str = "") -> vm_pb2.VirtualMachine:
         vm = self.store.get(VMS, name)
         if vm.metadata.uid != uid or vm.status.node_name != node:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {name!r} uid {uid} is not assigned to node {node!r}")
+        if instance_uid and vm.status.instance_uid != instance_uid:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"run {instance_uid} of VirtualMachine {name!r} is over "
+                               f"(the current run is {vm.status.instance_uid or 'not started'})")
         return vm
 
     @grpc_errors
     @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
     def ReportVirtualMachineStatus(self, request, context):
-        vm = self._owned_vm(request.node_name, request.name, request.uid)
+        auth.require_node(context, request.node_name)
+        vm = self._owned_vm(request.node_name, request.name, request.uid, request.instance_uid)
         if vm.status.phase in vm_status.TERMINAL_PHASES and request.phase != vm.status.phase:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {request.name!r} already ended as "
                                f"{vm_status.phase_name(vm.status.phase)}")
-        changed = False
-        if request.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_UNSPECIFIED:
-            changed |= vm_status.set_phase(vm, request.phase)
+        new_phase = (request.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_UNSPECIFIED
+                     and vm_status.set_phase(vm, request.phase))
+        changed = new_phase
         running = request.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
         changed |= vm_status.set_condition(
             vm, "Ready", running, request.reason or ("Running" if running else vm_status.phase_name(request.phase)),
@@ -87,17 +96,31 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
             changed = True
         if changed:
             vm = self.store.update(VMS, vm)
-            log.info("vm %s on %s is %s %s", vm.metadata.name, request.node_name,
-                     vm_status.phase_name(vm.status.phase), request.reason)
+            if new_phase:
+                metrics.observe_phase_transition(vm)
+            log_vm(log, vm, "vm %s on %s is %s %s", vm.metadata.name, request.node_name,
+                   vm_status.phase_name(vm.status.phase), request.reason)
         return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
 
     @grpc_errors
     @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
     def ReleaseVirtualMachine(self, request, context):
+        auth.require_node(context, request.node_name)
         vm = self._owned_vm(request.node_name, request.name, request.uid)
         if not vm.metadata.HasField("delete_time"):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {request.name!r} was not asked to be deleted")
         self.store.delete(VMS, request.name, resource_version=vm.metadata.resource_version)
-        log.info("vm %s released by node %s and deleted", request.name, request.node_name)
+        log_vm(log, vm, "vm %s released by node %s and deleted", request.name, request.node_name)
         return handler_pb2.ReleaseVirtualMachineResponse()
+
+    def GetStoreHealth(self, request, context):
+        """Not wrapped in grpc_errors: an unreachable store is the answer, not an error."""
+        refusal = auth.node_refusal(context.auth_context(), request.node_name)
+        if refusal:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        try:
+            self.store.range(self.store.raw_key("leader"), timeout=STORE_HEALTH_TIMEOUT)
+        except StoreError as exc:
+            return handler_pb2.GetStoreHealthResponse(store_reachable=False, message=str(exc))
+        return handler_pb2.GetStoreHealthResponse(store_reachable=True, message="the store answers")

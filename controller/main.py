@@ -1,5 +1,7 @@
 """corral-controller: serves the API on every replica; the elected leader also runs the
-scheduler. Settings come from CORRAL_* environment variables, overridden by flags."""
+scheduler. Settings: flags > CORRAL_* environment > settings file (--config) > defaults.
+Under systemd (Type=notify) it reports READY=1 once serving, WATCHDOG=1 from its main loop
+and STOPPING=1 on shutdown."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +14,16 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pydantic import ValidationError
-
+from controller import auth
 from controller.api import NodeService, VirtualMachineService
 from controller.handler_api import HandlerService
 from controller.leader import LeaderElector
 from controller.scheduler import Scheduler
-from corral import logs
-from corral.settings import ControllerSettings
-from corral.store import Store
+from corral import logs, metrics, tls
+from corral.resources import VMS
+from corral.sdnotify import Watchdog, notify
+from corral.settings import ControllerSettings, SettingsError, load_settings
+from corral.store import Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 log = logging.getLogger("corral.controller")
@@ -48,18 +51,23 @@ def parse_settings(argv: list[str] | None) -> ControllerSettings:
     parser.add_argument("--leader-lease-seconds", type=int, help="(CORRAL_LEADER_LEASE_SECONDS)")
     parser.add_argument("--replica-id", help="name of this replica in the leader key")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
+    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (CORRAL_METRICS_LISTEN)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file, YAML or TOML (CORRAL_CONFIG; default /etc/corral/controller.yaml if present)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    config = args.config
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
     try:
-        return ControllerSettings(**overrides)
-    except ValidationError as exc:
-        parser.exit(2, f"corral-controller: invalid settings:\n{exc}\n")
+        return load_settings(ControllerSettings, overrides, config=config, daemon="controller")
+    except SettingsError as exc:
+        parser.exit(2, f"corral-controller: {exc}\n")
 
 
 def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Server, health.HealthServicer]:
     # Every open stream (a handler's assignments, a watch) holds a worker thread.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=500, thread_name_prefix="api"),
-                         options=SERVER_OPTIONS)
+                         options=SERVER_OPTIONS,
+                         interceptors=[metrics.ApiInterceptor(), auth.AuthorizationInterceptor()])
     vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(store=store), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=store), server)
     handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=store), server)
@@ -68,6 +76,17 @@ def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Serve
     reflection.enable_server_reflection(
         SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
+    if settings.tls_cert_file:
+        try:
+            credentials = tls.server_credentials(settings.tls_cert_file, settings.tls_key_file,
+                                                 settings.tls_client_ca_file)
+        except tls.TLSConfigError as exc:
+            raise SystemExit(f"corral-controller: {exc}") from None
+        if server.add_secure_port(settings.listen, credentials) == 0:
+            raise SystemExit(f"corral-controller: cannot listen on {settings.listen}")
+        log.info("serving the API on %s with mutual TLS (client CA %s)", settings.listen,
+                 settings.tls_client_ca_file)
+        return server, health_servicer
     if server.add_insecure_port(settings.listen) == 0:
         raise SystemExit(f"corral-controller: cannot listen on {settings.listen}")
     log.warning("serving the API on %s WITHOUT TLS: use only on a trusted network", settings.listen)
@@ -77,12 +96,18 @@ def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Serve
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     logs.setup(settings.log_level, name="controller")
-    store = Store(endpoints=settings.etcd_endpoints, prefix=settings.etcd_prefix,
-                  timeout=settings.etcd_timeout_seconds)
+    try:
+        store = Store.from_settings(settings)
+    except StoreError as exc:
+        print(f"corral-controller: {exc}", file=sys.stderr)
+        return 2
     server, health_servicer = build_server(settings, store)
-    scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds)
+    scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds,
+                          node_loss_margin_seconds=settings.node_loss_margin_seconds)
     elector = LeaderElector(store=store, identity=settings.replica_id,
                             lease_seconds=settings.leader_lease_seconds, lead=scheduler.run)
+    metrics.register_controller(list_vms=lambda: store.list_all(VMS)[0], is_leader=lambda: elector.is_leader)
+    metrics.serve(settings.metrics_listen)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -97,7 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("controller %s started", settings.replica_id)
     election = threading.Thread(target=elector.run, args=(stop,), name="election", daemon=True)
     election.start()
-    stop.wait()
+    notify(f"READY=1\nSTATUS=serving the API on {settings.listen}")
+    watchdog = Watchdog()
+    while not stop.wait(watchdog.period):
+        # Healthy while the election loop runs; a dead one stops the pings and systemd restarts us.
+        role = "leader" if elector.is_leader else "follower"
+        watchdog.ping(healthy=election.is_alive(),
+                      status=f"serving the API on {settings.listen}, {role}" if election.is_alive()
+                      else "election loop died")
+    notify("STOPPING=1\nSTATUS=stopping")
     health_servicer.enter_graceful_shutdown()
     election.join(timeout=settings.leader_lease_seconds)
     server.stop(grace=2).wait()

@@ -1,4 +1,6 @@
-"""The leader's reconciler: puts PENDING VMs on nodes that fit, or says why none does.
+"""The leader's reconciler: puts Pending VMs on nodes that fit (or says why none does),
+declares runs on lost nodes over once those nodes had time to fence themselves, and starts
+new runs per run strategy.
 
 It wakes on every change under the Corral prefix and at least every resync period, reads
 one consistent snapshot, and writes each decision guarded by the VM's revision and the
@@ -7,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 
+from controller import lifecycle
 from controller.nodes import snapshot
-from corral import scheduling, status as vm_status
-from corral.resources import VMS
+from corral import metrics, scheduling, status as vm_status
+from corral.logs import log_vm
+from corral.resources import INSTANCE_LOCKS_FOLDER, VMS
 from corral.store import Conflict, Fence, FencingLost, NotFound, Store, StoreError
 from corral.v1 import vm_pb2
 
@@ -20,9 +26,13 @@ UNSCHEDULABLE = "Unschedulable"
 
 
 class Scheduler:
-    def __init__(self, *, store: Store, resync_seconds: float) -> None:
+    def __init__(self, *, store: Store, resync_seconds: float, node_loss_margin_seconds: float) -> None:
         self.store = store
         self.resync_seconds = resync_seconds
+        self.node_loss_margin = node_loss_margin_seconds
+        # When this leader first saw each node NotReady. A new leader starts counting afresh:
+        # later is always safe.
+        self.not_ready_since: dict[str, float] = {}
 
     def run(self, fence: Fence, stop: threading.Event) -> None:
         """Reconcile until stop is set or leadership is lost."""
@@ -34,6 +44,7 @@ class Scheduler:
                 log.warning("fencing token %d lost: no longer leading", fence.token)
                 return
             except StoreError as exc:
+                metrics.RECONCILE_ERRORS.labels("scheduler").inc()
                 log.warning("scheduler: %s", exc)
                 stop.wait(1.0)
 
@@ -55,30 +66,78 @@ class Scheduler:
     def reconcile(self, fence: Fence) -> int:
         """One pass; returns the revision it read at."""
         nodes, ready, vms, revision = snapshot(self.store)
+        lost = self._lost_nodes({n.metadata.name for n in nodes}, ready)
         views = scheduling.build_views(nodes, ready, vms)
+        now = time.time()
         for vm in sorted(vms, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
-            if vm.status.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING or vm.metadata.HasField("delete_time"):
-                continue
-            node, why = scheduling.choose_node(vm.spec, views)
             try:
-                if node:
-                    self._assign(vm, node, fence)
-                    views[node].add(vm.spec)
-                else:
-                    self._mark_unschedulable(vm, why, fence)
+                self._reconcile_vm(vm, fence, views, lost, now)
             except (Conflict, NotFound):
                 continue  # changed meanwhile: the next pass sees the new version
         return revision
 
+    def _lost_nodes(self, known: set[str], ready: set[str]) -> set[str]:
+        """Nodes NotReady for longer than the margin: their handlers have fenced their guests
+        (they stop them before their lease can expire), so their runs are over."""
+        now = time.monotonic()
+        for name in list(self.not_ready_since):
+            if name in ready:
+                del self.not_ready_since[name]
+        for name in known - ready:
+            self.not_ready_since.setdefault(name, now)
+        return {name for name, since in self.not_ready_since.items() if now - since >= self.node_loss_margin}
+
+    def _reconcile_vm(self, vm: vm_pb2.VirtualMachine, fence: Fence, views, lost: set[str], now: float) -> None:
+        phase = vm.status.phase
+        node = vm.status.node_name
+        deleting = vm.metadata.HasField("delete_time")
+        if node and (node in lost or node not in views) and phase not in vm_status.TERMINAL_PHASES:
+            if deleting:
+                self.store.delete(VMS, vm.metadata.name, resource_version=vm.metadata.resource_version, fence=fence)
+                log.info("vm %s deleted: its node %s is lost", vm.metadata.name, node)
+                return
+            lifecycle.mark_lost(vm, node)
+            # Only while no lock of the run exists: a node that came back and reclaimed it
+            # keeps its guest, and then this write fails.
+            self.store.update(VMS, vm, fence=fence,
+                              absent=self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm.metadata.name))
+            log.warning("vm %s: run %s on lost node %s is over", vm.metadata.name, vm.status.instance_uid, node)
+            return
+        if deleting:
+            return
+        if phase in vm_status.TERMINAL_PHASES and lifecycle.wants_restart(vm):
+            delay = lifecycle.restart(vm, now_seconds=now)
+            self.store.update(VMS, vm, fence=fence)
+            log.info("vm %s: starting a new run (%s)%s", vm.metadata.name, lifecycle.strategy_name(vm.spec.run_strategy),
+                     f" after {delay:.0f}s back-off" if delay else "")
+            return
+        if phase != vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING:
+            return
+        if lifecycle.strategy(vm) == vm_pb2.RUN_STRATEGY_HALTED:
+            if vm_status.set_condition(vm, "Scheduled", False, "Halted", "run strategy Halted: not started"):
+                self.store.update(VMS, vm, fence=fence)
+            return
+        if lifecycle.waiting_for_backoff(vm, now):
+            return
+        chosen, why = scheduling.choose_node(vm.spec, views)
+        if chosen:
+            self._assign(vm, chosen, fence)
+            views[chosen].add(vm.spec)
+        else:
+            self._mark_unschedulable(vm, why, fence)
+
     def _assign(self, vm: vm_pb2.VirtualMachine, node: str, fence: Fence) -> None:
         vm.status.node_name = node
+        vm.status.instance_uid = str(uuid.uuid4())
+        vm.status.assignment_token = fence.token
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED)
         vm_status.set_condition(vm, "Scheduled", True, "Scheduled", f"assigned to node {node}")
         self.store.update(VMS, vm, fence=fence)
-        log.info("scheduled vm %s on node %s", vm.metadata.name, node)
+        metrics.observe_scheduled(vm)
+        log_vm(log, vm, "scheduled vm %s (run %s) on node %s", vm.metadata.name, vm.status.instance_uid, node)
 
     def _mark_unschedulable(self, vm: vm_pb2.VirtualMachine, why: str, fence: Fence) -> None:
         if vm_status.set_condition(vm, "Scheduled", False, UNSCHEDULABLE, why):
             self.store.update(VMS, vm, fence=fence)
-            log.info("vm %s unschedulable: %s", vm.metadata.name, why)
+            log_vm(log, vm, "vm %s unschedulable: %s", vm.metadata.name, why)
 

@@ -22,8 +22,10 @@ import click
 import grpc
 
 from corral import manifest, printing
-from corral.client import (DEFAULT_SERVER, ENV_SERVER, Client, UnexpectedPhase,
-                           VirtualMachineGone, WaitTimeout, parse_servers)
+from corral.client import (DEFAULT_SERVER, ENV_SERVER, ENV_TLS_CA_FILE, ENV_TLS_CERT_FILE,
+                           ENV_TLS_KEY_FILE, Client, UnexpectedPhase, VirtualMachineGone,
+                           WaitTimeout, parse_servers, tls_credentials)
+from corral.tls import TLSConfigError
 from corral.v1 import vm_pb2
 
 VM = "virtualmachine"
@@ -69,7 +71,8 @@ def _resource(text: str, names: Sequence[str]) -> tuple[str, list[str]]:
 def _client(ctx: click.Context) -> Client:
     obj = ctx.find_root().obj
     if obj.get("client") is None:
-        obj["client"] = Client(obj["servers"], timeout=obj["request_timeout"])
+        obj["client"] = Client(obj["servers"], timeout=obj["request_timeout"],
+                               credentials=obj.get("credentials"))
         ctx.find_root().call_on_close(obj["client"].close)
     return obj["client"]
 
@@ -109,14 +112,26 @@ class Duration(click.ParamType):
               help=f"Controller address(es), tried in turn (env {ENV_SERVER}).")
 @click.option("--request-timeout", type=Duration(), default=10.0, show_default=True,
               help="Deadline of each API call, in seconds (or 30s, 1m).")
+@click.option("--ca-file", envvar=ENV_TLS_CA_FILE, metavar="PEM",
+              help=f"Use TLS, trusting this CA for the controllers (env {ENV_TLS_CA_FILE}).")
+@click.option("--cert-file", envvar=ENV_TLS_CERT_FILE, metavar="PEM",
+              help=f"Client certificate for mutual TLS (env {ENV_TLS_CERT_FILE}).")
+@click.option("--key-file", envvar=ENV_TLS_KEY_FILE, metavar="PEM",
+              help=f"Key of --cert-file (env {ENV_TLS_KEY_FILE}).")
 @click.pass_context
-def cli(ctx: click.Context, server: str, request_timeout: float) -> None:
+def cli(ctx: click.Context, server: str, request_timeout: float, ca_file: str | None,
+        cert_file: str | None, key_file: str | None) -> None:
     """Run virtual machines on Corral nodes."""
     try:
         servers = parse_servers(server)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--server") from None
-    ctx.obj = {"servers": servers, "request_timeout": request_timeout, "client": None}
+    try:
+        credentials = tls_credentials(ca_file, cert_file, key_file)
+    except TLSConfigError as err:
+        raise CommandError(str(err)) from None
+    ctx.obj = {"servers": servers, "request_timeout": request_timeout, "client": None,
+               "credentials": credentials}
 
 
 # --- create ----------------------------------------------------------------------------------

@@ -19,10 +19,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from corral import tls
 from corral.v1 import meta_pb2, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 DEFAULT_SERVER = "127.0.0.1:7100"
 ENV_SERVER = "CORRAL_SERVER"
+ENV_TLS_CA_FILE = "CORRAL_TLS_CA_FILE"
+ENV_TLS_CERT_FILE = "CORRAL_TLS_CERT_FILE"
+ENV_TLS_KEY_FILE = "CORRAL_TLS_KEY_FILE"
 
 TERMINAL_PHASES = frozenset({vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED,
                              vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED})
@@ -69,17 +73,35 @@ def servers_from_env(environ: dict[str, str] | None = None) -> list[str]:
     return parse_servers(env.get(ENV_SERVER) or DEFAULT_SERVER)
 
 
+def tls_credentials(ca_file: str | None = None, cert_file: str | None = None,
+                    key_file: str | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the API (trust ca_file, present cert_file/key_file); None when none
+    is given (plaintext). Raises corral.tls.TLSConfigError naming a bad file."""
+    if not (ca_file or cert_file or key_file):
+        return None
+    return tls.channel_credentials(ca_file, cert_file, key_file)
+
+
+def tls_credentials_from_env(environ: dict[str, str] | None = None) -> grpc.ChannelCredentials | None:
+    """tls_credentials from CORRAL_TLS_CA_FILE, CORRAL_TLS_CERT_FILE, CORRAL_TLS_KEY_FILE."""
+    env = os.environ if environ is None else environ
+    return tls_credentials(env.get(ENV_TLS_CA_FILE), env.get(ENV_TLS_CERT_FILE), env.get(ENV_TLS_KEY_FILE))
+
+
 def _phase_label(phase: int) -> str:
     name = vm_pb2.VirtualMachinePhase.Name(phase).removeprefix("VIRTUAL_MACHINE_PHASE_")
     return name.title()
 
 
 class Client:
-    """Controller API client over insecure gRPC channels to one or more HOST:PORT addresses."""
+    """Controller API client over gRPC channels (TLS or plaintext) to one or more HOST:PORT addresses."""
 
-    def __init__(self, servers: Sequence[str] | str, *, timeout: float = 10.0) -> None:
+    def __init__(self, servers: Sequence[str] | str, *, timeout: float = 10.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """``credentials`` (e.g. ``tls_credentials_from_env()``): TLS channels; None: plaintext."""
         self.servers = parse_servers(servers)
         self.timeout = timeout
+        self.credentials = credentials
         self._channels: dict[int, grpc.Channel] = {}
         self._stubs: dict[tuple[int, type], Any] = {}
         self._current = 0
@@ -103,7 +125,9 @@ class Client:
         key = (index, stub_type)
         if key not in self._stubs:
             if index not in self._channels:
-                self._channels[index] = grpc.insecure_channel(self.servers[index])
+                self._channels[index] = (
+                    grpc.secure_channel(self.servers[index], self.credentials)
+                    if self.credentials is not None else grpc.insecure_channel(self.servers[index]))
             self._stubs[key] = stub_type(self._channels[index])
         return self._stubs[key]
 

@@ -10,3 +10,5 @@ NODES: Kind[node_pb2.Node] = Kind("nodes", node_pb2.Node)
 NODE_LEASES_FOLDER = "node-leases/"
 #: The key the controller leader holds; its create revision is the fencing token.
 LEADER_KEY = "leader"
+#: A run's instance lock, bound to its node's lease: while it exists no other run may start.
+INSTANCE_LOCKS_FOLDER = "instance-locks/"

@@ -1,13 +1,36 @@
-"""Settings shared by every Corral daemon: one pydantic model per daemon, read from the
-environment (CORRAL_*) and overridden by command-line flags, validated at start."""
+"""Settings shared by every Corral daemon: one pydantic model per daemon, validated at start.
+Sources, highest precedence first: command-line flags, the environment (CORRAL_*), a settings
+file (YAML or TOML: --config FILE, CORRAL_CONFIG, or /etc/corral/<daemon>.yaml when present),
+the defaults. `load_settings` builds one and turns every problem into a SettingsError that
+names the bad key and where its value came from."""
 from __future__ import annotations
 
+import contextvars
+import difflib
 import os
-from typing import Annotated
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from corral.tls import file_problem
+
+
+def _file_problems(settings: object, fields: dict[str, str]) -> list[str]:
+    """Each set file setting that names a missing or unreadable file, as a message."""
+    problems = []
+    for name, what in fields.items():
+        path = getattr(settings, name)
+        if path:
+            problem = file_problem(path, what)
+            if problem:
+                problems.append(f"{name}: {problem}")
+    return problems
 
 
 def _split_list(value: object) -> object:
@@ -21,6 +44,12 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="forbid")
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Flags (passed as init arguments) > environment > settings file > defaults.
+        return init_settings, env_settings, _FileSource(settings_cls)
+
     etcd_endpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:2379"],
         description="etcd client URLs, comma-separated in the environment",
@@ -28,6 +57,47 @@ class CommonSettings(BaseSettings):
     etcd_prefix: str = Field("/corral/", description="key prefix of all Corral state")
     etcd_timeout_seconds: float = Field(5.0, gt=0)
     log_level: str = "INFO"
+    metrics_listen: str = Field("", description="HOST:PORT serving Prometheus /metrics; empty: off")
+    etcd_ca_file: str | None = Field(None, description="CA bundle that signs etcd's server certificates "
+                                     "(https endpoints; unset: the system's roots)")
+    etcd_cert_file: str | None = Field(None, description="client certificate for etcd (its --client-cert-auth)")
+    etcd_key_file: str | None = Field(None, description="key of etcd_cert_file")
+    etcd_username: str = Field("", description="etcd user (etcd auth); empty: none")
+    etcd_password: SecretStr | None = Field(None, description="its password; prefer etcd_password_file")
+    etcd_password_file: str | None = Field(None, description="file holding the etcd password (one line)")
+
+    @model_validator(mode="after")
+    def _etcd_security(self) -> "CommonSettings":
+        problems = _file_problems(self, {"etcd_ca_file": "etcd CA file", "etcd_cert_file": "etcd client certificate",
+                                         "etcd_key_file": "etcd client key", "etcd_password_file": "etcd password file"})
+        if bool(self.etcd_cert_file) != bool(self.etcd_key_file):
+            problems.append("etcd_cert_file and etcd_key_file go together: set both or neither")
+        if (self.etcd_ca_file or self.etcd_cert_file) and not any(
+                url.startswith("https://") for url in self.etcd_endpoints):
+            problems.append("etcd TLS files are set but no etcd endpoint is https://")
+        if self.etcd_password is not None and self.etcd_password_file:
+            problems.append("set etcd_password or etcd_password_file, not both")
+        has_password = self.etcd_password is not None or bool(self.etcd_password_file)
+        if has_password != bool(self.etcd_username):
+            problems.append("etcd_username and a password (etcd_password_file or etcd_password) go together")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def etcd_password_value(self) -> str | None:
+        """The etcd password (read from etcd_password_file when that is set), or None."""
+        if self.etcd_password_file:
+            with open(self.etcd_password_file) as handle:
+                return handle.readline().rstrip("\r\n")
+        return self.etcd_password.get_secret_value() if self.etcd_password is not None else None
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not port.isdigit() or not 0 < int(port) < 65536):
+            raise ValueError(f"metrics_listen {value!r} is not of the form HOST:PORT (or empty: off)")
+        return value
 
     @field_validator("etcd_endpoints", mode="before")
     @classmethod
@@ -59,7 +129,26 @@ class ControllerSettings(CommonSettings):
     listen: str = Field("127.0.0.1:7100", description="HOST:PORT the gRPC API listens on")
     replica_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     leader_lease_seconds: int = Field(3, ge=2, le=60)
-    resync_seconds: float = Field(2.0, gt=0)
+    resync_seconds: float = Field(1.0, gt=0)
+    node_loss_margin_seconds: float = Field(
+        5.0, ge=4.0,
+        description="how long a node stays NotReady before its runs count as over (its handler "
+                    "fences its guests before its lease can expire; this covers the store-outage grace)")
+    tls_cert_file: str | None = Field(None, description="the API's server certificate (with tls_key_file "
+                                      "and tls_client_ca_file: mutual TLS); unset: plaintext")
+    tls_key_file: str | None = Field(None, description="key of tls_cert_file")
+    tls_client_ca_file: str | None = Field(None, description="CA that signs client (node and user) certificates")
+
+    @model_validator(mode="after")
+    def _api_tls(self) -> "ControllerSettings":
+        names = ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+        problems = _file_problems(self, {"tls_cert_file": "server certificate", "tls_key_file": "server key",
+                                         "tls_client_ca_file": "client CA file"})
+        if any(getattr(self, n) for n in names) and not all(getattr(self, n) for n in names):
+            problems.append("mutual TLS needs tls_cert_file, tls_key_file and tls_client_ca_file together")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class HandlerSettings(CommonSettings):
@@ -74,10 +163,27 @@ class HandlerSettings(CommonSettings):
     capacity_vcpus: int = Field(0, ge=0, description="0: the host's CPU count")
     capacity_memory_mib: int = Field(0, ge=0, description="0: the host's memory less 1 GiB")
     node_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    heartbeat_seconds: int = Field(5, ge=2, le=120, description="TTL of the node lease")
+    heartbeat_seconds: int = Field(10, ge=3, le=120, description="TTL of the node lease; guests are fenced "
+                                   "when it cannot be renewed in time")
     emulation: str = Field("auto", description="auto (KVM when /dev/kvm works), on (TCG), off")
     shutdown_grace_seconds: int = Field(30, ge=0)
     launcher_command: str = Field("", description="how to run corral-launcher; default: this Python")
+    tls_ca_file: str | None = Field(None, description="CA of the controllers' certificates (TLS to the API)")
+    tls_cert_file: str | None = Field(None, description="this node's client certificate (CN node:<node_name>)")
+    tls_key_file: str | None = Field(None, description="key of tls_cert_file")
+
+    @model_validator(mode="after")
+    def _client_tls(self) -> "HandlerSettings":
+        problems = _file_problems(self, {"tls_ca_file": "CA file", "tls_cert_file": "node certificate",
+                                         "tls_key_file": "node key"})
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file go together: set both or neither")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
 
     @field_validator("servers", mode="before")
     @classmethod
@@ -103,3 +209,107 @@ class HandlerSettings(CommonSettings):
         if value not in ("auto", "on", "off"):
             raise ValueError("emulation must be auto, on or off")
         return value
+
+
+# -- the settings file ------------------------------------------------------------------------
+
+class SettingsError(Exception):
+    """A setting that cannot be used; the message names the key and where it came from."""
+
+
+_file_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("corral_settings_file", default={})
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The values of the settings file `load_settings` read (none outside it)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _file_values.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get())
+
+
+def default_config_path(daemon: str) -> Path:
+    return Path("/etc/corral") / f"{daemon}.yaml"
+
+
+def read_settings_file(path: Path, settings_cls: type[BaseSettings]) -> dict[str, Any]:
+    """The file's settings as field names to values: YAML (or TOML for *.toml), one mapping of
+    setting names (etcd_endpoints or etcd-endpoints) to values. Unknown keys are errors."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"settings file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path}: expected a mapping of setting names to values, "
+                            f"got {type(data).__name__}")
+    known = sorted(settings_cls.model_fields)
+    values: dict[str, Any] = {}
+    problems = []
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in settings_cls.model_fields:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            problems.append(f"{path}: unknown setting {key!r}{hint}")
+        elif name in values:
+            problems.append(f"{path}: setting {key!r} is given twice")
+        else:
+            values[name] = value
+    if problems:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
+    return values
+
+
+def _origin(name: str, overrides: dict[str, Any], file_values: dict[str, Any], path: Path | None,
+            prefix: str) -> str:
+    if name in overrides:
+        return f"flag --{name.replace('_', '-')}"
+    env_name = f"{prefix}{name}".upper()
+    if any(key.upper() == env_name for key in os.environ):
+        return f"environment {env_name}"
+    if name in file_values:
+        return f"{path}, key {name!r}"
+    return "default"
+
+
+def load_settings(settings_cls: type[S], overrides: dict[str, Any], *, config: str | None = None,
+                  daemon: str) -> S:
+    """Settings of one daemon: overrides (its flags) > environment > settings file > defaults.
+    The file is `config`, else $CORRAL_CONFIG, else /etc/corral/<daemon>.yaml if it exists;
+    a file named explicitly must exist. Raises SettingsError naming every bad value."""
+    named = config or os.environ.get("CORRAL_CONFIG") or ""
+    path: Path | None = Path(named) if named else None
+    if path is None and default_config_path(daemon).exists():
+        path = default_config_path(daemon)
+    file_values = read_settings_file(path, settings_cls) if path is not None else {}
+    token = _file_values.set(file_values)
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        prefix = settings_cls.model_config.get("env_prefix", "")
+        lines = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a check across settings: its message names them
+                lines.append(message)
+                continue
+            name = str(error["loc"][0])
+            where = _origin(name, overrides, file_values, path, prefix)
+            secret = any(word in name for word in ("password", "secret", "token"))
+            got = f" (got {error['input']!r})" if "input" in error and where != "default" and not secret else ""
+            lines.append(f"{name} (from {where}): {message}{got}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    finally:
+        _file_values.reset(token)

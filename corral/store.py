@@ -22,6 +22,8 @@ from google.protobuf.message import Message
 from pyetcd import etcdrpc, exceptions as etcd_exceptions, utils as etcd_utils
 from pyetcd import transactions as T
 
+from corral import tls
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
@@ -110,18 +112,71 @@ def parse_endpoint(url: str) -> tuple[str, int, bool]:
 class Store:
     """Typed access to Corral's keys in etcd."""
 
-    def __init__(self, *, endpoints: list[str], prefix: str = "/corral/", timeout: float = 5.0) -> None:
+    def __init__(self, *, endpoints: list[str], prefix: str = "/corral/", timeout: float = 5.0,
+                 ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
+                 username: str | None = None, password: str | None = None,
+                 check_tls: bool = True) -> None:
+        """https endpoints use TLS (trusting ca_file, else the system's roots; presenting
+        cert_file/key_file when given); username/password log in to etcd's auth. With
+        check_tls, each reachable https endpoint is probed once: certificate trouble raises
+        StoreError now, naming the endpoint."""
         self.prefix = prefix.encode()
         self.timeout = timeout
-        etcd_endpoints = []
-        for url in endpoints:
-            host, port, secure = parse_endpoint(url)
-            if secure:
-                raise StoreError("TLS etcd endpoints are not supported yet")
-            etcd_endpoints.append(pyetcd.Endpoint(host, port, secure=False, time_retry=2.0))
+        if bool(username) != (password is not None):
+            raise StoreError("etcd authentication needs both a user name and a password")
+        parsed = [parse_endpoint(url) for url in endpoints]
+        credentials = None
+        if any(secure for _, _, secure in parsed):
+            try:
+                credentials = tls.channel_credentials(ca_file, cert_file, key_file)
+                context = tls.ssl_context(ca_file, cert_file, key_file) if check_tls else None
+                for host, port, secure in parsed:
+                    if secure and context is not None:
+                        tls.probe(host, port, context, what="etcd endpoint")
+            except tls.TLSConfigError as exc:
+                raise StoreError(f"etcd TLS: {exc}") from exc
+        elif cert_file or ca_file:
+            raise StoreError("etcd TLS files are set but no etcd endpoint is https://")
+        etcd_endpoints = [
+            pyetcd.Endpoint(host, port, secure=secure, creds=credentials if secure else None, time_retry=2.0)
+            for host, port, secure in parsed]
         self.client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=etcd_endpoints, timeout=timeout, failover=True
         )
+        if username:
+            self._auth = auth = tls.EtcdTokenAuth(username, password or "", self._authenticate)
+            for endpoint in etcd_endpoints:
+                endpoint.channel = grpc.intercept_channel(endpoint.channel, auth)
+            try:
+                auth.token()  # a wrong password stops the daemon now; unreachable etcd does not
+            except Unavailable as exc:
+                log.warning("cannot authenticate to etcd yet (will retry on first use): %s", exc)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Store":
+        """A Store from a daemon's CommonSettings (endpoints, prefix, TLS files, auth)."""
+        return cls(endpoints=settings.etcd_endpoints, prefix=settings.etcd_prefix,
+                   timeout=settings.etcd_timeout_seconds, ca_file=settings.etcd_ca_file,
+                   cert_file=settings.etcd_cert_file, key_file=settings.etcd_key_file,
+                   username=settings.etcd_username or None, password=settings.etcd_password_value())
+
+    def _authenticate(self, user: str, password: str) -> str:
+        """etcd's token for user, asking the members in pyetcd's failover order."""
+        last = "no endpoint tried"
+        for _ in range(len(self.client.endpoints)):
+            try:
+                stub = etcdrpc.AuthStub(self.client.channel)
+                return stub.Authenticate(etcdrpc.AuthenticateRequest(name=user, password=password),
+                                         self.timeout).token
+            except etcd_exceptions.NoServerAvailableError as exc:
+                raise Unavailable(f"etcd is unreachable: no endpoint answered recently ({exc})") from exc
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise StoreError(f"etcd refused to authenticate user {user!r}: {exc.details()}") from exc
+                last = exc.details()
+                if len(self.client.endpoints) > 1:
+                    self.client.endpoint_in_use.fail()
+        raise Unavailable(f"etcd is unreachable, cannot authenticate: {last}")
 
     def close(self) -> None:
         for endpoint in self.client.endpoints.values():
@@ -192,9 +247,9 @@ class Store:
         return self._call(etcdrpc.KVStub, "Txn", request)
 
     def range(self, start: bytes, end: bytes | None = None, *, limit: int = 0,
-              revision: int = 0) -> etcdrpc.RangeResponse:
+              revision: int = 0, timeout: float | None = None) -> etcdrpc.RangeResponse:
         request = etcdrpc.RangeRequest(key=start, range_end=end or b"", limit=limit, revision=revision)
-        return self._call(etcdrpc.KVStub, "Range", request)
+        return self._call(etcdrpc.KVStub, "Range", request, timeout=timeout)
 
     def revision(self) -> int:
         return self.range(self.prefix, limit=1).header.revision
@@ -244,14 +299,19 @@ class Store:
         stored.metadata.resource_version = response.header.revision
         return stored
 
-    def update(self, kind: Kind[M], obj: M, *, fence: Fence | None = None) -> M:
-        """Write obj if its key still has obj.metadata.resource_version as mod_revision."""
+    def update(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, absent: bytes | None = None) -> M:
+        """Write obj if its key still has obj.metadata.resource_version as mod_revision (and,
+        when given, the key `absent` does not exist: raises Conflict otherwise)."""
         key = self.key(kind, obj.metadata.name)
         compare = [T.Mod(key) == obj.metadata.resource_version]
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
+        if absent is not None:
+            compare.append(T.Version(absent) == 0)
         response = self.txn(compare, [T.Put(key, encode(obj))])
         if not response.succeeded:
+            if absent is not None and self.range(absent).kvs:
+                raise Conflict(f"{absent.decode()} exists")
             self._explain_failure(kind, obj.metadata.name, fence)
         stored = type(obj)()
         stored.CopyFrom(obj)
@@ -317,6 +377,7 @@ class RawWatch:
                                             start_revision=start_revision, prev_kv=True)
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
         client = store.client
+        self._client = client
         try:
             stub = etcdrpc.WatchStub(client.channel)
         except etcd_exceptions.NoServerAvailableError as exc:
@@ -340,6 +401,9 @@ class RawWatch:
             error: StoreError = Unavailable("etcd ended the watch stream")
         except grpc.RpcError as exc:
             error = Unavailable(f"etcd watch broke: {exc.details() if hasattr(exc, 'details') else exc}")
+            if (not self._closed.is_set() and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and len(self._client.endpoints) > 1):
+                self._client.endpoint_in_use.fail()  # reopen on another member
         if not self._closed.is_set():
             self._queue.put(error)
 

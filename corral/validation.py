@@ -7,10 +7,11 @@ import re
 
 from corral.v1 import vm_pb2
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# \Z, not $: "$" also matches before a final newline ("web\n" is not a name).
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
 
 MAX_LABELS = 64
 MAX_VCPUS = 256
@@ -18,21 +19,40 @@ MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_PATH_LENGTH = 4096
 MAX_CMDLINE_LENGTH = 4096
+#: Problems listed in one error message (a status message must stay small: gRPC refuses
+#: trailers over 16 KiB), and characters of a user's value quoted in one.
+MAX_PROBLEMS_SHOWN = 10
+MAX_VALUE_SHOWN = 64
 
 
 class ValidationError(ValueError):
     """One or more fields are invalid; str() lists them all."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        more = len(problems) - len(shown)
+        super().__init__("; ".join(shown) + (f"; and {more} more problems" if more else ""))
         self.problems = problems
+
+
+def shown(value: str) -> str:
+    """A user's value quoted in a message: repr'd (control characters visible), and cut."""
+    if len(value) <= MAX_VALUE_SHOWN:
+        return repr(value)
+    return f"{value[:MAX_VALUE_SHOWN]!r}... ({len(value)} characters)"
+
+
+def _unprintable(text: str) -> bool:
+    """Control, format, separator (other than space), surrogate, private-use or unassigned
+    characters: none belongs in a path or a kernel command line, and some cannot be in XML."""
+    return not text.isprintable()
 
 
 def name_problem(name: str, field: str = "metadata.name") -> str | None:
     if not name:
         return f"{field} is required"
     if not DNS1123_LABEL.match(name):
-        return (f"{field} {name!r} is not a DNS-1123 label: use at most 63 lower-case letters, "
+        return (f"{field} {shown(name)} is not a DNS-1123 label: use at most 63 lower-case letters, "
                 "digits and '-', starting and ending with a letter or digit")
     return None
 
@@ -46,10 +66,10 @@ def label_problems(labels: dict[str, str] | object, field: str) -> list[str]:
     for key, value in items.items():
         prefix, slash, name = key.rpartition("/")
         if not LABEL_NAME.match(name) or (slash and not LABEL_PREFIX.match(prefix)):
-            problems.append(f"{field} key {key!r} is not a valid label key (optional DNS prefix + '/', "
+            problems.append(f"{field} key {shown(key)} is not a valid label key (optional DNS prefix + '/', "
                             "then at most 63 letters, digits, '-', '_' or '.')")
         if not LABEL_VALUE.match(value):
-            problems.append(f"{field}[{key!r}] value {value!r} is not a valid label value "
+            problems.append(f"{field}[{shown(key)}] value {shown(value)} is not a valid label value "
                             "(at most 63 letters, digits, '-', '_' or '.')")
     return problems
 
@@ -62,11 +82,11 @@ def node_path_problem(path: str, field: str, *, required: bool) -> str | None:
     if len(path) > MAX_PATH_LENGTH:
         return f"{field} is longer than {MAX_PATH_LENGTH} characters"
     if not path.startswith("/"):
-        return f"{field} {path!r} must be an absolute path"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        return f"{field} contains control characters"
-    if posixpath.normpath(path) != path or "/../" in path + "/":
-        return f"{field} {path!r} must be normalised (no '..', '.', or repeated '/')"
+        return f"{field} {shown(path)} must be an absolute path"
+    if _unprintable(path):
+        return f"{field} {shown(path)} contains control or other unprintable characters"
+    if posixpath.normpath(path) != path or "/../" in path + "/" or path.startswith("//"):
+        return f"{field} {shown(path)} must be normalised (no '..', '.', or repeated '/')"
     return None
 
 
@@ -90,16 +110,19 @@ def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
                 problems.append(problem)
         if len(kernel.cmdline) > MAX_CMDLINE_LENGTH:
             problems.append(f"spec.boot.kernel.cmdline is longer than {MAX_CMDLINE_LENGTH} characters")
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in kernel.cmdline):
-            problems.append("spec.boot.kernel.cmdline contains control characters")
+        if _unprintable(kernel.cmdline):
+            problems.append("spec.boot.kernel.cmdline contains control or other unprintable characters")
     else:
         disk = spec.boot.disk
         problem = node_path_problem(disk.image_path, "spec.boot.disk.image_path", required=True)
         if problem:
             problems.append(problem)
-        if disk.format == vm_pb2.DISK_FORMAT_UNSPECIFIED:
+        if disk.format not in (vm_pb2.DISK_FORMAT_RAW, vm_pb2.DISK_FORMAT_QCOW2):
             problems.append("spec.boot.disk.format must be given (RAW or QCOW2): formats are never probed")
     problems.extend(label_problems(spec.node_selector, "spec.node_selector"))
+    if spec.run_strategy not in vm_pb2.RunStrategy.values():
+        problems.append(f"spec.run_strategy {spec.run_strategy} is not one of "
+                        f"{', '.join(vm_pb2.RunStrategy.keys())}")
     return problems
 
 

@@ -19,7 +19,8 @@ import grpc
 
 from corral import status as vm_status
 from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
-from handler.launchers import VM_FILE, Launcher
+from handler.fencing import FenceDeadline, InstanceLocks
+from handler.launchers import VM_FILE, Launcher, SparePool
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def observed_phase(status: launcher_pb2.DomainStatus | None) -> tuple[int, str, 
 
 class NodeAgent:
     def __init__(self, *, node_name: str, state_dir: Path, launcher_command: list[str],
-                 stubs: "ControllerStubs", grace_seconds: int) -> None:
+                 stubs: "ControllerStubs", grace_seconds: int, locks: InstanceLocks,
+                 deadline: FenceDeadline) -> None:
         self.node_name = node_name
         self.state_dir = state_dir
         self.launcher_command = launcher_command
@@ -59,21 +61,39 @@ class NodeAgent:
         self.launchers: dict[str, Launcher] = {}  # by uid
         self.busy: set[str] = set()  # uids with a stop in progress
         self.reported: dict[str, tuple] = {}
+        self.locks = locks
+        self.deadline = deadline
+        self.locked: dict[str, int] = {}  # instance uid -> lease id its lock is bound to
+        self.tokens: dict[str, int] = {}  # VM name -> highest assignment token seen
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
+        self.spares = SparePool(command=launcher_command, log_path=state_dir / "spare-launcher.log")
 
     # -- inputs -----------------------------------------------------------------------------
     def set_assignments(self, vms: dict[str, vm_pb2.VirtualMachine]) -> None:
         with self.lock:
-            self.desired = vms
+            self.desired = {name: vm for name, vm in vms.items() if self._fresh(vm)}
             self.synced = True
         self.wake.set()
 
     def upsert(self, vm: vm_pb2.VirtualMachine) -> None:
         with self.lock:
-            self.desired[vm.metadata.name] = vm
+            if self._fresh(vm):
+                self.desired[vm.metadata.name] = vm
         self.wake.set()
+
+    def _fresh(self, vm: vm_pb2.VirtualMachine) -> bool:
+        """Refuse an assignment made under an older leader than one already obeyed for this VM
+        (a deposed leader's late command)."""
+        token = vm.status.assignment_token
+        seen = self.tokens.get(vm.metadata.name, 0)
+        if token < seen:
+            log.warning("vm %s: ignoring an assignment with stale fencing token %d (seen %d)",
+                        vm.metadata.name, token, seen)
+            return False
+        self.tokens[vm.metadata.name] = token
+        return True
 
     def remove(self, name: str) -> None:
         with self.lock:
@@ -115,7 +135,7 @@ class NodeAgent:
 
     def reconcile(self) -> None:
         with self.lock:
-            desired = {vm.metadata.uid: vm for vm in self.desired.values()}
+            desired = {vm.status.instance_uid: vm for vm in self.desired.values() if vm.status.instance_uid}
             synced = self.synced
         for uid, vm in desired.items():
             if uid not in self.busy:
@@ -142,13 +162,46 @@ class NodeAgent:
         elif not launcher.finished and not launcher.alive() and not launcher.running():
             self._restart_launcher(vm, launcher)
         else:
+            self._keep_lock(vm, launcher)
             self._report(vm, launcher)
 
+    def _keep_lock(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
+        """Re-bind a running instance's lock after the node took a new lease (or a restart)."""
+        if launcher.finished or self.locked.get(launcher.uid) == self.locks.lease_id():
+            return
+        if self.locks.acquire(vm.metadata.name, launcher.uid):
+            self.locked[launcher.uid] = self.locks.lease_id()
+
+    def reclaim_guests(self) -> None:
+        """After the node lease was lost: keep each running guest only if its instance lock is
+        reclaimed under the new lease; destroy the others now (the leader may have declared
+        their runs lost and started them elsewhere)."""
+        for launcher in list(self.launchers.values()):
+            if launcher.finished or not launcher.running():
+                continue
+            if self.locks.reclaim(launcher.vm.metadata.name, launcher.uid):
+                self.locked[launcher.uid] = self.locks.lease_id()
+                log.info("vm %s: run %s reclaimed", launcher.vm.metadata.name, launcher.uid)
+                continue
+            log.warning("vm %s: run %s was declared lost: destroying this copy", launcher.vm.metadata.name, launcher.uid)
+            self.locked.pop(launcher.uid, None)
+            try:
+                launcher.kill()
+            except (grpc.RpcError, ValueError) as exc:
+                log.error("vm %s: could not destroy the lost run: %s", launcher.vm.metadata.name, exc)
+                self._kill_leftover_qemu(launcher)
+
     def _start(self, vm: vm_pb2.VirtualMachine) -> None:
+        if not self.deadline.valid():
+            log.warning("vm %s: not starting: this node's lease is not current", vm.metadata.name)
+            return
+        if not self.locks.acquire(vm.metadata.name, vm.status.instance_uid):
+            return
+        self.locked[vm.status.instance_uid] = self.locks.lease_id()
         vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm)
         launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set)
-        self.launchers[vm.metadata.uid] = launcher
-        launcher.spawn(self.launcher_command)
+        self.launchers[launcher.uid] = launcher
+        launcher.spawn(self.launcher_command, self.spares)
 
     def _restart_launcher(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
         if launcher.quick_deaths >= MAX_QUICK_DEATHS:
@@ -182,7 +235,7 @@ class NodeAgent:
         try:
             self.stubs.handler.ReportVirtualMachineStatus(handler_pb2.ReportVirtualMachineStatusRequest(
                 node_name=self.node_name, name=vm.metadata.name, uid=vm.metadata.uid, phase=phase,
-                reason=reason, message=message, serial_log_path=serial), timeout=10)
+                reason=reason, message=message, serial_log_path=serial, instance_uid=launcher.uid), timeout=10)
         except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel was just rotated
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.warning("vm %s: report %s failed: %s", vm.metadata.name, vm_status.phase_name(phase), detail)
@@ -203,6 +256,8 @@ class NodeAgent:
         self._kill_leftover_qemu(launcher)
         launcher.mark_finished()
         launcher.close()
+        self.locks.release(launcher.vm.metadata.name, launcher.uid)
+        self.locked.pop(launcher.uid, None)
 
     @staticmethod
     def _kill_leftover_qemu(launcher: Launcher) -> None:
@@ -238,6 +293,8 @@ class NodeAgent:
         launcher.remove_dir()
         self.launchers.pop(launcher.uid, None)
         self.reported.pop(launcher.uid, None)
+        self.locks.release(launcher.vm.metadata.name, launcher.uid)
+        self.locked.pop(launcher.uid, None)
         if release is not None:
             self._release(release)
 
@@ -279,8 +336,9 @@ KEEPALIVE_OPTIONS = [
 class ControllerStubs:
     """Stubs on a channel to one of the controllers; rotate() moves to the next address."""
 
-    def __init__(self, servers: list[str]) -> None:
+    def __init__(self, servers: list[str], *, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.servers = servers
+        self.credentials = credentials  # TLS (the node's certificate) when set, else plaintext
         self.index = -1
         self.channel: grpc.Channel | None = None
         self.rotate()
@@ -288,7 +346,10 @@ class ControllerStubs:
     def rotate(self) -> None:
         old = self.channel
         self.index = (self.index + 1) % len(self.servers)
-        self.channel = grpc.insecure_channel(self.servers[self.index], options=KEEPALIVE_OPTIONS)
+        address = self.servers[self.index]
+        self.channel = (grpc.secure_channel(address, self.credentials, options=KEEPALIVE_OPTIONS)
+                        if self.credentials is not None
+                        else grpc.insecure_channel(address, options=KEEPALIVE_OPTIONS))
         self.handler = handler_pb2_grpc.HandlerServiceStub(self.channel)
         if old is not None:
             old.close()

@@ -15,12 +15,14 @@ from pathlib import Path
 import grpc
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
+from handler import spawn
 
 log = logging.getLogger(__name__)
 
 VM_FILE = "vm.binpb"
 SOCKET_FILE = "launcher.sock"
 LOG_FILE = "launcher.log"
+PID_FILE = "launcher.pid"
 FINISHED_MARKER = "finished"
 #: A launcher that dies sooner than this after its start counts towards backing off.
 QUICK_DEATH_SECONDS = 10.0
@@ -35,6 +37,11 @@ CHANNEL_OPTIONS = [
 #: libvirt puts QEMU's monitor socket ~62 bytes below the VM directory, and a unix socket
 #: path has at most 107 bytes: the VM directory must stay this short.
 MAX_VM_DIR_LENGTH = 43
+
+
+def instance_uid(vm: vm_pb2.VirtualMachine) -> str:
+    """Each run of a VM has its own directory, launcher and domain."""
+    return vm.status.instance_uid or vm.metadata.uid
 
 
 def vm_dir_for(state_dir: Path, uid: str) -> Path:
@@ -90,6 +97,14 @@ def pids_with_cmdline(text: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
 def _is_qemu(pid: int) -> bool:
     try:
         return "qemu" in os.path.basename(os.readlink(f"/proc/{pid}/exe"))
@@ -106,7 +121,7 @@ class Launcher:
         vm = vm_pb2.VirtualMachine()
         vm.ParseFromString((vm_dir / VM_FILE).read_bytes())
         self.vm = vm
-        self.uid = vm.metadata.uid
+        self.uid = instance_uid(vm)
         self.status: launcher_pb2.DomainStatus | None = None
         self.process: subprocess.Popen | None = None
         self.spawned_at = 0.0
@@ -119,7 +134,7 @@ class Launcher:
     # -- directory --------------------------------------------------------------------------
     @classmethod
     def create_dir(cls, *, state_dir: Path, vm: vm_pb2.VirtualMachine) -> Path:
-        vm_dir = vm_dir_for(state_dir, vm.metadata.uid)
+        vm_dir = vm_dir_for(state_dir, instance_uid(vm))
         vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomically(vm_dir / VM_FILE, vm.SerializeToString())
         return vm_dir
@@ -140,20 +155,26 @@ class Launcher:
         shutil.rmtree(self.vm_dir, ignore_errors=True)
 
     # -- process ----------------------------------------------------------------------------
-    def spawn(self, command: list[str]) -> None:
-        """Start a launcher for this directory; it adopts a running domain if there is one."""
+    def spawn(self, command: list[str], spares: "SparePool | None" = None) -> None:
+        """Start a launcher for this directory (a warm spare when one is ready); it adopts a
+        running domain if there is one."""
         if self.spawned_at and time.monotonic() - self.spawned_at < QUICK_DEATH_SECONDS:
             self.quick_deaths += 1
         else:
             self.quick_deaths = 0
         self.spawned_at = time.monotonic()
-        with open(self.vm_dir / LOG_FILE, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [*command, "--vm-dir", str(self.vm_dir)],
-                cwd=self.vm_dir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
-            )
-        log.info("vm %s: launcher pid %d started", self.vm.metadata.name, self.process.pid)
+        spare = spares.take() if spares is not None and not self.quick_deaths else None
+        if spare is not None and spare.assign(self.vm_dir):
+            self.process = spare.process
+        else:
+            with open(self.vm_dir / LOG_FILE, "ab") as log_file:
+                self.process = subprocess.Popen(
+                    [*spawn.launcher_prefix(self.uid), *command, "--vm-dir", str(self.vm_dir)],
+                    cwd=self.vm_dir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
+                )
+        log.info("vm %s: launcher pid %d started%s", self.vm.metadata.name, self.process.pid,
+                 " (warm spare)" if spare is not None else "")
         self.follow()
 
     def respawn_delay(self) -> float:
@@ -178,7 +199,15 @@ class Launcher:
     def running(self) -> bool:
         """Thorough check before starting another launcher or giving up on this one: any
         process serving this directory (say, one a previous handler started moments ago)."""
-        return self.alive() or bool(pids_with_cmdline(f"--vm-dir\0{self.vm_dir}\0"))
+        if self.alive():
+            return True
+        try:
+            pid = int((self.vm_dir / PID_FILE).read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and pid_alive(pid) and b"launcher" in _cmdline(pid):
+            return True
+        return bool(pids_with_cmdline(f"--vm-dir\0{self.vm_dir}\0"))
 
     def qemu_pids(self) -> list[int]:
         """QEMU processes of this VM (their command line carries the VM's uuid)."""
@@ -244,3 +273,57 @@ class Launcher:
         deadline = time.monotonic() + timeout
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class Spare:
+    """A launcher process that has started and imported everything, waiting on stdin."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+
+    def assign(self, vm_dir: Path) -> bool:
+        try:
+            self.process.stdin.write(f"{vm_dir}\n".encode())
+            self.process.stdin.close()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+
+class SparePool:
+    """Keeps one warm spare launcher; taking it starts the next one."""
+
+    def __init__(self, *, command: list[str], log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        self.spare: Spare | None = None
+        self.lock = threading.Lock()
+
+    def _start(self) -> Spare:
+        with open(self.log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [*spawn.launcher_prefix("spare"), *self.command, "--spare"], stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, cwd="/")
+        return Spare(process)
+
+    def fill(self) -> None:
+        with self.lock:
+            if self.spare is None or self.spare.process.poll() is not None:
+                self.spare = self._start()
+
+    def take(self) -> Spare | None:
+        with self.lock:
+            spare, self.spare = self.spare, None
+        threading.Thread(target=self.fill, name="spare-launcher", daemon=True).start()
+        if spare is None or spare.process.poll() is not None:
+            return None
+        return spare
+
+    def close(self) -> None:
+        with self.lock:
+            if self.spare is not None:
+                try:
+                    self.spare.process.stdin.close()  # EOF: the spare exits quietly
+                except OSError:
+                    pass
+                self.spare = None

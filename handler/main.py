@@ -1,7 +1,8 @@
 """corral-handler: one per node. Registers the node, keeps its heartbeat lease, follows its
 assignments from the controllers and runs one corral-launcher process per assigned VM.
 Launchers run in their own sessions: stopping or killing the handler leaves guests running,
-and the next handler adopts them."""
+and the next handler adopts them. Under systemd (Type=notify) it reports READY=1 once
+registered and running, WATCHDOG=1 from its main loop and STOPPING=1 on shutdown."""
 from __future__ import annotations
 
 import argparse
@@ -13,17 +14,19 @@ import sys
 import threading
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from corral import logs
-from corral.settings import HandlerSettings
+from corral import logs, metrics, tls
+from corral.sdnotify import Watchdog, notify
+from corral.settings import HandlerSettings, SettingsError, load_settings
 from corral.store import Store, StoreError
 from handler.agent import ControllerStubs, NodeAgent
 from handler.assignments import AssignmentFollower
+from handler.fencing import FenceDeadline, InstanceLocks, store_down_everywhere
 from handler.launchers import state_dir_problem
 from handler.node import Heartbeat, node_record, register
 
 log = logging.getLogger("corral.handler")
+
+FENCE_FILE = "fence-deadline"
 
 
 def parse_settings(argv: list[str] | None) -> HandlerSettings:
@@ -41,17 +44,21 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--shutdown-grace-seconds", type=int, help="ACPI grace before destroy")
     parser.add_argument("--launcher-command", help="command line of corral-launcher")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
+    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (CORRAL_METRICS_LISTEN)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file, YAML or TOML (CORRAL_CONFIG; default /etc/corral/handler.yaml if present)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    config = args.config
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
     try:
-        return HandlerSettings(**overrides)
-    except ValidationError as exc:
-        parser.exit(2, f"corral-handler: invalid settings:\n{exc}\n")
+        return load_settings(HandlerSettings, overrides, config=config, daemon="handler")
+    except SettingsError as exc:
+        parser.exit(2, f"corral-handler: {exc}\n")
 
 
 def launcher_command(settings: HandlerSettings, state_dir: Path) -> list[str]:
     base = shlex.split(settings.launcher_command) if settings.launcher_command else [sys.executable, "-m", "launcher.main"]
-    return [*base, "--emulation", settings.emulation,
+    return [*base, "--emulation", settings.emulation, "--fence-file", str(state_dir / FENCE_FILE),
             "--capabilities-cache", str(state_dir / "cache" / "qemu-capabilities")]
 
 
@@ -66,14 +73,22 @@ def hypervisor_name(emulation: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     logs.setup(settings.log_level, name=f"handler[{settings.node_name}]")
+    logs.set_fields(node=settings.node_name)
     state_dir = Path(settings.state_dir).resolve()
     problem = state_dir_problem(state_dir)
     if problem:
         print(f"corral-handler: {problem}", file=sys.stderr)
         return 2
     (state_dir / "cache" / "qemu-capabilities").mkdir(parents=True, exist_ok=True)
-    store = Store(endpoints=settings.etcd_endpoints, prefix=settings.etcd_prefix,
-                  timeout=settings.etcd_timeout_seconds)
+    try:
+        store = Store.from_settings(settings)
+        credentials = (tls.channel_credentials(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+                       if settings.uses_tls() else None)
+    except (StoreError, tls.TLSConfigError) as exc:
+        print(f"corral-handler: {exc}", file=sys.stderr)
+        return 2
+    if credentials is None:
+        log.warning("talking to the controllers WITHOUT TLS: use only on a trusted network")
     record = node_record(name=settings.node_name, labels=settings.node_labels,
                          vcpus=settings.capacity_vcpus, memory_mib=settings.capacity_memory_mib,
                          hypervisor=hypervisor_name(settings.emulation))
@@ -93,12 +108,31 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             log.warning("cannot register node %s yet: %s", settings.node_name, exc)
             stop.wait(1.0)
-    heartbeat = Heartbeat(store=store, node_name=settings.node_name, ttl_seconds=settings.heartbeat_seconds)
-    stubs = ControllerStubs(settings.servers)
+    deadline = FenceDeadline(str(state_dir / FENCE_FILE))
+    stubs = ControllerStubs(settings.servers, credentials=credentials)
+    agent_holder: list[NodeAgent] = []
+    heartbeat = Heartbeat(
+        store=store, node_name=settings.node_name, ttl_seconds=settings.heartbeat_seconds, deadline=deadline,
+        outage_confirmed=lambda: store_down_everywhere(settings.servers, node_name=settings.node_name,
+                                                       credentials=credentials),
+        reclaim_guests=lambda: agent_holder and agent_holder[0].reclaim_guests())
+    locks = InstanceLocks(store=store, node_name=settings.node_name, lease_id=lambda: heartbeat.lease_id)
     agent = NodeAgent(node_name=settings.node_name, state_dir=state_dir,
                       launcher_command=launcher_command(settings, state_dir), stubs=stubs,
-                      grace_seconds=settings.shutdown_grace_seconds)
+                      grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline)
+    agent_holder.append(agent)
+    # The first beat before anything else: launchers being adopted must see a current deadline.
+    while not stop.is_set():
+        try:
+            heartbeat.beat_once()
+            break
+        except StoreError as exc:
+            log.warning("cannot take the node lease yet: %s", exc)
+            stop.wait(1.0)
+    metrics.register_handler(agent, settings.node_name)
+    metrics.serve(settings.metrics_listen)
     agent.adopt_existing()
+    agent.spares.fill()
     follower = AssignmentFollower(agent=agent, stubs=stubs, node_name=settings.node_name)
     threads = [
         threading.Thread(target=heartbeat.run, args=(stop,), name="heartbeat", daemon=True),
@@ -108,9 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     for thread in threads:
         thread.start()
     log.info("node %s handler started (state in %s)", settings.node_name, state_dir)
-    stop.wait()
+    notify(f"READY=1\nSTATUS=node {settings.node_name} registered")
+    watchdog = Watchdog()
+    while not stop.wait(watchdog.period):
+        # Healthy while every loop runs; a dead one stops the pings and systemd restarts us
+        # (launchers live in their own scopes or sessions: guests keep running).
+        dead = [thread.name for thread in threads if not thread.is_alive()]
+        watchdog.ping(healthy=not dead, status=f"node {settings.node_name}: " +
+                      (f"{', '.join(dead)} loop stopped" if dead else "running"))
+    notify("STOPPING=1\nSTATUS=stopping (VMs keep running)")
     follower.stop()
-    heartbeat.release()
+    agent.spares.close()
+    # The lease is NOT revoked: guests keep running while a restarted handler takes over in
+    # time; if none does, they are fenced when the lease runs out.
     store.close()
     return 0
 

@@ -6,6 +6,8 @@ import logging
 import os
 import random
 import threading
+import time
+from collections.abc import Callable
 
 from pyetcd import transactions as T
 
@@ -13,6 +15,7 @@ from corral import status as vm_status
 from corral.resources import NODE_LEASES_FOLDER, NODES
 from corral.store import NotFound, Store, StoreError
 from corral.v1 import node_pb2
+from handler.fencing import FenceDeadline
 
 log = logging.getLogger(__name__)
 
@@ -51,46 +54,66 @@ def register(store: Store, node: node_pb2.Node) -> node_pb2.Node:
 
 
 class Heartbeat:
-    """Keeps the node's lease key alive; recreates it after an expiry or an etcd outage."""
+    """Keeps the node's lease key alive and, with it, the fencing deadline its launchers obey.
 
-    def __init__(self, *, store: Store, node_name: str, ttl_seconds: int) -> None:
+    A lease that expired means the controller may restart this node's VMs elsewhere: a guest
+    is kept only if its run's instance lock is reclaimed first (see handler/fencing.py)."""
+
+    def __init__(self, *, store: Store, node_name: str, ttl_seconds: int, deadline: FenceDeadline,
+                 outage_confirmed: Callable[[], bool], reclaim_guests: Callable[[], None]) -> None:
         self.store = store
         self.ttl = ttl_seconds
         self.key = store.raw_key(NODE_LEASES_FOLDER + node_name)
         self.node_name = node_name
+        self.deadline = deadline
+        self.outage_confirmed = outage_confirmed
+        self.reclaim_guests = reclaim_guests
         self.lease_id: int | None = None
-        self.beating = threading.Event()
 
     def _grant(self) -> None:
+        sent = time.monotonic()
         lease_id = self.store.grant_lease(self.ttl)
         self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
         self.lease_id = lease_id
-        self.beating.set()
+        self.deadline.renewed(sent=sent, ttl=self.ttl)
         log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease_id, self.ttl)
 
     def beat_once(self) -> None:
         if self.lease_id is None:
             self._grant()
             return
-        if self.store.refresh_lease(self.lease_id, timeout=self.ttl / 3) <= 0:
-            log.warning("node %s heartbeat lease expired: taking a new one", self.node_name)
-            self.lease_id = None
-            self._grant()
+        sent = time.monotonic()
+        if self.store.refresh_lease(self.lease_id, timeout=min(self.ttl / 3, 2.0)) > 0:
+            self.deadline.renewed(sent=sent, ttl=self.ttl)
+            return
+        # The lease expired (a long store outage, or this node was cut off or hung). Its guests
+        # live on only until the current deadline. Take a new lease, then keep each guest only
+        # if its instance lock can be reclaimed (the leader has not declared the run lost).
+        log.warning("node %s lease expired: reclaiming this node's runs under a new lease", self.node_name)
+        self.lease_id = None
+        lease_id = self.store.grant_lease(self.ttl)
+        self.lease_id = lease_id
+        self.reclaim_guests()
+        self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
+        self.deadline.renewed(sent=sent, ttl=self.ttl)
+        log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease_id, self.ttl)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.beat_once()
-                delay = self.ttl / 3
-            except (StoreError, Exception) as exc:  # etcd down: keep trying, quickly
-                log.warning("node %s heartbeat failed: %r", self.node_name, exc)
+                delay = self.ttl / 4
+            except StoreError as exc:
+                if self.outage_confirmed():
+                    self.deadline.extend_for_outage()
+                    log.warning("node %s cannot renew its lease, but no controller reaches the store "
+                                "either: guests keep running (%s)", self.node_name, exc)
+                else:
+                    left = self.deadline.deadline - time.monotonic()
+                    log.warning("node %s cannot renew its lease (%s); guests are fenced in %.1fs",
+                                self.node_name, exc, max(left, 0.0))
+                delay = 0.5
+            except Exception:
+                log.exception("heartbeat failed")
                 delay = 0.5
             stop.wait(delay * (0.9 + random.random() * 0.2))
-
-    def release(self) -> None:
-        """On a clean exit: the node turns NotReady at once instead of after the TTL."""
-        if self.lease_id is not None:
-            try:
-                self.store.revoke_lease(self.lease_id, timeout=1.0)
-            except StoreError:
-                pass

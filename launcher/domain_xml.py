@@ -35,14 +35,19 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
     return element
 
 
+def domain_uuid(vm: vm_pb2.VirtualMachine) -> str:
+    """Each run of a VM is its own domain: the instance uid, else (older handlers) the VM's."""
+    return vm.status.instance_uid or vm.metadata.uid
+
+
 def validate(vm: vm_pb2.VirtualMachine) -> None:
     """Reject specs libvirt would misread or refuse, with a message a user can act on."""
     if not vm.metadata.name:
         raise ValueError("metadata.name is empty")
     try:
-        uuid.UUID(vm.metadata.uid)
+        uuid.UUID(domain_uuid(vm))
     except ValueError:
-        raise ValueError(f"metadata.uid {vm.metadata.uid!r} is not a UUID") from None
+        raise ValueError(f"instance uid {domain_uuid(vm)!r} is not a UUID") from None
     if vm.spec.vcpus < 1:
         raise ValueError(f"spec.vcpus must be at least 1, got {vm.spec.vcpus}")
     if vm.spec.memory_mib < 1:
@@ -65,7 +70,7 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     validate(vm)
     domain = ET.Element("domain", type="qemu" if options.emulation else "kvm")
     _sub(domain, "name", vm.metadata.name)
-    _sub(domain, "uuid", str(uuid.UUID(vm.metadata.uid)))
+    _sub(domain, "uuid", str(uuid.UUID(domain_uuid(vm))))
     _sub(domain, "memory", str(vm.spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(vm.spec.vcpus))
 

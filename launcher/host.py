@@ -123,6 +123,8 @@ def prepare_embed_root(root: str) -> None:
     conf = os.path.join(root, "etc", "qemu.conf")
     with open(conf + ".tmp", "w") as f:
         f.write('stdio_handler = "file"\n')
+        # Many VMs share kernels and images: never record and "restore" their ownership.
+        f.write("remember_owner = 0\n")
     os.replace(conf + ".tmp", conf)
 
 

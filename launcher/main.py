@@ -2,8 +2,15 @@
 
 Command line::
 
-    python -m launcher.main --vm-dir DIR [--emulation auto|on|off]
+    python -m launcher.main (--vm-dir DIR | --spare) [--emulation auto|on|off]
         [--capabilities-cache CACHEDIR] [--libvirt-uri URI]
+
+``--fence-file PATH`` names the node's fencing deadline (see launcher/fencing.py): once it
+passes, the guest is destroyed and reported CRASHED with reason "fenced".
+
+``--spare`` starts and imports everything, then reads DIR as one line from stdin (EOF: exit
+quietly). The handler keeps one spare ready, so a new VM does not wait ~0.3 s for Python to
+start and import gRPC and libvirt. Either way the launcher writes its pid to DIR/launcher.pid.
 
 DIR must hold ``vm.binpb`` (a serialized ``corral.v1.VirtualMachine``). The launcher
 creates ``DIR/launcher.sock`` (gRPC LauncherService), ``DIR/libvirt/`` (the state of
@@ -48,6 +55,7 @@ from corral.v1 import launcher_pb2_grpc, vm_pb2
 
 from launcher import domain_xml
 from launcher.host import Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache
+from launcher.fencing import FenceWatch
 from launcher.service import LauncherServicer
 from launcher.supervisor import Supervisor
 
@@ -56,6 +64,8 @@ log = logging.getLogger("launcher")
 SOCKET_NAME = "launcher.sock"
 VM_FILE = "vm.binpb"
 SERIAL_LOG = "serial.log"
+LOG_FILE = "launcher.log"
+PID_FILE = "launcher.pid"
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 # DIR + "/libvirt/lib/qemu/domain-NNN-" + 20-char short name + "/monitor.sock" must fit.
 MAX_VM_DIR = MAX_UNIX_PATH - 64
@@ -83,12 +93,18 @@ def ensure_traversable(vm_dir: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="corral-launcher", description=__doc__.split("\n")[0])
-    parser.add_argument("--vm-dir", required=True, help="the VM's directory (holds vm.binpb)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--vm-dir", help="the VM's directory (holds vm.binpb)")
+    where.add_argument("--spare", action="store_true",
+                       help="start, import everything, then read the VM directory from stdin "
+                            "(the handler keeps one spare ready so a new VM skips Python's start)")
     parser.add_argument("--emulation", choices=["auto", "on", "off"], default="auto",
                         help="on: TCG (domain type qemu); off: KVM; auto: KVM if /dev/kvm is usable")
     parser.add_argument("--capabilities-cache", metavar="CACHEDIR",
                         help="shared QEMU capabilities cache dir (saves ~4 s on the first start)")
     parser.add_argument("--libvirt-uri", help="default: qemu:///embed?root=VM_DIR/libvirt")
+    parser.add_argument("--fence-file", help="the node's fencing deadline (CLOCK_MONOTONIC seconds), written "
+                                             "by the handler: past it the guest is destroyed")
     return parser.parse_args(argv)
 
 
@@ -100,11 +116,35 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def wait_for_assignment() -> str:
+    """A spare's wait: one line on stdin names the VM directory; EOF means not needed."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        _exit(0)
+    log_fd = os.open(os.path.join(line, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # from now on the handler's end of the pipe does not matter
+    os.close(devnull)
+    return line
+
+
+def write_pidfile(vm_dir: str) -> None:
+    """So a handler (even a new one) can tell this directory has a live launcher."""
+    path = os.path.join(vm_dir, PID_FILE)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    vm_dir = os.path.abspath(args.vm_dir)
+    vm_dir = os.path.abspath(wait_for_assignment() if args.spare else args.vm_dir)
+    write_pidfile(vm_dir)
     vm = vm_pb2.VirtualMachine()
     try:
         with open(os.path.join(vm_dir, VM_FILE), "rb") as f:
@@ -167,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    if args.fence_file:
+        FenceWatch(path=args.fence_file, fence=supervisor.fence).start()
     supervisor.start()
     while not supervisor.exit_requested.wait(0.5):
         pass

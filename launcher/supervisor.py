@@ -75,6 +75,7 @@ class Supervisor:
         self._op_lock = threading.Lock()  # startup, shutdown and kill never overlap
         self._guest: Guest | None = None
         self._start_error: str | None = None
+        self._fenced: str | None = None
         self._shutting_down = False
         self._final: launcher_pb2.DomainStatus | None = None
         self._events: queue.Queue[LifecycleEvent | None] = queue.Queue()
@@ -88,7 +89,7 @@ class Supervisor:
     def _status(self, state: int, reason: str, message: str = "",
                 qemu_pid: int = 0) -> launcher_pb2.DomainStatus:
         return pb.DomainStatus(state=state, reason=reason, message=message,
-                               vm_uid=self.vm.metadata.uid, qemu_pid=qemu_pid,
+                               vm_uid=domain_xml.domain_uuid(self.vm), qemu_pid=qemu_pid,
                                launcher_pid=os.getpid(),
                                serial_log_path=self.options.serial_log_path)
 
@@ -106,7 +107,9 @@ class Supervisor:
         threading.Thread(target=self._refresh_loop, name="status-refresh", daemon=True).start()
 
     def _start_locked(self) -> None:
-        uid = self.vm.metadata.uid
+        if self._fenced:
+            raise LauncherError(self._fenced)
+        uid = domain_xml.domain_uuid(self.vm)
         try:
             guest: Guest | None = self.host.lookup(uid)
         except DomainNotFound:
@@ -171,7 +174,9 @@ class Supervisor:
             return  # undefined during shutdown; the final status is published there
         state, reason = translate_state(raw_state, raw_reason)
         message = ""
-        if state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED) and self._start_error:
+        if state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED) and self._fenced:
+            state, reason, message = pb.DOMAIN_STATE_CRASHED, "fenced", self._fenced
+        elif state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED) and self._start_error:
             state, reason, message = pb.DOMAIN_STATE_CRASHED, "failed", self._start_error
         elif state == pb.DOMAIN_STATE_CRASHED:
             message = "QEMU exited unexpectedly"
@@ -201,6 +206,20 @@ class Supervisor:
                     log.info("guest did not power off within %ss; destroying", grace_period_seconds)
                     guest.destroy()
             return self._finish_locked()
+
+    def fence(self, message: str) -> None:
+        """Destroy the guest because the node may no longer run it; keep serving the status
+        (and never boot it again: the started marker stays)."""
+        with self._op_lock:
+            self._fenced = message
+            if self._guest is None:
+                self._start_error = message  # never start it
+            elif self._final is None:
+                try:
+                    self._guest.destroy()
+                except LauncherError as e:
+                    log.error("fencing: destroy failed: %s", e)
+        self.refresh()
 
     def kill(self) -> launcher_pb2.DomainStatus:
         """Destroy at once, undefine; then the launcher exits."""

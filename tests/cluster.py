@@ -119,12 +119,12 @@ class Cluster:
         env["CORRAL_LOG_LEVEL"] = "INFO"
         return env
 
-    def start_controller(self, name: str = "c1", *, lease_seconds: int = 3) -> str:
+    def start_controller(self, name: str = "c1", *, lease_seconds: int = 3, extra: list[str] | None = None) -> str:
         address = f"127.0.0.1:{free_port()}"
         log = open(self.base / f"controller-{name}.log", "ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "controller.main", "--listen", address, "--replica-id", name,
-             "--leader-lease-seconds", str(lease_seconds)],
+             "--leader-lease-seconds", str(lease_seconds), *(extra or [])],
             env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.controllers[name] = (process, address)
         wait_for(lambda: self._serving(address), timeout=20, what=f"controller {name} to serve")
@@ -147,7 +147,7 @@ class Cluster:
         args = self.handler_args.get(node) or [
             "--node-name", node, "--servers", self.servers, "--state-dir", str(self.state_dir(node)),
             "--emulation", "on", "--capacity-vcpus", str(vcpus), "--capacity-memory-mib", str(memory_mib),
-            "--shutdown-grace-seconds", "1", "--heartbeat-seconds", "3", *(["--node-labels", labels] if labels else []),
+            "--shutdown-grace-seconds", "1", *(["--node-labels", labels] if labels else []),
             *(extra or [])]
         self.handler_args[node] = args
         log = open(self.base / f"handler-{node}.log", "ab")

@@ -43,7 +43,7 @@ def test_vm_boots_on_a_node_that_fits(cluster):
     assert vm.status.node_name == "big"
     assert [t.phase for t in vm.status.phase_transitions] == [PENDING, vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED, RUNNING]
     wait_for(lambda: serial_shows_ready(cluster.get("demo")), timeout=60, what="the guest's readiness line")
-    assert qemu_pid_for(vm.metadata.uid) is not None
+    assert qemu_pid_for(vm.status.instance_uid) is not None
 
 
 def test_node_selector_is_honoured(cluster):
@@ -76,7 +76,7 @@ def test_delete_stops_qemu_and_removes_launcher_and_keys(cluster):
     cluster.start_handler("n1")
     cluster.create(cluster.guest_vm("doomed"))
     vm = cluster.wait_phase("doomed", RUNNING)
-    uid = vm.metadata.uid
+    uid = vm.status.instance_uid
     qemu = wait_for(lambda: qemu_pid_for(uid), timeout=10, what="the QEMU process")
     vm_dir = vm_dir_for(cluster.state_dir("n1"), uid)
     assert vm_dir.is_dir()
@@ -138,13 +138,13 @@ def test_handler_sigkill_leaves_the_guest_running_and_it_is_readopted(cluster):
     cluster.start_handler("n1")
     cluster.create(cluster.guest_vm("pet"))
     vm = cluster.wait_phase("pet", RUNNING)
-    qemu = wait_for(lambda: qemu_pid_for(vm.metadata.uid), timeout=10, what="the QEMU process")
+    qemu = wait_for(lambda: qemu_pid_for(vm.status.instance_uid), timeout=10, what="the QEMU process")
     cluster.kill_handler("n1")
     time.sleep(1)
-    assert qemu_pid_for(vm.metadata.uid) == qemu
+    assert qemu_pid_for(vm.status.instance_uid) == qemu
     cluster.start_handler("n1")
     time.sleep(3)  # a full reconcile pass of the new handler
-    assert qemu_pid_for(vm.metadata.uid) == qemu
+    assert qemu_pid_for(vm.status.instance_uid) == qemu
     assert cluster.get("pet").status.phase == RUNNING
     # The new handler really owns it: deleting stops the same guest.
     cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="pet"), timeout=10)

@@ -50,7 +50,7 @@ def test_killing_the_leader_hands_over_within_five_seconds(cluster):
     cluster.start_handler("n1")
     cluster.create(cluster.guest_vm("steady"))
     vm = cluster.wait_phase("steady", RUNNING)
-    qemu = wait_for(lambda: qemu_pid_for(vm.metadata.uid), timeout=10, what="QEMU")
+    qemu = wait_for(lambda: qemu_pid_for(vm.status.instance_uid), timeout=10, what="QEMU")
     leader, token = wait_for(lambda: leader_of(cluster), timeout=10, what="a leader")
     process, _ = cluster.controllers.pop(leader)
     killed_at = time.monotonic()
@@ -65,7 +65,7 @@ def test_killing_the_leader_hands_over_within_five_seconds(cluster):
     # The new leader schedules, and nothing happened to the running guest.
     cluster.create(cluster.guest_vm("after-failover"))
     cluster.wait_phase("after-failover", RUNNING)
-    assert qemu_pid_for(vm.metadata.uid) == qemu
+    assert qemu_pid_for(vm.status.instance_uid) == qemu
     assert cluster.get("steady").status.phase == RUNNING
 
 

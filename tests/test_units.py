@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller import pagination
+from controller import lifecycle, pagination
 from controller.errors import RequestError
 from corral import scheduling, status
 from corral.selectors import SelectorError, matches, parse_selector
@@ -157,3 +157,43 @@ def test_phase_transitions_and_conditions():
     assert status.set_condition(vm, "Ready", True, "Running", "still")
     assert vm.status.conditions[0].last_transition_time.ToNanoseconds() == first
     assert status.phase_name(vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED) == "Succeeded"
+
+
+def ended(phase, strategy=0, lost=False) -> vm_pb2.VirtualMachine:
+    vm = make_vm()
+    vm.spec.run_strategy = strategy
+    vm.status.phase = phase
+    vm.status.node_name = "n1"
+    vm.status.instance_uid = "i-1"
+    if lost:
+        lifecycle.mark_lost(vm, "n1")
+    return vm
+
+
+@pytest.mark.parametrize("strategy,phase,restarts", [
+    (vm_pb2.RUN_STRATEGY_ALWAYS, vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, True),
+    (vm_pb2.RUN_STRATEGY_ALWAYS, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, True),
+    (vm_pb2.RUN_STRATEGY_RERUN_ON_FAILURE, vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, False),
+    (vm_pb2.RUN_STRATEGY_RERUN_ON_FAILURE, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, True),
+    (vm_pb2.RUN_STRATEGY_UNSPECIFIED, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, True),
+    (vm_pb2.RUN_STRATEGY_ONCE, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, False),
+    (vm_pb2.RUN_STRATEGY_MANUAL, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, False),
+    (vm_pb2.RUN_STRATEGY_HALTED, vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, False),
+])
+def test_run_strategies_decide_restarts(strategy, phase, restarts):
+    assert lifecycle.wants_restart(ended(phase, strategy)) is restarts
+
+
+def test_restart_backs_off_after_crashes_but_not_after_a_lost_node():
+    crashed = ended(vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED)
+    delay = lifecycle.restart(crashed, now_seconds=1000.0)
+    assert 10 <= delay <= 11 and crashed.status.restart_count == 1
+    assert crashed.status.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING
+    assert not crashed.status.node_name and not crashed.status.instance_uid
+    assert lifecycle.waiting_for_backoff(crashed, 1005.0) and not lifecycle.waiting_for_backoff(crashed, 1012.0)
+    lost = ended(vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, lost=True)
+    assert lost.status.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED
+    assert lifecycle.restart(lost, now_seconds=1000.0) == 0.0
+    assert lifecycle.backoff_seconds(0) == 0
+    assert 40 <= lifecycle.backoff_seconds(2) <= 44 and 90 <= lifecycle.backoff_seconds(3) <= 99
+    assert lifecycle.backoff_seconds(6) == lifecycle.backoff_seconds(100) == 300

@@ -35,7 +35,7 @@ class WatchAssignmentsResponse(_message.Message):
     def __init__(self, type: _Optional[_Union[AssignmentEventType, str]] = ..., virtual_machine: _Optional[_Union[_vm_pb2.VirtualMachine, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
 
 class ReportVirtualMachineStatusRequest(_message.Message):
-    __slots__ = ("node_name", "name", "uid", "phase", "reason", "message", "serial_log_path")
+    __slots__ = ("node_name", "name", "uid", "phase", "reason", "message", "serial_log_path", "instance_uid")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class ReportVirtualMachineStatusRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SERIAL_LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     name: str
     uid: str
@@ -50,7 +51,8 @@ class ReportVirtualMachineStatusRequest(_message.Message):
     reason: str
     message: str
     serial_log_path: str
-    def __init__(self, node_name: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., phase: _Optional[_Union[_vm_pb2.VirtualMachinePhase, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., serial_log_path: _Optional[str] = ...) -> None: ...
+    instance_uid: str
+    def __init__(self, node_name: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., phase: _Optional[_Union[_vm_pb2.VirtualMachinePhase, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ...) -> None: ...
 
 class ReportVirtualMachineStatusResponse(_message.Message):
     __slots__ = ("virtual_machine",)
@@ -71,3 +73,17 @@ class ReleaseVirtualMachineRequest(_message.Message):
 class ReleaseVirtualMachineResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetStoreHealthRequest(_message.Message):
+    __slots__ = ("node_name",)
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+
+class GetStoreHealthResponse(_message.Message):
+    __slots__ = ("store_reachable", "message")
+    STORE_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    store_reachable: bool
+    message: str
+    def __init__(self, store_reachable: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...

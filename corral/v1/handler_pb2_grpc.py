@@ -51,6 +51,11 @@ class HandlerServiceStub:
                 request_serializer=corral_dot_v1_dot_handler__pb2.ReleaseVirtualMachineRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_handler__pb2.ReleaseVirtualMachineResponse.FromString,
                 _registered_method=True)
+        self.GetStoreHealth = channel.unary_unary(
+                '/corral.v1.HandlerService/GetStoreHealth',
+                request_serializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthResponse.FromString,
+                _registered_method=True)
 
 
 class HandlerServiceServicer:
@@ -80,6 +85,14 @@ class HandlerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStoreHealth(self, request, context):
+        """Whether this replica reaches the store now. A handler that cannot renew its node lease
+        keeps its guests only while every controller says the store is down for them too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HandlerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +110,11 @@ def add_HandlerServiceServicer_to_server(servicer, server):
                     servicer.ReleaseVirtualMachine,
                     request_deserializer=corral_dot_v1_dot_handler__pb2.ReleaseVirtualMachineRequest.FromString,
                     response_serializer=corral_dot_v1_dot_handler__pb2.ReleaseVirtualMachineResponse.SerializeToString,
+            ),
+            'GetStoreHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStoreHealth,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +200,33 @@ class HandlerService:
             '/corral.v1.HandlerService/ReleaseVirtualMachine',
             corral_dot_v1_dot_handler__pb2.ReleaseVirtualMachineRequest.SerializeToString,
             corral_dot_v1_dot_handler__pb2.ReleaseVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStoreHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/GetStoreHealth',
+            corral_dot_v1_dot_handler__pb2.GetStoreHealthRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.GetStoreHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

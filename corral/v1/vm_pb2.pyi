@@ -11,6 +11,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RunStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STRATEGY_UNSPECIFIED: _ClassVar[RunStrategy]
+    RUN_STRATEGY_ALWAYS: _ClassVar[RunStrategy]
+    RUN_STRATEGY_RERUN_ON_FAILURE: _ClassVar[RunStrategy]
+    RUN_STRATEGY_MANUAL: _ClassVar[RunStrategy]
+    RUN_STRATEGY_HALTED: _ClassVar[RunStrategy]
+    RUN_STRATEGY_ONCE: _ClassVar[RunStrategy]
+
 class DiskFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DISK_FORMAT_UNSPECIFIED: _ClassVar[DiskFormat]
@@ -25,6 +34,12 @@ class VirtualMachinePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VIRTUAL_MACHINE_PHASE_RUNNING: _ClassVar[VirtualMachinePhase]
     VIRTUAL_MACHINE_PHASE_SUCCEEDED: _ClassVar[VirtualMachinePhase]
     VIRTUAL_MACHINE_PHASE_FAILED: _ClassVar[VirtualMachinePhase]
+RUN_STRATEGY_UNSPECIFIED: RunStrategy
+RUN_STRATEGY_ALWAYS: RunStrategy
+RUN_STRATEGY_RERUN_ON_FAILURE: RunStrategy
+RUN_STRATEGY_MANUAL: RunStrategy
+RUN_STRATEGY_HALTED: RunStrategy
+RUN_STRATEGY_ONCE: RunStrategy
 DISK_FORMAT_UNSPECIFIED: DiskFormat
 DISK_FORMAT_RAW: DiskFormat
 DISK_FORMAT_QCOW2: DiskFormat
@@ -46,7 +61,7 @@ class VirtualMachine(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[VirtualMachineSpec, _Mapping]] = ..., status: _Optional[_Union[VirtualMachineStatus, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineSpec(_message.Message):
-    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector")
+    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -58,11 +73,13 @@ class VirtualMachineSpec(_message.Message):
     MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
     BOOT_FIELD_NUMBER: _ClassVar[int]
     NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    RUN_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     vcpus: int
     memory_mib: int
     boot: BootSource
     node_selector: _containers.ScalarMap[str, str]
-    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    run_strategy: RunStrategy
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ...) -> None: ...
 
 class BootSource(_message.Message):
     __slots__ = ("kernel", "disk")
@@ -99,18 +116,26 @@ class PhaseTransition(_message.Message):
     def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineStatus(_message.Message):
-    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path")
+    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     PHASE_TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     SERIAL_LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     phase: VirtualMachinePhase
     node_name: str
     conditions: _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]
     phase_transitions: _containers.RepeatedCompositeFieldContainer[PhaseTransition]
     serial_log_path: str
-    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ...) -> None: ...
+    instance_uid: str
+    restart_count: int
+    start_after: _timestamp_pb2.Timestamp
+    assignment_token: int
+    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ...) -> None: ...
 
 class CreateVirtualMachineRequest(_message.Message):
     __slots__ = ("virtual_machine",)

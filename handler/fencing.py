@@ -1,0 +1,142 @@
+"""The handler's half of node self-fencing, and the per-VM instance locks.
+
+Fencing: after each renewal of the node lease the handler writes a deadline (CLOCK_MONOTONIC
+seconds) into a file every launcher of the node watches (launcher/fencing.py): the moment the
+renewal was sent plus the lease TTL, less a safety second. etcd cannot expire the lease before
+that moment, so by the time the controller sees the node NotReady its guests are already
+being stopped, and the controller waits a margin on top before starting them elsewhere.
+
+One exception keeps guests alive through a store outage: while the lease cannot be renewed,
+the deadline is pushed OUTAGE_GRACE_SECONDS ahead only if every configured controller answers
+that it cannot reach the store either. No leader can then restart anything (restarting needs
+a store write), and the controllers' node-loss margin is longer than the grace.
+
+Instance locks: before a run of a VM starts, the handler takes /corral/instance-locks/NAME
+bound to its node lease. A second run cannot start on any node while the lock is held,
+whatever the controller believes, and the lock goes when the node's lease goes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import grpc
+from pyetcd import transactions as T
+
+from corral.resources import INSTANCE_LOCKS_FOLDER, VMS
+from corral.store import Store, StoreError
+from corral.v1 import handler_pb2, handler_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+FENCE_SAFETY_SECONDS = 1.0
+OUTAGE_GRACE_SECONDS = 3.0
+
+
+class FenceDeadline:
+    """The deadline file launchers obey."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.deadline = 0.0
+
+    def set(self, deadline: float) -> None:
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", encoding="ascii") as handle:
+            handle.write(f"{deadline:.3f}\n")
+        os.replace(tmp, self.path)
+        self.deadline = deadline
+
+    def renewed(self, *, sent: float, ttl: float) -> None:
+        self.set(sent + ttl - FENCE_SAFETY_SECONDS)
+
+    def extend_for_outage(self) -> None:
+        self.set(max(self.deadline, time.monotonic() + OUTAGE_GRACE_SECONDS))
+
+    def fence_now(self) -> None:
+        self.set(0.0)
+
+    def valid(self) -> bool:
+        return time.monotonic() < self.deadline
+
+
+def store_down_everywhere(servers: list[str], *, node_name: str, timeout: float = 0.7,
+                          credentials: grpc.ChannelCredentials | None = None) -> bool:
+    """True only if every controller answers that the store is unreachable for it too."""
+    for address in servers:
+        try:
+            with (grpc.secure_channel(address, credentials) if credentials is not None
+                  else grpc.insecure_channel(address)) as channel:
+                answer = handler_pb2_grpc.HandlerServiceStub(channel).GetStoreHealth(
+                    handler_pb2.GetStoreHealthRequest(node_name=node_name), timeout=timeout)
+        except grpc.RpcError:
+            return False  # unknown: this node may be the one cut off
+        if answer.store_reachable:
+            return False
+    return True
+
+
+class InstanceLocks:
+    """Locks held by this node's lease, one per running VM (by VM name)."""
+
+    def __init__(self, *, store: Store, node_name: str, lease_id: "callable") -> None:
+        self.store = store
+        self.node_name = node_name
+        self.lease_id = lease_id
+
+    def _key(self, vm_name: str) -> bytes:
+        return self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
+
+    def _value(self, instance_uid: str) -> bytes:
+        return f"{self.node_name}/{instance_uid}".encode()
+
+    def acquire(self, vm_name: str, instance_uid: str) -> bool:
+        """Take (or keep, re-binding to the current lease) the lock; False if another holds it."""
+        lease = self.lease_id()
+        if not lease:
+            return False
+        key, value = self._key(vm_name), self._value(instance_uid)
+        try:
+            response = self.store.txn([T.Version(key) == 0], [T.Put(key, value, lease=lease)],
+                                      [T.Get(key)])
+            if response.succeeded:
+                return True
+            held = response.responses[0].response_range.kvs
+            if held and held[0].value == value:
+                if held[0].lease != lease:
+                    self.store.txn([T.Value(key) == value], [T.Put(key, value, lease=lease)])
+                return True
+            holder = held[0].value.decode() if held else "?"
+            log.warning("vm %s: run %s waits: the instance lock is held by %s", vm_name, instance_uid, holder)
+            return False
+        except StoreError as exc:
+            log.warning("vm %s: cannot take the instance lock: %s", vm_name, exc)
+            return False
+
+    def reclaim(self, vm_name: str, instance_uid: str) -> bool:
+        """After the node's lease was lost: take the lock again for a run that is still this
+        node's, atomically with checking that the VM did not change meanwhile. The leader marks
+        a run lost only while its lock is absent, so exactly one of the two can happen."""
+        lease = self.lease_id()
+        try:
+            vm = self.store.get(VMS, vm_name)
+        except StoreError:
+            return False
+        if vm.status.node_name != self.node_name or vm.status.instance_uid != instance_uid:
+            return False
+        key, value = self._key(vm_name), self._value(instance_uid)
+        vm_key = self.store.key(VMS, vm_name)
+        response = self.store.txn([T.Mod(vm_key) == vm.metadata.resource_version, T.Version(key) == 0],
+                                  [T.Put(key, value, lease=lease)], [T.Get(key)])
+        if response.succeeded:
+            return True
+        held = response.responses[0].response_range.kvs
+        return bool(held) and held[0].value == value and self.acquire(vm_name, instance_uid)
+
+    def release(self, vm_name: str, instance_uid: str) -> None:
+        key = self._key(vm_name)
+        try:
+            self.store.txn([T.Value(key) == self._value(instance_uid)], [T.Delete(key)])
+        except StoreError as exc:
+            log.warning("vm %s: cannot release the instance lock (it goes with the node lease): %s", vm_name, exc)
