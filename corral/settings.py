@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -166,8 +166,17 @@ class HandlerSettings(CommonSettings):
     heartbeat_seconds: int = Field(10, ge=3, le=120, description="TTL of the node lease; guests are fenced "
                                    "when it cannot be renewed in time")
     emulation: str = Field("auto", description="auto (KVM when /dev/kvm works), on (TCG), off")
+    watchdog_device: str = Field("", description="a watchdog device (/dev/watchdog) petted while the node "
+                                 "lease is current: resets the node if the handler dies; its timeout is set "
+                                 "to heartbeat_seconds")
     shutdown_grace_seconds: int = Field(30, ge=0)
     launcher_command: str = Field("", description="how to run corral-launcher; default: this Python")
+    isolation: str = Field("auto", description="per-VM isolation: each launcher and its QEMU as its own user "
+                           "in its own cgroup: on, off, auto (on when the handler runs as root)")
+    vm_uid_base: int = Field(200000, ge=1000, le=2**31 - 65536, description="first of the 65536 uids/gids "
+                             "given to VMs when isolated (no /etc/passwd entries needed)")
+    vm_memory_overhead_mib: int = Field(256, ge=0, description="memory allowed to a VM's cgroup on top of "
+                                        "the VM's memory (QEMU and the launcher)")
     tls_ca_file: str | None = Field(None, description="CA of the controllers' certificates (TLS to the API)")
     tls_cert_file: str | None = Field(None, description="this node's client certificate (CN node:<node_name>)")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
@@ -203,11 +212,11 @@ class HandlerSettings(CommonSettings):
             return labels
         return value
 
-    @field_validator("emulation")
+    @field_validator("emulation", "isolation")
     @classmethod
-    def _emulation_choice(cls, value: str) -> str:
+    def _auto_on_off(cls, value: str, info: ValidationInfo) -> str:
         if value not in ("auto", "on", "off"):
-            raise ValueError("emulation must be auto, on or off")
+            raise ValueError(f"{info.field_name} must be auto, on or off")
         return value
 
 

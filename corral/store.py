@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 DELETE_EVENT = 1  # mvccpb.Event.EventType.DELETE
+#: Reconnect within a second of etcd coming back: gRPC's default back-off grows to minutes,
+#: and a handler that reaches etcd late after an outage would fence its guests for nothing.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 class StoreError(Exception):
@@ -138,7 +145,8 @@ class Store:
         elif cert_file or ca_file:
             raise StoreError("etcd TLS files are set but no etcd endpoint is https://")
         etcd_endpoints = [
-            pyetcd.Endpoint(host, port, secure=secure, creds=credentials if secure else None, time_retry=2.0)
+            pyetcd.Endpoint(host, port, secure=secure, creds=credentials if secure else None, time_retry=2.0,
+                            opts=CHANNEL_OPTIONS)
             for host, port, secure in parsed]
         self.client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=etcd_endpoints, timeout=timeout, failover=True

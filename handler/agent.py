@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from corral import status as vm_status
 from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
 from handler.fencing import FenceDeadline, InstanceLocks
+from handler.isolation import Isolation
 from handler.launchers import VM_FILE, Launcher, SparePool
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,11 @@ def observed_phase(status: launcher_pb2.DomainStatus | None) -> tuple[int, str, 
 class NodeAgent:
     def __init__(self, *, node_name: str, state_dir: Path, launcher_command: list[str],
                  stubs: "ControllerStubs", grace_seconds: int, locks: InstanceLocks,
-                 deadline: FenceDeadline) -> None:
+                 deadline: FenceDeadline, isolation: Isolation | None = None) -> None:
         self.node_name = node_name
         self.state_dir = state_dir
         self.launcher_command = launcher_command
+        self.isolation = isolation  # per-VM users and cgroups (handler/isolation.py), or None
         self.stubs = stubs
         self.grace_seconds = grace_seconds
         self.desired: dict[str, vm_pb2.VirtualMachine] = {}  # by name, from the stream
@@ -73,7 +76,9 @@ class NodeAgent:
     # -- inputs -----------------------------------------------------------------------------
     def set_assignments(self, vms: dict[str, vm_pb2.VirtualMachine]) -> None:
         with self.lock:
-            self.desired = {name: vm for name, vm in vms.items() if self._fresh(vm)}
+            # A stale entry (older leader's) keeps what this handler already follows.
+            self.desired = {name: vm if self._fresh(vm) else self.desired[name]
+                            for name, vm in vms.items() if self._fresh(vm) or name in self.desired}
             self.synced = True
         self.wake.set()
 
@@ -109,7 +114,11 @@ class NodeAgent:
             if not (vm_dir / VM_FILE).exists():
                 shutil.rmtree(vm_dir, ignore_errors=True)
                 continue
-            launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set)
+            try:
+                launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set, isolation=self.isolation)
+            except (OSError, DecodeError) as exc:  # with isolation a VM's user could have replaced it
+                log.error("%s: unusable %s, skipping: %s", vm_dir, VM_FILE, exc)
+                continue
             self.launchers[launcher.uid] = launcher
             if launcher.finished:
                 continue
@@ -198,8 +207,10 @@ class NodeAgent:
         if not self.locks.acquire(vm.metadata.name, vm.status.instance_uid):
             return
         self.locked[vm.status.instance_uid] = self.locks.lease_id()
-        vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm)
-        launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set)
+        if self.isolation is not None:
+            self.isolation.wait_for_cache()
+        vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm, isolation=self.isolation)
+        launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set, isolation=self.isolation)
         self.launchers[launcher.uid] = launcher
         launcher.spawn(self.launcher_command, self.spares)
 

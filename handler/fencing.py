@@ -2,7 +2,7 @@
 
 Fencing: after each renewal of the node lease the handler writes a deadline (CLOCK_MONOTONIC
 seconds) into a file every launcher of the node watches (launcher/fencing.py): the moment the
-renewal was sent plus the lease TTL, less a safety second. etcd cannot expire the lease before
+renewal was sent plus the lease TTL, less a safety margin. etcd cannot expire the lease before
 that moment, so by the time the controller sees the node NotReady its guests are already
 being stopped, and the controller waits a margin on top before starting them elsewhere.
 
@@ -30,23 +30,53 @@ from corral.v1 import handler_pb2, handler_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-FENCE_SAFETY_SECONDS = 1.0
+FENCE_SAFETY_SECONDS = 2.0  # destroying a guest takes up to ~2 s (measured under TCG)
 OUTAGE_GRACE_SECONDS = 3.0
 
 
-class FenceDeadline:
-    """The deadline file launchers obey."""
+class WatchdogDevice:
+    """A Linux watchdog device (/dev/watchdog, e.g. softdog or a board's): the backstop for
+    when the launchers themselves are gone. Petted with every renewed deadline; if the handler
+    dies or stops renewing, the device resets the node, and with it every guest, before the
+    controller's node-loss margin ends. Its timeout is set to the node lease TTL."""
 
-    def __init__(self, path: str) -> None:
+    WDIOC_SETTIMEOUT = 0xC0045706
+
+    def __init__(self, path: str, *, timeout_seconds: int) -> None:
+        self.fd = os.open(path, os.O_WRONLY)
+        try:
+            import fcntl
+            import struct
+            fcntl.ioctl(self.fd, self.WDIOC_SETTIMEOUT, struct.pack("i", timeout_seconds))
+        except OSError:
+            log.info("watchdog %s: timeout not settable here; keep it at most the lease TTL", path)
+
+    def pet(self) -> None:
+        os.write(self.fd, b"\0")
+
+    def disarm(self) -> None:
+        """Magic close: only when this node runs no guests."""
+        os.write(self.fd, b"V")
+        os.close(self.fd)
+
+
+class FenceDeadline:
+    """The deadline file launchers obey (and the watchdog device, when there is one)."""
+
+    def __init__(self, path: str, *, watchdog: WatchdogDevice | None = None) -> None:
         self.path = path
         self.deadline = 0.0
+        self.watchdog = watchdog
 
     def set(self, deadline: float) -> None:
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="ascii") as handle:
             handle.write(f"{deadline:.3f}\n")
+        os.chmod(tmp, 0o644)  # launchers run as other users
         os.replace(tmp, self.path)
         self.deadline = deadline
+        if self.watchdog is not None and deadline > time.monotonic():
+            self.watchdog.pet()
 
     def renewed(self, *, sent: float, ttl: float) -> None:
         self.set(sent + ttl - FENCE_SAFETY_SECONDS)

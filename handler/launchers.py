@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -16,6 +17,7 @@ import grpc
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
 from handler import spawn
+from handler.isolation import Cgroups, Isolation
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,26 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def open_in_vm_dir(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a file of a VM directory as root without trusting it: with isolation the VM's
+    user owns the directory and could plant a symlink (to /etc/shadow) or a FIFO there."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_in_vm_dir(path: Path, limit: int = 1 << 20) -> bytes:
+    """At most the last `limit` bytes of a VM directory's file (see open_in_vm_dir)."""
+    with os.fdopen(open_in_vm_dir(path, os.O_RDONLY), "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            handle.seek(size - limit)
+        return handle.read()
+
+
 def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -115,11 +137,12 @@ def _is_qemu(pid: int) -> bool:
 class Launcher:
     """One VM directory and the launcher process serving it."""
 
-    def __init__(self, *, vm_dir: Path, on_change: Callable[[], None]) -> None:
+    def __init__(self, *, vm_dir: Path, on_change: Callable[[], None], isolation: Isolation | None = None) -> None:
         self.vm_dir = vm_dir
         self.on_change = on_change
+        self.isolation = isolation
         vm = vm_pb2.VirtualMachine()
-        vm.ParseFromString((vm_dir / VM_FILE).read_bytes())
+        vm.ParseFromString(read_in_vm_dir(vm_dir / VM_FILE))
         self.vm = vm
         self.uid = instance_uid(vm)
         self.status: launcher_pb2.DomainStatus | None = None
@@ -133,10 +156,14 @@ class Launcher:
 
     # -- directory --------------------------------------------------------------------------
     @classmethod
-    def create_dir(cls, *, state_dir: Path, vm: vm_pb2.VirtualMachine) -> Path:
+    def create_dir(cls, *, state_dir: Path, vm: vm_pb2.VirtualMachine, isolation: Isolation | None = None) -> Path:
+        """The VM's directory with its vm.binpb (root's, readable); with isolation it then
+        belongs to the VM's own user, mode 0700."""
         vm_dir = vm_dir_for(state_dir, instance_uid(vm))
         vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomically(vm_dir / VM_FILE, vm.SerializeToString())
+        if isolation is not None:
+            isolation.claim_dir(vm_dir)
         return vm_dir
 
     @property
@@ -148,11 +175,13 @@ class Launcher:
         return (self.vm_dir / FINISHED_MARKER).exists()
 
     def mark_finished(self) -> None:
-        (self.vm_dir / FINISHED_MARKER).touch()
+        os.close(open_in_vm_dir(self.vm_dir / FINISHED_MARKER, os.O_WRONLY | os.O_CREAT))
 
     def remove_dir(self) -> None:
         self.close()
-        shutil.rmtree(self.vm_dir, ignore_errors=True)
+        shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
+        if self.isolation is not None:
+            self.isolation.remove_cgroup(self.uid)
 
     # -- process ----------------------------------------------------------------------------
     def spawn(self, command: list[str], spares: "SparePool | None" = None) -> None:
@@ -163,16 +192,24 @@ class Launcher:
         else:
             self.quick_deaths = 0
         self.spawned_at = time.monotonic()
+        # With isolation the launcher joins the VM's cgroup (a spare is moved into it here)
+        # before it reads its directory, so QEMU starts inside it.
+        cgroup = self.isolation.cgroup_for(self.uid, self.vm) if self.isolation is not None else []
         spare = spares.take() if spares is not None and not self.quick_deaths else None
-        if spare is not None and spare.assign(self.vm_dir):
+        if spare is not None and spare.join(cgroup) and spare.assign(self.vm_dir):
             self.process = spare.process
         else:
-            with open(self.vm_dir / LOG_FILE, "ab") as log_file:
+            spare = None
+            log_fd = open_in_vm_dir(self.vm_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
                 self.process = subprocess.Popen(
-                    [*spawn.launcher_prefix(self.uid), *command, "--vm-dir", str(self.vm_dir)],
-                    cwd=self.vm_dir, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
+                    [*spawn.launcher_prefix(self.uid), *command, "--vm-dir", str(self.vm_dir),
+                     *(arg for procs in cgroup for arg in ("--cgroup", procs))],
+                    cwd="/" if self.isolation is not None else self.vm_dir, stdin=subprocess.DEVNULL,
+                    stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                 )
+            finally:
+                os.close(log_fd)
         log.info("vm %s: launcher pid %d started%s", self.vm.metadata.name, self.process.pid,
                  " (warm spare)" if spare is not None else "")
         self.follow()
@@ -185,7 +222,7 @@ class Launcher:
 
     def log_tail(self, lines: int = 3) -> str:
         try:
-            text = (self.vm_dir / LOG_FILE).read_text(errors="replace")
+            text = read_in_vm_dir(self.vm_dir / LOG_FILE, 64 * 1024).decode(errors="replace")
         except OSError:
             return ""
         return " | ".join(text.strip().splitlines()[-lines:])[-500:]
@@ -202,7 +239,7 @@ class Launcher:
         if self.alive():
             return True
         try:
-            pid = int((self.vm_dir / PID_FILE).read_text())
+            pid = int(read_in_vm_dir(self.vm_dir / PID_FILE, 64))
         except (OSError, ValueError):
             pid = 0
         if pid and pid_alive(pid) and b"launcher" in _cmdline(pid):
@@ -280,6 +317,16 @@ class Spare:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
+
+    def join(self, procs_files: list[str]) -> bool:
+        """Move the idle spare into the VM's cgroup before it learns its VM."""
+        try:
+            Cgroups.join(procs_files, self.process.pid)
+            return True
+        except OSError as exc:
+            log.warning("cannot move spare launcher %d into its VM's cgroup: %s", self.process.pid, exc)
+            self.process.stdin.close()  # EOF: it exits; the caller starts a launcher itself
+            return False
 
     def assign(self, vm_dir: Path) -> bool:
         try:

@@ -18,9 +18,10 @@ from corral import logs, metrics, tls
 from corral.sdnotify import Watchdog, notify
 from corral.settings import HandlerSettings, SettingsError, load_settings
 from corral.store import Store, StoreError
+from handler.isolation import setup as setup_isolation
 from handler.agent import ControllerStubs, NodeAgent
 from handler.assignments import AssignmentFollower
-from handler.fencing import FenceDeadline, InstanceLocks, store_down_everywhere
+from handler.fencing import FenceDeadline, InstanceLocks, WatchdogDevice, store_down_everywhere
 from handler.launchers import state_dir_problem
 from handler.node import Heartbeat, node_record, register
 
@@ -43,6 +44,9 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--emulation", choices=["auto", "on", "off"], help="TCG instead of KVM (CORRAL_EMULATION)")
     parser.add_argument("--shutdown-grace-seconds", type=int, help="ACPI grace before destroy")
     parser.add_argument("--launcher-command", help="command line of corral-launcher")
+    parser.add_argument("--isolation", choices=["auto", "on", "off"],
+                        help="each VM as its own user in its own cgroup (CORRAL_ISOLATION; auto: when root)")
+    parser.add_argument("--watchdog-device", help="watchdog device petted while the lease is current")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
     parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (CORRAL_METRICS_LISTEN)")
     parser.add_argument("--config", metavar="FILE",
@@ -56,10 +60,13 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
         parser.exit(2, f"corral-handler: {exc}\n")
 
 
-def launcher_command(settings: HandlerSettings, state_dir: Path) -> list[str]:
-    base = shlex.split(settings.launcher_command) if settings.launcher_command else [sys.executable, "-m", "launcher.main"]
-    return [*base, "--emulation", settings.emulation, "--fence-file", str(state_dir / FENCE_FILE),
-            "--capabilities-cache", str(state_dir / "cache" / "qemu-capabilities")]
+def launcher_base(settings: HandlerSettings) -> list[str]:
+    return shlex.split(settings.launcher_command) if settings.launcher_command else [sys.executable, "-m", "launcher.main"]
+
+
+def launcher_command(settings: HandlerSettings, state_dir: Path, *, isolate: bool = False) -> list[str]:
+    return [*launcher_base(settings), "--emulation", settings.emulation, "--fence-file", str(state_dir / FENCE_FILE),
+            "--capabilities-cache", str(state_dir / "cache" / "qemu-capabilities"), *(["--isolate"] if isolate else [])]
 
 
 def hypervisor_name(emulation: str) -> str:
@@ -79,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"corral-handler: {problem}", file=sys.stderr)
         return 2
+    os.umask(0o022)  # VM users read the fence file and the capabilities cache
     (state_dir / "cache" / "qemu-capabilities").mkdir(parents=True, exist_ok=True)
+    try:
+        isolation = setup_isolation(
+            mode=settings.isolation, uid_base=settings.vm_uid_base, memory_overhead_mib=settings.vm_memory_overhead_mib,
+            launcher_base=launcher_base(settings), state_dir=state_dir, cache_dir=state_dir / "cache" / "qemu-capabilities",
+            warm_command=[*launcher_command(settings, state_dir), "--warm-cache", str(state_dir / "cache" / "probe")])
+    except RuntimeError as exc:
+        print(f"corral-handler: {exc}", file=sys.stderr)
+        return 2
     try:
         store = Store.from_settings(settings)
         credentials = (tls.channel_credentials(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
@@ -108,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             log.warning("cannot register node %s yet: %s", settings.node_name, exc)
             stop.wait(1.0)
-    deadline = FenceDeadline(str(state_dir / FENCE_FILE))
+    watchdog_device = (WatchdogDevice(settings.watchdog_device, timeout_seconds=settings.heartbeat_seconds)
+                       if settings.watchdog_device else None)
+    deadline = FenceDeadline(str(state_dir / FENCE_FILE), watchdog=watchdog_device)
     stubs = ControllerStubs(settings.servers, credentials=credentials)
     agent_holder: list[NodeAgent] = []
     heartbeat = Heartbeat(
@@ -118,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         reclaim_guests=lambda: agent_holder and agent_holder[0].reclaim_guests())
     locks = InstanceLocks(store=store, node_name=settings.node_name, lease_id=lambda: heartbeat.lease_id)
     agent = NodeAgent(node_name=settings.node_name, state_dir=state_dir,
-                      launcher_command=launcher_command(settings, state_dir), stubs=stubs,
+                      launcher_command=launcher_command(settings, state_dir, isolate=isolation is not None),
+                      isolation=isolation, stubs=stubs,
                       grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline)
     agent_holder.append(agent)
     # The first beat before anything else: launchers being adopted must see a current deadline.
@@ -153,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     notify("STOPPING=1\nSTATUS=stopping (VMs keep running)")
     follower.stop()
     agent.spares.close()
+    if watchdog_device is not None and not any(l.running() for l in agent.launchers.values() if not l.finished):
+        watchdog_device.disarm()  # no guests here: nothing to fence, a stopped handler must not reset the node
     # The lease is NOT revoked: guests keep running while a restarted handler takes over in
     # time; if none does, they are fenced when the lease runs out.
     store.close()

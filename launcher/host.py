@@ -136,6 +136,7 @@ def _copy_atomically(src: str, dst_dir: str) -> None:
     """Copy via a temp name + os.replace, so a concurrent reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=dst_dir, prefix=".tmp-", suffix=".xml")
     try:
+        os.fchmod(fd, 0o644)  # VM users read the node's shared cache (see --isolate)
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
             out.write(inp.read())
         os.replace(tmp, os.path.join(dst_dir, os.path.basename(src)))
@@ -178,6 +179,21 @@ def save_capabilities_cache(root: str, cache_dir: str) -> int:
             _copy_atomically(path, cache_dir)
             copied += 1
     return copied
+
+
+def warm_capabilities_cache(root: str, cache_dir: str) -> int:
+    """Probe QEMU's capabilities in a scratch embed root (nothing is defined) and save them to
+    the shared cache; returns the number of files written. Run by the handler as root when
+    launchers run as VM users, who may read the cache but not write it."""
+    prepare_embed_root(root)
+    seed_capabilities_cache(root, cache_dir)
+    host = Host(f"qemu:///embed?root={root}")
+    host.open()
+    try:
+        host.conn.getDomainCapabilities(None, os.uname().machine, None, "qemu")
+    except libvirt.libvirtError as e:
+        raise classify(e) from e
+    return save_capabilities_cache(root, cache_dir)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ DIR/libvirt/lib/qemu/domain-N-SHORTNAME/monitor.sock and unix socket paths max o
 DIR gets o+x (search only) when running as root, because libvirt runs QEMU as its
 unprivileged user, which must reach DIR/libvirt; DIR's parents must be searchable too.
 
+``--isolate`` (what the handler passes when per-VM isolation is on, see
+launcher/privileges.py): started as root, the launcher joins the cgroups named by
+``--cgroup PROCS_FILE`` and becomes DIR's owner before it opens anything in DIR; the
+embedded driver then runs QEMU as that user too. DIR stays 0700.
+
 Exit codes: 0 after a stop RPC or a signal; 1 if vm.binpb is unreadable or libvirt
 cannot be opened (e.g. another launcher still holds DIR's embedded driver).
 """
@@ -53,8 +58,9 @@ import grpc
 
 from corral.v1 import launcher_pb2_grpc, vm_pb2
 
-from launcher import domain_xml
-from launcher.host import Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache
+from launcher import domain_xml, privileges
+from launcher.host import (Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache,
+                           warm_capabilities_cache)
 from launcher.fencing import FenceWatch
 from launcher.service import LauncherServicer
 from launcher.supervisor import Supervisor
@@ -98,11 +104,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--spare", action="store_true",
                        help="start, import everything, then read the VM directory from stdin "
                             "(the handler keeps one spare ready so a new VM skips Python's start)")
+    where.add_argument("--warm-cache", metavar="SCRATCH",
+                       help="probe QEMU's capabilities in SCRATCH (nothing is defined), save them "
+                            "to --capabilities-cache and exit")
     parser.add_argument("--emulation", choices=["auto", "on", "off"], default="auto",
                         help="on: TCG (domain type qemu); off: KVM; auto: KVM if /dev/kvm is usable")
     parser.add_argument("--capabilities-cache", metavar="CACHEDIR",
                         help="shared QEMU capabilities cache dir (saves ~4 s on the first start)")
     parser.add_argument("--libvirt-uri", help="default: qemu:///embed?root=VM_DIR/libvirt")
+    parser.add_argument("--isolate", action="store_true",
+                        help="when started as root: join the --cgroup groups, then run as the VM "
+                             "directory's owner (never root) with supplementary group kvm")
+    parser.add_argument("--cgroup", action="append", metavar="PROCS_FILE",
+                        help="a cgroup.procs file to join before dropping privileges (repeatable)")
     parser.add_argument("--fence-file", help="the node's fencing deadline (CLOCK_MONOTONIC seconds), written "
                                              "by the handler: past it the guest is destroyed")
     return parser.parse_args(argv)
@@ -121,14 +135,34 @@ def wait_for_assignment() -> str:
     line = sys.stdin.readline().strip()
     if not line:
         _exit(0)
-    log_fd = os.open(os.path.join(line, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return line
+
+
+def log_to_vm_dir(vm_dir: str) -> None:
+    """A spare's output goes to the VM's launcher.log once it knows its VM."""
+    log_fd = os.open(os.path.join(vm_dir, LOG_FILE),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # from now on the handler's end of the pipe does not matter
     os.close(devnull)
-    return line
+
+
+def warm_cache(scratch: str, cache_dir: str | None) -> int:
+    if not cache_dir:
+        log.error("--warm-cache needs --capabilities-cache")
+        return 2
+    os.makedirs(scratch, mode=0o711, exist_ok=True)
+    ensure_traversable(scratch)
+    try:
+        n = warm_capabilities_cache(os.path.join(scratch, "libvirt"), cache_dir)
+    except LauncherError as e:
+        log.error("cannot probe QEMU's capabilities: %s", e)
+        return 1
+    log.info("capabilities cache %s warm (%d file(s) updated)", cache_dir, n)
+    return 0
 
 
 def write_pidfile(vm_dir: str) -> None:
@@ -143,7 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if args.warm_cache:
+        _exit(warm_cache(args.warm_cache, args.capabilities_cache))
     vm_dir = os.path.abspath(wait_for_assignment() if args.spare else args.vm_dir)
+    if args.isolate:
+        # Before anything in vm_dir is opened: it belongs to the VM's user.
+        try:
+            privileges.join_cgroups(args.cgroup or [])
+            uid, gid = privileges.drop_to_owner(vm_dir)
+        except (OSError, privileges.PrivilegeError) as e:
+            log.error("cannot run as the VM's user: %s", e)
+            _exit(1)
+    if args.spare:
+        log_to_vm_dir(vm_dir)
+    if args.isolate:
+        log.info("running as uid %d gid %d", uid, gid)
     write_pidfile(vm_dir)
     vm = vm_pb2.VirtualMachine()
     try:

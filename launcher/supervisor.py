@@ -136,7 +136,8 @@ class Supervisor:
         with open(self.marker_path, "w") as f:
             f.write(f"{time.time():.3f}\n")
         log.info("domain %s started: define %.2fs, start %.2fs", guest.name, t1 - t0, t2 - t1)
-        if self.capabilities_cache and self.host.root:
+        # A VM user may read the node's cache but not write it (the handler warms it).
+        if self.capabilities_cache and self.host.root and os.access(self.capabilities_cache, os.W_OK):
             try:
                 save_capabilities_cache(self.host.root, self.capabilities_cache)
             except OSError as e:

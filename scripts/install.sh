@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-          etcd-server etcd-client busybox-static cpio e2fsprogs python3-venv python3-dev gcc)
+          etcd-server etcd-client busybox-static cpio e2fsprogs python3-venv python3-dev gcc iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -20,8 +20,12 @@ fi
 # apt-get download (the guest builder) needs package lists even when nothing was missing.
 [[ -n $(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock | head -1) ]] || apt-get update -qq
 
+# Debian's own Python, as on a real node: VM users (per-VM isolation) must be able to read the
+# interpreter and its standard library, which a Python under /root would not allow.
+python=/usr/bin/python3
+[[ -x $python ]] || python=python3
 if [[ ! -x .venv/bin/python ]]; then
-    python3 -m venv .venv
+    "$python" -m venv .venv
 fi
 mkdir -p .local
 if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >.local/pip.log 2>&1; then

@@ -71,13 +71,14 @@ class Etcd:
         self.client_port, self.peer_port = free_port(), free_port()
         self.data_dir = base / "etcd"
         self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.listen_urls = self.endpoint
         self.log = open(base / "etcd.log", "ab")
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["etcd", "--data-dir", str(self.data_dir), "--name", "test",
-             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+             "--listen-client-urls", self.listen_urls, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
              "--initial-cluster", f"test=http://127.0.0.1:{self.peer_port}"],
@@ -119,8 +120,9 @@ class Cluster:
         env["CORRAL_LOG_LEVEL"] = "INFO"
         return env
 
-    def start_controller(self, name: str = "c1", *, lease_seconds: int = 3, extra: list[str] | None = None) -> str:
-        address = f"127.0.0.1:{free_port()}"
+    def start_controller(self, name: str = "c1", *, lease_seconds: int = 3, extra: list[str] | None = None,
+                         listen: str = "") -> str:
+        address = listen or f"127.0.0.1:{free_port()}"
         log = open(self.base / f"controller-{name}.log", "ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "controller.main", "--listen", address, "--replica-id", name,
@@ -143,7 +145,7 @@ class Cluster:
         return self.node_root / node
 
     def start_handler(self, node: str, *, vcpus: int = 4, memory_mib: int = 2048, labels: str = "",
-                      extra: list[str] | None = None) -> None:
+                      extra: list[str] | None = None, wrapper: list[str] | None = None) -> None:
         args = self.handler_args.get(node) or [
             "--node-name", node, "--servers", self.servers, "--state-dir", str(self.state_dir(node)),
             "--emulation", "on", "--capacity-vcpus", str(vcpus), "--capacity-memory-mib", str(memory_mib),
@@ -152,7 +154,7 @@ class Cluster:
         self.handler_args[node] = args
         log = open(self.base / f"handler-{node}.log", "ab")
         self.handlers[node] = subprocess.Popen(
-            [sys.executable, "-m", "handler.main", *args],
+            [*(wrapper or []), sys.executable, "-m", "handler.main", *args],
             env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.node_ready(node), timeout=20, what=f"node {node} to be Ready")
 
@@ -218,4 +220,18 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        remove_vm_cgroups(self.node_root)
         shutil.rmtree(self.node_root, ignore_errors=True)
+
+
+def remove_vm_cgroups(node_root: Path) -> None:
+    """The per-VM cgroups handlers made (handler/isolation.py) for this test's VMs."""
+    from handler.isolation import Cgroups, detect_layout
+    cgroups = Cgroups(detect_layout())
+    for vm_file in node_root.glob("*/vms/*/vm.binpb"):
+        vm = vm_pb2.VirtualMachine()
+        try:
+            vm.ParseFromString(vm_file.read_bytes())
+        except Exception:  # noqa: BLE001 - half-written: nothing to clean
+            continue
+        cgroups.remove(vm.status.instance_uid or vm.metadata.uid)

@@ -197,3 +197,18 @@ def test_restart_backs_off_after_crashes_but_not_after_a_lost_node():
     assert lifecycle.backoff_seconds(0) == 0
     assert 40 <= lifecycle.backoff_seconds(2) <= 44 and 90 <= lifecycle.backoff_seconds(3) <= 99
     assert lifecycle.backoff_seconds(6) == lifecycle.backoff_seconds(100) == 300
+
+
+def test_handler_refuses_assignments_from_a_deposed_leader(tmp_path):
+    from handler.agent import NodeAgent
+    agent = NodeAgent(node_name="n1", state_dir=tmp_path, launcher_command=["true"], stubs=None,
+                      grace_seconds=1, locks=None, deadline=None)
+    current = placed(make_vm("pet"), "n1")
+    current.status.instance_uid, current.status.assignment_token = "run-2", 7
+    agent.upsert(current)
+    late = placed(make_vm("pet"), "n1")
+    late.status.instance_uid, late.status.assignment_token = "run-1", 5  # sent by an older leader
+    agent.upsert(late)
+    assert agent.desired["pet"].status.instance_uid == "run-2"
+    agent.set_assignments({"pet": late})
+    assert agent.desired["pet"].status.instance_uid == "run-2"
