@@ -19,8 +19,7 @@ def strategy(vm: vm_pb2.VirtualMachine) -> int:
 
 
 def strategy_name(value: int) -> str:
-    return "".join(part.title() for part in vm_pb2.RunStrategy.Name(value or RS.RUN_STRATEGY_RERUN_ON_FAILURE)
-                   .removeprefix("RUN_STRATEGY_").split("_"))
+    return vm_status.run_strategy_name(value)
 
 
 def wants_restart(vm: vm_pb2.VirtualMachine) -> bool:

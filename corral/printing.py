@@ -11,6 +11,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from corral import status as vm_status
 from corral.manifest import API_VERSION
 from corral.v1 import meta_pb2, node_pb2, vm_pb2
 
@@ -274,11 +275,14 @@ def describe_vm(vm: vm_pb2.VirtualMachine, *, now: datetime | None = None) -> st
         ("vCPUs", spec.vcpus),
         ("Memory", format_memory(spec.memory_mib)),
         ("Node Selector", format_labels(spec.node_selector)),
+        ("Run Strategy", vm_status.run_strategy_name(spec.run_strategy)),
         ("Boot", _boot_lines(spec.boot)),
     ], 2)
     status_lines = _block([
         ("Phase", phase_name(st.phase)),
         ("Node", st.node_name or NONE),
+        ("Run", st.instance_uid or NONE),
+        ("Restarts", st.restart_count),
         ("Serial Log", st.serial_log_path or NONE),
     ], 2)
     if st.conditions:

@@ -21,6 +21,14 @@ def phase_name(phase: int) -> str:
     return vm_pb2.VirtualMachinePhase.Name(phase).removeprefix("VIRTUAL_MACHINE_PHASE_").title()
 
 
+def run_strategy_name(value: int) -> str:
+    """RUN_STRATEGY_RERUN_ON_FAILURE -> RerunOnFailure (unset: the default, RerunOnFailure)."""
+    if value not in vm_pb2.RunStrategy.values():
+        return "Unknown"
+    name = vm_pb2.RunStrategy.Name(value or vm_pb2.RUN_STRATEGY_RERUN_ON_FAILURE)
+    return "".join(part.title() for part in name.removeprefix("RUN_STRATEGY_").split("_"))
+
+
 def set_phase(vm: vm_pb2.VirtualMachine, phase: int) -> bool:
     """Enter phase, recording when; False if the VM was already in it."""
     if vm.status.phase == phase:
