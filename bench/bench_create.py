@@ -22,7 +22,6 @@ import calendar
 import json
 import math
 import os
-import queue
 import re
 import shutil
 import signal

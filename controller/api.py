@@ -14,7 +14,7 @@ from controller.errors import RequestError, grpc_errors
 from controller.nodes import list_node_views
 from corral import status as vm_status
 from corral.logs import log_vm
-from corral.resources import NODES, VMS
+from corral.resources import VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Compacted, Conflict, NotFound, Store
 from corral.v1 import meta_pb2, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc

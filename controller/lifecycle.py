@@ -18,10 +18,6 @@ def strategy(vm: vm_pb2.VirtualMachine) -> int:
     return vm.spec.run_strategy or RS.RUN_STRATEGY_RERUN_ON_FAILURE
 
 
-def strategy_name(value: int) -> str:
-    return vm_status.run_strategy_name(value)
-
-
 def wants_restart(vm: vm_pb2.VirtualMachine) -> bool:
     """Whether an ended run (Succeeded or Failed) is followed by another."""
     run_strategy = strategy(vm)

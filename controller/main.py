@@ -22,7 +22,7 @@ from controller.scheduler import Scheduler
 from corral import logs, metrics, tls
 from corral.resources import VMS
 from corral.sdnotify import Watchdog, notify
-from corral.settings import ControllerSettings, SettingsError, load_settings
+from corral.settings import ControllerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 
@@ -46,21 +46,10 @@ SERVER_OPTIONS = [
 def parse_settings(argv: list[str] | None) -> ControllerSettings:
     parser = argparse.ArgumentParser(prog="corral-controller", description=__doc__)
     parser.add_argument("--listen", help="HOST:PORT for the gRPC API (CORRAL_LISTEN)")
-    parser.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (CORRAL_ETCD_ENDPOINTS)")
-    parser.add_argument("--etcd-prefix", help="key prefix (CORRAL_ETCD_PREFIX)")
     parser.add_argument("--leader-lease-seconds", type=int, help="(CORRAL_LEADER_LEASE_SECONDS)")
     parser.add_argument("--replica-id", help="name of this replica in the leader key")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
-    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (CORRAL_METRICS_LISTEN)")
-    parser.add_argument("--config", metavar="FILE",
-                        help="settings file, YAML or TOML (CORRAL_CONFIG; default /etc/corral/controller.yaml if present)")
-    args = parser.parse_args(argv)
-    config = args.config
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
-    try:
-        return load_settings(ControllerSettings, overrides, config=config, daemon="controller")
-    except SettingsError as exc:
-        parser.exit(2, f"corral-controller: {exc}\n")
+    add_common_arguments(parser, daemon="controller")
+    return parse_daemon_settings(parser, argv, ControllerSettings, daemon="controller")
 
 
 def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Server, health.HealthServicer]:

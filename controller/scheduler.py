@@ -108,7 +108,7 @@ class Scheduler:
         if phase in vm_status.TERMINAL_PHASES and lifecycle.wants_restart(vm):
             delay = lifecycle.restart(vm, now_seconds=now)
             self.store.update(VMS, vm, fence=fence)
-            log.info("vm %s: starting a new run (%s)%s", vm.metadata.name, lifecycle.strategy_name(vm.spec.run_strategy),
+            log.info("vm %s: starting a new run (%s)%s", vm.metadata.name, vm_status.run_strategy_name(vm.spec.run_strategy),
                      f" after {delay:.0f}s back-off" if delay else "")
             return
         if phase != vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING:

@@ -5,6 +5,8 @@ the defaults. `load_settings` builds one and turns every problem into a Settings
 names the bad key and where its value came from."""
 from __future__ import annotations
 
+import argparse
+
 import contextvars
 import difflib
 import os
@@ -322,3 +324,24 @@ def load_settings(settings_cls: type[S], overrides: dict[str, Any], *, config: s
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
     finally:
         _file_values.reset(token)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, daemon: str) -> None:
+    """The flags every daemon takes (each overrides its CORRAL_* variable)."""
+    parser.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (CORRAL_ETCD_ENDPOINTS)")
+    parser.add_argument("--etcd-prefix", help="key prefix (CORRAL_ETCD_PREFIX)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
+    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (CORRAL_METRICS_LISTEN)")
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"settings file, YAML or TOML (CORRAL_CONFIG; default /etc/corral/{daemon}.yaml if present)")
+
+
+def parse_daemon_settings(parser: argparse.ArgumentParser, argv: list[str] | None, settings_cls: type[S], *,
+                          daemon: str) -> S:
+    """Parse the flags and load the daemon's settings; a bad value exits 2 with its message."""
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
+    try:
+        return load_settings(settings_cls, overrides, config=args.config, daemon=daemon)
+    except SettingsError as exc:
+        parser.exit(2, f"corral-{daemon}: {exc}\n")

@@ -53,11 +53,3 @@ def set_condition(vm: vm_pb2.VirtualMachine, type_: str, status: bool, reason: s
     vm.status.conditions.append(meta_pb2.Condition(
         type=type_, status=status, reason=reason, message=message, last_transition_time=now()))
     return True
-
-
-def remove_condition(vm: vm_pb2.VirtualMachine, type_: str) -> bool:
-    for index, condition in enumerate(vm.status.conditions):
-        if condition.type == type_:
-            del vm.status.conditions[index]
-            return True
-    return False

@@ -76,9 +76,13 @@ class NodeAgent:
     # -- inputs -----------------------------------------------------------------------------
     def set_assignments(self, vms: dict[str, vm_pb2.VirtualMachine]) -> None:
         with self.lock:
-            # A stale entry (older leader's) keeps what this handler already follows.
-            self.desired = {name: vm if self._fresh(vm) else self.desired[name]
-                            for name, vm in vms.items() if self._fresh(vm) or name in self.desired}
+            desired = {}
+            for name, vm in vms.items():
+                if self._fresh(vm):
+                    desired[name] = vm
+                elif name in self.desired:  # a stale entry (older leader's) keeps what is followed
+                    desired[name] = self.desired[name]
+            self.desired = desired
             self.synced = True
         self.wake.set()
 

@@ -84,9 +84,6 @@ class FenceDeadline:
     def extend_for_outage(self) -> None:
         self.set(max(self.deadline, time.monotonic() + OUTAGE_GRACE_SECONDS))
 
-    def fence_now(self) -> None:
-        self.set(0.0)
-
     def valid(self) -> bool:
         return time.monotonic() < self.deadline
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from corral import logs, metrics, tls
 from corral.sdnotify import Watchdog, notify
-from corral.settings import HandlerSettings, SettingsError, load_settings
+from corral.settings import HandlerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import Store, StoreError
 from handler.isolation import setup as setup_isolation
 from handler.agent import ControllerStubs, NodeAgent
@@ -34,8 +34,6 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser = argparse.ArgumentParser(prog="corral-handler", description=__doc__)
     parser.add_argument("--node-name", help="this node's name (CORRAL_NODE_NAME)")
     parser.add_argument("--servers", help="controller HOST:PORT list (CORRAL_SERVERS)")
-    parser.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (CORRAL_ETCD_ENDPOINTS)")
-    parser.add_argument("--etcd-prefix", help="key prefix (CORRAL_ETCD_PREFIX)")
     parser.add_argument("--state-dir", help="per-VM directories (CORRAL_STATE_DIR)")
     parser.add_argument("--capacity-vcpus", type=int, help="vCPUs offered (CORRAL_CAPACITY_VCPUS)")
     parser.add_argument("--capacity-memory-mib", type=int, help="MiB offered (CORRAL_CAPACITY_MEMORY_MIB)")
@@ -47,17 +45,8 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--isolation", choices=["auto", "on", "off"],
                         help="each VM as its own user in its own cgroup (CORRAL_ISOLATION; auto: when root)")
     parser.add_argument("--watchdog-device", help="watchdog device petted while the lease is current")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (CORRAL_LOG_LEVEL)")
-    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (CORRAL_METRICS_LISTEN)")
-    parser.add_argument("--config", metavar="FILE",
-                        help="settings file, YAML or TOML (CORRAL_CONFIG; default /etc/corral/handler.yaml if present)")
-    args = parser.parse_args(argv)
-    config = args.config
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
-    try:
-        return load_settings(HandlerSettings, overrides, config=config, daemon="handler")
-    except SettingsError as exc:
-        parser.exit(2, f"corral-handler: {exc}\n")
+    add_common_arguments(parser, daemon="handler")
+    return parse_daemon_settings(parser, argv, HandlerSettings, daemon="handler")
 
 
 def launcher_base(settings: HandlerSettings) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import threading
+import uuid
 import time
 from collections.abc import Callable
 
@@ -47,7 +48,6 @@ def register(store: Store, node: node_pb2.Node) -> node_pb2.Node:
         node.spec.CopyFrom(existing.spec)
         node.metadata.uid = existing.metadata.uid
     except NotFound:
-        import uuid
         node.metadata.uid = str(uuid.uuid4())
         node.metadata.create_time.CopyFrom(vm_status.now())
     return store.put(NODES, node)
@@ -70,19 +70,23 @@ class Heartbeat:
         self.reclaim_guests = reclaim_guests
         self.lease_id: int | None = None
 
-    def _grant(self) -> None:
-        sent = time.monotonic()
+    def _grant(self, *, sent: float, reclaim: bool = False) -> None:
+        """Take a new lease; when an old one was lost, reclaim this node's runs under it before
+        the node turns Ready again and the deadline moves on."""
+        self.lease_id = None
         lease_id = self.store.grant_lease(self.ttl)
-        self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
         self.lease_id = lease_id
+        if reclaim:
+            self.reclaim_guests()
+        self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
         self.deadline.renewed(sent=sent, ttl=self.ttl)
         log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease_id, self.ttl)
 
     def beat_once(self) -> None:
-        if self.lease_id is None:
-            self._grant()
-            return
         sent = time.monotonic()
+        if self.lease_id is None:
+            self._grant(sent=sent)
+            return
         if self.store.refresh_lease(self.lease_id, timeout=min(self.ttl / 3, 2.0)) > 0:
             self.deadline.renewed(sent=sent, ttl=self.ttl)
             return
@@ -90,13 +94,7 @@ class Heartbeat:
         # live on only until the current deadline. Take a new lease, then keep each guest only
         # if its instance lock can be reclaimed (the leader has not declared the run lost).
         log.warning("node %s lease expired: reclaiming this node's runs under a new lease", self.node_name)
-        self.lease_id = None
-        lease_id = self.store.grant_lease(self.ttl)
-        self.lease_id = lease_id
-        self.reclaim_guests()
-        self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
-        self.deadline.renewed(sent=sent, ttl=self.ttl)
-        log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease_id, self.ttl)
+        self._grant(sent=sent, reclaim=True)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -14,7 +14,7 @@ from tests.cluster import REPO, Cluster, Etcd
 
 
 def pytest_report_header(config):
-    return [f"libvirt guests run under TCG emulation (nested KVM is unusable on CI machines)"]
+    return ["libvirt guests run under TCG emulation (nested KVM is unusable on CI machines)"]
 
 
 @pytest.fixture(scope="session")

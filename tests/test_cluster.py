@@ -3,7 +3,6 @@ launchers owning real QEMU guests (TCG). Each test has its own cluster and key p
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
 

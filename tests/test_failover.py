@@ -1,7 +1,6 @@
 """Controller failover: several replicas, one leader through etcd, fencing of a deposed one."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 
