@@ -172,7 +172,7 @@ class NodeAgent:
         elif launcher is None:
             if vm.status.phase in RUNNABLE:
                 self._start(vm)
-        elif not launcher.finished and not launcher.alive() and not launcher.running():
+        elif not launcher.finished and not launcher.running():
             self._restart_launcher(vm, launcher)
         else:
             self._keep_lock(vm, launcher)
@@ -184,6 +184,11 @@ class NodeAgent:
             return
         if self.locks.acquire(vm.metadata.name, launcher.uid):
             self.locked[launcher.uid] = self.locks.lease_id()
+
+    def _unlock(self, launcher: Launcher) -> None:
+        """The run is over on this node: let another run of the VM start anywhere."""
+        self.locks.release(launcher.vm.metadata.name, launcher.uid)
+        self.locked.pop(launcher.uid, None)
 
     def reclaim_guests(self) -> None:
         """After the node lease was lost: keep each running guest only if its instance lock is
@@ -271,8 +276,7 @@ class NodeAgent:
         self._kill_leftover_qemu(launcher)
         launcher.mark_finished()
         launcher.close()
-        self.locks.release(launcher.vm.metadata.name, launcher.uid)
-        self.locked.pop(launcher.uid, None)
+        self._unlock(launcher)
 
     @staticmethod
     def _kill_leftover_qemu(launcher: Launcher) -> None:
@@ -308,8 +312,7 @@ class NodeAgent:
         launcher.remove_dir()
         self.launchers.pop(launcher.uid, None)
         self.reported.pop(launcher.uid, None)
-        self.locks.release(launcher.vm.metadata.name, launcher.uid)
-        self.locked.pop(launcher.uid, None)
+        self._unlock(launcher)
         if release is not None:
             self._release(release)
 
