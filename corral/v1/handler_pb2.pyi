@@ -35,7 +35,7 @@ class WatchAssignmentsResponse(_message.Message):
     def __init__(self, type: _Optional[_Union[AssignmentEventType, str]] = ..., virtual_machine: _Optional[_Union[_vm_pb2.VirtualMachine, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
 
 class ReportVirtualMachineStatusRequest(_message.Message):
-    __slots__ = ("node_name", "name", "uid", "phase", "reason", "message", "serial_log_path", "instance_uid")
+    __slots__ = ("node_name", "name", "uid", "phase", "reason", "message", "serial_log_path", "instance_uid", "paused", "guest", "saved_state_path")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,9 @@ class ReportVirtualMachineStatusRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SERIAL_LOG_PATH_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
+    SAVED_STATE_PATH_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     name: str
     uid: str
@@ -52,7 +55,10 @@ class ReportVirtualMachineStatusRequest(_message.Message):
     message: str
     serial_log_path: str
     instance_uid: str
-    def __init__(self, node_name: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., phase: _Optional[_Union[_vm_pb2.VirtualMachinePhase, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ...) -> None: ...
+    paused: bool
+    guest: _vm_pb2.GuestInfo
+    saved_state_path: str
+    def __init__(self, node_name: _Optional[str] = ..., name: _Optional[str] = ..., uid: _Optional[str] = ..., phase: _Optional[_Union[_vm_pb2.VirtualMachinePhase, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., paused: _Optional[bool] = ..., guest: _Optional[_Union[_vm_pb2.GuestInfo, _Mapping]] = ..., saved_state_path: _Optional[str] = ...) -> None: ...
 
 class ReportVirtualMachineStatusResponse(_message.Message):
     __slots__ = ("virtual_machine",)

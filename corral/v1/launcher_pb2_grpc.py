@@ -56,6 +56,36 @@ class LauncherServiceStub:
                 request_serializer=corral_dot_v1_dot_launcher__pb2.KillDomainRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_launcher__pb2.KillDomainResponse.FromString,
                 _registered_method=True)
+        self.PauseDomain = channel.unary_unary(
+                '/corral.v1.LauncherService/PauseDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.PauseDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.PauseDomainResponse.FromString,
+                _registered_method=True)
+        self.ResumeDomain = channel.unary_unary(
+                '/corral.v1.LauncherService/ResumeDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.ResumeDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.ResumeDomainResponse.FromString,
+                _registered_method=True)
+        self.RebootDomain = channel.unary_unary(
+                '/corral.v1.LauncherService/RebootDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.RebootDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.RebootDomainResponse.FromString,
+                _registered_method=True)
+        self.ResetDomain = channel.unary_unary(
+                '/corral.v1.LauncherService/ResetDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.ResetDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.ResetDomainResponse.FromString,
+                _registered_method=True)
+        self.SaveDomain = channel.unary_unary(
+                '/corral.v1.LauncherService/SaveDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.SaveDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.SaveDomainResponse.FromString,
+                _registered_method=True)
+        self.AttachConsole = channel.stream_stream(
+                '/corral.v1.LauncherService/AttachConsole',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleResponse.FromString,
+                _registered_method=True)
 
 
 class LauncherServiceServicer:
@@ -90,6 +120,46 @@ class LauncherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseDomain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeDomain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebootDomain(self, request, context):
+        """ACPI reboot request to the guest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetDomain(self, request, context):
+        """Hardware reset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveDomain(self, request, context):
+        """Saves the guest's memory to a file and stops the domain; the launcher then exits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachConsole(self, request_iterator, context):
+        """The serial console: input in, output out, until either side closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LauncherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +182,36 @@ def add_LauncherServiceServicer_to_server(servicer, server):
                     servicer.KillDomain,
                     request_deserializer=corral_dot_v1_dot_launcher__pb2.KillDomainRequest.FromString,
                     response_serializer=corral_dot_v1_dot_launcher__pb2.KillDomainResponse.SerializeToString,
+            ),
+            'PauseDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.PauseDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.PauseDomainResponse.SerializeToString,
+            ),
+            'ResumeDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.ResumeDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.ResumeDomainResponse.SerializeToString,
+            ),
+            'RebootDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebootDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.RebootDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.RebootDomainResponse.SerializeToString,
+            ),
+            'ResetDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.ResetDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.ResetDomainResponse.SerializeToString,
+            ),
+            'SaveDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.SaveDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.SaveDomainResponse.SerializeToString,
+            ),
+            'AttachConsole': grpc.stream_stream_rpc_method_handler(
+                    servicer.AttachConsole,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +324,168 @@ class LauncherService:
             '/corral.v1.LauncherService/KillDomain',
             corral_dot_v1_dot_launcher__pb2.KillDomainRequest.SerializeToString,
             corral_dot_v1_dot_launcher__pb2.KillDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/PauseDomain',
+            corral_dot_v1_dot_launcher__pb2.PauseDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.PauseDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/ResumeDomain',
+            corral_dot_v1_dot_launcher__pb2.ResumeDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.ResumeDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebootDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/RebootDomain',
+            corral_dot_v1_dot_launcher__pb2.RebootDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.RebootDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/ResetDomain',
+            corral_dot_v1_dot_launcher__pb2.ResetDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.ResetDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/SaveDomain',
+            corral_dot_v1_dot_launcher__pb2.SaveDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.SaveDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachConsole(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/corral.v1.LauncherService/AttachConsole',
+            corral_dot_v1_dot_launcher__pb2.AttachConsoleRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.AttachConsoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

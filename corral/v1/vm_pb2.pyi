@@ -11,6 +11,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PortProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PORT_PROTOCOL_UNSPECIFIED: _ClassVar[PortProtocol]
+    PORT_PROTOCOL_TCP: _ClassVar[PortProtocol]
+    PORT_PROTOCOL_UDP: _ClassVar[PortProtocol]
+
 class RunStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STRATEGY_UNSPECIFIED: _ClassVar[RunStrategy]
@@ -34,6 +40,22 @@ class VirtualMachinePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VIRTUAL_MACHINE_PHASE_RUNNING: _ClassVar[VirtualMachinePhase]
     VIRTUAL_MACHINE_PHASE_SUCCEEDED: _ClassVar[VirtualMachinePhase]
     VIRTUAL_MACHINE_PHASE_FAILED: _ClassVar[VirtualMachinePhase]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_NORMAL: _ClassVar[EventType]
+    EVENT_TYPE_WARNING: _ClassVar[EventType]
+
+class RunAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_ACTION_UNSPECIFIED: _ClassVar[RunAction]
+    RUN_ACTION_STOP: _ClassVar[RunAction]
+    RUN_ACTION_RESTART: _ClassVar[RunAction]
+    RUN_ACTION_SAVE: _ClassVar[RunAction]
+PORT_PROTOCOL_UNSPECIFIED: PortProtocol
+PORT_PROTOCOL_TCP: PortProtocol
+PORT_PROTOCOL_UDP: PortProtocol
 RUN_STRATEGY_UNSPECIFIED: RunStrategy
 RUN_STRATEGY_ALWAYS: RunStrategy
 RUN_STRATEGY_RERUN_ON_FAILURE: RunStrategy
@@ -49,6 +71,13 @@ VIRTUAL_MACHINE_PHASE_SCHEDULED: VirtualMachinePhase
 VIRTUAL_MACHINE_PHASE_RUNNING: VirtualMachinePhase
 VIRTUAL_MACHINE_PHASE_SUCCEEDED: VirtualMachinePhase
 VIRTUAL_MACHINE_PHASE_FAILED: VirtualMachinePhase
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_NORMAL: EventType
+EVENT_TYPE_WARNING: EventType
+RUN_ACTION_UNSPECIFIED: RunAction
+RUN_ACTION_STOP: RunAction
+RUN_ACTION_RESTART: RunAction
+RUN_ACTION_SAVE: RunAction
 
 class VirtualMachine(_message.Message):
     __slots__ = ("metadata", "spec", "status")
@@ -61,7 +90,7 @@ class VirtualMachine(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[VirtualMachineSpec, _Mapping]] = ..., status: _Optional[_Union[VirtualMachineStatus, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineSpec(_message.Message):
-    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy")
+    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,12 +103,90 @@ class VirtualMachineSpec(_message.Message):
     BOOT_FIELD_NUMBER: _ClassVar[int]
     NODE_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     RUN_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_INIT_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    TERMINATION_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     vcpus: int
     memory_mib: int
     boot: BootSource
     node_selector: _containers.ScalarMap[str, str]
     run_strategy: RunStrategy
-    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ...) -> None: ...
+    disks: _containers.RepeatedCompositeFieldContainer[Disk]
+    cloud_init: CloudInitNoCloud
+    networks: _containers.RepeatedCompositeFieldContainer[Network]
+    termination_grace_period_seconds: int
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ...) -> None: ...
+
+class Disk(_message.Message):
+    __slots__ = ("name", "ephemeral", "persistent", "read_only")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ephemeral: EphemeralDisk
+    persistent: PersistentDisk
+    read_only: bool
+    def __init__(self, name: _Optional[str] = ..., ephemeral: _Optional[_Union[EphemeralDisk, _Mapping]] = ..., persistent: _Optional[_Union[PersistentDisk, _Mapping]] = ..., read_only: _Optional[bool] = ...) -> None: ...
+
+class EphemeralDisk(_message.Message):
+    __slots__ = ("base_image_path", "base_format")
+    BASE_IMAGE_PATH_FIELD_NUMBER: _ClassVar[int]
+    BASE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    base_image_path: str
+    base_format: DiskFormat
+    def __init__(self, base_image_path: _Optional[str] = ..., base_format: _Optional[_Union[DiskFormat, str]] = ...) -> None: ...
+
+class PersistentDisk(_message.Message):
+    __slots__ = ("path", "format")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    format: DiskFormat
+    def __init__(self, path: _Optional[str] = ..., format: _Optional[_Union[DiskFormat, str]] = ...) -> None: ...
+
+class CloudInitNoCloud(_message.Message):
+    __slots__ = ("user_data", "network_data")
+    USER_DATA_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_DATA_FIELD_NUMBER: _ClassVar[int]
+    user_data: str
+    network_data: str
+    def __init__(self, user_data: _Optional[str] = ..., network_data: _Optional[str] = ...) -> None: ...
+
+class Network(_message.Message):
+    __slots__ = ("name", "user", "bridge", "mac_address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    user: UserNetwork
+    bridge: BridgeNetwork
+    mac_address: str
+    def __init__(self, name: _Optional[str] = ..., user: _Optional[_Union[UserNetwork, _Mapping]] = ..., bridge: _Optional[_Union[BridgeNetwork, _Mapping]] = ..., mac_address: _Optional[str] = ...) -> None: ...
+
+class UserNetwork(_message.Message):
+    __slots__ = ("port_forwards",)
+    PORT_FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    port_forwards: _containers.RepeatedCompositeFieldContainer[PortForward]
+    def __init__(self, port_forwards: _Optional[_Iterable[_Union[PortForward, _Mapping]]] = ...) -> None: ...
+
+class PortForward(_message.Message):
+    __slots__ = ("protocol", "guest_port", "node_port")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
+    NODE_PORT_FIELD_NUMBER: _ClassVar[int]
+    protocol: PortProtocol
+    guest_port: int
+    node_port: int
+    def __init__(self, protocol: _Optional[_Union[PortProtocol, str]] = ..., guest_port: _Optional[int] = ..., node_port: _Optional[int] = ...) -> None: ...
+
+class BridgeNetwork(_message.Message):
+    __slots__ = ("bridge",)
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    def __init__(self, bridge: _Optional[str] = ...) -> None: ...
 
 class BootSource(_message.Message):
     __slots__ = ("kernel", "disk")
@@ -116,7 +223,7 @@ class PhaseTransition(_message.Message):
     def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineStatus(_message.Message):
-    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token")
+    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +233,14 @@ class VirtualMachineStatus(_message.Message):
     RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
     START_AFTER_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PRINTABLE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SAVED_STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FROM_FIELD_NUMBER: _ClassVar[int]
+    RUN_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
     phase: VirtualMachinePhase
     node_name: str
     conditions: _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]
@@ -135,7 +250,97 @@ class VirtualMachineStatus(_message.Message):
     restart_count: int
     start_after: _timestamp_pb2.Timestamp
     assignment_token: int
-    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ...) -> None: ...
+    printable_status: str
+    runs: _containers.RepeatedCompositeFieldContainer[RunRecord]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    run_request: RunRequest
+    saved_state: SavedState
+    restore_from: SavedState
+    run_start_time: _timestamp_pb2.Timestamp
+    guest: GuestInfo
+    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ...) -> None: ...
+
+class RunRecord(_message.Message):
+    __slots__ = ("instance_uid", "node_name", "start_time", "end_time", "phase", "reason", "message")
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    instance_uid: str
+    node_name: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    phase: VirtualMachinePhase
+    reason: str
+    message: str
+    def __init__(self, instance_uid: _Optional[str] = ..., node_name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("time", "type", "reason", "message")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    type: EventType
+    reason: str
+    message: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunRequest(_message.Message):
+    __slots__ = ("action", "instance_uid", "grace_period_seconds", "force", "request_time")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    action: RunAction
+    instance_uid: str
+    grace_period_seconds: int
+    force: bool
+    request_time: _timestamp_pb2.Timestamp
+    def __init__(self, action: _Optional[_Union[RunAction, str]] = ..., instance_uid: _Optional[str] = ..., grace_period_seconds: _Optional[int] = ..., force: _Optional[bool] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SavedState(_message.Message):
+    __slots__ = ("path", "node_name", "instance_uid", "save_time")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SAVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    node_name: str
+    instance_uid: str
+    save_time: _timestamp_pb2.Timestamp
+    def __init__(self, path: _Optional[str] = ..., node_name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., save_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GuestInfo(_message.Message):
+    __slots__ = ("agent_connected", "hostname", "os_name", "os_version", "kernel_release", "interfaces")
+    AGENT_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_NAME_FIELD_NUMBER: _ClassVar[int]
+    OS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    agent_connected: bool
+    hostname: str
+    os_name: str
+    os_version: str
+    kernel_release: str
+    interfaces: _containers.RepeatedCompositeFieldContainer[GuestInterface]
+    def __init__(self, agent_connected: _Optional[bool] = ..., hostname: _Optional[str] = ..., os_name: _Optional[str] = ..., os_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[GuestInterface, _Mapping]]] = ...) -> None: ...
+
+class GuestInterface(_message.Message):
+    __slots__ = ("name", "mac_address", "ip_addresses")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mac_address: str
+    ip_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., mac_address: _Optional[str] = ..., ip_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateVirtualMachineRequest(_message.Message):
     __slots__ = ("virtual_machine",)
@@ -224,3 +429,133 @@ class WatchVirtualMachinesResponse(_message.Message):
     virtual_machine: VirtualMachine
     resource_version: int
     def __init__(self, type: _Optional[_Union[_meta_pb2.WatchEventType, str]] = ..., virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class StartVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class StartVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class StopVirtualMachineRequest(_message.Message):
+    __slots__ = ("name", "grace_period_seconds", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grace_period_seconds: int
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., grace_period_seconds: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class StopVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class RestartVirtualMachineRequest(_message.Message):
+    __slots__ = ("name", "grace_period_seconds", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grace_period_seconds: int
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., grace_period_seconds: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RestartVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class PauseVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PauseVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class UnpauseVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnpauseVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class SoftRebootVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SoftRebootVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class ResetVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ResetVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class SaveVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SaveVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class RestoreVirtualMachineRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RestoreVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class OpenConsoleRequest(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class OpenConsoleResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

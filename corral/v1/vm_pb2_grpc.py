@@ -65,6 +65,56 @@ class VirtualMachineServiceStub:
                 request_serializer=corral_dot_v1_dot_vm__pb2.WatchVirtualMachinesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_vm__pb2.WatchVirtualMachinesResponse.FromString,
                 _registered_method=True)
+        self.StartVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/StartVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.StartVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.StartVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.StopVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/StopVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.StopVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.StopVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.RestartVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/RestartVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.RestartVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.RestartVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.PauseVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/PauseVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.PauseVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.PauseVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.UnpauseVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/UnpauseVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.UnpauseVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.UnpauseVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.SoftRebootVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/SoftRebootVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.SoftRebootVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.SoftRebootVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.ResetVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/ResetVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.ResetVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.ResetVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.SaveVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/SaveVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.SaveVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.SaveVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.RestoreVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/RestoreVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.RestoreVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.RestoreVirtualMachineResponse.FromString,
+                _registered_method=True)
+        self.OpenConsole = channel.stream_stream(
+                '/corral.v1.VirtualMachineService/OpenConsole',
+                request_serializer=corral_dot_v1_dot_vm__pb2.OpenConsoleRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.OpenConsoleResponse.FromString,
+                _registered_method=True)
 
 
 class VirtualMachineServiceServicer:
@@ -110,6 +160,79 @@ class VirtualMachineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartVirtualMachine(self, request, context):
+        """Verbs. Each is idempotent (asking a running VM to start changes nothing) and refused
+        with FAILED_PRECONDITION where it makes no sense (pausing a stopped VM).
+
+        Starts a new run of a stopped VM (Halted becomes Always, as in KubeVirt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopVirtualMachine(self, request, context):
+        """Stops the current run (ACPI, then destroy after the grace period; force: destroy now) and
+        keeps the VM stopped (Always and RerunOnFailure become Halted, as in KubeVirt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartVirtualMachine(self, request, context):
+        """Stops the current run and starts a new one, whatever the run strategy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseVirtualMachine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnpauseVirtualMachine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SoftRebootVirtualMachine(self, request, context):
+        """Asks the guest to reboot (ACPI); the run, its QEMU and its node stay the same.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetVirtualMachine(self, request, context):
+        """Presses the reset button: the guest reboots at once, in the same run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveVirtualMachine(self, request, context):
+        """Writes the guest's memory to a file under the node's save directory and ends the run;
+        the VM is then Saved until restored (or stopped, which discards the saved state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreVirtualMachine(self, request, context):
+        """Starts a new run that resumes the saved guest, on any node that can read the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenConsole(self, request_iterator, context):
+        """The guest's serial console. The first request names the VM; later ones carry input.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VirtualMachineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +265,56 @@ def add_VirtualMachineServiceServicer_to_server(servicer, server):
                     servicer.WatchVirtualMachines,
                     request_deserializer=corral_dot_v1_dot_vm__pb2.WatchVirtualMachinesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_vm__pb2.WatchVirtualMachinesResponse.SerializeToString,
+            ),
+            'StartVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.StartVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.StartVirtualMachineResponse.SerializeToString,
+            ),
+            'StopVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.StopVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.StopVirtualMachineResponse.SerializeToString,
+            ),
+            'RestartVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.RestartVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.RestartVirtualMachineResponse.SerializeToString,
+            ),
+            'PauseVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.PauseVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.PauseVirtualMachineResponse.SerializeToString,
+            ),
+            'UnpauseVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnpauseVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.UnpauseVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.UnpauseVirtualMachineResponse.SerializeToString,
+            ),
+            'SoftRebootVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.SoftRebootVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.SoftRebootVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.SoftRebootVirtualMachineResponse.SerializeToString,
+            ),
+            'ResetVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.ResetVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.ResetVirtualMachineResponse.SerializeToString,
+            ),
+            'SaveVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.SaveVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.SaveVirtualMachineResponse.SerializeToString,
+            ),
+            'RestoreVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.RestoreVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.RestoreVirtualMachineResponse.SerializeToString,
+            ),
+            'OpenConsole': grpc.stream_stream_rpc_method_handler(
+                    servicer.OpenConsole,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.OpenConsoleRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.OpenConsoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +480,276 @@ class VirtualMachineService:
             '/corral.v1.VirtualMachineService/WatchVirtualMachines',
             corral_dot_v1_dot_vm__pb2.WatchVirtualMachinesRequest.SerializeToString,
             corral_dot_v1_dot_vm__pb2.WatchVirtualMachinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/StartVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.StartVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.StartVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/StopVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.StopVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.StopVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/RestartVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.RestartVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.RestartVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/PauseVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.PauseVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.PauseVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnpauseVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/UnpauseVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.UnpauseVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.UnpauseVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SoftRebootVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/SoftRebootVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.SoftRebootVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.SoftRebootVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/ResetVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.ResetVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.ResetVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/SaveVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.SaveVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.SaveVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/RestoreVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.RestoreVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.RestoreVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenConsole(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/corral.v1.VirtualMachineService/OpenConsole',
+            corral_dot_v1_dot_vm__pb2.OpenConsoleRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.OpenConsoleResponse.FromString,
             options,
             channel_credentials,
             insecure,
