@@ -20,11 +20,53 @@ from corral.validation import ValidationError, name_problem
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+SAVE_FAILED = "SaveFailed"
 STORE_HEALTH_TIMEOUT = 1.0
 
 
 def _assigned(vm: vm_pb2.VirtualMachine, node: str) -> bool:
     return vm.status.node_name == node
+
+
+def apply_run_report(vm: vm_pb2.VirtualMachine, request: handler_pb2.ReportVirtualMachineStatusRequest, *,
+                     new_phase: bool, reason: str) -> bool:
+    """What a report says beyond the phase: pause, guest agent, a save, the run's end; events."""
+    changed = False
+    running = request.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+    if running:
+        paused = vm_status.condition(vm, "Paused")
+        if request.paused or (paused is not None and paused.status):
+            if vm_status.set_condition(vm, "Paused", request.paused, "PausedByUser" if request.paused else "Unpaused"):
+                vm_status.record_event(vm, "Paused" if request.paused else "Unpaused",
+                                       "the guest is paused" if request.paused else "the guest runs again")
+                changed = True
+        agent = request.guest.agent_connected
+        if vm.status.guest != request.guest:
+            vm.status.guest.CopyFrom(request.guest)
+            changed = True
+        known = vm_status.condition(vm, "AgentConnected")
+        if agent or known is not None:
+            if vm_status.set_condition(vm, "AgentConnected", agent, "AgentConnected" if agent else "AgentNotAnswering"):
+                changed = True
+        if request.reason == SAVE_FAILED and vm_status.run_request_applies(vm) \
+                and vm.status.run_request.action == vm_pb2.RUN_ACTION_SAVE:
+            vm.status.ClearField("run_request")
+            vm_status.record_event(vm, SAVE_FAILED, request.message, warning=True)
+            changed = True
+    if not new_phase:
+        return changed
+    if running:
+        vm_status.record_event(vm, "Started" if not vm.status.HasField("restore_from") else "Restored",
+                               f"run {vm.status.instance_uid} is running on node {vm.status.node_name}")
+    elif request.phase in vm_status.TERMINAL_PHASES:
+        if request.saved_state_path and reason == "Saved":
+            vm.status.saved_state.CopyFrom(vm_pb2.SavedState(
+                path=request.saved_state_path, node_name=vm.status.node_name,
+                instance_uid=vm.status.instance_uid, save_time=vm_status.now()))
+        vm_status.record_run_end(vm, reason, request.message)
+        vm_status.record_event(vm, reason, request.message or f"run {vm.status.instance_uid} ended",
+                               warning=request.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED)
+    return True
 
 
 class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
@@ -88,12 +130,12 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
                      and vm_status.set_phase(vm, request.phase))
         changed = new_phase
         running = request.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
-        changed |= vm_status.set_condition(
-            vm, "Ready", running, request.reason or ("Running" if running else vm_status.phase_name(request.phase)),
-            request.message)
+        reason = request.reason or ("Running" if running else vm_status.phase_name(request.phase))
+        changed |= vm_status.set_condition(vm, "Ready", running, reason, request.message)
         if request.serial_log_path and vm.status.serial_log_path != request.serial_log_path:
             vm.status.serial_log_path = request.serial_log_path
             changed = True
+        changed |= apply_run_report(vm, request, new_phase=new_phase, reason=reason)
         if changed:
             vm = self.store.update(VMS, vm)
             if new_phase:

@@ -105,10 +105,22 @@ class Scheduler:
             return
         if deleting:
             return
-        if phase in vm_status.TERMINAL_PHASES and lifecycle.wants_restart(vm):
-            delay = lifecycle.restart(vm, now_seconds=now)
+        if phase in vm_status.LIVE_PHASES and lifecycle.strategy(vm) == vm_pb2.RUN_STRATEGY_HALTED \
+                and not vm_status.run_request_applies(vm):
+            # Someone set Halted on a running VM: stop its run, as KubeVirt does.
+            lifecycle.stop(vm, grace_period_seconds=None, force=False)
             self.store.update(VMS, vm, fence=fence)
-            log.info("vm %s: starting a new run (%s)%s", vm.metadata.name, vm_status.run_strategy_name(vm.spec.run_strategy),
+            return
+        if phase in vm_status.TERMINAL_PHASES and lifecycle.wants_restart(vm):
+            asked = vm_status.run_request_applies(vm)
+            delay = lifecycle.restart(vm, now_seconds=now)
+            why = "restart requested" if asked else f"run strategy {vm_status.run_strategy_name(vm.spec.run_strategy)}"
+            if delay:
+                vm_status.record_event(vm, "CrashLoopBackOff", f"{why}: next run in {delay:.0f}s", warning=True)
+            else:
+                vm_status.record_event(vm, "Restarting", f"{why}: starting a new run")
+            self.store.update(VMS, vm, fence=fence)
+            log.info("vm %s: starting a new run (%s)%s", vm.metadata.name, why,
                      f" after {delay:.0f}s back-off" if delay else "")
             return
         if phase != vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING:
@@ -130,14 +142,17 @@ class Scheduler:
         vm.status.node_name = node
         vm.status.instance_uid = str(uuid.uuid4())
         vm.status.assignment_token = fence.token
+        vm.status.run_start_time.CopyFrom(vm_status.now())
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED)
         vm_status.set_condition(vm, "Scheduled", True, "Scheduled", f"assigned to node {node}")
+        vm_status.record_event(vm, "Scheduled", f"run {vm.status.instance_uid} assigned to node {node}")
         self.store.update(VMS, vm, fence=fence)
         metrics.observe_scheduled(vm)
         log_vm(log, vm, "scheduled vm %s (run %s) on node %s", vm.metadata.name, vm.status.instance_uid, node)
 
     def _mark_unschedulable(self, vm: vm_pb2.VirtualMachine, why: str, fence: Fence) -> None:
         if vm_status.set_condition(vm, "Scheduled", False, UNSCHEDULABLE, why):
+            vm_status.record_event(vm, UNSCHEDULABLE, why, warning=True)
             self.store.update(VMS, vm, fence=fence)
             log_vm(log, vm, "vm %s unschedulable: %s", vm.metadata.name, why)
 

@@ -17,7 +17,7 @@ from corral.v1 import meta_pb2, node_pb2, vm_pb2
 
 NONE = "<none>"
 
-VM_COLUMNS = ("NAME", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE")
+VM_COLUMNS = ("NAME", "STATUS", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE")
 VM_WIDE_COLUMNS = VM_COLUMNS + ("UID", "LABELS")
 NODE_COLUMNS = ("NAME", "STATUS", "VCPUS", "MEMORY", "VMS", "AGE")
 NODE_WIDE_COLUMNS = NODE_COLUMNS + ("ADDRESS", "HYPERVISOR", "LABELS")
@@ -148,6 +148,7 @@ def vm_row(vm: vm_pb2.VirtualMachine, *, wide: bool = False,
            now: datetime | None = None) -> list[str]:
     row = [
         vm.metadata.name,
+        vm.status.printable_status or vm_status.printable_status(vm),
         phase_name(vm.status.phase),
         vm.status.node_name or NONE,
         str(vm.spec.vcpus),
@@ -279,12 +280,14 @@ def describe_vm(vm: vm_pb2.VirtualMachine, *, now: datetime | None = None) -> st
         ("Boot", _boot_lines(spec.boot)),
     ], 2)
     status_lines = _block([
+        ("Status", st.printable_status or vm_status.printable_status(vm)),
         ("Phase", phase_name(st.phase)),
         ("Node", st.node_name or NONE),
         ("Run", st.instance_uid or NONE),
+        ("Run Started", format_time(st.run_start_time) if _is_set(st.run_start_time) else NONE),
         ("Restarts", st.restart_count),
         ("Serial Log", st.serial_log_path or NONE),
-    ], 2)
+    ] + _saved_pairs(st) + _guest_pairs(st.guest), 2)
     if st.conditions:
         cond_lines = _indent(format_table(
             ("TYPE", "STATUS", "REASON", "LAST TRANSITION", "MESSAGE"),
@@ -305,13 +308,52 @@ def describe_vm(vm: vm_pb2.VirtualMachine, *, now: datetime | None = None) -> st
         trans_lines = _indent(format_table(("PHASE", "TIME", "AGE", "AFTER PREVIOUS"), rows), 2)
     else:
         trans_lines = []
+    runs_lines = _indent(format_table(
+        ("RUN", "NODE", "STARTED", "ENDED", "PHASE", "REASON"),
+        [(r.instance_uid[:8], r.node_name or NONE, format_time(r.start_time) if _is_set(r.start_time) else NONE,
+          format_time(r.end_time), phase_name(r.phase), r.reason or NONE) for r in st.runs]), 2) if st.runs else []
+    events_lines = _indent(format_table(
+        ("TYPE", "REASON", "AGE", "MESSAGE"),
+        [(_enum_name(vm_pb2.EventType, e.type, "EVENT_TYPE_"), e.reason, format_age(e.time, now), e.message)
+         for e in list(st.events)[-EVENTS_SHOWN:]]), 2) if st.events else []
     lines = _block(_metadata_pairs(vm.metadata, now) + [
         ("Spec", spec_lines),
         ("Status", status_lines),
         ("Conditions", cond_lines),
         ("Phase Transitions", trans_lines),
+        ("Runs", runs_lines),
+        ("Events", events_lines),
     ])
     return "\n".join(lines)
+
+
+EVENTS_SHOWN = 10
+
+
+def _saved_pairs(st: vm_pb2.VirtualMachineStatus) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    if st.HasField("saved_state"):
+        pairs.append(("Saved State", f"{st.saved_state.path} (node {st.saved_state.node_name}, "
+                                     f"{format_time(st.saved_state.save_time)})"))
+    if st.HasField("restore_from"):
+        pairs.append(("Restored From", st.restore_from.path))
+    return pairs
+
+
+def _guest_pairs(guest: vm_pb2.GuestInfo) -> list[tuple[str, Any]]:
+    """What the guest agent says; nothing when no agent ever answered."""
+    if not guest.agent_connected:
+        return []
+    pairs: list[tuple[str, Any]] = [
+        ("Guest Agent", "connected"),
+        ("Guest OS", " ".join(p for p in (guest.os_name, guest.os_version) if p) or NONE),
+        ("Guest Kernel", guest.kernel_release or NONE),
+        ("Guest Hostname", guest.hostname or NONE),
+    ]
+    for interface in guest.interfaces:
+        pairs.append((f"Interface {interface.name}",
+                      " ".join([interface.mac_address or NONE, *interface.ip_addresses])))
+    return pairs
 
 
 def describe_node(node: node_pb2.Node, *, now: datetime | None = None) -> str:

@@ -53,3 +53,74 @@ def set_condition(vm: vm_pb2.VirtualMachine, type_: str, status: bool, reason: s
     vm.status.conditions.append(meta_pb2.Condition(
         type=type_, status=status, reason=reason, message=message, last_transition_time=now()))
     return True
+
+
+MAX_EVENTS = 30
+MAX_RUNS = 10
+LIVE_PHASES = frozenset({vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED, vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING})
+
+
+def record_event(vm: vm_pb2.VirtualMachine, reason: str, message: str, *, warning: bool = False) -> None:
+    """Append an event for people (`corral describe`), keeping the last MAX_EVENTS."""
+    vm.status.events.add(time=now(), reason=reason, message=message,
+                         type=vm_pb2.EVENT_TYPE_WARNING if warning else vm_pb2.EVENT_TYPE_NORMAL)
+    if len(vm.status.events) > MAX_EVENTS:
+        del vm.status.events[0]
+
+
+def record_run_end(vm: vm_pb2.VirtualMachine, reason: str, message: str = "") -> None:
+    """Keep the history of the run that just ended (the VM is in its terminal phase)."""
+    if not vm.status.instance_uid or any(r.instance_uid == vm.status.instance_uid for r in vm.status.runs):
+        return
+    vm.status.runs.add(instance_uid=vm.status.instance_uid, node_name=vm.status.node_name,
+                       start_time=vm.status.run_start_time, end_time=now(), phase=vm.status.phase,
+                       reason=reason, message=message)
+    if len(vm.status.runs) > MAX_RUNS:
+        del vm.status.runs[0]
+
+
+def condition(vm: vm_pb2.VirtualMachine, type_: str) -> meta_pb2.Condition | None:
+    for item in vm.status.conditions:
+        if item.type == type_:
+            return item
+    return None
+
+
+def run_request_applies(vm: vm_pb2.VirtualMachine) -> bool:
+    """Whether the stored stop/restart/save request is for the current run."""
+    request = vm.status.run_request
+    return bool(request.action) and request.instance_uid == vm.status.instance_uid != ""
+
+
+def printable_status(vm: vm_pb2.VirtualMachine, *, node_ready: bool | None = None) -> str:
+    """KubeVirt's printable status, from what is stored (node_ready: None when unknown)."""
+    st = vm.status
+    if vm.metadata.HasField("delete_time"):
+        return "Terminating"
+    if st.phase in LIVE_PHASES:
+        if node_ready is False:
+            return "Unknown"
+        if run_request_applies(vm):
+            return "Stopping"
+        if st.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED:
+            return "Starting"
+        migrating = condition(vm, "Migrating")
+        if migrating is not None and migrating.status:
+            return "Migrating"
+        paused = condition(vm, "Paused")
+        return "Paused" if paused is not None and paused.status else "Running"
+    if st.HasField("saved_state"):
+        return "Saved"
+    scheduled = condition(vm, "Scheduled")
+    if st.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING:
+        reason = scheduled.reason if scheduled is not None and not scheduled.status else ""
+        if reason == "CrashLoopBackOff":
+            return "CrashLoopBackOff"
+        if reason == "Unschedulable":
+            return "ErrorUnschedulable"
+        if reason in ("Halted", "Manual"):
+            return "Stopped"
+        return "Starting"
+    if st.phase in TERMINAL_PHASES:
+        return "Stopped"
+    return "Unknown"

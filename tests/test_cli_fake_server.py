@@ -157,8 +157,8 @@ def test_create_get_describe(api, capsys):
 
     code, out, _ = corral(api, capsys, "get", "vms")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["NAME", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE"]
-    assert lines[1].split()[:5] == ["demo", "Pending", "<none>", "1", "128Mi"]
+    assert code == 0 and lines[0].split() == ["NAME", "STATUS", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE"]
+    assert lines[1].split()[:6] == ["demo", "Starting", "Pending", "<none>", "1", "128Mi"]
 
     code, out, _ = corral(api, capsys, "get", "virtualmachine", "demo", "-o", "json")
     obj = json.loads(out)

@@ -182,7 +182,8 @@ def test_bad_manifest_sends_nothing(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip() == (f"error: {path} (document 2): spec.cpus: unknown field "
-                                    "'cpus' (known fields: vcpus, memoryMib, boot, nodeSelector, runStrategy)")
+                                    "'cpus' (known fields: vcpus, memoryMib, boot, nodeSelector, runStrategy, disks, cloudInit, "
+                                    "networks, terminationGracePeriodSeconds)")
 
 
 def test_unreachable_server_is_a_grpc_error(capsys):
@@ -257,15 +258,15 @@ def test_vm_table():
     vms = [make_vm("demo", vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, "node-1", {"app": "demo"}),
            make_vm("other-vm", vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)]
     assert printing.vm_table(vms, now=NOW).splitlines() == [
-        "NAME       PHASE     NODE     VCPUS   MEMORY   AGE",
-        "demo       Running   node-1   1       128Mi    5m",
-        "other-vm   Pending   <none>   1       128Mi    5m",
+        "NAME       STATUS     PHASE     NODE     VCPUS   MEMORY   AGE",
+        "demo       Running    Running   node-1   1       128Mi    5m",
+        "other-vm   Starting   Pending   <none>   1       128Mi    5m",
     ]
     wide = printing.vm_table(vms, wide=True, now=NOW).splitlines()
-    assert wide[0].split() == ["NAME", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE", "UID", "LABELS"]
-    assert wide[1].split() == ["demo", "Running", "node-1", "1", "128Mi", "5m", "uid-demo",
+    assert wide[0].split() == ["NAME", "STATUS", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE", "UID", "LABELS"]
+    assert wide[1].split() == ["demo", "Running", "Running", "node-1", "1", "128Mi", "5m", "uid-demo",
                                "app=demo"]
-    assert printing.vm_table([], now=NOW) == "NAME   PHASE   NODE   VCPUS   MEMORY   AGE"
+    assert printing.vm_table([], now=NOW) == "NAME   STATUS   PHASE   NODE   VCPUS   MEMORY   AGE"
 
 
 def test_node_table():
