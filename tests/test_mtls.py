@@ -13,7 +13,10 @@ import pytest
 
 from controller import auth
 from corral import tls
-from corral.v1 import handler_pb2, handler_pb2_grpc, node_pb2, vm_pb2, vm_pb2_grpc
+from controller.node_agents import NodeAgents
+from corral.store import Store
+from corral.v1 import (handler_pb2, handler_pb2_grpc, node_agent_pb2, node_agent_pb2_grpc, node_pb2, vm_pb2,
+                       vm_pb2_grpc)
 from tests.certs import make_ca
 from tests.cluster import REPO, Cluster, wait_for
 
@@ -111,7 +114,7 @@ def certs(tmp_path_factory):
     return {
         "ca": ca,
         "server": ca.issue(directory, "server", "corral-controller", ips=("127.0.0.1",), dns=("localhost",)),
-        "n1": ca.issue(directory, "n1", "node:n1", uris=("corral://node/n1",)),
+        "n1": ca.issue(directory, "n1", "node:n1", uris=("corral://node/n1",), ips=("127.0.0.1",)),
         "admin": ca.issue(directory, "admin", "admin"),
         "stranger": other.issue(directory, "stranger", "admin"),
     }
@@ -228,6 +231,39 @@ def test_handler_with_its_node_certificate_registers_and_follows_its_stream(tls_
     wait_for(lambda: "node n1 follows its" in log.read_text(), timeout=15,
              what="the handler's assignment stream")
     assert "PERMISSION_DENIED" not in (tls_cluster.base / "handler-n1.log").read_text()
+
+
+def test_node_agent_serves_mutual_tls_to_controllers_and_users_only(tls_cluster, certs):
+    """The handler's NodeAgentService: TLS with the node's certificate, client certificates
+    from the CA required, node certificates refused; the controller dials it with its own."""
+    if "n1" not in tls_cluster.handlers:
+        tls_cluster.start_tls_handler("n1", "n1")
+    address = tls_cluster.nodes.GetNode(node_pb2.GetNodeRequest(name="n1"), timeout=5).node.status.address
+    request = node_agent_pb2.PauseInstanceRequest(name="vm", instance_uid=str(uuid.uuid4()))
+
+    def call(credentials) -> grpc.RpcError:
+        with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
+            return _refused(lambda: node_agent_pb2_grpc.NodeAgentServiceStub(channel).PauseInstance(request, timeout=10))
+
+    def creds(name: str | None) -> grpc.ChannelCredentials:
+        issued = certs[name] if name else None
+        return tls.channel_credentials(str(certs["ca"].cert), str(issued.cert) if issued else None,
+                                       str(issued.key) if issued else None)
+
+    assert call(creds("admin")).code() == grpc.StatusCode.NOT_FOUND  # through: no such run
+    refused = call(creds("n1"))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "node 'n1'" in refused.details()
+    for credentials in (creds(None), None):  # no client certificate; plaintext
+        assert call(credentials).code() == grpc.StatusCode.UNAVAILABLE
+    # What controller/main.py gives the controller: its certificate, trusting the client CA.
+    agents = NodeAgents(Store(endpoints=[tls_cluster.etcd.endpoint], prefix=tls_cluster.prefix),
+                        tls.channel_credentials(str(certs["ca"].cert), str(certs["server"].cert),
+                                                str(certs["server"].key)))
+    try:
+        assert _refused(lambda: agents.stub("n1").PauseInstance(request, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        agents.close()
+        agents.store.close()
 
 
 def test_controller_refuses_partial_tls_settings(tmp_path, certs):

@@ -1,0 +1,157 @@
+"""The guest's serial console, through libvirt (what ``virsh console --force`` does).
+
+A session opens the domain's console (its ``<serial type='pty'>``) into a non-blocking
+libvirt stream whose READABLE events come on the embedded driver's event loop (host.py runs
+it); output is queued for the gRPC thread, input is sent from the thread reading requests.
+QEMU keeps appending the output to the serial log file whether a console is attached or not.
+
+Opening with VIR_DOMAIN_CONSOLE_FORCE takes the console from a session that is still open
+(say, one whose handler died before the launcher noticed): the old session then ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+import libvirt
+
+from launcher.host import DomainNotRunning, Host, LauncherError, classify
+
+log = logging.getLogger(__name__)
+
+#: Bytes read from the stream per recv call.
+CHUNK = 64 * 1024
+#: Give up on input the guest does not take (its pty buffer full) after this long.
+SEND_TIMEOUT_SECONDS = 10.0
+_CLOSED = object()
+
+
+class ConsoleSession:
+    """One attached console stream: ``read()`` output, ``write()`` input, ``close()``."""
+
+    def __init__(self, host: Host, uuid: str) -> None:
+        conn = host.conn
+        try:
+            domain = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            raise DomainNotRunning("the domain is not defined: no console to attach to") from e
+        try:
+            if not domain.isActive():
+                raise DomainNotRunning("the domain is not running: no console to attach to")
+            self._stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            domain.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+        self._output: queue.Queue[object] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watching = True
+        self._stream.eventAddCallback(
+            libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+            | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_event, None)
+
+    # Runs on libvirt's event loop thread: keep it short, never raise.
+    def _on_event(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
+        ended = bool(events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP))
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            while True:
+                try:
+                    data = stream.recv(CHUNK)
+                except libvirt.libvirtError as e:
+                    log.info("console stream ended: %s", e.get_error_message())
+                    ended = True
+                    break
+                if data == -2:  # nothing more for now
+                    break
+                if not data:  # EOF: the console went away (domain stopped, or taken over)
+                    ended = True
+                    break
+                self._output.put(bytes(data))
+        if ended:
+            self._stop_watching()
+            self._output.put(_CLOSED)
+
+    def _stop_watching(self) -> None:
+        with self._lock:
+            if not self._watching:
+                return
+            self._watching = False
+        try:
+            self._stream.eventRemoveCallback()
+        except libvirt.libvirtError:
+            pass
+
+    def read(self, timeout: float) -> bytes | None:
+        """Output (b"" when none arrived within ``timeout``); None once the console ended."""
+        try:
+            item = self._output.get(timeout=timeout)
+        except queue.Empty:
+            return b""
+        if item is _CLOSED:
+            self._output.put(_CLOSED)  # every later read sees the end too
+            return None
+        return item  # type: ignore[return-value]
+
+    def write(self, data: bytes) -> None:
+        """Send input to the guest's serial port; raises LauncherError if the console ended."""
+        deadline = time.monotonic() + SEND_TIMEOUT_SECONDS
+        view = memoryview(data)
+        while view:
+            if self._closed:
+                raise LauncherError("the console is closed")
+            try:
+                sent = self._stream.send(bytes(view))
+            except libvirt.libvirtError as e:
+                raise classify(e) from e
+            if sent == -2:  # the pty is full: the guest is not reading (paused, busy)
+                if time.monotonic() > deadline:
+                    raise LauncherError("the guest does not take console input")
+                time.sleep(0.01)
+                continue
+            view = view[sent:]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_watching()
+        try:
+            self._stream.abort()
+        except libvirt.libvirtError:
+            pass
+        self._output.put(_CLOSED)
+
+
+def pump(session: ConsoleSession, inputs: Iterable[bytes], is_active, *, poll: float = 0.5) -> Iterator[bytes]:
+    """Output chunks of ``session`` until the console ends or ``is_active()`` turns false;
+    ``inputs`` (keystrokes) are written by a thread meanwhile. The caller ending the input
+    (half-close) does not end the session: output flows until it cancels."""
+
+    def feed() -> None:
+        try:
+            for data in inputs:
+                if data:
+                    session.write(data)
+        except LauncherError as e:
+            log.info("console input stopped: %s", e)
+            session.close()
+        except Exception as e:  # noqa: BLE001 - the call was cancelled or broke: end the session
+            log.debug("console input ended: %r", e)
+            session.close()
+
+    writer = threading.Thread(target=feed, name="console-input", daemon=True)
+    writer.start()
+    try:
+        while is_active():
+            data = session.read(poll)
+            if data is None:
+                return
+            if data:
+                yield data
+    finally:
+        session.close()
