@@ -28,7 +28,7 @@ NODE_CN_PREFIX = "node:"
 NODE_URI_PREFIX = "corral://node/"
 
 HANDLER_SERVICE = "corral.v1.HandlerService"
-USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService")
+USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService", "corral.v1.MigrationService")
 
 AuthContext = Mapping[str, Sequence[bytes]]
 

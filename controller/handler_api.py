@@ -10,11 +10,12 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from controller import auth
 from controller.errors import RequestError, grpc_errors
+from controller.migrations import clear_target, fail, progress_message, set_phase
 from corral import metrics, status as vm_status
 from corral.logs import log_vm
-from corral.resources import VMS
+from corral.resources import MIGRATIONS, VMS
 from corral.store import Conflict, Store, StoreError
-from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
+from corral.v1 import handler_pb2, handler_pb2_grpc, migration_pb2, vm_pb2
 from corral.validation import ValidationError, name_problem
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ STORE_HEALTH_TIMEOUT = 1.0
 
 
 def _assigned(vm: vm_pb2.VirtualMachine, node: str) -> bool:
-    return vm.status.node_name == node
+    """The node runs the VM, or a live migration brings it there."""
+    return vm.status.node_name == node or vm.status.migration_target.node_name == node
 
 
 def apply_run_report(vm: vm_pb2.VirtualMachine, request: handler_pb2.ReportVirtualMachineStatusRequest, *,
@@ -67,6 +69,61 @@ def apply_run_report(vm: vm_pb2.VirtualMachine, request: handler_pb2.ReportVirtu
         vm_status.record_event(vm, reason, request.message or f"run {vm.status.instance_uid} ended",
                                warning=request.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED)
     return True
+
+
+def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.Migration,
+                           request: handler_pb2.ReportMigrationStatusRequest) -> tuple[bool, bool]:
+    """Move a migration on from a node's report: (VM changed, migration changed)."""
+    MP = migration_pb2
+    status, target = migration.status, vm.status.migration_target
+    if status.phase in (MP.MIGRATION_PHASE_SUCCEEDED, MP.MIGRATION_PHASE_FAILED):
+        return False, False
+    source = request.role == handler_pb2.MIGRATION_ROLE_SOURCE
+    if request.phase == MP.MIGRATION_PHASE_TARGET_READY and not source:
+        if target.target_address == request.target_address and target.target_domain_xml == request.target_domain_xml:
+            return False, False
+        target.target_address = request.target_address
+        target.target_domain_xml = request.target_domain_xml
+        status.target_address = request.target_address
+        set_phase(migration, MP.MIGRATION_PHASE_TARGET_READY)
+        return True, True
+    if request.phase == MP.MIGRATION_PHASE_FAILED and not source:
+        # The target cannot take the guest: the source aborts (it alone ends the migration).
+        if target.cancel_requested:
+            return False, False
+        target.cancel_requested = True
+        status.message = f"target node {request.node_name}: {request.message}"
+        vm_status.record_event(vm, "MigrationTargetFailed", status.message, warning=True)
+        return True, True
+    if not source:
+        return False, False
+    if request.phase == MP.MIGRATION_PHASE_RUNNING:
+        status.mode = request.mode or status.mode
+        status.data_total_bytes = request.data_total_bytes
+        status.data_processed_bytes = request.data_processed_bytes
+        status.data_remaining_bytes = request.data_remaining_bytes
+        status.message = progress_message(status)
+        set_phase(migration, MP.MIGRATION_PHASE_RUNNING)
+        return False, True
+    if request.phase == MP.MIGRATION_PHASE_SUCCEEDED:
+        status.downtime_ms = request.downtime_ms
+        status.mode = request.mode or status.mode
+        status.data_total_bytes = request.data_total_bytes or status.data_total_bytes
+        status.data_processed_bytes = request.data_processed_bytes or status.data_processed_bytes
+        status.data_remaining_bytes = 0
+        status.message = f"moved to node {target.node_name}; downtime {request.downtime_ms} ms"
+        set_phase(migration, MP.MIGRATION_PHASE_SUCCEEDED)
+        source_node = vm.status.node_name
+        vm.status.node_name = target.node_name
+        clear_target(vm, "Migrated", f"migration {migration.metadata.name}: moved from node {source_node} "
+                                     f"to {vm.status.node_name} (downtime {request.downtime_ms} ms)", warning=False)
+        return True, True
+    if request.phase == MP.MIGRATION_PHASE_FAILED:
+        fail(migration, request.reason or "MigrationFailed", request.message or status.message)
+        clear_target(vm, "MigrationFailed", f"migration {migration.metadata.name}: {migration.status.message}",
+                     warning=True)
+        return True, True
+    return False, False
 
 
 class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
@@ -155,6 +212,33 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
         self.store.delete(VMS, request.name, resource_version=vm.metadata.resource_version)
         log_vm(log, vm, "vm %s released by node %s and deleted", request.name, request.node_name)
         return handler_pb2.ReleaseVirtualMachineResponse()
+
+    @grpc_errors
+    @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
+    def ReportMigrationStatus(self, request, context):
+        auth.require_node(context, request.node_name)
+        vm = self.store.get(VMS, request.vm_name)
+        target = vm.status.migration_target
+        role_node = vm.status.node_name if request.role == handler_pb2.MIGRATION_ROLE_SOURCE else target.node_name
+        if vm.metadata.uid != request.vm_uid or target.migration_name != request.migration_name \
+                or role_node != request.node_name:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"node {request.node_name!r} takes no part in migration {request.migration_name!r} "
+                               f"of VirtualMachine {request.vm_name!r}")
+        migration = self.store.get(MIGRATIONS, request.migration_name)
+        vm_changed, migration_changed = apply_migration_report(vm, migration, request)
+        if vm_changed:
+            self.store.update(VMS, vm)
+        if migration_changed:
+            try:
+                self.store.update(MIGRATIONS, migration)
+            except Conflict:
+                if not vm_changed:
+                    raise
+                # The VM's write is what matters (the switch or the clearing); the leader's
+                # next pass reconciles the migration record.
+                log.warning("migration %s: record changed meanwhile; the VM was updated", request.migration_name)
+        return handler_pb2.ReportMigrationStatusResponse()
 
     def GetStoreHealth(self, request, context):
         """Not wrapped in grpc_errors: an unreachable store is the answer, not an error."""

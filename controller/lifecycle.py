@@ -73,10 +73,10 @@ def restart(vm: vm_pb2.VirtualMachine, *, now_seconds: float, rng: random.Random
 
 def _clear_run_state(vm: vm_pb2.VirtualMachine) -> None:
     """What belonged to the run that ended."""
-    for field in ("run_request", "restore_from", "guest", "run_start_time"):
+    for field in ("run_request", "restore_from", "guest", "run_start_time", "migration_target"):
         vm.status.ClearField(field)
     for condition in vm.status.conditions:
-        if condition.type in ("Paused", "AgentConnected") and condition.status:
+        if condition.type in ("Paused", "AgentConnected", "Migrating") and condition.status:
             condition.status = False
             condition.reason = "RunEnded"
             condition.message = ""
@@ -233,3 +233,13 @@ def _how(verb: str, grace: int | None, force: bool) -> str:
 
 def waiting_for_backoff(vm: vm_pb2.VirtualMachine, now_seconds: float) -> bool:
     return vm.status.HasField("start_after") and vm.status.start_after.ToNanoseconds() > now_seconds * 1e9
+
+
+def check_guest_action(vm: vm_pb2.VirtualMachine, verb: str) -> None:
+    """Pause, unpause, soft-reboot and reset act on a Running run that is not being stopped."""
+    _not_deleting(vm, verb)
+    if vm.status.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING:
+        raise Refused(f"cannot {verb} VirtualMachine {vm.metadata.name!r}: it is "
+                      f"{vm_status.printable_status(vm)}, not Running")
+    if vm_status.run_request_applies(vm):
+        raise Refused(f"cannot {verb} VirtualMachine {vm.metadata.name!r}: its run is being stopped")

@@ -18,19 +18,24 @@ from controller import auth
 from controller.api import NodeService, VirtualMachineService
 from controller.handler_api import HandlerService
 from controller.leader import LeaderElector
+from controller.node_agents import NodeAgents
+from controller.migration_api import MigrationService
+from controller.migrations import MigrationReconciler, MigrationSettings
 from controller.scheduler import Scheduler
 from corral import logs, metrics, tls
 from corral.resources import VMS
 from corral.sdnotify import Watchdog, notify
 from corral.settings import ControllerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import Store, StoreError
-from corral.v1 import handler_pb2, handler_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
+from corral.v1 import (handler_pb2, handler_pb2_grpc, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc,
+                       vm_pb2, vm_pb2_grpc)
 
 log = logging.getLogger("corral.controller")
 
 SERVICE_NAMES = (
     vm_pb2.DESCRIPTOR.services_by_name["VirtualMachineService"].full_name,
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    migration_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
     handler_pb2.DESCRIPTOR.services_by_name["HandlerService"].full_name,
 )
 
@@ -57,8 +62,17 @@ def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Serve
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=500, thread_name_prefix="api"),
                          options=SERVER_OPTIONS,
                          interceptors=[metrics.ApiInterceptor(), auth.AuthorizationInterceptor()])
-    vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(store=store), server)
+    try:
+        # Dialing handlers (consoles, pause, reset): the controller's own certificate, trusting the
+        # CA that signs the nodes' certificates.
+        agent_credentials = (tls.channel_credentials(settings.tls_client_ca_file, settings.tls_cert_file,
+                                                     settings.tls_key_file) if settings.tls_cert_file else None)
+    except tls.TLSConfigError as exc:
+        raise SystemExit(f"corral-controller: {exc}") from None
+    vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(
+        VirtualMachineService(store=store, node_agents=NodeAgents(store, agent_credentials)), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=store), server)
+    migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=store), server)
     handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=store), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -91,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corral-controller: {exc}", file=sys.stderr)
         return 2
     server, health_servicer = build_server(settings, store)
+    migrations = MigrationReconciler(store=store, settings=MigrationSettings.from_settings(settings))
     scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds,
-                          node_loss_margin_seconds=settings.node_loss_margin_seconds)
+                          node_loss_margin_seconds=settings.node_loss_margin_seconds, migrations=migrations)
     elector = LeaderElector(store=store, identity=settings.replica_id,
                             lease_seconds=settings.leader_lease_seconds, lead=scheduler.run)
     metrics.register_controller(list_vms=lambda: store.list_all(VMS)[0], is_leader=lambda: elector.is_leader)

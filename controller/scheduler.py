@@ -13,6 +13,7 @@ import time
 import uuid
 
 from controller import lifecycle
+from controller.migrations import MigrationReconciler
 from controller.nodes import snapshot
 from corral import metrics, scheduling, status as vm_status
 from corral.logs import log_vm
@@ -26,8 +27,10 @@ UNSCHEDULABLE = "Unschedulable"
 
 
 class Scheduler:
-    def __init__(self, *, store: Store, resync_seconds: float, node_loss_margin_seconds: float) -> None:
+    def __init__(self, *, store: Store, resync_seconds: float, node_loss_margin_seconds: float,
+                 migrations: MigrationReconciler | None = None) -> None:
         self.store = store
+        self.migrations = migrations
         self.resync_seconds = resync_seconds
         self.node_loss_margin = node_loss_margin_seconds
         # When this leader first saw each node NotReady. A new leader starts counting afresh:
@@ -74,6 +77,8 @@ class Scheduler:
                 self._reconcile_vm(vm, fence, views, lost, now)
             except (Conflict, NotFound):
                 continue  # changed meanwhile: the next pass sees the new version
+        if self.migrations is not None:
+            self.migrations.reconcile(fence, vms, views, lost)
         return revision
 
     def _lost_nodes(self, known: set[str], ready: set[str]) -> set[str]:

@@ -30,11 +30,13 @@ from corral.v1 import vm_pb2
 
 VM = "virtualmachine"
 NODE = "node"
+MIGRATION = "migration"
 _ALIASES = {
     "vm": VM, "vms": VM, "virtualmachine": VM, "virtualmachines": VM,
     "node": NODE, "nodes": NODE,
+    "migration": MIGRATION, "migrations": MIGRATION, "mig": MIGRATION, "vmim": MIGRATION,
 }
-_KINDS = {VM: "VirtualMachine", NODE: "Node"}
+_KINDS = {VM: "VirtualMachine", NODE: "Node", MIGRATION: "Migration"}
 OUTPUT_FORMATS = ("wide", "json", "yaml", "name")
 
 
@@ -206,16 +208,19 @@ def _print_resources(kind: str, items: list[Any], output: str | None, *, single:
         return
     wide = output == "wide"
     table = (printing.vm_table(items, wide=wide, now=now) if kind == VM
+             else printing.migration_table(items, now=now) if kind == MIGRATION
              else printing.node_table(items, wide=wide, now=now))
     click.echo(table)
 
 
 def _fetch(client: Client, kind: str, names: list[str], selector: str) -> list[Any]:
     if names:
-        get = client.get_vm if kind == VM else client.get_node
+        get = {VM: client.get_vm, NODE: client.get_node, MIGRATION: client.get_migration}[kind]
         return [get(name) for name in names]
     if kind == VM:
         return client.list_vms(label_selector=selector)
+    if kind == MIGRATION:
+        return client.list_migrations(label_selector=selector)
     return client.list_nodes(label_selector=selector)
 
 
@@ -229,7 +234,7 @@ def _fetch(client: Client, kind: str, names: list[str], selector: str) -> list[A
 @click.pass_context
 def get(ctx: click.Context, resource: str, names: tuple[str, ...], selector: str,
         output: str | None) -> int:
-    """List virtual machines or nodes (vm, vms, virtualmachine(s), node, nodes)."""
+    """List virtual machines, nodes or migrations (vm(s), node(s), migration(s))."""
     kind, name_list = _resource(resource, names)
     if name_list and selector:
         raise click.UsageError("name(s) and --selector cannot be combined")
@@ -254,8 +259,8 @@ def describe(ctx: click.Context, resource: str, names: tuple[str, ...], selector
         click.echo("No resources found.", err=True)
         return 0
     now = datetime.now(timezone.utc)
-    blocks = [printing.describe_vm(i, now=now) if kind == VM else printing.describe_node(i, now=now)
-              for i in items]
+    describe_one = {VM: printing.describe_vm, NODE: printing.describe_node, MIGRATION: printing.describe_migration}[kind]
+    blocks = [describe_one(i, now=now) for i in items]
     click.echo("\n\n".join(blocks))
     return 0
 
@@ -301,6 +306,72 @@ def delete(ctx: click.Context, resource: str, names: tuple[str, ...], wait: bool
             continue
         click.echo(f"{VM}/{name} deleted")
     return 1 if failed else 0
+
+
+# --- verbs -----------------------------------------------------------------------------------
+
+#: command -> (API verb, what the command says it did, help)
+_VERBS = {
+    "start": ("Start", "start requested", "Start stopped virtual machines (Halted becomes Always)."),
+    "pause": ("Pause", "paused", "Pause virtual machines' vCPUs."),
+    "unpause": ("Unpause", "unpaused", "Let paused virtual machines run again."),
+    "soft-reboot": ("SoftReboot", "asked to reboot", "Ask guests to reboot (ACPI); the run stays."),
+    "reset": ("Reset", "reset", "Press virtual machines' reset button; the run stays."),
+    "save": ("Save", "save requested", "Save guests' memory to the node's save directory and end their runs."),
+    "restore": ("Restore", "restore requested", "Resume saved virtual machines (on any node that reads the file)."),
+}
+
+
+def _act(ctx: click.Context, verb: str, done: str, names: Sequence[str], **fields: Any) -> int:
+    client = _client(ctx)
+    failed = 0
+    for name in names:
+        try:
+            vm = client.act_on_vm(verb, name, **fields)
+        except grpc.RpcError as err:
+            click.echo(f"error: {_rpc_message(err)}", err=True)
+            failed += 1
+            continue
+        click.echo(f"{VM}/{name} {done} ({vm.status.printable_status})")
+    return 1 if failed else 0
+
+
+def _simple_verb(command: str, verb: str, done: str, text: str) -> None:
+    @cli.command(command, help=f"{text} Idempotent.")
+    @click.argument("names", nargs=-1, required=True, metavar="NAME...")
+    @click.pass_context
+    def run(ctx: click.Context, names: tuple[str, ...]) -> int:
+        return _act(ctx, verb, done, names)
+
+
+for _command, (_verb, _done, _text) in _VERBS.items():
+    _simple_verb(_command, _verb, _done, _text)
+
+
+def _stop_options(func):
+    func = click.option("--force", is_flag=True, help="Destroy the guest at once (no ACPI power-off).")(func)
+    return click.option("--grace-period", type=click.IntRange(min=0), default=None, metavar="SECONDS",
+                        help="Seconds between the ACPI power-off and destroy (default: the VM's).")(func)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@_stop_options
+@click.pass_context
+def stop(ctx: click.Context, names: tuple[str, ...], grace_period: int | None, force: bool) -> int:
+    """Stop virtual machines and keep them stopped (ACPI power-off, then destroy)."""
+    fields = {"force": force, **({"grace_period_seconds": grace_period} if grace_period is not None else {})}
+    return _act(ctx, "Stop", "stop requested", names, **fields)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@_stop_options
+@click.pass_context
+def restart(ctx: click.Context, names: tuple[str, ...], grace_period: int | None, force: bool) -> int:
+    """Stop the current run of virtual machines and start a new one."""
+    fields = {"force": force, **({"grace_period_seconds": grace_period} if grace_period is not None else {})}
+    return _act(ctx, "Restart", "restart requested", names, **fields)
 
 
 # --- wait ------------------------------------------------------------------------------------
@@ -358,7 +429,28 @@ def wait_cmd(ctx: click.Context, resource: str, names: tuple[str, ...], conditio
     return 1 if failed else 0
 
 
+# --- console ---------------------------------------------------------------------------------
+
+
+@cli.command("console")
+@click.argument("name")
+@click.option("--linger", type=Duration(), default=1.0, show_default=True,
+              help="With stdin not a terminal: once it ends, detach after the guest was quiet this long.")
+@click.pass_context
+def console_cmd(ctx: click.Context, name: str, linger: float) -> int:
+    """Attach to a virtual machine's serial console; Ctrl-] detaches.
+
+    On a terminal every key goes to the guest (raw mode); stdin can also be a pipe:
+    echo 'uname -a' | corral console demo
+    """
+    from corral.console import ConsoleSession  # noqa: PLC0415 - termios only when needed
+    return ConsoleSession(_client(ctx), name, linger=linger).run()
+
+
 # --- entry point -----------------------------------------------------------------------------
+
+
+from corral import cli_migrations  # noqa: E402,F401  pyflakes: ignore (adds migrate, drain, cordon, uncordon)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,4 +473,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corral.cli import main as package_main  # the module other commands registered on
+    sys.exit(package_main())

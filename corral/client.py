@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import grpc
 
 from corral import tls
-from corral.v1 import meta_pb2, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
+from corral.v1 import meta_pb2, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 DEFAULT_SERVER = "127.0.0.1:7100"
 ENV_SERVER = "CORRAL_SERVER"
@@ -197,6 +197,12 @@ class Client:
                                request)
         return response.virtual_machine if response.HasField("virtual_machine") else None
 
+    def act_on_vm(self, verb: str, name: str, **fields: Any) -> vm_pb2.VirtualMachine:
+        """A verb: act_on_vm("Stop", "web", force=True) calls StopVirtualMachine; returns the VM."""
+        request = getattr(vm_pb2, f"{verb}VirtualMachineRequest")(name=name, **fields)
+        return self._unary(vm_pb2_grpc.VirtualMachineServiceStub, f"{verb}VirtualMachine",
+                           request).virtual_machine
+
     def watch_vms(self, resource_version: int = 0, label_selector: str = "", *,
                   timeout: float | None = None) -> Iterator[vm_pb2.WatchVirtualMachinesResponse]:
         """Watch events after ``resource_version`` (0: current VMs as ADDED first, then changes).
@@ -344,6 +350,53 @@ class Client:
         if uid and vm.metadata.uid and vm.metadata.uid != uid:
             raise VirtualMachineGone(f"virtualmachine/{name} was deleted")
         return vm
+
+    # --- console -----------------------------------------------------------------------------
+
+    def open_console(self, name: str, keystrokes: Iterable[bytes]) -> Any:
+        """VM ``name``'s serial console: ``keystrokes`` (consumed on gRPC's thread; its end
+        half-closes the stream) go to the guest; the returned call yields OpenConsoleResponse
+        (``.data``: output) until the console ends, and ``.cancel()`` detaches. Errors
+        (NOT_FOUND, FAILED_PRECONDITION when the VM has no run on a node, UNAVAILABLE) are
+        raised as grpc.RpcError while iterating. No deadline; no fail-over once open."""
+
+        def requests() -> Iterator[vm_pb2.OpenConsoleRequest]:
+            yield vm_pb2.OpenConsoleRequest(name=name)
+            for data in keystrokes:
+                yield vm_pb2.OpenConsoleRequest(data=data)
+
+        stub = self._stub(self._current, vm_pb2_grpc.VirtualMachineServiceStub)
+        return stub.OpenConsole(requests())
+
+    # --- migrations --------------------------------------------------------------------------
+
+    def create_migration(self, vm_name: str, target_node: str = "", **policy: Any) -> migration_pb2.Migration:
+        """Starts moving a Running VM (to target_node, or where the scheduler picks)."""
+        migration = migration_pb2.Migration(spec=migration_pb2.MigrationSpec(
+            vm_name=vm_name, target_node=target_node, policy=migration_pb2.MigrationPolicy(**policy)))
+        return self._unary(migration_pb2_grpc.MigrationServiceStub, "CreateMigration",
+                           migration_pb2.CreateMigrationRequest(migration=migration)).migration
+
+    def get_migration(self, name: str) -> migration_pb2.Migration:
+        return self._unary(migration_pb2_grpc.MigrationServiceStub, "GetMigration",
+                           migration_pb2.GetMigrationRequest(name=name)).migration
+
+    def list_migrations(self, label_selector: str = "", vm_name: str = "") -> list[migration_pb2.Migration]:
+        return self._paged(
+            lambda token: self._unary(
+                migration_pb2_grpc.MigrationServiceStub, "ListMigrations",
+                migration_pb2.ListMigrationsRequest(page_token=token, label_selector=label_selector,
+                                                    vm_name=vm_name)),
+            lambda response: response.migrations)
+
+    def cancel_migration(self, name: str) -> migration_pb2.Migration:
+        return self._unary(migration_pb2_grpc.MigrationServiceStub, "CancelMigration",
+                           migration_pb2.CancelMigrationRequest(name=name)).migration
+
+    def cordon_node(self, name: str, *, cordon: bool = True) -> node_pb2.Node:
+        verb = "CordonNode" if cordon else "UncordonNode"
+        request = getattr(node_pb2, f"{verb}Request")(name=name)
+        return self._unary(node_pb2_grpc.NodeServiceStub, verb, request).node
 
     # --- nodes -------------------------------------------------------------------------------
 

@@ -180,7 +180,26 @@ def _normalize_spec(spec: Any) -> Any:
         if isinstance(fmt, str) and not fmt.upper().startswith("DISK_FORMAT_"):
             disk["format"] = "DISK_FORMAT_" + fmt.upper()
         spec["boot"] = {**boot, "disk": disk}
+    disks = spec.get("disks")
+    if isinstance(disks, list):
+        spec["disks"] = [_normalize_disk(disk) for disk in disks]
     return spec
+
+
+def _normalize_disk(disk: Any) -> Any:
+    """spec.disks[]: ephemeral.baseFormat and persistent.format, as for boot.disk.format."""
+    if not isinstance(disk, Mapping):
+        return disk
+    disk = dict(disk)
+    for source, keys in (("ephemeral", ("baseFormat", "base_format")), ("persistent", ("format",))):
+        if isinstance(disk.get(source), Mapping):
+            inner = dict(disk[source])
+            for key in keys:
+                fmt = inner.get(key)
+                if isinstance(fmt, str) and not fmt.upper().startswith("DISK_FORMAT_"):
+                    inner[key] = "DISK_FORMAT_" + fmt.upper()
+            disk[source] = inner
+    return disk
 
 
 def _check_fields(value: Any, desc: _descriptor.Descriptor, path: str, fail) -> None:

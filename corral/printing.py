@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import status as vm_status
 from corral.manifest import API_VERSION
-from corral.v1 import meta_pb2, node_pb2, vm_pb2
+from corral.v1 import meta_pb2, migration_pb2, node_pb2, vm_pb2
 
 NONE = "<none>"
 
@@ -375,3 +375,58 @@ def describe_node(node: node_pb2.Node, *, now: datetime | None = None) -> str:
               format_memory(st.capacity.memory_mib))]), 2)),
     ])
     return "\n".join(lines)
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+MIGRATION_COLUMNS = ("NAME", "VM", "PHASE", "SOURCE", "TARGET", "PROGRESS", "DOWNTIME", "AGE")
+
+
+def migration_phase(phase: int) -> str:
+    name = _enum_name(migration_pb2.MigrationPhase, phase, "MIGRATION_PHASE_")
+    return name.replace(" ", "")
+
+
+def migration_progress(st: migration_pb2.MigrationStatus) -> str:
+    if not st.data_total_bytes:
+        return NONE
+    done = st.data_total_bytes - st.data_remaining_bytes
+    return f"{100 * done / st.data_total_bytes:.0f}%"
+
+
+def migration_row(m: migration_pb2.Migration, *, now: datetime | None = None) -> list[str]:
+    st = m.status
+    return [m.metadata.name, m.spec.vm_name, migration_phase(st.phase), st.source_node or NONE,
+            st.target_node or m.spec.target_node or NONE, migration_progress(st),
+            f"{st.downtime_ms}ms" if st.phase == migration_pb2.MIGRATION_PHASE_SUCCEEDED else NONE,
+            format_age(m.metadata.create_time, now)]
+
+
+def migration_table(items: Iterable[migration_pb2.Migration], *, now: datetime | None = None) -> str:
+    """The `corral get migrations` table."""
+    return format_table(MIGRATION_COLUMNS, [migration_row(m, now=now) for m in items])
+
+
+def describe_migration(m: migration_pb2.Migration, *, now: datetime | None = None) -> str:
+    st = m.status
+    mode = _enum_name(migration_pb2.MigrationMode, st.mode, "MIGRATION_MODE_") if st.mode else NONE
+    rows = _block(_metadata_pairs(m.metadata, now) + [
+        ("VM", m.spec.vm_name),
+        ("Phase", migration_phase(st.phase)),
+        ("Source", f"{st.source_node or NONE} (run {st.source_instance_uid or NONE})"),
+        ("Target", st.target_node or m.spec.target_node or NONE),
+        ("Mode", mode),
+        ("Progress", migration_progress(st)),
+        ("Memory", f"{st.data_processed_bytes / 2**20:.0f} MiB moved, {st.data_remaining_bytes / 2**20:.0f} MiB left, "
+                   f"{st.data_total_bytes / 2**20:.0f} MiB total" if st.data_total_bytes else NONE),
+        ("Downtime", f"{st.downtime_ms} ms" if st.downtime_ms else NONE),
+        ("Started", format_time(st.start_time) if _is_set(st.start_time) else NONE),
+        ("Ended", format_time(st.end_time) if _is_set(st.end_time) else NONE),
+        ("Cancel Requested", "yes" if st.cancel_requested else "no"),
+        ("Reason", st.reason or NONE),
+        ("Message", st.message or NONE),
+        ("Phase Transitions", _indent(format_table(
+            ("PHASE", "TIME"), [(migration_phase(t.phase), format_time(t.time)) for t in st.phase_transitions]), 2)
+         if st.phase_transitions else []),
+    ])
+    return "\n".join(rows)

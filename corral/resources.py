@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from corral.store import Kind
-from corral.v1 import node_pb2, vm_pb2
+from corral.v1 import migration_pb2, node_pb2, vm_pb2
 
 VMS: Kind[vm_pb2.VirtualMachine] = Kind("vms", vm_pb2.VirtualMachine)
+MIGRATIONS: Kind[migration_pb2.Migration] = Kind("migrations", migration_pb2.Migration)
 NODES: Kind[node_pb2.Node] = Kind("nodes", node_pb2.Node)
 #: A handler's heartbeat: a key bound to an etcd lease; while it exists the node is Ready.
 NODE_LEASES_FOLDER = "node-leases/"

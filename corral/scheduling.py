@@ -2,7 +2,7 @@
 
 A node fits a VM when it is Ready, not cordoned, has every label of the VM's node_selector
 and has the VM's vCPUs and memory free (capacity reported by its handler minus what VMs
-assigned to it take). Among the nodes that fit, the least allocated wins, which spreads VMs.
+assigned to it take) and none of its node ports (user networks' port forwards) taken. Among the nodes that fit, the least allocated wins, which spreads VMs.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterable
 
+from corral import networks
 from corral.v1 import node_pb2, vm_pb2
 
 #: Phases in which a VM holds resources on its node.
@@ -27,8 +28,10 @@ class NodeView:
     allocated_vcpus: int = 0
     allocated_memory_mib: int = 0
     vm_count: int = 0
+    node_ports: set[tuple[str, int]] = dataclasses.field(default_factory=set)  # (protocol, port)
 
     def add(self, spec: vm_pb2.VirtualMachineSpec) -> None:
+        self.node_ports |= networks.node_ports(spec)
         self.allocated_vcpus += spec.vcpus
         self.allocated_memory_mib += spec.memory_mib
         self.vm_count += 1
@@ -60,6 +63,9 @@ def build_views(nodes: Iterable[node_pb2.Node], ready: set[str],
         view = views.get(vm.status.node_name)
         if view is not None and holds_resources(vm):
             view.add(vm.spec)
+        target = views.get(vm.status.migration_target.node_name)
+        if target is not None and holds_resources(vm):
+            target.add(vm.spec)  # a migrating VM holds room on both nodes
     return views
 
 
@@ -75,6 +81,8 @@ def misfit(view: NodeView, spec: vm_pb2.VirtualMachineSpec) -> str | None:
         return "Insufficient vcpus"
     if view.capacity_memory_mib - view.allocated_memory_mib < spec.memory_mib:
         return "Insufficient memory"
+    if view.node_ports & networks.node_ports(spec):
+        return "node(s) didn't have free ports for the requested node ports"
     return None
 
 

@@ -140,6 +140,14 @@ class ControllerSettings(CommonSettings):
                                       "and tls_client_ca_file: mutual TLS); unset: plaintext")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
     tls_client_ca_file: str | None = Field(None, description="CA that signs client (node and user) certificates")
+    # Live migration, with KubeVirt's defaults (a Migration's policy may override the last five).
+    parallel_migrations_per_cluster: int = Field(5, ge=1, description="migrations running at once")
+    parallel_outbound_migrations_per_node: int = Field(2, ge=1, description="migrations leaving one node at once")
+    migration_bandwidth_mib_per_second: int = Field(0, ge=0, description="0: unlimited")
+    migration_completion_timeout_per_gib_seconds: int = Field(150, ge=1, description="per GiB of guest memory")
+    migration_progress_timeout_seconds: int = Field(150, ge=1, description="abort when no progress this long")
+    migration_allow_post_copy: bool = False
+    migration_allow_auto_converge: bool = False
 
     @model_validator(mode="after")
     def _api_tls(self) -> "ControllerSettings":
@@ -172,6 +180,8 @@ class HandlerSettings(CommonSettings):
                                  "lease is current: resets the node if the handler dies; its timeout is set "
                                  "to heartbeat_seconds")
     shutdown_grace_seconds: int = Field(30, ge=0)
+    save_dir: str = Field("", description="where `corral save` writes guests' memory: shared storage, so "
+                          "that another node can restore them; empty: STATE_DIR/saved")
     launcher_command: str = Field("", description="how to run corral-launcher; default: this Python")
     isolation: str = Field("auto", description="per-VM isolation: each launcher and its QEMU as its own user "
                            "in its own cgroup: on, off, auto (on when the handler runs as root)")
@@ -179,6 +189,14 @@ class HandlerSettings(CommonSettings):
                              "given to VMs when isolated (no /etc/passwd entries needed)")
     vm_memory_overhead_mib: int = Field(256, ge=0, description="memory allowed to a VM's cgroup on top of "
                                         "the VM's memory (QEMU and the launcher)")
+    image_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/var/lib/corral/images"],
+        description="directories base images of ephemeral disks may be in (after resolving symlinks), "
+                    "comma-separated in the environment")
+    disk_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/var/lib/corral/disks"],
+        description="directories persistent disks (files or block device nodes) may be in (after "
+                    "resolving symlinks), comma-separated in the environment")
     tls_ca_file: str | None = Field(None, description="CA of the controllers' certificates (TLS to the API)")
     tls_cert_file: str | None = Field(None, description="this node's client certificate (CN node:<node_name>)")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
@@ -196,10 +214,40 @@ class HandlerSettings(CommonSettings):
     def uses_tls(self) -> bool:
         return bool(self.tls_ca_file or self.tls_cert_file)
 
+    listen: str = Field("0.0.0.0:7101", description="HOST:PORT of the handler's NodeAgentService (consoles, "
+                        "pause, reset: controllers dial it); port 0: any free port")
+    advertise_address: str = Field("", description="HOST:PORT controllers dial to reach listen (the node "
+                                   "record's status.address); empty: listen's, with this host's address "
+                                   "when listen is on all addresses")
+
+    @field_validator("listen", "advertise_address")
+    @classmethod
+    def _host_port(cls, value: str, info: ValidationInfo) -> str:
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536
+                      or (info.field_name == "advertise_address" and int(port) == 0)):
+            raise ValueError(f"{info.field_name} {value!r} is not of the form HOST:PORT")
+        if not value and info.field_name == "listen":
+            raise ValueError("listen must be HOST:PORT")
+        return value
+
     @field_validator("servers", mode="before")
     @classmethod
     def _servers_list(cls, value: object) -> object:
         return _split_list(value)
+
+    @field_validator("image_roots", "disk_roots", mode="before")
+    @classmethod
+    def _roots_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("image_roots", "disk_roots")
+    @classmethod
+    def _roots_absolute(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for root in value:
+            if not root.startswith("/") or root == "/":
+                raise ValueError(f"{info.field_name}: {root!r} must be an absolute directory other than /")
+        return value
 
     @field_validator("node_labels", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 
+from corral import networks as networks_lib
 from corral.v1 import vm_pb2
 
 # \Z, not $: "$" also matches before a final newline ("web\n" is not a name).
@@ -19,6 +20,12 @@ MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_PATH_LENGTH = 4096
 MAX_CMDLINE_LENGTH = 4096
+MAX_DISKS = 16
+#: A disk's name is its serial number in the guest, and virtio-blk serials hold 20 bytes.
+MAX_DISK_NAME_LENGTH = 20
+MAX_USER_DATA_BYTES = 64 * 1024
+MAX_NETWORK_DATA_BYTES = 16 * 1024
+_FORMATS = (vm_pb2.DISK_FORMAT_RAW, vm_pb2.DISK_FORMAT_QCOW2)
 #: Problems listed in one error message (a status message must stay small: gRPC refuses
 #: trailers over 16 KiB), and characters of a user's value quoted in one.
 MAX_PROBLEMS_SHOWN = 10
@@ -90,6 +97,116 @@ def node_path_problem(path: str, field: str, *, required: bool) -> str | None:
     return None
 
 
+def network_problems(networks) -> list[str]:
+    """spec.networks: DNS-label names unique in the VM, one binding each, at most one user
+    network, ports 1..65535 with node ports unique per protocol, bridge names that are Linux
+    interface names, well-formed unicast MACs (see corral/networks.py)."""
+    problems: list[str] = []
+    if len(networks) > networks_lib.MAX_NETWORKS:
+        return [f"spec.networks has {len(networks)} entries; at most {networks_lib.MAX_NETWORKS} are allowed"]
+    names: set[str] = set()
+    macs: set[str] = set()
+    users = 0
+    for index, network in enumerate(networks):
+        field = f"spec.networks[{index}]"
+        problem = name_problem(network.name, f"{field}.name")
+        if problem:
+            problems.append(problem)
+        elif network.name in names:
+            problems.append(f"{field}.name {shown(network.name)} is used by another network of the VM")
+        names.add(network.name)
+        if network.mac_address:
+            if not networks_lib.mac_ok(network.mac_address):
+                problems.append(f"{field}.mac_address {shown(network.mac_address)} is not a unicast MAC address "
+                                "(six hex octets separated by ':', the first one even, not all zero)")
+            elif network.mac_address.lower() in macs:
+                problems.append(f"{field}.mac_address {shown(network.mac_address)} is used by another network of the VM")
+            macs.add(network.mac_address.lower())
+        binding = network.WhichOneof("binding")
+        if binding is None:
+            problems.append(f"{field} needs a binding: user (port_forwards) or bridge (bridge)")
+        elif binding == "bridge":
+            bridge = network.bridge.bridge
+            if not networks_lib.ifname_ok(bridge):
+                problems.append(f"{field}.bridge.bridge {shown(bridge)} is not a Linux interface name "
+                                "(1 to 15 of letters, digits, '_', '.', '-')")
+        else:
+            users += 1
+            forwards = network.user.port_forwards
+            if len(forwards) > networks_lib.MAX_PORT_FORWARDS:
+                problems.append(f"{field}.user.port_forwards has {len(forwards)} entries; at most "
+                                f"{networks_lib.MAX_PORT_FORWARDS} are allowed")
+                continue
+            seen: set[tuple[int, int]] = set()
+            for number, forward in enumerate(forwards):
+                where = f"{field}.user.port_forwards[{number}]"
+                if forward.protocol not in networks_lib.PROTOCOL_NAMES:
+                    problems.append(f"{where}.protocol {forward.protocol} is not TCP or UDP")
+                for port_field in ("guest_port", "node_port"):
+                    port = getattr(forward, port_field)
+                    if not 1 <= port <= 65535:
+                        problems.append(f"{where}.{port_field} must be between 1 and 65535, not {port}")
+                key = (networks_lib.PROTOCOL_NAMES.get(forward.protocol, "tcp"), forward.node_port)
+                if key in seen:
+                    problems.append(f"{where}.node_port {forward.node_port}/{key[0]} is forwarded twice")
+                seen.add(key)
+    if users > 1:
+        problems.append(f"spec.networks has {users} user networks; at most one is allowed")
+    return problems
+
+
+def disk_problems(disks: list[vm_pb2.Disk] | object) -> list[str]:
+    """Extra disks: named (DNS labels, unique, short enough to be a serial), one source each,
+    absolute normalised paths, explicit formats. Which paths a node allows is its decision."""
+    items = list(disks)  # type: ignore[call-overload]
+    if len(items) > MAX_DISKS:
+        return [f"spec.disks has {len(items)} entries; at most {MAX_DISKS} are allowed"]
+    problems: list[str] = []
+    names: set[str] = set()
+    paths: set[str] = set()
+    for index, disk in enumerate(items):
+        field = f"spec.disks[{index}]"
+        problem = name_problem(disk.name, f"{field}.name")
+        if problem:
+            problems.append(problem)
+        elif len(disk.name) > MAX_DISK_NAME_LENGTH:
+            problems.append(f"{field}.name {shown(disk.name)} is longer than {MAX_DISK_NAME_LENGTH} characters "
+                            "(the guest sees it as the disk's serial number)")
+        elif disk.name in names:
+            problems.append(f"{field}.name {shown(disk.name)} is used by another disk of this VM")
+        names.add(disk.name)
+        source = disk.WhichOneof("source")
+        if source is None:
+            problems.append(f"{field} needs a source: ephemeral (base_image_path, base_format) or "
+                            "persistent (path, format)")
+            continue
+        if source == "ephemeral":
+            path, fmt = disk.ephemeral.base_image_path, disk.ephemeral.base_format
+            path_field, fmt_field = f"{field}.ephemeral.base_image_path", f"{field}.ephemeral.base_format"
+        else:
+            path, fmt = disk.persistent.path, disk.persistent.format
+            path_field, fmt_field = f"{field}.persistent.path", f"{field}.persistent.format"
+            if path in paths:
+                problems.append(f"{path_field} {shown(path)} is attached twice to this VM")
+            paths.add(path)
+        problem = node_path_problem(path, path_field, required=True)
+        if problem:
+            problems.append(problem)
+        if fmt not in _FORMATS:
+            problems.append(f"{fmt_field} must be given (RAW or QCOW2): formats are never probed")
+    return problems
+
+
+def cloud_init_problems(cloud_init: vm_pb2.CloudInitNoCloud) -> list[str]:
+    problems: list[str] = []
+    for value, field, limit in ((cloud_init.user_data, "spec.cloud_init.user_data", MAX_USER_DATA_BYTES),
+                                (cloud_init.network_data, "spec.cloud_init.network_data", MAX_NETWORK_DATA_BYTES)):
+        size = len(value.encode())
+        if size > limit:
+            problems.append(f"{field} is {size} bytes; at most {limit // 1024} KiB are allowed")
+    return problems
+
+
 def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     problems: list[str] = []
     if not 1 <= spec.vcpus <= MAX_VCPUS:
@@ -120,6 +237,10 @@ def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
         if disk.format not in (vm_pb2.DISK_FORMAT_RAW, vm_pb2.DISK_FORMAT_QCOW2):
             problems.append("spec.boot.disk.format must be given (RAW or QCOW2): formats are never probed")
     problems.extend(label_problems(spec.node_selector, "spec.node_selector"))
+    problems.extend(network_problems(spec.networks))
+    problems.extend(disk_problems(spec.disks))
+    if spec.HasField("cloud_init"):
+        problems.extend(cloud_init_problems(spec.cloud_init))
     if spec.run_strategy not in vm_pb2.RunStrategy.values():
         problems.append(f"spec.run_strategy {spec.run_strategy} is not one of "
                         f"{', '.join(vm_pb2.RunStrategy.keys())}")

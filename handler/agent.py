@@ -21,6 +21,8 @@ from google.protobuf.message import DecodeError
 from corral import status as vm_status
 from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
 from handler.fencing import FenceDeadline, InstanceLocks
+from handler import networks as node_networks
+from handler.devices import DeviceError, Roots, RunDevices
 from handler.isolation import Isolation
 from handler.launchers import VM_FILE, Launcher, SparePool
 
@@ -52,8 +54,11 @@ def observed_phase(status: launcher_pb2.DomainStatus | None) -> tuple[int, str, 
 class NodeAgent:
     def __init__(self, *, node_name: str, state_dir: Path, launcher_command: list[str],
                  stubs: "ControllerStubs", grace_seconds: int, locks: InstanceLocks,
-                 deadline: FenceDeadline, isolation: Isolation | None = None) -> None:
+                 deadline: FenceDeadline, isolation: Isolation | None = None,
+                 save_dir: Path | None = None, device_roots: Roots | None = None) -> None:
         self.node_name = node_name
+        self.device_roots = device_roots or Roots(images=(), disks=())  # where VMs' disks may be
+        self.save_dir = save_dir or state_dir / "saved"  # shared storage in real clusters
         self.state_dir = state_dir
         self.launcher_command = launcher_command
         self.isolation = isolation  # per-VM users and cgroups (handler/isolation.py), or None
@@ -68,6 +73,8 @@ class NodeAgent:
         self.deadline = deadline
         self.locked: dict[str, int] = {}  # instance uid -> lease id its lock is bound to
         self.tokens: dict[str, int] = {}  # VM name -> highest assignment token seen
+        self.hurried: set[str] = set()  # runs whose stop was forced while a graceful one waited
+        self.save_failed: set[str] = set()  # runs whose save failed: not tried again
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
@@ -153,6 +160,8 @@ class NodeAgent:
         for uid, vm in desired.items():
             if uid not in self.busy:
                 self._guarded(vm.metadata.name, self._reconcile_vm, uid, vm)
+            elif self._end_requested(vm, uid) and vm.status.run_request.force and uid not in self.hurried:
+                self._guarded(vm.metadata.name, self._hurry, vm)
         if synced:
             for uid in list(self.launchers):
                 if uid not in desired and uid not in self.busy:
@@ -174,9 +183,101 @@ class NodeAgent:
                 self._start(vm)
         elif not launcher.finished and not launcher.running():
             self._restart_launcher(vm, launcher)
+        elif not launcher.finished and self._end_requested(vm, uid):
+            self._in_pool(uid, self._end_run, vm, launcher)
         else:
             self._keep_lock(vm, launcher)
             self._report(vm, launcher)
+
+    # -- stop, restart and save asked by a person ---------------------------------------------
+    def _end_requested(self, vm: vm_pb2.VirtualMachine, uid: str) -> bool:
+        request = vm.status.run_request
+        if not request.action or request.instance_uid != uid:
+            return False
+        return request.action != vm_pb2.RUN_ACTION_SAVE or uid not in self.save_failed
+
+    def _hurry(self, vm: vm_pb2.VirtualMachine) -> None:
+        """A forced stop while a graceful one waits for the guest: destroy now (in a thread of
+        its own: the pool's worker is blocked in the graceful stop)."""
+        launcher = self.launchers.get(vm.status.instance_uid)
+        if launcher is None:
+            return
+        self.hurried.add(launcher.uid)
+
+        def destroy() -> None:
+            try:
+                launcher.kill()
+            except (grpc.RpcError, ValueError) as exc:
+                log.warning("vm %s: forced stop: %s", vm.metadata.name, exc)
+
+        threading.Thread(target=destroy, name=f"hurry-{launcher.uid[:8]}", daemon=True).start()
+
+    def _end_run(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
+        """End the run as asked (stop, restart or save), report how it ended, free the node."""
+        request = vm.status.run_request
+        name = vm.metadata.name
+        saved_path = ""
+        try:
+            if request.action == vm_pb2.RUN_ACTION_SAVE:
+                saved_path = str(self._save(vm, launcher))
+                reason, message = "Saved", f"the guest's memory was saved to {saved_path}"
+            elif request.force:
+                launcher.kill()
+                reason, message = "Stopped", "destroyed on request"
+            else:
+                status = launcher.shutdown(request.grace_period_seconds or self.grace_seconds)
+                how = "powered off" if status.reason != "destroyed" else "destroyed after the grace period"
+                reason, message = "Stopped", f"stopped on request ({how})"
+        except (grpc.RpcError, ValueError, OSError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+            if request.action == vm_pb2.RUN_ACTION_SAVE and launcher.running():
+                log.error("vm %s: save failed: %s", name, detail)
+                self.save_failed.add(launcher.uid)
+                self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, "SaveFailed",
+                                  f"saving failed: {detail}")
+            else:
+                log.warning("vm %s: ending the run failed, will retry: %s", name, detail)
+            return
+        if request.action == vm_pb2.RUN_ACTION_RESTART:
+            message = "restarting: " + message
+        if self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, reason, message,
+                             saved_state_path=saved_path):
+            self._finish(launcher)
+        else:
+            launcher.ended = (reason, message, saved_path)  # reported by the next pass
+
+    def _save(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> Path:
+        """Save into SAVE_DIR/<vm uid>/<run uid>.save, a directory the run's user may write."""
+        folder = self.save_dir / vm.metadata.uid
+        folder.mkdir(parents=True, exist_ok=True)
+        owner = launcher.vm_dir.stat()
+        os.chown(folder, owner.st_uid, owner.st_gid)
+        os.chmod(folder, 0o700)
+        path = folder / f"{launcher.uid}.save"
+        if not path.exists():  # else saved already, before a handler restart
+            launcher.save(path)
+        return path
+
+    def _prepare_restore(self, vm: vm_pb2.VirtualMachine, vm_dir: Path) -> None:
+        """Let the new run's user read the saved file (it lies under this node's save dir)."""
+        path = Path(vm.status.restore_from.path)
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(os.path.realpath(self.save_dir)):
+            raise OSError(f"saved state {path} is not under this node's save directory {self.save_dir}")
+        owner = vm_dir.stat()
+        for item in (real.parent, real):
+            os.chown(item, owner.st_uid, owner.st_gid)
+
+    def _forget_saved_file(self, vm: vm_pb2.VirtualMachine) -> None:
+        """A restored run is running: its saved file must never be restored a second time."""
+        path = Path(vm.status.restore_from.path)
+        try:
+            path.unlink()
+            log.info("vm %s: resumed; removed %s", vm.metadata.name, path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("vm %s: cannot remove the restored file %s: %s", vm.metadata.name, path, exc)
 
     def _keep_lock(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
         """Re-bind a running instance's lock after the node took a new lease (or a restart)."""
@@ -219,15 +320,69 @@ class NodeAgent:
         if self.isolation is not None:
             self.isolation.wait_for_cache()
         vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm, isolation=self.isolation)
+        devices_problem = self._prepare_devices(vm, vm_dir)
         launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set, isolation=self.isolation)
+        if vm.status.restore_from.path:
+            try:
+                self._prepare_restore(vm, vm_dir)
+            except OSError as exc:  # the launcher then reports the restore's failure
+                log.error("vm %s: cannot prepare the restore: %s", vm.metadata.name, exc)
         self.launchers[launcher.uid] = launcher
+        if devices_problem:
+            self._fail_start(vm, launcher, "DiskUnavailable", devices_problem)
+            return
+        if not self._prepare_networks(vm, launcher):
+            return
         launcher.spawn(self.launcher_command, self.spares)
+
+    def _prepare_devices(self, vm: vm_pb2.VirtualMachine, vm_dir: Path) -> str | None:
+        """The run's disks and cloud-init seed (handler/devices.py), before its launcher starts;
+        why they cannot be made, or None."""
+        if not vm.spec.disks and not vm.spec.HasField("cloud_init") and vm.spec.boot.WhichOneof("source") != "disk":
+            return None
+        owner = None
+        if self.isolation is not None:
+            uid = os.stat(vm_dir, follow_symlinks=False).st_uid
+            owner = (uid, uid)
+        try:
+            RunDevices(roots=self.device_roots, run_dir=vm_dir, scratch_parent=self.state_dir,
+                       owner=owner).prepare(vm)
+            return None
+        except (DeviceError, OSError) as exc:
+            message = f"cannot prepare the VM's disks on node {self.node_name}: {exc}"
+            log.error("vm %s: %s", vm.metadata.name, message)
+            return message
+
+    def _fail_start(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, reason: str, message: str) -> None:
+        """A run that cannot start: report it Failed and keep its directory (as a finished run)
+        until the VM moves on; unreported, forget the attempt so the next pass starts over."""
+        if self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, reason, message):
+            launcher.mark_finished()
+            launcher.close()
+        else:
+            launcher.remove_dir()
+            self.launchers.pop(launcher.uid, None)
+        self._unlock(launcher)
+
+    def _prepare_networks(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> bool:
+        """The run's taps (bridge networks), owned by its user, before its launcher starts. A
+        bridge missing on this node fails the run at once, saying so."""
+        if not any(network.WhichOneof("binding") == "bridge" for network in vm.spec.networks):
+            return True
+        try:
+            node_networks.prepare_taps(vm, owner_uid=os.stat(launcher.vm_dir, follow_symlinks=False).st_uid)
+            return True
+        except node_networks.NetworkSetupError as exc:
+            message = f"cannot attach the VM's networks on node {self.node_name}: {exc}"
+        log.error("vm %s: %s", vm.metadata.name, message)
+        self._fail_start(vm, launcher, "NetworkUnavailable", message)
+        return False
 
     def _restart_launcher(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
         if launcher.quick_deaths >= MAX_QUICK_DEATHS:
             if self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, "LauncherFailed",
                                  f"the launcher keeps exiting at start: {launcher.log_tail()}"):
-                self._in_pool(vm.metadata.uid, self._finish, launcher)
+                self._in_pool(launcher.uid, self._finish, launcher)
             return
         if launcher.respawn_delay() > 0:
             return  # the periodic pass comes back
@@ -235,27 +390,42 @@ class NodeAgent:
         launcher.spawn(self.launcher_command)
 
     def _report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
+        if launcher.ended is not None and not launcher.finished:  # a requested end not yet reported
+            reason, message, saved = launcher.ended
+            if self._send_report(vm, launcher, vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, reason, message,
+                                 saved_state_path=saved):
+                self._in_pool(launcher.uid, self._finish, launcher)
+            return
         observed = observed_phase(launcher.status)
         if observed is None or launcher.finished:
             return
         phase = observed[0]
-        if self._send_report(vm, launcher, *observed) and phase in vm_status.TERMINAL_PHASES:
+        sent = self._send_report(vm, launcher, *observed)
+        if sent and phase == vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING and vm.status.restore_from.path \
+                and vm.status.phase == phase:
+            self._forget_saved_file(vm)
+        if sent and phase in vm_status.TERMINAL_PHASES:
             # The instance is over: free the launcher, keep the directory (serial log) until
-            # the VM is deleted or moves on.
-            self._in_pool(vm.metadata.uid, self._finish, launcher)
+            # the VM is deleted or moves on. Busy under the run's uid: the next run may be
+            # assigned meanwhile, and removing this one must wait for _finish.
+            self._in_pool(launcher.uid, self._finish, launcher)
 
     def _send_report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, phase: int, reason: str,
-                     message: str) -> bool:
+                     message: str, *, saved_state_path: str = "") -> bool:
         """Report a phase unless already reported; whether the controller has it."""
-        serial = launcher.status.serial_log_path if launcher.status else ""
-        key = (phase, reason, message, serial)
+        status = launcher.status
+        serial = status.serial_log_path if status else ""
+        paused = status is not None and status.state == DS.DOMAIN_STATE_PAUSED
+        guest = status.guest if status is not None and status.HasField("guest") else vm_pb2.GuestInfo()
+        key = (phase, reason, message, serial, paused, guest.SerializeToString(deterministic=True))
         last_key, last_time = self.reported.get(vm.metadata.uid, (None, 0.0))
         if last_key == key and (vm.status.phase == phase or time.monotonic() - last_time < REPORT_AGAIN_SECONDS):
             return True
         try:
             self.stubs.handler.ReportVirtualMachineStatus(handler_pb2.ReportVirtualMachineStatusRequest(
                 node_name=self.node_name, name=vm.metadata.name, uid=vm.metadata.uid, phase=phase,
-                reason=reason, message=message, serial_log_path=serial, instance_uid=launcher.uid), timeout=10)
+                reason=reason, message=message, serial_log_path=serial, instance_uid=launcher.uid,
+                paused=paused, guest=guest, saved_state_path=saved_state_path), timeout=10)
         except (grpc.RpcError, ValueError) as exc:  # ValueError: the channel was just rotated
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.warning("vm %s: report %s failed: %s", vm.metadata.name, vm_status.phase_name(phase), detail)
@@ -274,6 +444,7 @@ class NodeAgent:
             if launcher.running():
                 return
         self._kill_leftover_qemu(launcher)
+        node_networks.remove_taps(launcher.vm)
         launcher.mark_finished()
         launcher.close()
         self._unlock(launcher)
@@ -309,6 +480,7 @@ class NodeAgent:
             if launcher.running():
                 return
             self._kill_leftover_qemu(launcher)
+        node_networks.remove_taps(launcher.vm)  # idempotent: also after a restart
         launcher.remove_dir()
         self.launchers.pop(launcher.uid, None)
         self.reported.pop(launcher.uid, None)

@@ -149,6 +149,7 @@ class Launcher:
         self.process: subprocess.Popen | None = None
         self.spawned_at = 0.0
         self.quick_deaths = 0  # launchers that died soon after starting, in a row
+        self.ended: tuple[str, str, str] | None = None  # (reason, message, saved path) of a requested end
         self.closed = threading.Event()
         self._follower: threading.Thread | None = None
         self._channel = grpc.insecure_channel(f"unix:{self.socket_path}", options=CHANNEL_OPTIONS)
@@ -248,7 +249,12 @@ class Launcher:
 
     def qemu_pids(self) -> list[int]:
         """QEMU processes of this VM (their command line carries the VM's uuid)."""
-        return [pid for pid in pids_with_cmdline(self.uid) if _is_qemu(pid)]
+        return [pid for pid in pids_with_cmdline(self.domain_uuid) if _is_qemu(pid)]
+
+    @property
+    def domain_uuid(self) -> str:
+        """The libvirt domain's uuid: a restored run keeps the uuid of the run that was saved."""
+        return self.vm.status.restore_from.instance_uid or self.uid
 
     def probe(self, timeout: float = 1.0) -> bool:
         """Whether a launcher answers on the socket now (used to adopt after a restart)."""
@@ -302,6 +308,12 @@ class Launcher:
 
     def kill(self) -> launcher_pb2.DomainStatus:
         response = self.stub.KillDomain(launcher_pb2.KillDomainRequest(), timeout=30)
+        self._reap()
+        return response.status
+
+    def save(self, path: Path) -> launcher_pb2.DomainStatus:
+        """Save the guest's memory to path; the domain stops and the launcher exits."""
+        response = self.stub.SaveDomain(launcher_pb2.SaveDomainRequest(path=str(path)), timeout=600)
         self._reap()
         return response.status
 

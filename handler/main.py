@@ -20,10 +20,12 @@ from corral.settings import HandlerSettings, add_common_arguments, parse_daemon_
 from corral.store import Store, StoreError
 from handler.isolation import setup as setup_isolation
 from handler.agent import ControllerStubs, NodeAgent
+from handler.devices import Roots
 from handler.assignments import AssignmentFollower
 from handler.fencing import FenceDeadline, InstanceLocks, WatchdogDevice, store_down_everywhere
 from handler.launchers import state_dir_problem
 from handler.node import Heartbeat, node_record, register
+from handler.server import AgentServer
 
 log = logging.getLogger("corral.handler")
 
@@ -41,10 +43,16 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--heartbeat-seconds", type=int, help="node lease TTL (CORRAL_HEARTBEAT_SECONDS)")
     parser.add_argument("--emulation", choices=["auto", "on", "off"], help="TCG instead of KVM (CORRAL_EMULATION)")
     parser.add_argument("--shutdown-grace-seconds", type=int, help="ACPI grace before destroy")
+    parser.add_argument("--save-dir", help="where saved guests' memory goes (CORRAL_SAVE_DIR)")
     parser.add_argument("--launcher-command", help="command line of corral-launcher")
     parser.add_argument("--isolation", choices=["auto", "on", "off"],
                         help="each VM as its own user in its own cgroup (CORRAL_ISOLATION; auto: when root)")
     parser.add_argument("--watchdog-device", help="watchdog device petted while the lease is current")
+    parser.add_argument("--image-roots", help="directories of ephemeral disks' base images, comma-separated "
+                                              "(CORRAL_IMAGE_ROOTS)")
+    parser.add_argument("--disk-roots", help="directories of persistent disks, comma-separated (CORRAL_DISK_ROOTS)")
+    parser.add_argument("--listen", help="HOST:PORT of the node agent gRPC server, for controllers (CORRAL_LISTEN)")
+    parser.add_argument("--advertise-address", help="HOST:PORT controllers dial for it (CORRAL_ADVERTISE_ADDRESS)")
     add_common_arguments(parser, daemon="handler")
     return parse_daemon_settings(parser, argv, HandlerSettings, daemon="handler")
 
@@ -94,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if credentials is None:
         log.warning("talking to the controllers WITHOUT TLS: use only on a trusted network")
+    agent_server = AgentServer(settings)  # listening now: its address goes in the node record
     record = node_record(name=settings.node_name, labels=settings.node_labels,
                          vcpus=settings.capacity_vcpus, memory_mib=settings.capacity_memory_mib,
-                         hypervisor=hypervisor_name(settings.emulation))
+                         hypervisor=hypervisor_name(settings.emulation), address=agent_server.bind())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -127,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     agent = NodeAgent(node_name=settings.node_name, state_dir=state_dir,
                       launcher_command=launcher_command(settings, state_dir, isolate=isolation is not None),
                       isolation=isolation, stubs=stubs,
-                      grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline)
+                      grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline,
+                      save_dir=Path(settings.save_dir) if settings.save_dir else state_dir / "saved",
+                      device_roots=Roots(images=tuple(settings.image_roots), disks=tuple(settings.disk_roots)))
     agent_holder.append(agent)
     # The first beat before anything else: launchers being adopted must see a current deadline.
     while not stop.is_set():
@@ -140,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics.register_handler(agent, settings.node_name)
     metrics.serve(settings.metrics_listen)
     agent.adopt_existing()
+    agent_server.start(agent)
     agent.spares.fill()
     follower = AssignmentFollower(agent=agent, stubs=stubs, node_name=settings.node_name)
     threads = [
@@ -160,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                       (f"{', '.join(dead)} loop stopped" if dead else "running"))
     notify("STOPPING=1\nSTATUS=stopping (VMs keep running)")
     follower.stop()
+    agent_server.stop()
     agent.spares.close()
     if watchdog_device is not None and not any(l.running() for l in agent.launchers.values() if not l.finished):
         watchdog_device.disarm()  # no guests here: nothing to fence, a stopped handler must not reset the node

@@ -29,7 +29,9 @@ def host_memory_mib() -> int:
     return 0
 
 
-def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: int, hypervisor: str) -> node_pb2.Node:
+def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: int, hypervisor: str,
+                address: str = "") -> node_pb2.Node:
+    """``address``: where the handler's NodeAgentService is reached (handler/server.py)."""
     node = node_pb2.Node()
     node.metadata.name = name
     node.metadata.labels.update(labels)
@@ -37,6 +39,7 @@ def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: in
     node.status.capacity.vcpus = vcpus or (os.cpu_count() or 1)
     node.status.capacity.memory_mib = memory_mib or max(host_memory_mib() - 1024, 256)
     node.status.hypervisor = hypervisor
+    node.status.address = address
     node.status.registered_time.CopyFrom(vm_status.now())
     return node
 

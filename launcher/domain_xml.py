@@ -6,11 +6,23 @@ lines and paths taken from the user are always escaped by the serializer.
 
 from __future__ import annotations
 
+import os
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from corral import networks
+from corral.validation import DNS1123_LABEL
 from corral.v1 import vm_pb2
+
+#: libvirt's QEMU namespace: the user network's slirp netdev (with hostfwd) goes on QEMU's
+#: command line, because libvirt 9.0 refuses <portForward> without passt (see README).
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)
+#: The user network's NIC: a PCI slot libvirt's own (sequential, from 2) assignment does not reach.
+USER_NET_PCI_SLOT = "0x1f"
+USER_NETDEV_ID = "corral-user"
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 _DISK_FORMATS: dict[int, str] = {
     vm_pb2.DISK_FORMAT_RAW: "raw",
@@ -26,6 +38,37 @@ class DomainOptions:
     emulation: bool
     # Where QEMU appends the guest's serial console output.
     serial_log_path: str
+    # The guest agent's unix socket (libvirt's own choice below an embed root is longer than
+    # a unix socket path may be); empty: libvirt picks it.
+    agent_socket_path: str = ""
+    # The run's directory: where the handler put ephemeral disks' overlays and the cloud-init
+    # seed (see ephemeral_disk_path, cloud_init_seed_path); needed by VMs that have them.
+    run_dir: str = ""
+    # Persistent disk paths that are block devices (<disk type='block'>); the rest are files.
+    block_devices: frozenset[str] = field(default_factory=frozenset)
+
+
+#: The run directory's file for the cloud-init NoCloud seed (an ISO 9660 image, label cidata).
+CLOUD_INIT_SEED_FILE = "cidata.iso"
+
+
+def ephemeral_disk_path(run_dir: str, name: str) -> str:
+    """The qcow2 overlay of ephemeral disk `name` (a DNS label) in a run's directory: made by
+    the handler before the launcher starts, gone with the directory."""
+    return os.path.join(run_dir, f"disk-{name}.qcow2")
+
+
+def cloud_init_seed_path(run_dir: str) -> str:
+    return os.path.join(run_dir, CLOUD_INIT_SEED_FILE)
+
+
+def disk_target(index: int) -> str:
+    """Target of extra disk `index` (0 -> vdb, 25 -> vdaa): vda is the boot disk's."""
+    number, letters = index + 2, ""
+    while number > 0:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return "vd" + letters
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
@@ -36,8 +79,9 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -
 
 
 def domain_uuid(vm: vm_pb2.VirtualMachine) -> str:
-    """Each run of a VM is its own domain: the instance uid, else (older handlers) the VM's."""
-    return vm.status.instance_uid or vm.metadata.uid
+    """Each run of a VM is its own domain: the instance uid, else (older handlers) the VM's.
+    A run that resumes a saved guest keeps the saved run's uuid (libvirt refuses another)."""
+    return vm.status.restore_from.instance_uid or vm.status.instance_uid or vm.metadata.uid
 
 
 def validate(vm: vm_pb2.VirtualMachine) -> None:
@@ -64,6 +108,25 @@ def validate(vm: vm_pb2.VirtualMachine) -> None:
             # A probed format lets a guest turn a raw image into a qcow2 header pointing anywhere.
             raise ValueError("spec.boot.disk.format must be RAW or QCOW2 (never probed)")
 
+
+    # Again here: the user network's MAC and ports go on QEMU's command line.
+    users = 0
+    for index, network in enumerate(vm.spec.networks):
+        if network.mac_address and not networks.mac_ok(network.mac_address):
+            raise ValueError(f"spec.networks[{index}].mac_address {network.mac_address!r} is not a unicast MAC")
+        binding = network.WhichOneof("binding")
+        if binding == "bridge" and not networks.ifname_ok(network.bridge.bridge):
+            raise ValueError(f"spec.networks[{index}].bridge.bridge {network.bridge.bridge!r} is not an interface name")
+        if binding == "user":
+            users += 1
+            for forward in network.user.port_forwards:
+                if (forward.protocol not in networks.PROTOCOL_NAMES
+                        or not 1 <= forward.node_port <= 65535 or not 1 <= forward.guest_port <= 65535):
+                    raise ValueError(f"spec.networks[{index}] has an invalid port forward")
+        elif binding is None:
+            raise ValueError(f"spec.networks[{index}] has no binding")
+    if users > 1:
+        raise ValueError("at most one user network is supported")
 
 def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     """Return the domain XML for ``vm``; raises ValueError for an unusable spec."""
@@ -102,10 +165,69 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
         _sub(disk, "driver", name="qemu", type=_DISK_FORMATS[boot.disk.format])
         _sub(disk, "source", file=boot.disk.image_path)
         _sub(disk, "target", dev="vda", bus="virtio")
+    _add_disks(vm, devices, options)
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=options.serial_log_path, append="on")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
+    _add_networks(vm, domain, devices)
+    channel = _sub(devices, "channel", type="unix")
+    if options.agent_socket_path:
+        _sub(channel, "source", mode="bind", path=options.agent_socket_path)
+    _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
     _sub(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def _add_networks(vm: vm_pb2.VirtualMachine, domain: ET.Element, devices: ET.Element) -> None:
+    """Bridge networks: a tap the handler made (owned by the run's user) that QEMU opens,
+    KubeVirt's pattern. The user network: QEMU's slirp with hostfwd, on the command line."""
+    for index, network in enumerate(vm.spec.networks):
+        mac = networks.mac_for(vm, network)
+        if network.WhichOneof("binding") == "bridge":
+            interface = _sub(devices, "interface", type="ethernet")
+            _sub(interface, "target", dev=networks.tap_name(networks.run_uid(vm), index), managed="no")
+            _sub(interface, "mac", address=mac)
+            _sub(interface, "model", type="virtio")
+        elif network.WhichOneof("binding") == "user":
+            commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+            device = f"virtio-net-pci,netdev={USER_NETDEV_ID},mac={mac},bus=pci.0,addr={USER_NET_PCI_SLOT}"
+            for value in ("-netdev", networks.hostfwd_netdev(USER_NETDEV_ID, network), "-device", device):
+                ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
+
+
+def _add_disks(vm: vm_pb2.VirtualMachine, devices: ET.Element, options: DomainOptions) -> None:
+    """Extra disks in spec order (vdb, ...; the guest sees each name as the disk's serial), then
+    the cloud-init seed, read-only. Ephemeral disks are the run's overlays (their backing base
+    and its format are recorded in the overlay, never probed); persistent ones their paths."""
+    needs_run_dir = len(vm.spec.disks) > 0 or vm.spec.HasField("cloud_init")
+    if needs_run_dir and not options.run_dir:
+        raise ValueError("disks and cloud-init need the run's directory (DomainOptions.run_dir)")
+    index = -1
+    for index, spec in enumerate(vm.spec.disks):
+        if not DNS1123_LABEL.match(spec.name):
+            raise ValueError(f"spec.disks[{index}].name {spec.name!r} is not a DNS label")
+        source = spec.WhichOneof("source")
+        if source == "ephemeral":
+            kind, fmt, path = "file", "qcow2", ephemeral_disk_path(options.run_dir, spec.name)
+        elif source == "persistent":
+            if spec.persistent.format not in _DISK_FORMATS:
+                raise ValueError(f"spec.disks[{index}].persistent.format must be RAW or QCOW2 (never probed)")
+            path, fmt = spec.persistent.path, _DISK_FORMATS[spec.persistent.format]
+            kind = "block" if path in options.block_devices else "file"
+        else:
+            raise ValueError(f"spec.disks[{index}] has no source")
+        disk = _sub(devices, "disk", type=kind, device="disk")
+        _sub(disk, "driver", name="qemu", type=fmt)
+        _sub(disk, "source", **({"dev": path} if kind == "block" else {"file": path}))
+        _sub(disk, "target", dev=disk_target(index), bus="virtio")
+        _sub(disk, "serial", spec.name)
+        if spec.read_only:
+            _sub(disk, "readonly")
+    if vm.spec.HasField("cloud_init"):
+        seed = _sub(devices, "disk", type="file", device="disk")
+        _sub(seed, "driver", name="qemu", type="raw")
+        _sub(seed, "source", file=cloud_init_seed_path(options.run_dir))
+        _sub(seed, "target", dev=disk_target(index + 1), bus="virtio")
+        _sub(seed, "readonly")

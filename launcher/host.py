@@ -214,6 +214,11 @@ class Guest:
         self.name: str = domain.name()
         self.uuid: str = domain.UUIDString()
 
+    @property
+    def domain(self) -> libvirt.virDomain:
+        """The libvirt domain itself (for the guest agent poller, launcher/guest_agent.py)."""
+        return self._domain
+
     def state(self) -> tuple[int, int]:
         """libvirt's raw (state, reason)."""
         try:
@@ -237,7 +242,43 @@ class Guest:
     def shutdown(self) -> None:
         """Press the ACPI power button; the guest decides whether to power off."""
         try:
-            self._domain.shutdown()
+            # Explicitly ACPI: with a guest agent connected, libvirt would otherwise ask the
+            # agent first (guest-shutdown), which a guest without a shutdown command fails.
+            self._domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+
+    def suspend(self) -> None:
+        """Pause the vCPUs (QEMU keeps running)."""
+        try:
+            self._domain.suspend()
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+
+    def resume(self) -> None:
+        try:
+            self._domain.resume()
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+
+    def reboot(self) -> None:
+        """Ask the guest to reboot through ACPI (the guest decides)."""
+        try:
+            self._domain.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+
+    def reset(self) -> None:
+        """Press the reset button: the guest restarts at once, same QEMU."""
+        try:
+            self._domain.reset(0)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+
+    def save(self, path: str) -> None:
+        """Write the guest's memory to path; the domain stops (libvirt's virDomainSave)."""
+        try:
+            self._domain.save(path)
         except libvirt.libvirtError as e:
             raise classify(e) from e
 
@@ -322,6 +363,14 @@ class Host:
             return Guest(self, self.conn.lookupByUUIDString(uuid))
         except libvirt.libvirtError as e:
             raise classify(e) from e
+
+    def restore(self, path: str, xml: str) -> None:
+        """Resume a saved guest from path, with xml's host-specific parts (paths) instead of
+        the saved ones; the domain (same uuid) must be defined already."""
+        try:
+            self.conn.restoreFlags(path, xml, 0)
+        except libvirt.libvirtError as e:
+            raise classify(e, starting=True) from e
 
     def define(self, xml: str) -> Guest:
         """Define (or redefine) a persistent domain; probes QEMU on a cold cache."""

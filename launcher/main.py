@@ -15,7 +15,10 @@ start and import gRPC and libvirt. Either way the launcher writes its pid to DIR
 DIR must hold ``vm.binpb`` (a serialized ``corral.v1.VirtualMachine``). The launcher
 creates ``DIR/launcher.sock`` (gRPC LauncherService), ``DIR/libvirt/`` (the state of
 ``qemu:///embed?root=DIR/libvirt``, the default URI), ``DIR/serial.log`` (the guest's serial
-console) and ``DIR/started`` (written after the first successful domain start).
+console), ``DIR/agent.sock`` (the guest agent's channel, see launcher/guest_agent.py) and
+``DIR/started`` (written after the first successful domain start). The handler puts a run's
+ephemeral disk overlays (``DIR/disk-NAME.qcow2``) and cloud-init seed (``DIR/cidata.iso``)
+there before the launcher starts (handler/devices.py).
 
 Startup: a running domain with the VM's uid is adopted, never restarted (QEMU keeps its
 pid across launcher restarts). If the ``started`` marker exists and the domain is not
@@ -72,6 +75,7 @@ VM_FILE = "vm.binpb"
 SERIAL_LOG = "serial.log"
 LOG_FILE = "launcher.log"
 PID_FILE = "launcher.pid"
+AGENT_SOCKET = "agent.sock"  # the guest agent's channel (launcher/guest_agent.py)
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 # DIR + "/libvirt/lib/qemu/domain-NNN-" + 20-char short name + "/monitor.sock" must fit.
 MAX_VM_DIR = MAX_UNIX_PATH - 64
@@ -95,6 +99,20 @@ def ensure_traversable(vm_dir: str) -> None:
     mode = os.stat(vm_dir).st_mode
     if os.geteuid() == 0 and not mode & stat.S_IXOTH:
         os.chmod(vm_dir, stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def block_devices(vm: vm_pb2.VirtualMachine) -> frozenset[str]:
+    """Persistent disks that are block devices (libvirt's type='block'); the handler checked
+    them and made them ours, so a path that cannot be read here is left to libvirt's error."""
+    found = set()
+    for disk in vm.spec.disks:
+        if disk.WhichOneof("source") == "persistent":
+            try:
+                if stat.S_ISBLK(os.stat(disk.persistent.path).st_mode):
+                    found.add(disk.persistent.path)
+            except OSError:
+                pass
+    return frozenset(found)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -230,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
              "on" if emulation else "off")
 
     options = domain_xml.DomainOptions(emulation=emulation,
-                                       serial_log_path=os.path.join(vm_dir, SERIAL_LOG))
+                                       serial_log_path=os.path.join(vm_dir, SERIAL_LOG),
+                                       agent_socket_path=os.path.join(vm_dir, AGENT_SOCKET),
+                                       run_dir=vm_dir, block_devices=block_devices(vm))
     supervisor = Supervisor(vm, vm_dir, host, options, args.capabilities_cache)
 
     sock = os.path.join(vm_dir, SOCKET_NAME)

@@ -12,6 +12,7 @@ import grpc
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc
 
+from launcher import console, domain_xml
 from launcher.host import DomainNotFound, DomainOperationFailed, HypervisorUnavailable, LauncherError
 from launcher.supervisor import Supervisor
 
@@ -76,3 +77,45 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
             log.error("KillDomain failed: %s", e)
             _abort(context, e)
         return launcher_pb2.KillDomainResponse(status=status)
+
+    def SaveDomain(self, request: launcher_pb2.SaveDomainRequest,
+                   context: grpc.ServicerContext) -> launcher_pb2.SaveDomainResponse:
+        if not request.path.startswith("/"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path must be absolute")
+        return launcher_pb2.SaveDomainResponse(
+            status=self._domain_op("SaveDomain", lambda: self._sup.save(request.path), context))
+
+    # Pause, resume, reboot, reset: idempotent; FAILED_PRECONDITION when not running.
+    def _domain_op(self, name: str, op, context: grpc.ServicerContext) -> launcher_pb2.DomainStatus:
+        try:
+            return op()
+        except LauncherError as e:
+            log.warning("%s failed: %s", name, e)
+            _abort(context, e)
+
+    def PauseDomain(self, request: launcher_pb2.PauseDomainRequest,
+                    context: grpc.ServicerContext) -> launcher_pb2.PauseDomainResponse:
+        return launcher_pb2.PauseDomainResponse(status=self._domain_op("PauseDomain", self._sup.pause, context))
+
+    def ResumeDomain(self, request: launcher_pb2.ResumeDomainRequest,
+                     context: grpc.ServicerContext) -> launcher_pb2.ResumeDomainResponse:
+        return launcher_pb2.ResumeDomainResponse(status=self._domain_op("ResumeDomain", self._sup.resume, context))
+
+    def RebootDomain(self, request: launcher_pb2.RebootDomainRequest,
+                     context: grpc.ServicerContext) -> launcher_pb2.RebootDomainResponse:
+        return launcher_pb2.RebootDomainResponse(status=self._domain_op("RebootDomain", self._sup.reboot, context))
+
+    def ResetDomain(self, request: launcher_pb2.ResetDomainRequest,
+                    context: grpc.ServicerContext) -> launcher_pb2.ResetDomainResponse:
+        return launcher_pb2.ResetDomainResponse(status=self._domain_op("ResetDomain", self._sup.reset, context))
+
+    def AttachConsole(self, request_iterator: Iterator[launcher_pb2.AttachConsoleRequest],
+                      context: grpc.ServicerContext) -> Iterator[launcher_pb2.AttachConsoleResponse]:
+        """The serial console until the domain stops or the caller cancels (see console.py)."""
+        try:
+            session = console.ConsoleSession(self._sup.host, domain_xml.domain_uuid(self._sup.vm))
+        except LauncherError as e:
+            _abort(context, e)
+        context.add_callback(session.close)
+        for data in console.pump(session, (r.data for r in request_iterator), context.is_active):
+            yield launcher_pb2.AttachConsoleResponse(data=data)

@@ -11,9 +11,12 @@ import queue
 import threading
 import time
 
+import libvirt
+
 from corral.v1 import launcher_pb2, vm_pb2
 
 from launcher import domain_xml
+from launcher.guest_agent import GuestAgentPoller
 from launcher.host import (DomainNotFound, DomainNotRunning, Guest, Host, LauncherError,
                            LifecycleEvent, save_capabilities_cache, translate_state)
 
@@ -77,8 +80,13 @@ class Supervisor:
         self._start_error: str | None = None
         self._fenced: str | None = None
         self._shutting_down = False
+        self._hurry = threading.Event()  # a kill arrived while shutdown waits for the guest
+        self._saved_path = ""
         self._final: launcher_pb2.DomainStatus | None = None
         self._events: queue.Queue[LifecycleEvent | None] = queue.Queue()
+        # Polls qemu-ga in its own thread; a change wakes the refresh loop (None event).
+        self.agent = GuestAgentPoller(lambda: self._guest.domain if self._guest else None,
+                                      on_change=lambda: self._events.put(None))
         self.board = StatusBoard(self._status(pb.DOMAIN_STATE_STARTING, "starting"))
         host.on_lifecycle(self._events.put)
 
@@ -91,7 +99,8 @@ class Supervisor:
         return pb.DomainStatus(state=state, reason=reason, message=message,
                                vm_uid=domain_xml.domain_uuid(self.vm), qemu_pid=qemu_pid,
                                launcher_pid=os.getpid(),
-                               serial_log_path=self.options.serial_log_path)
+                               serial_log_path=self.options.serial_log_path,
+                               guest=self.agent.current() if state == pb.DOMAIN_STATE_RUNNING else None)
 
     # --- startup -------------------------------------------------------------------------
 
@@ -105,6 +114,7 @@ class Supervisor:
                 self._start_error = str(e) or type(e).__name__
             self.refresh()
         threading.Thread(target=self._refresh_loop, name="status-refresh", daemon=True).start()
+        self.agent.start()
 
     def _start_locked(self) -> None:
         if self._fenced:
@@ -131,7 +141,12 @@ class Supervisor:
         t0 = time.monotonic()
         self._guest = guest = self.host.define(xml)
         t1 = time.monotonic()
-        guest.start()
+        restore_from = self.vm.status.restore_from.path
+        if restore_from:
+            log.info("resuming the guest saved in %s", restore_from)
+            self.host.restore(restore_from, xml)
+        else:
+            guest.start()
         t2 = time.monotonic()
         with open(self.marker_path, "w") as f:
             f.write(f"{time.time():.3f}\n")
@@ -185,6 +200,56 @@ class Supervisor:
             state, reason = pb.DOMAIN_STATE_SHUTTING_DOWN, "shutdown-requested"
         self.board.publish(self._status(state, reason, message, pid))
 
+    # --- pause, resume, reboot, reset ----------------------------------------------------
+    # Idempotent (pausing a paused domain changes nothing); DomainNotRunning (the service's
+    # FAILED_PRECONDITION) when the domain is not running. Each returns the status after it.
+
+    def _live_guest_locked(self, action: str) -> tuple[Guest, int]:
+        """The running (or paused) guest and libvirt's raw state, or DomainNotRunning."""
+        guest = self._guest
+        if self._final is not None or guest is None or self._fenced:
+            raise DomainNotRunning(f"cannot {action}: the domain is not running")
+        if self._shutting_down:
+            raise DomainNotRunning(f"cannot {action}: the domain is shutting down")
+        state, _reason = guest.state()
+        if state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED):
+            raise DomainNotRunning(f"cannot {action}: the domain is not running")
+        return guest, state
+
+    def _after_locked(self) -> launcher_pb2.DomainStatus:
+        self.refresh()
+        return self.board.current()
+
+    def pause(self) -> launcher_pb2.DomainStatus:
+        with self._op_lock:
+            guest, state = self._live_guest_locked("pause")
+            if state != libvirt.VIR_DOMAIN_PAUSED:
+                guest.suspend()
+            return self._after_locked()
+
+    def resume(self) -> launcher_pb2.DomainStatus:
+        with self._op_lock:
+            guest, state = self._live_guest_locked("resume")
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                guest.resume()
+            return self._after_locked()
+
+    def reboot(self) -> launcher_pb2.DomainStatus:
+        """ACPI reboot request; the guest decides (one without ACPI support ignores it)."""
+        with self._op_lock:
+            guest, state = self._live_guest_locked("reboot")
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                raise DomainNotRunning("cannot reboot: the domain is paused (unpause it first)")
+            guest.reboot()
+            return self._after_locked()
+
+    def reset(self) -> launcher_pb2.DomainStatus:
+        """Hardware reset (a paused guest stays paused, reset)."""
+        with self._op_lock:
+            guest, _state = self._live_guest_locked("reset")
+            guest.reset()
+            return self._after_locked()
+
     # --- stopping ------------------------------------------------------------------------
 
     def shutdown(self, grace_period_seconds: float) -> launcher_pb2.DomainStatus:
@@ -201,11 +266,27 @@ class Supervisor:
                 except DomainNotRunning:
                     pass
                 deadline = time.monotonic() + max(0.0, grace_period_seconds)
-                while guest.is_active() and time.monotonic() < deadline:
+                while guest.is_active() and time.monotonic() < deadline and not self._hurry.is_set():
                     time.sleep(0.1)
                 if guest.is_active():
                     log.info("guest did not power off within %ss; destroying", grace_period_seconds)
                     guest.destroy()
+            return self._finish_locked()
+
+    def save(self, path: str) -> launcher_pb2.DomainStatus:
+        """Write the guest's memory to path (through path.partial, so a file at path is always
+        complete), undefine; then the launcher exits."""
+        with self._op_lock:
+            if self._final is not None:
+                if self._final.saved_state_path == path:
+                    return self._final
+                raise DomainNotRunning("cannot save: the domain already stopped")
+            guest, _state = self._live_guest_locked("save")
+            partial = path + ".partial"
+            guest.save(partial)
+            os.replace(partial, path)
+            self._saved_path = path
+            log.info("guest saved to %s", path)
             return self._finish_locked()
 
     def fence(self, message: str) -> None:
@@ -223,7 +304,9 @@ class Supervisor:
         self.refresh()
 
     def kill(self) -> launcher_pb2.DomainStatus:
-        """Destroy at once, undefine; then the launcher exits."""
+        """Destroy at once, undefine; then the launcher exits. Hurries a graceful shutdown
+        that is waiting for the guest."""
+        self._hurry.set()
         with self._op_lock:
             if self._final is not None:
                 return self._final
@@ -239,6 +322,9 @@ class Supervisor:
                            pb.DOMAIN_STATE_SHUTTING_DOWN, pb.DOMAIN_STATE_STARTING):
             final = self._status(pb.DOMAIN_STATE_SHUTOFF, "destroyed")  # stop event not seen yet
         final = self._status(final.state, final.reason, final.message, 0)
+        if self._saved_path:
+            final = self._status(pb.DOMAIN_STATE_SHUTOFF, "saved", f"memory saved to {self._saved_path}", 0)
+            final.saved_state_path = self._saved_path
         if self._guest is not None:
             self._guest.undefine()
         self.board.publish(final)

@@ -183,7 +183,7 @@ def test_bad_manifest_sends_nothing(tmp_path, capsys):
     assert captured.out == ""
     assert captured.err.strip() == (f"error: {path} (document 2): spec.cpus: unknown field "
                                     "'cpus' (known fields: vcpus, memoryMib, boot, nodeSelector, runStrategy, disks, cloudInit, "
-                                    "networks, terminationGracePeriodSeconds)")
+                                    "networks, terminationGracePeriodSeconds, evictionStrategy)")
 
 
 def test_unreachable_server_is_a_grpc_error(capsys):

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral import validation
 from corral.v1 import vm_pb2
-from launcher.domain_xml import DomainOptions, build_domain_xml
+from launcher.domain_xml import QEMU_NS, DomainOptions, build_domain_xml
 from tests.cluster import Cluster, free_port
 
 # Hypothesis warns when it prints a failing example of megabytes: those are the point here.
@@ -333,7 +333,9 @@ def assert_xml_round_trips(vm: vm_pb2.VirtualMachine, options: DomainOptions) ->
     assert {el.tag for el in domain.iter()} <= {
         "domain", "name", "uuid", "memory", "vcpu", "os", "type", "kernel", "initrd", "cmdline", "boot",
         "features", "acpi", "apic", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "devices", "disk",
-        "driver", "source", "target", "serial", "log", "console", "memballoon"}
+        "driver", "source", "target", "serial", "log", "console", "memballoon",
+        # networks and the guest agent's channel (user networks: QEMU's command line, integers only)
+        "channel", "interface", "mac", "model", f"{{{QEMU_NS}}}commandline", f"{{{QEMU_NS}}}arg"}
 
 
 @FUZZ

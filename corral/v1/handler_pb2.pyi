@@ -1,3 +1,4 @@
+from corral.v1 import migration_pb2 as _migration_pb2
 from corral.v1 import vm_pb2 as _vm_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -7,16 +8,63 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class MigrationRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MIGRATION_ROLE_UNSPECIFIED: _ClassVar[MigrationRole]
+    MIGRATION_ROLE_SOURCE: _ClassVar[MigrationRole]
+    MIGRATION_ROLE_TARGET: _ClassVar[MigrationRole]
+
 class AssignmentEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ASSIGNMENT_EVENT_TYPE_UNSPECIFIED: _ClassVar[AssignmentEventType]
     ASSIGNMENT_EVENT_TYPE_UPSERT: _ClassVar[AssignmentEventType]
     ASSIGNMENT_EVENT_TYPE_REMOVE: _ClassVar[AssignmentEventType]
     ASSIGNMENT_EVENT_TYPE_SYNCED: _ClassVar[AssignmentEventType]
+MIGRATION_ROLE_UNSPECIFIED: MigrationRole
+MIGRATION_ROLE_SOURCE: MigrationRole
+MIGRATION_ROLE_TARGET: MigrationRole
 ASSIGNMENT_EVENT_TYPE_UNSPECIFIED: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_UPSERT: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_REMOVE: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_SYNCED: AssignmentEventType
+
+class ReportMigrationStatusRequest(_message.Message):
+    __slots__ = ("node_name", "vm_name", "vm_uid", "migration_name", "role", "phase", "target_address", "target_domain_xml", "mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "downtime_ms", "reason", "message")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    VM_NAME_FIELD_NUMBER: _ClassVar[int]
+    VM_UID_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_REMAINING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    vm_name: str
+    vm_uid: str
+    migration_name: str
+    role: MigrationRole
+    phase: _migration_pb2.MigrationPhase
+    target_address: str
+    target_domain_xml: str
+    mode: _migration_pb2.MigrationMode
+    data_total_bytes: int
+    data_processed_bytes: int
+    data_remaining_bytes: int
+    downtime_ms: int
+    reason: str
+    message: str
+    def __init__(self, node_name: _Optional[str] = ..., vm_name: _Optional[str] = ..., vm_uid: _Optional[str] = ..., migration_name: _Optional[str] = ..., role: _Optional[_Union[MigrationRole, str]] = ..., phase: _Optional[_Union[_migration_pb2.MigrationPhase, str]] = ..., target_address: _Optional[str] = ..., target_domain_xml: _Optional[str] = ..., mode: _Optional[_Union[_migration_pb2.MigrationMode, str]] = ..., data_total_bytes: _Optional[int] = ..., data_processed_bytes: _Optional[int] = ..., data_remaining_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ReportMigrationStatusResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class WatchAssignmentsRequest(_message.Message):
     __slots__ = ("node_name",)

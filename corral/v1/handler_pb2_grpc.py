@@ -56,6 +56,11 @@ class HandlerServiceStub:
                 request_serializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthResponse.FromString,
                 _registered_method=True)
+        self.ReportMigrationStatus = channel.unary_unary(
+                '/corral.v1.HandlerService/ReportMigrationStatus',
+                request_serializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusResponse.FromString,
+                _registered_method=True)
 
 
 class HandlerServiceServicer:
@@ -93,6 +98,13 @@ class HandlerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportMigrationStatus(self, request, context):
+        """What a node sees of a live migration it takes part in (as source or target).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HandlerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +127,11 @@ def add_HandlerServiceServicer_to_server(servicer, server):
                     servicer.GetStoreHealth,
                     request_deserializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthRequest.FromString,
                     response_serializer=corral_dot_v1_dot_handler__pb2.GetStoreHealthResponse.SerializeToString,
+            ),
+            'ReportMigrationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportMigrationStatus,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +244,33 @@ class HandlerService:
             '/corral.v1.HandlerService/GetStoreHealth',
             corral_dot_v1_dot_handler__pb2.GetStoreHealthRequest.SerializeToString,
             corral_dot_v1_dot_handler__pb2.GetStoreHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportMigrationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/ReportMigrationStatus',
+            corral_dot_v1_dot_handler__pb2.ReportMigrationStatusRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.ReportMigrationStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,3 +1,4 @@
+from corral.v1 import migration_pb2 as _migration_pb2
 from corral.v1 import vm_pb2 as _vm_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -151,3 +152,61 @@ class AttachConsoleResponse(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class PrepareIncomingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PrepareIncomingResponse(_message.Message):
+    __slots__ = ("domain_xml", "libvirt_socket_path")
+    DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
+    LIBVIRT_SOCKET_PATH_FIELD_NUMBER: _ClassVar[int]
+    domain_xml: str
+    libvirt_socket_path: str
+    def __init__(self, domain_xml: _Optional[str] = ..., libvirt_socket_path: _Optional[str] = ...) -> None: ...
+
+class MigrateDomainRequest(_message.Message):
+    __slots__ = ("destination_uri", "migration_uri", "destination_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "listen_address")
+    DESTINATION_URI_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_URI_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_XML_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MIB_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_POST_COPY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    destination_uri: str
+    migration_uri: str
+    destination_xml: str
+    bandwidth_mib_per_second: int
+    completion_timeout_seconds: int
+    progress_timeout_seconds: int
+    allow_post_copy: bool
+    allow_auto_converge: bool
+    listen_address: str
+    def __init__(self, destination_uri: _Optional[str] = ..., migration_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., listen_address: _Optional[str] = ...) -> None: ...
+
+class MigrateDomainResponse(_message.Message):
+    __slots__ = ("mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "done", "downtime_ms")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_PROCESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_REMAINING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
+    mode: _migration_pb2.MigrationMode
+    data_total_bytes: int
+    data_processed_bytes: int
+    data_remaining_bytes: int
+    done: bool
+    downtime_ms: int
+    def __init__(self, mode: _Optional[_Union[_migration_pb2.MigrationMode, str]] = ..., data_total_bytes: _Optional[int] = ..., data_processed_bytes: _Optional[int] = ..., data_remaining_bytes: _Optional[int] = ..., done: _Optional[bool] = ..., downtime_ms: _Optional[int] = ...) -> None: ...
+
+class AbortMigrationRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AbortMigrationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

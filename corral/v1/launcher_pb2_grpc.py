@@ -86,6 +86,21 @@ class LauncherServiceStub:
                 request_serializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleResponse.FromString,
                 _registered_method=True)
+        self.PrepareIncoming = channel.unary_unary(
+                '/corral.v1.LauncherService/PrepareIncoming',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.PrepareIncomingRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.PrepareIncomingResponse.FromString,
+                _registered_method=True)
+        self.MigrateDomain = channel.unary_stream(
+                '/corral.v1.LauncherService/MigrateDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.MigrateDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.MigrateDomainResponse.FromString,
+                _registered_method=True)
+        self.AbortMigration = channel.unary_unary(
+                '/corral.v1.LauncherService/AbortMigration',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationResponse.FromString,
+                _registered_method=True)
 
 
 class LauncherServiceServicer:
@@ -160,6 +175,29 @@ class LauncherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareIncoming(self, request, context):
+        """Target of a live migration: the domain XML (this node's paths) to send to the source and
+        the libvirt socket the guest arrives through. Only for a launcher started "incoming".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MigrateDomain(self, request, context):
+        """Source of a live migration: runs libvirt's job, streaming progress until it ends; the
+        last message has done set. Errors end the stream with a status (ABORTED when cancelled).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortMigration(self, request, context):
+        """Aborts the migration job in progress (the guest keeps running here).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LauncherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +250,21 @@ def add_LauncherServiceServicer_to_server(servicer, server):
                     servicer.AttachConsole,
                     request_deserializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleRequest.FromString,
                     response_serializer=corral_dot_v1_dot_launcher__pb2.AttachConsoleResponse.SerializeToString,
+            ),
+            'PrepareIncoming': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareIncoming,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.PrepareIncomingRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.PrepareIncomingResponse.SerializeToString,
+            ),
+            'MigrateDomain': grpc.unary_stream_rpc_method_handler(
+                    servicer.MigrateDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.MigrateDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.MigrateDomainResponse.SerializeToString,
+            ),
+            'AbortMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortMigration,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +539,87 @@ class LauncherService:
             '/corral.v1.LauncherService/AttachConsole',
             corral_dot_v1_dot_launcher__pb2.AttachConsoleRequest.SerializeToString,
             corral_dot_v1_dot_launcher__pb2.AttachConsoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareIncoming(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/PrepareIncoming',
+            corral_dot_v1_dot_launcher__pb2.PrepareIncomingRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.PrepareIncomingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.LauncherService/MigrateDomain',
+            corral_dot_v1_dot_launcher__pb2.MigrateDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.MigrateDomainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/AbortMigration',
+            corral_dot_v1_dot_launcher__pb2.AbortMigrationRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.AbortMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

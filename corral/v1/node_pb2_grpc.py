@@ -45,6 +45,16 @@ class NodeServiceStub:
                 request_serializer=corral_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.CordonNode = channel.unary_unary(
+                '/corral.v1.NodeService/CordonNode',
+                request_serializer=corral_dot_v1_dot_node__pb2.CordonNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_node__pb2.CordonNodeResponse.FromString,
+                _registered_method=True)
+        self.UncordonNode = channel.unary_unary(
+                '/corral.v1.NodeService/UncordonNode',
+                request_serializer=corral_dot_v1_dot_node__pb2.UncordonNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_node__pb2.UncordonNodeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -63,6 +73,19 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonNode(self, request, context):
+        """Marks the node unschedulable: it gets no new VMs or incoming migrations. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +98,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=corral_dot_v1_dot_node__pb2.ListNodesRequest.FromString,
                     response_serializer=corral_dot_v1_dot_node__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'CordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonNode,
+                    request_deserializer=corral_dot_v1_dot_node__pb2.CordonNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_node__pb2.CordonNodeResponse.SerializeToString,
+            ),
+            'UncordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonNode,
+                    request_deserializer=corral_dot_v1_dot_node__pb2.UncordonNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_node__pb2.UncordonNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +165,60 @@ class NodeService:
             '/corral.v1.NodeService/ListNodes',
             corral_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
             corral_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeService/CordonNode',
+            corral_dot_v1_dot_node__pb2.CordonNodeRequest.SerializeToString,
+            corral_dot_v1_dot_node__pb2.CordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeService/UncordonNode',
+            corral_dot_v1_dot_node__pb2.UncordonNodeRequest.SerializeToString,
+            corral_dot_v1_dot_node__pb2.UncordonNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

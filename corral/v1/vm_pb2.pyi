@@ -11,6 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EvictionStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVICTION_STRATEGY_UNSPECIFIED: _ClassVar[EvictionStrategy]
+    EVICTION_STRATEGY_LIVE_MIGRATE: _ClassVar[EvictionStrategy]
+    EVICTION_STRATEGY_LIVE_MIGRATE_IF_POSSIBLE: _ClassVar[EvictionStrategy]
+    EVICTION_STRATEGY_NONE: _ClassVar[EvictionStrategy]
+    EVICTION_STRATEGY_EXTERNAL: _ClassVar[EvictionStrategy]
+
 class PortProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PORT_PROTOCOL_UNSPECIFIED: _ClassVar[PortProtocol]
@@ -53,6 +61,11 @@ class RunAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_ACTION_STOP: _ClassVar[RunAction]
     RUN_ACTION_RESTART: _ClassVar[RunAction]
     RUN_ACTION_SAVE: _ClassVar[RunAction]
+EVICTION_STRATEGY_UNSPECIFIED: EvictionStrategy
+EVICTION_STRATEGY_LIVE_MIGRATE: EvictionStrategy
+EVICTION_STRATEGY_LIVE_MIGRATE_IF_POSSIBLE: EvictionStrategy
+EVICTION_STRATEGY_NONE: EvictionStrategy
+EVICTION_STRATEGY_EXTERNAL: EvictionStrategy
 PORT_PROTOCOL_UNSPECIFIED: PortProtocol
 PORT_PROTOCOL_TCP: PortProtocol
 PORT_PROTOCOL_UDP: PortProtocol
@@ -90,7 +103,7 @@ class VirtualMachine(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[VirtualMachineSpec, _Mapping]] = ..., status: _Optional[_Union[VirtualMachineStatus, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineSpec(_message.Message):
-    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds")
+    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +120,7 @@ class VirtualMachineSpec(_message.Message):
     CLOUD_INIT_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     vcpus: int
     memory_mib: int
     boot: BootSource
@@ -116,7 +130,8 @@ class VirtualMachineSpec(_message.Message):
     cloud_init: CloudInitNoCloud
     networks: _containers.RepeatedCompositeFieldContainer[Network]
     termination_grace_period_seconds: int
-    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ...) -> None: ...
+    eviction_strategy: EvictionStrategy
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ...) -> None: ...
 
 class Disk(_message.Message):
     __slots__ = ("name", "ephemeral", "persistent", "read_only")
@@ -223,7 +238,7 @@ class PhaseTransition(_message.Message):
     def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineStatus(_message.Message):
-    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest")
+    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest", "migration_target")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +256,7 @@ class VirtualMachineStatus(_message.Message):
     RESTORE_FROM_FIELD_NUMBER: _ClassVar[int]
     RUN_START_TIME_FIELD_NUMBER: _ClassVar[int]
     GUEST_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_TARGET_FIELD_NUMBER: _ClassVar[int]
     phase: VirtualMachinePhase
     node_name: str
     conditions: _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]
@@ -258,7 +274,34 @@ class VirtualMachineStatus(_message.Message):
     restore_from: SavedState
     run_start_time: _timestamp_pb2.Timestamp
     guest: GuestInfo
-    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ...) -> None: ...
+    migration_target: MigrationTarget
+    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ..., migration_target: _Optional[_Union[MigrationTarget, _Mapping]] = ...) -> None: ...
+
+class MigrationTarget(_message.Message):
+    __slots__ = ("migration_name", "node_name", "instance_uid", "target_address", "target_domain_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "cancel_requested")
+    MIGRATION_NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DOMAIN_XML_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MIB_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_POST_COPY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    migration_name: str
+    node_name: str
+    instance_uid: str
+    target_address: str
+    target_domain_xml: str
+    bandwidth_mib_per_second: int
+    completion_timeout_seconds: int
+    progress_timeout_seconds: int
+    allow_post_copy: bool
+    allow_auto_converge: bool
+    cancel_requested: bool
+    def __init__(self, migration_name: _Optional[str] = ..., node_name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., target_address: _Optional[str] = ..., target_domain_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
 
 class RunRecord(_message.Message):
     __slots__ = ("instance_uid", "node_name", "start_time", "end_time", "phase", "reason", "message")
