@@ -72,21 +72,38 @@ def apply_run_report(vm: vm_pb2.VirtualMachine, request: handler_pb2.ReportVirtu
 
 
 def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.Migration,
-                           request: handler_pb2.ReportMigrationStatusRequest) -> tuple[bool, bool]:
+                           request_in: handler_pb2.ReportMigrationStatusRequest) -> tuple[bool, bool]:
     """Move a migration on from a node's report: (VM changed, migration changed)."""
     MP = migration_pb2
+    request = request_in
     status, target = migration.status, vm.status.migration_target
+    if status.phase == MP.MIGRATION_PHASE_SUCCEEDED and request.phase == MP.MIGRATION_PHASE_SUCCEEDED:
+        # The other side's report of the same success: keep the figures it adds.
+        changed = False
+        for field in ("downtime_ms", "data_total_bytes", "data_processed_bytes"):
+            if getattr(request, field) and not getattr(status, field):
+                setattr(status, field, getattr(request, field))
+                changed = True
+        return False, changed
     if status.phase in (MP.MIGRATION_PHASE_SUCCEEDED, MP.MIGRATION_PHASE_FAILED):
         return False, False
     source = request.role == handler_pb2.MIGRATION_ROLE_SOURCE
     if request.phase == MP.MIGRATION_PHASE_TARGET_READY and not source:
-        if target.target_address == request.target_address and target.target_domain_xml == request.target_domain_xml:
+        if (target.target_address, target.target_domain_xml, target.migration_uri) == (
+                request.target_address, request.target_domain_xml, request.migration_uri):
             return False, False
         target.target_address = request.target_address
         target.target_domain_xml = request.target_domain_xml
+        target.migration_uri = request.migration_uri
         status.target_address = request.target_address
         set_phase(migration, MP.MIGRATION_PHASE_TARGET_READY)
         return True, True
+    if request.phase == MP.MIGRATION_PHASE_SUCCEEDED and not source:
+        # The guest runs on the target: switch now, whether or not the source lives to say so
+        # (a source lost after the switch-over must not make the VM start anywhere else).
+        request = handler_pb2.ReportMigrationStatusRequest()
+        request.CopyFrom(request_in)
+        source = True
     if request.phase == MP.MIGRATION_PHASE_FAILED and not source:
         # The target cannot take the guest: the source aborts (it alone ends the migration).
         if target.cancel_requested:
@@ -218,14 +235,16 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
     def ReportMigrationStatus(self, request, context):
         auth.require_node(context, request.node_name)
         vm = self.store.get(VMS, request.vm_name)
+        migration = self.store.get(MIGRATIONS, request.migration_name)
         target = vm.status.migration_target
         role_node = vm.status.node_name if request.role == handler_pb2.MIGRATION_ROLE_SOURCE else target.node_name
-        if vm.metadata.uid != request.vm_uid or target.migration_name != request.migration_name \
-                or role_node != request.node_name:
+        late = (migration.status.phase == migration_pb2.MIGRATION_PHASE_SUCCEEDED
+                and request.node_name in (migration.status.source_node, migration.status.target_node))
+        if vm.metadata.uid != request.vm_uid or migration.spec.vm_name != request.vm_name or not late and (
+                target.migration_name != request.migration_name or role_node != request.node_name):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"node {request.node_name!r} takes no part in migration {request.migration_name!r} "
-                               f"of VirtualMachine {request.vm_name!r}")
-        migration = self.store.get(MIGRATIONS, request.migration_name)
+                               f"of VirtualMachine {request.vm_name!r} (now)")
         vm_changed, migration_changed = apply_migration_report(vm, migration, request)
         if vm_changed:
             self.store.update(VMS, vm)

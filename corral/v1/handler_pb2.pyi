@@ -29,7 +29,7 @@ ASSIGNMENT_EVENT_TYPE_REMOVE: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_SYNCED: AssignmentEventType
 
 class ReportMigrationStatusRequest(_message.Message):
-    __slots__ = ("node_name", "vm_name", "vm_uid", "migration_name", "role", "phase", "target_address", "target_domain_xml", "mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "downtime_ms", "reason", "message")
+    __slots__ = ("node_name", "vm_name", "vm_uid", "migration_name", "role", "phase", "target_address", "target_domain_xml", "mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "downtime_ms", "reason", "message", "migration_uri")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     VM_NAME_FIELD_NUMBER: _ClassVar[int]
     VM_UID_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class ReportMigrationStatusRequest(_message.Message):
     DOWNTIME_MS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_URI_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     vm_name: str
     vm_uid: str
@@ -60,7 +61,8 @@ class ReportMigrationStatusRequest(_message.Message):
     downtime_ms: int
     reason: str
     message: str
-    def __init__(self, node_name: _Optional[str] = ..., vm_name: _Optional[str] = ..., vm_uid: _Optional[str] = ..., migration_name: _Optional[str] = ..., role: _Optional[_Union[MigrationRole, str]] = ..., phase: _Optional[_Union[_migration_pb2.MigrationPhase, str]] = ..., target_address: _Optional[str] = ..., target_domain_xml: _Optional[str] = ..., mode: _Optional[_Union[_migration_pb2.MigrationMode, str]] = ..., data_total_bytes: _Optional[int] = ..., data_processed_bytes: _Optional[int] = ..., data_remaining_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    migration_uri: str
+    def __init__(self, node_name: _Optional[str] = ..., vm_name: _Optional[str] = ..., vm_uid: _Optional[str] = ..., migration_name: _Optional[str] = ..., role: _Optional[_Union[MigrationRole, str]] = ..., phase: _Optional[_Union[_migration_pb2.MigrationPhase, str]] = ..., target_address: _Optional[str] = ..., target_domain_xml: _Optional[str] = ..., mode: _Optional[_Union[_migration_pb2.MigrationMode, str]] = ..., data_total_bytes: _Optional[int] = ..., data_processed_bytes: _Optional[int] = ..., data_remaining_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., migration_uri: _Optional[str] = ...) -> None: ...
 
 class ReportMigrationStatusResponse(_message.Message):
     __slots__ = ()
