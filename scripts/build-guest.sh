@@ -11,7 +11,8 @@ set -euo pipefail
 # come along and load first. Modules built into the kernel are skipped. Append, one per need:
 # virtio_pci + virtio_blk: disks (vdX, serial = Corral's disk name); isofs: the cidata seed.
 # virtio_net + virtio_console: network interfaces (ethN) and the guest agent's virtio-serial port.
-MODULES="virtio_pci virtio_blk isofs virtio_net virtio_console"
+# button + evdev: the ACPI power button as an input device, for acpid (graceful stop, soft reboot).
+MODULES="virtio_pci virtio_blk isofs virtio_net virtio_console button evdev"
 out=${1:?usage: build-guest.sh OUTDIR}
 stamp=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 mkdir -p "$out"
@@ -57,7 +58,7 @@ add_module() {  # add_module NAME: NAME's dependencies first, then NAME
 }
 for module in $MODULES; do add_module "$module"; done
 printf '%s\n' "${module_order[@]}" > initramfs/etc/modules.order
-for applet in sh mount umount cat echo ls sleep uptime poweroff reboot halt mkdir grep dd sync blkid mdev ip ifconfig udhcpc hostname date insmod cut tr rmdir head findfs nc; do
+for applet in sh mount umount cat echo ls sleep uptime poweroff reboot halt mkdir grep dd sync blkid mdev ip ifconfig udhcpc hostname date insmod cut tr rmdir head findfs nc acpid; do
     ln -s busybox "initramfs/bin/$applet"
 done
 # The guest agent: the host's qemu-ga (Debian's qemu-guest-agent, from the package when the
@@ -101,6 +102,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 hostname "$(cat /proc/sys/kernel/hostname)"
 for module in $(cat /etc/modules.order); do insmod "/lib/modules/$module.ko"; done
+# The ACPI power button powers the guest off, as a real OS does: Corral's graceful stop (and
+# libvirt's ACPI reboot, which turns that power-off into a reset) then work.
+mkdir -p /etc/acpi/PWRF
+printf '#!/bin/sh\necho CORRAL-GUEST-POWER-BUTTON > /dev/ttyS0\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /run/acpid.log 2>/dev/null
 # Disks: a virtio disk whose serial is set (Corral sets it to the disk's name) and that holds a
 # file system is mounted at /mnt/SERIAL, read-only when the disk is. The NoCloud seed (file
 # system label cidata) is mounted at /mnt/cidata; its user-data is printed on ttyS0 between

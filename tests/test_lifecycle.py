@@ -50,11 +50,13 @@ def test_stop_start_restart_keep_one_run_at_a_time_and_a_history(cluster):
     first = running_run(cluster, "pet")
     assert first.status.printable_status == "Running"
 
-    stopping = act(cluster, "Stop", "pet", grace_period_seconds=1)
+    stopping = act(cluster, "Stop", "pet", grace_period_seconds=60)
     assert stopping.spec.run_strategy == P.RUN_STRATEGY_HALTED  # Always/RerunOnFailure become Halted
     assert stopping.status.printable_status == "Stopping"
     act(cluster, "Stop", "pet")  # idempotent
-    stopped = cluster.wait_phase("pet", SUCCEEDED, timeout=30)
+    stopped = cluster.wait_phase("pet", SUCCEEDED, timeout=50)  # well within the grace period:
+    assert b"CORRAL-GUEST-POWER-BUTTON" in Path(first.status.serial_log_path).read_bytes()  # the guest's acpid
+    assert "powered off" in stopped.status.runs[-1].message
     assert qemu_pid_for(first.status.instance_uid) is None
     time.sleep(2)  # nothing restarts it
     stopped = cluster.get("pet")
@@ -210,7 +212,8 @@ def test_pause_unpause_reset_and_soft_reboot_through_the_api(cluster):
 
     act(cluster, "Reset", "busy")  # the reset button: the guest boots again, in the same run
     wait_for(lambda: log.read_bytes().count(READY_LINE) >= 2, timeout=60, what="a second boot after reset")
-    act(cluster, "SoftReboot", "busy")
+    act(cluster, "SoftReboot", "busy")  # ACPI: the guest powers off, libvirt turns that into a reboot
+    wait_for(lambda: log.read_bytes().count(READY_LINE) >= 3, timeout=90, what="a third boot after soft-reboot")
     vm = cluster.get("busy")
     assert vm.status.instance_uid == first.status.instance_uid and vm.status.phase == RUNNING
     reasons = [event.reason for event in vm.status.events]
