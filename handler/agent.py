@@ -25,6 +25,7 @@ from handler import networks as node_networks
 from handler.devices import DeviceError, Roots, RunDevices
 from handler.isolation import Isolation
 from handler.launchers import VM_FILE, Launcher, SparePool
+from handler.migration import Migrations, is_migrated_away
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ DS = launcher_pb2
 
 def observed_phase(status: launcher_pb2.DomainStatus | None) -> tuple[int, str, str] | None:
     """(phase, reason, message) a domain status means, or None while it is still starting."""
-    if status is None:
+    if status is None or is_migrated_away(status):  # the guest left: not the run's end
         return None
     state = status.state
     if state in (DS.DOMAIN_STATE_RUNNING, DS.DOMAIN_STATE_PAUSED, DS.DOMAIN_STATE_SHUTTING_DOWN):
@@ -55,7 +56,8 @@ class NodeAgent:
     def __init__(self, *, node_name: str, state_dir: Path, launcher_command: list[str],
                  stubs: "ControllerStubs", grace_seconds: int, locks: InstanceLocks,
                  deadline: FenceDeadline, isolation: Isolation | None = None,
-                 save_dir: Path | None = None, device_roots: Roots | None = None) -> None:
+                 save_dir: Path | None = None, device_roots: Roots | None = None,
+                 migration_listen: str = "", advertise_host: str = "") -> None:
         self.node_name = node_name
         self.device_roots = device_roots or Roots(images=(), disks=())  # where VMs' disks may be
         self.save_dir = save_dir or state_dir / "saved"  # shared storage in real clusters
@@ -79,6 +81,8 @@ class NodeAgent:
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
         self.spares = SparePool(command=launcher_command, log_path=state_dir / "spare-launcher.log")
+        # Live migration (handler/migration.py); its proxy listens when migration_listen is set.
+        self.migrations = Migrations(self, listen=migration_listen, advertise_host=advertise_host)
 
     # -- inputs -----------------------------------------------------------------------------
     def set_assignments(self, vms: dict[str, vm_pb2.VirtualMachine]) -> None:
@@ -139,6 +143,8 @@ class NodeAgent:
             elif launcher.running():
                 log.info("vm %s: adopted a launcher that is still starting", launcher.vm.metadata.name)
                 launcher.follow()
+            elif self.migrations.holds_back(None, launcher):
+                log.info("vm %s: launcher gone after a migration job: waiting for its outcome", launcher.vm.metadata.name)
             else:
                 log.info("vm %s: launcher gone, starting a new one to adopt its domain", launcher.vm.metadata.name)
                 launcher.spawn(self.launcher_command)
@@ -159,13 +165,22 @@ class NodeAgent:
             synced = self.synced
         for uid, vm in desired.items():
             if uid not in self.busy:
-                self._guarded(vm.metadata.name, self._reconcile_vm, uid, vm)
+                if self.migrations.is_target(vm):  # an incoming live migration, not this node's yet
+                    self._guarded(vm.metadata.name, self.migrations.reconcile_target, vm)
+                else:
+                    self._guarded(vm.metadata.name, self._reconcile_vm, uid, vm)
             elif self._end_requested(vm, uid) and vm.status.run_request.force and uid not in self.hurried:
                 self._guarded(vm.metadata.name, self._hurry, vm)
+            elif uid in self.migrations.jobs:
+                self._guarded(vm.metadata.name, self.migrations.check_abort, vm)
         if synced:
             for uid in list(self.launchers):
                 if uid not in desired and uid not in self.busy:
-                    self._guarded(uid, self._stop, uid, release=None)
+                    launcher = self.launchers[uid]
+                    if self.migrations.removable(launcher):  # never start a launcher to stop it
+                        self._in_pool(uid, self.migrations.remove_incoming, launcher)
+                    else:
+                        self._guarded(uid, self._stop, uid, release=None)
 
     def _guarded(self, what: str, step, *args, **kwargs) -> None:
         """One VM's trouble must not hold up the others."""
@@ -182,10 +197,14 @@ class NodeAgent:
             if vm.status.phase in RUNNABLE:
                 self._start(vm)
         elif not launcher.finished and not launcher.running():
-            self._restart_launcher(vm, launcher)
+            if not self.migrations.holds_back(vm, launcher):
+                self._restart_launcher(vm, launcher)
         elif not launcher.finished and self._end_requested(vm, uid):
             self._in_pool(uid, self._end_run, vm, launcher)
         else:
+            self.migrations.adopted(vm, launcher)  # no-op unless the run just arrived by migration
+            if not launcher.finished and self.migrations.reconcile_source(vm, launcher):
+                return
             self._keep_lock(vm, launcher)
             self._report(vm, launcher)
 
@@ -484,6 +503,8 @@ class NodeAgent:
         launcher.remove_dir()
         self.launchers.pop(launcher.uid, None)
         self.reported.pop(launcher.uid, None)
+        self.hurried.discard(launcher.uid)
+        self.save_failed.discard(launcher.uid)
         self._unlock(launcher)
         if release is not None:
             self._release(release)
