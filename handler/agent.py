@@ -70,7 +70,7 @@ class NodeAgent:
         self.synced = False
         self.launchers: dict[str, Launcher] = {}  # by uid
         self.busy: set[str] = set()  # uids with a stop in progress
-        self.reported: dict[str, tuple] = {}
+        self.reported: dict[str, tuple] = {}  # by run (instance uid): the last report sent
         self.locks = locks
         self.deadline = deadline
         self.locked: dict[str, int] = {}  # instance uid -> lease id its lock is bound to
@@ -437,7 +437,7 @@ class NodeAgent:
         paused = status is not None and status.state == DS.DOMAIN_STATE_PAUSED
         guest = status.guest if status is not None and status.HasField("guest") else vm_pb2.GuestInfo()
         key = (phase, reason, message, serial, paused, guest.SerializeToString(deterministic=True))
-        last_key, last_time = self.reported.get(vm.metadata.uid, (None, 0.0))
+        last_key, last_time = self.reported.get(launcher.uid, (None, 0.0))
         if last_key == key and (vm.status.phase == phase or time.monotonic() - last_time < REPORT_AGAIN_SECONDS):
             return True
         try:
@@ -449,7 +449,7 @@ class NodeAgent:
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.warning("vm %s: report %s failed: %s", vm.metadata.name, vm_status.phase_name(phase), detail)
             return False
-        self.reported[vm.metadata.uid] = (key, time.monotonic())
+        self.reported[launcher.uid] = (key, time.monotonic())
         return True
 
     def _finish(self, launcher: Launcher) -> None:
