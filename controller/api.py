@@ -70,6 +70,32 @@ def _ready_nodes(store: Store) -> set[str] | None:
         return None
 
 
+def watch_objects(store: Store, kind, request, context):
+    """(event type, object, revision) for a Watch request (resource_version, label_selector):
+    the current objects as ADDED first when it asks from 0, then every change after."""
+    selector = parse_selector(request.label_selector)
+    if request.resource_version < 0:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "resource_version must not be negative")
+    start = request.resource_version
+    if start == 0:
+        objects, start = store.list_all(kind)
+        for obj in objects:
+            if matches(selector, obj.metadata.labels):
+                yield meta_pb2.WATCH_EVENT_TYPE_ADDED, obj, obj.metadata.resource_version
+    with store.watch(kind, start_revision=start + 1) as watch:
+        for event in watch.events(timeout=WATCH_POLL_SECONDS):
+            if not context.is_active():
+                return
+            if event is None or not matches(selector, event.obj.metadata.labels):
+                continue
+            if event.kind == "delete":
+                yield meta_pb2.WATCH_EVENT_TYPE_DELETED, event.obj, event.revision
+            elif event.created:
+                yield meta_pb2.WATCH_EVENT_TYPE_ADDED, event.obj, event.revision
+            else:
+                yield meta_pb2.WATCH_EVENT_TYPE_MODIFIED, event.obj, event.revision
+
+
 class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     def __init__(self, *, store: Store, node_agents: NodeAgents | None = None) -> None:
         self.store = store
@@ -159,32 +185,9 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
 
     @grpc_errors
     def WatchVirtualMachines(self, request, context):
-        selector = parse_selector(request.label_selector)
-        if request.resource_version < 0:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "resource_version must not be negative")
-        start = request.resource_version
-        if start == 0:
-            vms, start = self.store.list_all(VMS)
-            for vm in vms:
-                if matches(selector, vm.metadata.labels):
-                    yield vm_pb2.WatchVirtualMachinesResponse(
-                        type=meta_pb2.WATCH_EVENT_TYPE_ADDED, virtual_machine=present(vm, None),
-                        resource_version=vm.metadata.resource_version)
-        with self.store.watch(VMS, start_revision=start + 1) as watch:
-            for event in watch.events(timeout=WATCH_POLL_SECONDS):
-                if not context.is_active():
-                    return
-                if event is None or not matches(selector, event.obj.metadata.labels):
-                    continue
-                if event.kind == "delete":
-                    kind = meta_pb2.WATCH_EVENT_TYPE_DELETED
-                elif event.created:
-                    kind = meta_pb2.WATCH_EVENT_TYPE_ADDED
-                else:
-                    kind = meta_pb2.WATCH_EVENT_TYPE_MODIFIED
-                yield vm_pb2.WatchVirtualMachinesResponse(
-                    type=kind, virtual_machine=present(event.obj, None), resource_version=event.revision)
-
+        for kind, vm, revision in watch_objects(self.store, VMS, request, context):
+            yield vm_pb2.WatchVirtualMachinesResponse(type=kind, virtual_machine=present(vm, None),
+                                                      resource_version=revision)
 
     # -- verbs ----------------------------------------------------------------------------
     def _change(self, name: str, decide: Callable[[vm_pb2.VirtualMachine], bool]) -> vm_pb2.VirtualMachine:

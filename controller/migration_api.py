@@ -9,19 +9,18 @@ import uuid
 import grpc
 
 from controller import pagination
-from controller.api import list_page
+from controller.api import list_page, watch_objects
 from controller.errors import RequestError, grpc_errors
 from controller.migrations import ACTIVE_PHASES, FINAL_PHASES, new_name, phase_name, set_phase
 from corral import status as vm_status
 from corral.resources import MIGRATIONS, VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Store
-from corral.v1 import meta_pb2, migration_pb2, migration_pb2_grpc, vm_pb2
+from corral.v1 import migration_pb2, migration_pb2_grpc, vm_pb2
 from corral.validation import ValidationError, label_problems, name_problem
 
 log = logging.getLogger(__name__)
 M = migration_pb2
-WATCH_POLL_SECONDS = 1.0
 
 
 def _check_name(name: str, field: str = "name") -> None:
@@ -96,25 +95,8 @@ class MigrationService(migration_pb2_grpc.MigrationServiceServicer):
 
     @grpc_errors
     def WatchMigrations(self, request, context):
-        selector = parse_selector(request.label_selector)
-        if request.resource_version < 0:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "resource_version must not be negative")
-        start = request.resource_version
-        if start == 0:
-            items, start = self.store.list_all(MIGRATIONS)
-            for item in items:
-                if matches(selector, item.metadata.labels):
-                    yield M.WatchMigrationsResponse(type=meta_pb2.WATCH_EVENT_TYPE_ADDED, migration=item,
-                                                    resource_version=item.metadata.resource_version)
-        with self.store.watch(MIGRATIONS, start_revision=start + 1) as watch:
-            for event in watch.events(timeout=WATCH_POLL_SECONDS):
-                if not context.is_active():
-                    return
-                if event is None or not matches(selector, event.obj.metadata.labels):
-                    continue
-                kind = (meta_pb2.WATCH_EVENT_TYPE_DELETED if event.kind == "delete" else
-                        meta_pb2.WATCH_EVENT_TYPE_ADDED if event.created else meta_pb2.WATCH_EVENT_TYPE_MODIFIED)
-                yield M.WatchMigrationsResponse(type=kind, migration=event.obj, resource_version=event.revision)
+        for kind, migration, revision in watch_objects(self.store, MIGRATIONS, request, context):
+            yield M.WatchMigrationsResponse(type=kind, migration=migration, resource_version=revision)
 
     @grpc_errors
     def CancelMigration(self, request, context):

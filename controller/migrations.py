@@ -113,8 +113,10 @@ def choose_target(vm: vm_pb2.VirtualMachine, migration: migration_pb2.Migration,
         why = scheduling.misfit(view, vm.spec)
         return (wanted, "") if why is None else (None, f"node {wanted!r}: {why}")
     others = {name: view for name, view in views.items() if name != source}
+    if not others:
+        return None, f"no node other than {source} is registered"
     chosen, why = scheduling.choose_node(vm.spec, others)
-    return chosen, why
+    return chosen, why.replace(" nodes are available", " other nodes are available")
 
 
 def admitted(migration: migration_pb2.Migration, vm: vm_pb2.VirtualMachine,

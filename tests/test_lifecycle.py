@@ -43,6 +43,19 @@ def running_run(cluster, name: str, *, other_than: str = "", timeout: float = 90
     return wait_for(check, timeout=timeout, what=f"a new run of {name} to boot")
 
 
+def four_strategies_running(cluster) -> tuple[dict[str, int], dict[str, str]]:
+    """A VM per run strategy but Halted, all booted: (strategy by name, run uid by name)."""
+    cluster.start_controller()
+    cluster.start_handler("n1")
+    strategies = {"always": P.RUN_STRATEGY_ALWAYS, "rerun": P.RUN_STRATEGY_RERUN_ON_FAILURE,
+                  "manual": P.RUN_STRATEGY_MANUAL, "once": P.RUN_STRATEGY_ONCE}
+    for name, strategy in strategies.items():
+        vm = cluster.guest_vm(name)
+        vm.spec.run_strategy = strategy
+        cluster.create(vm)
+    return strategies, {name: running_run(cluster, name, timeout=120).status.instance_uid for name in strategies}
+
+
 def test_stop_start_restart_keep_one_run_at_a_time_and_a_history(cluster):
     cluster.start_controller()
     cluster.start_handler("n1")
@@ -88,15 +101,7 @@ def test_stop_start_restart_keep_one_run_at_a_time_and_a_history(cluster):
 
 
 def test_a_crash_is_handled_per_run_strategy_with_back_off(cluster):
-    cluster.start_controller()
-    cluster.start_handler("n1")
-    strategies = {"always": P.RUN_STRATEGY_ALWAYS, "rerun": P.RUN_STRATEGY_RERUN_ON_FAILURE,
-                  "manual": P.RUN_STRATEGY_MANUAL, "once": P.RUN_STRATEGY_ONCE}
-    for name, strategy in strategies.items():
-        vm = cluster.guest_vm(name)
-        vm.spec.run_strategy = strategy
-        cluster.create(vm)
-    runs = {name: running_run(cluster, name, timeout=120).status.instance_uid for name in strategies}
+    strategies, runs = four_strategies_running(cluster)
 
     # A launcher that dies is not the end of the run: a new launcher adopts the same guest.
     launcher = [pid for pid in pids_mentioning(runs["once"].replace("-", "")[:12]) if pid != qemu_pid_for(runs["once"])]
@@ -170,15 +175,7 @@ def test_save_and_restore_on_another_node_resumes_the_guest(cluster):
 
 
 def test_a_guest_that_powers_off_is_handled_per_run_strategy(cluster):
-    cluster.start_controller()
-    cluster.start_handler("n1")
-    strategies = {"always": P.RUN_STRATEGY_ALWAYS, "rerun": P.RUN_STRATEGY_RERUN_ON_FAILURE,
-                  "manual": P.RUN_STRATEGY_MANUAL, "once": P.RUN_STRATEGY_ONCE}
-    for name, strategy in strategies.items():
-        vm = cluster.guest_vm(name)
-        vm.spec.run_strategy = strategy
-        cluster.create(vm)
-    runs = {name: running_run(cluster, name, timeout=120).status.instance_uid for name in strategies}
+    strategies, runs = four_strategies_running(cluster)
     for name in strategies:
         console = Console(cluster.vms, name)
         try:
