@@ -169,7 +169,8 @@ def vm_to_manifest(vm: vm_pb2.VirtualMachine) -> dict[str, Any]:
 
 
 def _normalize_spec(spec: Any) -> Any:
-    """Lets disk formats be written ``raw``/``qcow2`` as well as ``DISK_FORMAT_RAW``."""
+    """Lets disk formats be written ``raw``/``qcow2`` as well as ``DISK_FORMAT_RAW``, and run
+    and eviction strategies as KubeVirt writes them (``Always``, ``LiveMigrateIfPossible``)."""
     if not isinstance(spec, Mapping):
         return spec
     spec = dict(spec)
@@ -183,7 +184,16 @@ def _normalize_spec(spec: Any) -> Any:
     disks = spec.get("disks")
     if isinstance(disks, list):
         spec["disks"] = [_normalize_disk(disk) for disk in disks]
+    for key, prefix in (("runStrategy", "RUN_STRATEGY_"), ("evictionStrategy", "EVICTION_STRATEGY_")):
+        value = spec.get(key)
+        if isinstance(value, str) and not value.startswith(prefix):
+            spec[key] = prefix + _upper_snake(value)  # KubeVirt's spelling: Always, LiveMigrate
     return spec
+
+
+def _upper_snake(camel: str) -> str:
+    """RerunOnFailure -> RERUN_ON_FAILURE."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", camel).upper()
 
 
 def _normalize_disk(disk: Any) -> Any:

@@ -327,3 +327,38 @@ def test_describe_node():
     node.status.address = "10.0.0.1:7200"
     text = printing.describe_node(node, now=NOW)
     assert "node-1" in text and "NotReady" in text and "10.0.0.1:7200" in text
+
+
+def test_every_example_manifest_parses_and_validates():
+    from corral.validation import validate_new_vm
+    examples = sorted(EXAMPLE.parent.glob("*.yaml"))
+    assert len(examples) >= 5
+    for path in examples:
+        for vm in manifest.parse_vms(path.read_text(), str(path)):
+            validate_new_vm(vm)
+
+
+def test_strategies_may_be_written_as_kubevirt_does():
+    text = EXAMPLE.read_text().replace("spec:\n", "spec:\n  runStrategy: RerunOnFailure\n"
+                                       "  evictionStrategy: LiveMigrateIfPossible\n", 1)
+    vm = manifest.parse_vms(text)[0]
+    assert vm.spec.run_strategy == vm_pb2.RUN_STRATEGY_RERUN_ON_FAILURE
+    assert vm.spec.eviction_strategy == vm_pb2.EVICTION_STRATEGY_LIVE_MIGRATE_IF_POSSIBLE
+    with pytest.raises(manifest.ManifestError, match="runStrategy"):
+        manifest.parse_vms(EXAMPLE.read_text().replace("spec:\n", "spec:\n  runStrategy: Sometimes\n", 1))
+
+
+def test_describe_shows_status_runs_events_and_the_guest_agent():
+    vm = make_vm("demo", vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, "node-1", {})
+    vm.status.printable_status = "Paused"
+    vm.status.runs.add(instance_uid="0123456789abcdef", node_name="node-0", phase=vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED,
+                       reason="Crashed", end_time=Timestamp(seconds=int(NOW.timestamp()) - 60))
+    vm.status.events.add(reason="PauseRequested", message="pause requested", type=vm_pb2.EVENT_TYPE_NORMAL,
+                         time=Timestamp(seconds=int(NOW.timestamp()) - 5))
+    guest = vm.status.guest
+    guest.agent_connected, guest.os_name, guest.os_version, guest.kernel_release = True, "Debian", "12", "6.1.0"
+    guest.interfaces.add(name="eth0", mac_address="02:00:00:00:00:01", ip_addresses=["10.0.2.15/24"])
+    text = printing.describe_vm(vm, now=NOW)
+    for expected in ("Status:", "Paused", "Runs:", "01234567", "Crashed", "Events:", "PauseRequested",
+                     "Guest Agent:", "connected", "Debian 12", "Interface eth0:", "10.0.2.15/24"):
+        assert expected in text, (expected, text)
