@@ -160,10 +160,15 @@ def seed_capabilities_cache(root: str, cache_dir: str) -> int:
     libvirt re-validates each file (QEMU binary ctime, libvirt version, kernel), so a stale
     cache only costs a re-probe. Returns the number of files copied.
     """
+    return seed_capabilities_dir(_capabilities_dir(root), cache_dir)
+
+
+def seed_capabilities_dir(target: str, cache_dir: str) -> int:
+    """Copy the shared cache's files into ``target`` (a libvirt capabilities directory:
+    an embed root's, or a session daemon's, see launcher/session.py)."""
     files = glob.glob(os.path.join(cache_dir, "*.xml"))
     if not files:
         return 0
-    target = _capabilities_dir(root)
     os.makedirs(target, exist_ok=True)
     for path in files:
         _copy_atomically(path, target)
@@ -172,9 +177,14 @@ def seed_capabilities_cache(root: str, cache_dir: str) -> int:
 
 def save_capabilities_cache(root: str, cache_dir: str) -> int:
     """Copy the embed root's capabilities files back to the shared cache if they differ."""
+    return save_capabilities_dir(_capabilities_dir(root), cache_dir)
+
+
+def save_capabilities_dir(source: str, cache_dir: str) -> int:
+    """Copy a libvirt capabilities directory's files to the shared cache if they differ."""
     os.makedirs(cache_dir, exist_ok=True)
     copied = 0
-    for path in glob.glob(os.path.join(_capabilities_dir(root), "*.xml")):
+    for path in glob.glob(os.path.join(source, "*.xml")):
         if not _same_content(path, os.path.join(cache_dir, os.path.basename(path))):
             _copy_atomically(path, cache_dir)
             copied += 1
@@ -191,6 +201,9 @@ def warm_capabilities_cache(root: str, cache_dir: str) -> int:
     host.open()
     try:
         host.conn.getDomainCapabilities(None, os.uname().machine, None, "qemu")
+        # Every installed emulator (qemu-system-i386 too): a session daemon's first defineXML
+        # asks for the host capabilities, which probes them all (~4 s each when not cached).
+        host.conn.getCapabilities()
     except libvirt.libvirtError as e:
         raise classify(e) from e
     return save_capabilities_cache(root, cache_dir)
@@ -310,9 +323,11 @@ class Guest:
 class Host:
     """The libvirt connection plus the default event loop that embed mode needs."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, pid_dir: str | None = None) -> None:
         self.uri = uri
         self.root = embed_root(uri)
+        # Where libvirt keeps QEMU's NAME.pid (embed: ROOT/run/qemu; session: given).
+        self.pid_dir = pid_dir or (os.path.join(self.root, "run", "qemu") if self.root else None)
         self._conn: libvirt.virConnect | None = None
         self._callbacks: list[Callable[[LifecycleEvent], None]] = []
 
@@ -381,9 +396,9 @@ class Host:
 
     def qemu_pid(self, name: str, uuid: str) -> int:
         """QEMU's pid: the embed root's pid file, else the process whose -uuid matches."""
-        if self.root:
+        if self.pid_dir:
             try:
-                with open(os.path.join(self.root, "run", "qemu", f"{name}.pid")) as f:
+                with open(os.path.join(self.pid_dir, f"{name}.pid")) as f:
                     return int(f.read().strip())
             except (OSError, ValueError):
                 pass

@@ -43,6 +43,15 @@ launcher/privileges.py): started as root, the launcher joins the cgroups named b
 ``--cgroup PROCS_FILE`` and becomes DIR's owner before it opens anything in DIR; the
 embedded driver then runs QEMU as that user too. DIR stays 0700.
 
+``--libvirt-mode session`` (needs ``--isolate`` or a non-root start: the handler refuses it
+without isolation): instead of the embedded driver the launcher runs the run's own
+``libvirtd``/``virtlogd`` as the VM user and connects to ``qemu:///session`` (see
+launcher/session.py: why, layout, pid files); a restarted launcher reconnects to them. When
+the run ends (ShutdownDomain, KillDomain, SaveDomain, a finished migration) the launcher
+stops them; after SIGTERM they stay with the guest. Session mode is what makes a VM a live
+migration peer: ``DIR/incoming`` (written by the handler before it starts the launcher)
+makes the launcher a migration target that never boots the guest itself (launcher/migration.py).
+
 Exit codes: 0 after a stop RPC or a signal; 1 if vm.binpb is unreadable or libvirt
 cannot be opened (e.g. another launcher still holds DIR's embedded driver).
 """
@@ -54,6 +63,7 @@ import logging
 import os
 import signal
 import stat
+import subprocess
 import sys
 from concurrent import futures
 
@@ -61,7 +71,7 @@ import grpc
 
 from corral.v1 import launcher_pb2_grpc, vm_pb2
 
-from launcher import domain_xml, privileges
+from launcher import domain_xml, privileges, session
 from launcher.host import (Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache,
                            warm_capabilities_cache)
 from launcher.fencing import FenceWatch
@@ -130,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capabilities-cache", metavar="CACHEDIR",
                         help="shared QEMU capabilities cache dir (saves ~4 s on the first start)")
     parser.add_argument("--libvirt-uri", help="default: qemu:///embed?root=VM_DIR/libvirt")
+    parser.add_argument("--libvirt-mode", choices=["embed", "session"], default="embed",
+                        help="embed: libvirt's QEMU driver inside this process; session: the run's own "
+                             "libvirtd as the VM user (a live migration peer; needs --isolate)")
     parser.add_argument("--isolate", action="store_true",
                         help="when started as root: join the --cgroup groups, then run as the VM "
                              "directory's owner (never root) with supplementary group kvm")
@@ -168,15 +181,18 @@ def log_to_vm_dir(vm_dir: str) -> None:
     os.close(devnull)
 
 
-def warm_cache(scratch: str, cache_dir: str | None) -> int:
+def warm_cache(scratch: str, cache_dir: str | None, mode: str = "embed") -> int:
     if not cache_dir:
         log.error("--warm-cache needs --capabilities-cache")
         return 2
     os.makedirs(scratch, mode=0o711, exist_ok=True)
     ensure_traversable(scratch)
     try:
-        n = warm_capabilities_cache(os.path.join(scratch, "libvirt"), cache_dir)
-    except LauncherError as e:
+        if mode == "session":  # a session daemon does not take an embed-probed cache
+            n = session.warm_capabilities(scratch, cache_dir)
+        else:
+            n = warm_capabilities_cache(os.path.join(scratch, "libvirt"), cache_dir)
+    except (LauncherError, OSError, subprocess.SubprocessError) as e:
         log.error("cannot probe QEMU's capabilities: %s", e)
         return 1
     log.info("capabilities cache %s warm (%d file(s) updated)", cache_dir, n)
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if args.warm_cache:
-        _exit(warm_cache(args.warm_cache, args.capabilities_cache))
+        _exit(warm_cache(args.warm_cache, args.capabilities_cache, args.libvirt_mode))
     vm_dir = os.path.abspath(wait_for_assignment() if args.spare else args.vm_dir)
     if args.isolate:
         # Before anything in vm_dir is opened: it belongs to the VM's user.
@@ -227,7 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     emulation = {"on": True, "off": False}.get(args.emulation)
     if emulation is None:
         emulation = not kvm_usable()
-    uri = args.libvirt_uri or f"qemu:///embed?root={os.path.join(vm_dir, 'libvirt')}"
+    session_mode = args.libvirt_mode == "session"
+    if session_mode:
+        if os.geteuid() == 0:
+            log.error("--libvirt-mode session runs libvirtd as the VM's user: use --isolate")
+            _exit(1)
+        if len(vm_dir.encode()) > MAX_VM_DIR - 8:  # .config/libvirt/qemu/lib/... is 8 bytes deeper
+            log.warning("vm dir is %d bytes; above %d, the session daemon's QEMU monitor socket may "
+                        "exceed the unix socket path limit", len(vm_dir.encode()), MAX_VM_DIR - 8)
+        session.prepare(vm_dir)
+        if not session.answers(session.libvirt_socket(vm_dir)):  # a running daemon has its cache
+            session.seed_capabilities(vm_dir, args.capabilities_cache)
+        try:
+            session.start_daemons(vm_dir)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.error("cannot start the session daemons: %s", e)
+            _exit(1)
+    uri = args.libvirt_uri or (session.uri(vm_dir) if session_mode
+                               else f"qemu:///embed?root={os.path.join(vm_dir, 'libvirt')}")
     root = embed_root(uri)
     if root:
         prepare_embed_root(root)
@@ -238,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 log.warning("cannot seed capabilities cache: %s", e)
 
-    host = Host(uri)
+    host = Host(uri, pid_dir=session.qemu_pid_dir(vm_dir) if session_mode else None)
     try:
         host.open()
     except LauncherError as e:
@@ -252,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                                        agent_socket_path=os.path.join(vm_dir, AGENT_SOCKET),
                                        run_dir=vm_dir, block_devices=block_devices(vm))
     supervisor = Supervisor(vm, vm_dir, host, options, args.capabilities_cache)
+    if supervisor.incoming:
+        log.info("incoming: waiting for the guest to arrive by live migration")
 
     sock = os.path.join(vm_dir, SOCKET_NAME)
     if os.path.exists(sock):
@@ -286,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         os.unlink(sock)
     except FileNotFoundError:
         pass
+    if session_mode and supervisor.finished:
+        session.stop_daemons(vm_dir)  # the run is over: its daemons go with it
     log.info("launcher exiting")
     _exit(0)
     return 0

@@ -12,7 +12,7 @@ import grpc
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc
 
-from launcher import console, domain_xml
+from launcher import console, domain_xml, migration, session
 from launcher.host import DomainNotFound, DomainOperationFailed, HypervisorUnavailable, LauncherError
 from launcher.supervisor import Supervisor
 
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def _abort(context: grpc.ServicerContext, error: LauncherError) -> None:
     """Map a typed launcher error to a status code (context.abort raises)."""
-    if isinstance(error, HypervisorUnavailable):
+    if isinstance(error, migration.MigrationAborted):
+        code = grpc.StatusCode.ABORTED
+    elif isinstance(error, HypervisorUnavailable):
         code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(error, DomainNotFound):
         code = grpc.StatusCode.NOT_FOUND
@@ -119,3 +121,41 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
         context.add_callback(session.close)
         for data in console.pump(session, (r.data for r in request_iterator), context.is_active):
             yield launcher_pb2.AttachConsoleResponse(data=data)
+
+    # --- live migration (launcher/migration.py) -------------------------------------------
+
+    def PrepareIncoming(self, request: launcher_pb2.PrepareIncomingRequest,
+                        context: grpc.ServicerContext) -> launcher_pb2.PrepareIncomingResponse:
+        try:
+            xml = self._sup.prepare_incoming()
+        except LauncherError as e:
+            _abort(context, e)
+        return launcher_pb2.PrepareIncomingResponse(
+            domain_xml=xml, libvirt_socket_path=session.libvirt_socket(self._sup.vm_dir))
+
+    def MigrateDomain(self, request: launcher_pb2.MigrateDomainRequest,
+                      context: grpc.ServicerContext) -> Iterator[launcher_pb2.MigrateDomainResponse]:
+        """Progress of the (new or already running) job; the last message has done set, or
+        the stream ends with ABORTED (cancelled, timeouts) or another error status."""
+        if not request.destination_uri or not request.migration_uri:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "destination_uri and migration_uri are required")
+        try:
+            job = self._sup.migrate(request)
+        except LauncherError as e:
+            log.warning("MigrateDomain refused: %s", e)
+            _abort(context, e)
+        seen = job.board.latest()
+        while context.is_active():
+            fresh, ended, error = job.board.wait(seen, timeout=1.0)
+            seen += len(fresh)
+            yield from fresh
+            if ended:
+                if error is not None:
+                    _abort(context, error)
+                return
+
+    def AbortMigration(self, request: launcher_pb2.AbortMigrationRequest,
+                       context: grpc.ServicerContext) -> launcher_pb2.AbortMigrationResponse:
+        """Idempotent: without a running job there is nothing to abort."""
+        self._sup.abort_migration()
+        return launcher_pb2.AbortMigrationResponse()

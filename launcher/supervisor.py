@@ -15,7 +15,7 @@ import libvirt
 
 from corral.v1 import launcher_pb2, vm_pb2
 
-from launcher import domain_xml
+from launcher import domain_xml, migration
 from launcher.guest_agent import GuestAgentPoller
 from launcher.host import (DomainNotFound, DomainNotRunning, Guest, Host, LauncherError,
                            LifecycleEvent, save_capabilities_cache, translate_state)
@@ -84,11 +84,21 @@ class Supervisor:
         self._saved_path = ""
         self._final: launcher_pb2.DomainStatus | None = None
         self._events: queue.Queue[LifecycleEvent | None] = queue.Queue()
+        # A migration target until the guest arrives (launcher/migration.py): never boots it.
+        self.incoming = migration.is_incoming(vm_dir) and not os.path.exists(self.marker_path)
+        self._arrival_note = ""
+        self._migration: migration.MigrationJob | None = None
         # Polls qemu-ga in its own thread; a change wakes the refresh loop (None event).
         self.agent = GuestAgentPoller(lambda: self._guest.domain if self._guest else None,
                                       on_change=lambda: self._events.put(None))
-        self.board = StatusBoard(self._status(pb.DOMAIN_STATE_STARTING, "starting"))
+        self.board = StatusBoard(self._status(pb.DOMAIN_STATE_STARTING,
+                                              "incoming" if self.incoming else "starting"))
         host.on_lifecycle(self._events.put)
+
+    @property
+    def finished(self) -> bool:
+        """The run ended here (stop RPC, save, migrated away): not just the launcher exiting."""
+        return self._final is not None
 
     @property
     def marker_path(self) -> str:
@@ -125,6 +135,11 @@ class Supervisor:
         except DomainNotFound:
             guest = None
         marker = os.path.exists(self.marker_path)
+        if self.incoming:
+            # Only a finished migration creates the guest here: never define or boot it.
+            if guest is not None:
+                self._adopt_arrival(guest)
+            return
         if guest is not None and guest.is_active():
             log.info("adopting running domain %s (qemu pid %d)", guest.name, guest.qemu_pid())
             self._guest = guest
@@ -176,9 +191,21 @@ class Supervisor:
         if self._final is not None:
             return
         guest = self._guest
+        if guest is None and self.incoming and self._start_error is None:
+            try:
+                self._adopt_arrival(self.host.lookup(domain_xml.domain_uuid(self.vm)))
+            except DomainNotFound:
+                pass
+            guest = self._guest
+            if guest is None:
+                self.board.publish(self._status(pb.DOMAIN_STATE_STARTING, "incoming",
+                                                "waiting for the guest to arrive by live migration"))
+                return
         if guest is None:
             if self._start_error is not None:
                 self.board.publish(self._status(pb.DOMAIN_STATE_CRASHED, "failed", self._start_error))
+            elif os.path.exists(self.marker_path) and os.path.exists(self._outgoing_marker):
+                self.board.publish(self._left_status())
             elif os.path.exists(self.marker_path):
                 self.board.publish(self._status(pb.DOMAIN_STATE_SHUTOFF, "undefined",
                                                 "the domain already ran and was removed"))
@@ -187,6 +214,8 @@ class Supervisor:
             raw_state, raw_reason = guest.state()
             pid = guest.qemu_pid()
         except DomainNotFound:
+            if self._migration is None and os.path.exists(self._outgoing_marker):
+                self.board.publish(self._left_status())  # an earlier launcher's migration finished
             return  # undefined during shutdown; the final status is published there
         state, reason = translate_state(raw_state, raw_reason)
         message = ""
@@ -198,6 +227,8 @@ class Supervisor:
             message = "QEMU exited unexpectedly"
         elif state == pb.DOMAIN_STATE_RUNNING and self._shutting_down:
             state, reason = pb.DOMAIN_STATE_SHUTTING_DOWN, "shutdown-requested"
+        elif state == pb.DOMAIN_STATE_RUNNING and reason == "migrated":
+            message = self._arrival_note
         self.board.publish(self._status(state, reason, message, pid))
 
     # --- pause, resume, reboot, reset ----------------------------------------------------
@@ -296,6 +327,8 @@ class Supervisor:
             self._fenced = message
             if self._guest is None:
                 self._start_error = message  # never start it
+                if self.incoming:
+                    self._drop_incoming()  # nor let a migration bring it here
             elif self._final is None:
                 try:
                     self._guest.destroy()
@@ -316,6 +349,8 @@ class Supervisor:
 
     def _finish_locked(self) -> launcher_pb2.DomainStatus:
         self._shutting_down = False
+        if self._guest is None and self.incoming:
+            self._drop_incoming()
         self.refresh()  # the stopped state, read before undefine makes it unreadable
         final = self.board.current()
         if final.state in (pb.DOMAIN_STATE_RUNNING, pb.DOMAIN_STATE_PAUSED,
@@ -332,6 +367,114 @@ class Supervisor:
         self.board.close()
         self.exit_requested.set()
         return final
+
+
+    # --- live migration (launcher/migration.py) ----------------------------------------
+
+    def _adopt_arrival(self, guest: Guest) -> None:
+        """Make the migrated-in domain this run's guest once the migration finished."""
+        if not migration.arrived(guest.domain):
+            return
+        self._arrival_note = migration.arrival_note(guest.domain)
+        with open(self.marker_path, "w") as f:
+            f.write(f"{time.time():.3f}\n")
+        self._guest = guest
+        self.incoming = False
+        log.info("guest arrived by live migration (%s); adopting domain %s (qemu pid %d)",
+                 self._arrival_note, guest.name, guest.qemu_pid())
+
+    def _drop_incoming(self) -> None:
+        """The run ends before the guest arrived: stop a migration that is still coming in
+        (its QEMU would otherwise outlive the session daemon)."""
+        try:
+            guest = self.host.lookup(domain_xml.domain_uuid(self.vm))
+        except LauncherError:
+            return
+        log.info("destroying the half-arrived incoming domain %s", guest.name)
+        try:
+            guest.destroy()
+            guest.undefine()
+        except LauncherError as e:
+            log.warning("cannot destroy the incoming domain: %s", e)
+
+    def prepare_incoming(self) -> str:
+        """The domain XML for this node's paths (the source sends it as DEST_XML)."""
+        if not self.incoming:
+            raise DomainNotRunning("not a migration target (no incoming marker, or the guest already arrived)")
+        try:
+            return domain_xml.build_domain_xml(self.vm, self.options)
+        except ValueError as e:
+            raise _InvalidSpec(f"invalid VM spec: {e}") from e
+
+    def migrate(self, request: launcher_pb2.MigrateDomainRequest) -> migration.MigrationJob:
+        """Start the outgoing migration, or return the job already running (re-attach)."""
+        with self._op_lock:
+            job = self._migration
+            if job is not None and not job.board.ended:
+                log.info("MigrateDomain: re-attaching to the running migration")
+                return job
+            guest = self._guest
+            if (job is None and os.path.exists(self._outgoing_marker) and self._final is None
+                    and (guest is None or not _active(guest) or migration.outgoing_job_running(guest.domain))):
+                # An earlier launcher of this run started a job that still runs or moved the
+                # guest already: follow it to its end rather than start another.
+                attach = True
+            else:
+                guest, _state = self._live_guest_locked("migrate")
+                attach = migration.outgoing_job_running(guest.domain)
+            allow_post_copy = request.allow_post_copy and migration.post_copy_usable()
+            if request.allow_post_copy and not allow_post_copy:
+                log.warning("post-copy allowed but unusable (%s is not 1): pre-copy only", migration.UFFD_SYSCTL)
+            if attach:
+                log.info("MigrateDomain: following the migration an earlier launcher started")
+            with open(self._outgoing_marker, "w") as f:
+                f.write(f"{request.destination_uri}\n")
+            plan = migration.Plan.from_request(request, post_copy=allow_post_copy)
+            job = migration.MigrationJob(guest.domain if guest else None, plan, on_success=self._migrated,
+                                         on_failure=self._migration_failed, attach=attach)
+            self._migration = job
+            job.start()
+            return job
+
+    @property
+    def _outgoing_marker(self) -> str:
+        return os.path.join(self.vm_dir, migration.OUTGOING_MARKER)
+
+    def _migration_failed(self) -> None:
+        """The guest stayed here: forget the job's marker, refresh the status."""
+        try:
+            os.unlink(self._outgoing_marker)
+        except FileNotFoundError:
+            pass
+        self._events.put(None)
+
+    def _left_status(self) -> launcher_pb2.DomainStatus:
+        return self._status(pb.DOMAIN_STATE_SHUTOFF, "migrated",
+                            "the guest left by live migration (before this launcher started)")
+
+    def abort_migration(self) -> None:
+        job = self._migration
+        if job is not None:
+            job.abort("cancelled")
+
+    def _migrated(self, downtime_ms: int) -> None:
+        """The guest runs on the target and the source domain is gone: the run ends here."""
+        with self._op_lock:
+            if self._final is not None:
+                return
+            note = f"migrated out, downtime {downtime_ms} ms" if downtime_ms else "migrated out"
+            final = self._status(pb.DOMAIN_STATE_SHUTOFF, "migrated", note, 0)
+            self.board.publish(final)
+            self._final = final
+            self.board.close()
+            self.exit_requested.set()
+
+
+def _active(guest: Guest) -> bool:
+    try:
+        return guest.is_active()
+    except LauncherError:
+        return False
 
 
 class _InvalidSpec(LauncherError):

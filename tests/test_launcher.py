@@ -47,18 +47,42 @@ def guest_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def capabilities_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("capcache")
+def capabilities_cache() -> Iterator[Path]:
+    # World-readable (not below pytest's 0700 tmp dir): session-mode launchers run as VM users.
+    path = Path(tempfile.mkdtemp(prefix="corral-capcache-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+#: Session-mode launchers run as their own (unnamed) uid, like the handler's isolation does.
+SESSION_UID_BASE = 231000
+
+
+def kill_uid(uid: int) -> None:
+    """Every process of a test VM user (its session libvirtd, virtlogd, QEMU)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 class Launcher:
     """One VM dir plus the launcher processes started on it; cleans up everything."""
 
-    def __init__(self, vm_dir: Path, cache: Path) -> None:
+    def __init__(self, vm_dir: Path, cache: Path, mode: str = "embed", uid: int = 0) -> None:
         self.dir = vm_dir
         self.cache = cache
+        self.mode = mode
+        self.uid = uid
         self.procs: list[subprocess.Popen] = []
         self.qemu_pids: set[int] = set()
+        if mode == "session":
+            os.chown(vm_dir, uid, uid)
+            vm_dir.chmod(0o700)
 
     @property
     def sock(self) -> Path:
@@ -79,7 +103,8 @@ class Launcher:
         log = open(self.dir / "launcher.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "launcher.main", "--vm-dir", str(self.dir),
-             "--emulation", "on", "--capabilities-cache", str(self.cache)],
+             "--emulation", "on", "--capabilities-cache", str(self.cache),
+             *(["--libvirt-mode", "session", "--isolate"] if self.mode == "session" else [])],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs.append(proc)
@@ -130,6 +155,8 @@ class Launcher:
         for pid in self.qemu_pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if self.uid:
+            kill_uid(self.uid)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -141,11 +168,35 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def vm(guest_dir: Path, capabilities_cache: Path) -> Iterator[Launcher]:
+def session_daemons(uid: int) -> list[int]:
+    """pids of live libvirtd/virtlogd processes of uid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid != uid or not pid_alive(int(entry)):
+                    continue
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() in ("libvirtd", "virtlogd"):
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+_next_uid = [SESSION_UID_BASE + (os.getpid() % 1000) * 10]
+
+
+@pytest.fixture(params=["embed", "session"])
+def vm(request: pytest.FixtureRequest, guest_dir: Path, capabilities_cache: Path) -> Iterator[Launcher]:
+    """One VM dir; parametrized over the libvirt modes (session: runs as its own uid)."""
+    mode = request.param
+    if mode == "session" and (os.geteuid() != 0 or shutil.which("libvirtd") is None):
+        pytest.skip("session mode needs root (to run as a VM uid) and libvirtd")
     # A short path: libvirt's monitor socket lives under it and unix paths max out at 107.
     vm_dir = Path(tempfile.mkdtemp(prefix="corral-lt-", dir="/tmp"))
-    lau = Launcher(vm_dir, capabilities_cache)
+    _next_uid[0] += 1
+    lau = Launcher(vm_dir, capabilities_cache, mode, _next_uid[0] if mode == "session" else 0)
     lau.write_vm(str(guest_dir / "vmlinuz"), str(guest_dir / "initrd.gz"))
     yield lau
     lau.cleanup()
@@ -182,6 +233,8 @@ def test_boot_adopt_after_launcher_sigkill_then_kill(vm: Launcher) -> None:
     assert second.wait(timeout=10) == 0
     assert not pid_alive(qemu_pid)
     assert not vm.sock.exists()
+    if vm.mode == "session":
+        assert not session_daemons(vm.uid), "the run's libvirtd/virtlogd must stop with it"
     rest = [m.status for m in watch]  # the stream ends when the launcher exits
     assert rest and rest[-1].state == pb.DOMAIN_STATE_SHUTOFF
 

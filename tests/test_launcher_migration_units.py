@@ -1,0 +1,143 @@
+"""launcher/migration.py without guests: the job's policy (timeouts, abort, post-copy fallback)
+against a scripted stand-in for a libvirt domain."""
+from __future__ import annotations
+
+import threading
+import time
+
+import libvirt
+import pytest
+
+from corral.v1 import launcher_pb2, migration_pb2
+from launcher import migration
+
+pb = launcher_pb2
+GIB = 1 << 30
+
+
+class FakeDomain:
+    """migrateToURI3 blocks until finish() or abortJob(); jobStats() returns ``remaining``."""
+
+    def __init__(self, *, remaining: list[int], refuse_post_copy: bool = False) -> None:
+        self.samples = list(remaining)
+        self.refuse_post_copy = refuse_post_copy
+        self.calls: list[tuple[str, int]] = []
+        self.aborted = threading.Event()
+        self.finished = threading.Event()
+        self.post_copy = False
+
+    def migrateToURI3(self, uri: str, params: dict, flags: int) -> None:
+        self.calls.append((uri, flags))
+        if self.refuse_post_copy and flags & libvirt.VIR_MIGRATE_POSTCOPY:
+            raise libvirt.libvirtError("internal error: unable to execute QEMU command "
+                                       "'migrate-set-capabilities': Postcopy is not supported")
+        while not (self.aborted.is_set() or self.finished.is_set()):
+            time.sleep(0.01)
+        if self.aborted.is_set():
+            raise libvirt.libvirtError("operation aborted: job 'migration out' canceled by client")
+
+    def jobStats(self, flags: int = 0) -> dict:
+        if flags:
+            raise libvirt.libvirtError("Domain not found")
+        remaining = self.samples.pop(0) if len(self.samples) > 1 else self.samples[0]
+        return {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "data_total": GIB,
+                "data_processed": GIB - remaining, "data_remaining": remaining}
+
+    def abortJob(self) -> None:
+        self.aborted.set()
+
+    def migrateStartPostCopy(self) -> None:
+        self.post_copy = True
+
+
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migration, "POLL_SECONDS", 0.02)
+
+
+def run(domain: FakeDomain, request: pb.MigrateDomainRequest, *, post_copy: bool = False,
+        finish_after: float | None = None) -> tuple[list, Exception | None, list]:
+    succeeded: list[int] = []
+    job = migration.MigrationJob(domain, migration.Plan.from_request(request, post_copy=post_copy),
+                                 on_success=succeeded.append, on_failure=lambda: None)
+    job.start()
+    if finish_after is not None:
+        threading.Timer(finish_after, domain.finished.set).start()
+    seen, messages = 0, []
+    while True:
+        fresh, ended, error = job.board.wait(seen, timeout=5)
+        seen += len(fresh)
+        messages += fresh
+        if ended:
+            return messages, error, succeeded
+
+
+def request(**fields) -> pb.MigrateDomainRequest:
+    return pb.MigrateDomainRequest(destination_uri="qemu+unix:///session?socket=/x/mig.sock",
+                                   migration_uri="tcp://10.0.0.2:49152", destination_xml="<domain/>", **fields)
+
+
+def test_plan_params_and_flags() -> None:
+    plan = migration.Plan.from_request(request(listen_address="10.0.0.2", bandwidth_mib_per_second=64,
+                                               allow_auto_converge=True), post_copy=True)
+    assert plan.params == {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.0.0.2:49152",
+                           libvirt.VIR_MIGRATE_PARAM_DEST_XML: "<domain/>",
+                           libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: "<domain/>",
+                           libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "10.0.0.2",
+                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64}
+    for flag in (libvirt.VIR_MIGRATE_LIVE, libvirt.VIR_MIGRATE_PEER2PEER, libvirt.VIR_MIGRATE_PERSIST_DEST,
+                 libvirt.VIR_MIGRATE_UNDEFINE_SOURCE, libvirt.VIR_MIGRATE_AUTO_CONVERGE, libvirt.VIR_MIGRATE_POSTCOPY):
+        assert plan.flags & flag
+    bare = migration.Plan.from_request(request(), post_copy=False)
+    assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in bare.params
+    assert not bare.flags & (libvirt.VIR_MIGRATE_AUTO_CONVERGE | libvirt.VIR_MIGRATE_POSTCOPY)
+
+
+def test_success_ends_with_done() -> None:
+    domain = FakeDomain(remaining=[GIB, GIB // 2, GIB // 4])
+    messages, error, succeeded = run(domain, request(), finish_after=0.3)
+    assert error is None and succeeded == [0]
+    assert messages[-1].done and not any(m.done for m in messages[:-1])
+    assert messages[0].data_total_bytes == GIB
+
+
+def test_no_progress_aborts() -> None:
+    domain = FakeDomain(remaining=[GIB // 2])  # never shrinks
+    messages, error, succeeded = run(domain, request(progress_timeout_seconds=1))
+    assert isinstance(error, migration.MigrationAborted) and "no progress for 1s" in str(error)
+    assert not succeeded and domain.aborted.is_set()
+
+
+def test_completion_timeout_aborts_without_post_copy() -> None:
+    domain = FakeDomain(remaining=list(range(GIB, 0, -1024)))  # progress, slowly
+    _, error, _ = run(domain, request(completion_timeout_seconds=1))
+    assert isinstance(error, migration.MigrationAborted) and "did not complete within 1s" in str(error)
+
+
+def test_completion_timeout_switches_to_post_copy_when_allowed() -> None:
+    domain = FakeDomain(remaining=list(range(GIB, 0, -1024)))
+    threading.Timer(2.0, domain.finished.set).start()
+    messages, error, succeeded = run(domain, request(completion_timeout_seconds=1, allow_post_copy=True),
+                                     post_copy=True)
+    assert error is None and succeeded and domain.post_copy and not domain.aborted.is_set()
+    assert messages[-1].mode == migration_pb2.MIGRATION_MODE_POST_COPY
+
+
+def test_post_copy_refused_by_the_target_falls_back_to_pre_copy() -> None:
+    domain = FakeDomain(remaining=[GIB, 0], refuse_post_copy=True)
+    _, error, succeeded = run(domain, request(allow_post_copy=True), post_copy=True, finish_after=0.3)
+    assert error is None and succeeded
+    assert [bool(flags & libvirt.VIR_MIGRATE_POSTCOPY) for _, flags in domain.calls] == [True, False]
+
+
+def test_abort_is_cancelled() -> None:
+    domain = FakeDomain(remaining=[GIB, GIB // 2])
+    job = migration.MigrationJob(domain, migration.Plan.from_request(request(), post_copy=False),
+                                 on_success=lambda _d: None, on_failure=lambda: None)
+    job.start()
+    time.sleep(0.1)
+    job.abort("cancelled")
+    _, ended, error = job.board.wait(0, timeout=5)
+    while not ended:
+        _, ended, error = job.board.wait(0, timeout=5)
+    assert isinstance(error, migration.MigrationAborted) and str(error) == "cancelled"
