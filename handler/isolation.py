@@ -40,6 +40,29 @@ V1_CONTROLLERS = ("memory", "cpu", "pids")
 
 
 # -- users ------------------------------------------------------------------------------------
+#: Where libvirt locks a console's pty ("LCK.._pts_N" holding the holder's pid).
+CONSOLE_LOCK_DIR = Path("/var/lock")
+
+
+def remove_stale_console_locks(lock_dir: Path = CONSOLE_LOCK_DIR) -> list[Path]:
+    """Remove pty locks whose holder is dead. libvirt removes a stale lock itself, but with
+    per-VM users it cannot remove another user's from the sticky /var/lock, and the next
+    guest given that pty then has no console. Root can; returns what it removed."""
+    removed = []
+    for lock in lock_dir.glob("LCK.._pts_*"):
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid > 0 and not Path(f"/proc/{pid}").exists():
+            try:
+                lock.unlink()
+                removed.append(lock)
+            except OSError:
+                continue
+    return removed
+
+
 def lowest_free(used: set[int], base: int, count: int = UID_COUNT) -> int:
     for candidate in range(base, base + count):
         if candidate not in used:

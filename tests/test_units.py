@@ -1,6 +1,9 @@
 """Unit tests of the pure parts: validation, selectors, scheduling fit, page tokens, status."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from controller import lifecycle, pagination
@@ -212,3 +215,15 @@ def test_handler_refuses_assignments_from_a_deposed_leader(tmp_path):
     assert agent.desired["pet"].status.instance_uid == "run-2"
     agent.set_assignments({"pet": late})
     assert agent.desired["pet"].status.instance_uid == "run-2"
+
+
+def test_stale_console_locks_are_removed_and_live_ones_kept(tmp_path):
+    from handler.isolation import remove_stale_console_locks
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "LCK.._pts_3").write_text(f"{dead.pid:>10}\n")
+    (tmp_path / "LCK.._pts_4").write_text(f"{os.getpid():>10}\n")
+    (tmp_path / "LCK.._pts_5").write_text("garbage\n")
+    (tmp_path / "other").write_text("1\n")
+    assert remove_stale_console_locks(tmp_path) == [tmp_path / "LCK.._pts_3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LCK.._pts_4", "LCK.._pts_5", "other"]
