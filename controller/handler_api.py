@@ -84,6 +84,8 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
             if getattr(request, field) and not getattr(status, field):
                 setattr(status, field, getattr(request, field))
                 changed = True
+        if changed:
+            status.message = f"moved to node {status.target_node}; downtime {status.downtime_ms} ms"
         return False, changed
     if status.phase in (MP.MIGRATION_PHASE_SUCCEEDED, MP.MIGRATION_PHASE_FAILED):
         return False, False

@@ -11,7 +11,7 @@ import grpc
 from controller import pagination
 from controller.api import list_page, watch_objects
 from controller.errors import RequestError, grpc_errors
-from controller.migrations import ACTIVE_PHASES, FINAL_PHASES, new_name, phase_name, set_phase
+from controller.migrations import ACTIVE_PHASES, FINAL_PHASES, new_name, not_migratable, phase_name, set_phase
 from corral import status as vm_status
 from corral.resources import MIGRATIONS, VMS
 from corral.selectors import matches, parse_selector
@@ -62,6 +62,10 @@ class MigrationService(migration_pb2_grpc.MigrationServiceServicer):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {vm.metadata.name!r} is already migrating "
                                f"(migration {vm.status.migration_target.migration_name})")
+        why_not = not_migratable(vm)
+        if why_not:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"VirtualMachine {vm.metadata.name!r} cannot be live-migrated: {why_not}")
         if given.spec.target_node == vm.status.node_name:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {vm.metadata.name!r} already runs on node {vm.status.node_name!r}")

@@ -168,13 +168,13 @@ class MigrationReconciler:
             return
         target = vm.status.migration_target
         mine = target.migration_name == name
-        if vm.status.instance_uid != migration.status.source_instance_uid or vm.status.phase not in vm_status.LIVE_PHASES:
+        if migration.status.source_node in lost:
+            fail(migration, "SourceNodeLost", f"source node {migration.status.source_node} was lost")
+        elif vm.status.instance_uid != migration.status.source_instance_uid or vm.status.phase not in vm_status.LIVE_PHASES:
             fail(migration, "RunEnded", f"run {migration.status.source_instance_uid} of VirtualMachine "
                                         f"{vm.metadata.name!r} ended during the migration")
         elif not mine:
             fail(migration, "Superseded", "the VM no longer carries this migration")
-        elif vm.status.node_name in lost:
-            fail(migration, "SourceNodeLost", f"source node {vm.status.node_name} was lost")
         elif target.node_name in lost and not target.cancel_requested:
             target.cancel_requested = True  # the source aborts and reports the failure
             vm_status.record_event(vm, "MigrationTargetLost", f"target node {target.node_name} was lost: aborting",
@@ -206,6 +206,11 @@ class MigrationReconciler:
             return
         if vm.status.migration_target.migration_name:
             return  # another migration of this VM is in progress: wait for it
+        why_not = not_migratable(vm)
+        if why_not:
+            fail(migration, "NotMigratable", why_not)
+            self.store.update(MIGRATIONS, migration, fence=fence)
+            return
         waits = admitted(migration, vm, active, self.settings)
         if waits:
             if migration.status.message != waits:
@@ -235,6 +240,16 @@ class MigrationReconciler:
         views[node].add(vm.spec)
         active.append(migration)
         log_vm(log, vm, "migration %s: vm %s from %s to %s", name, vm.metadata.name, status.source_node, node)
+
+
+def not_migratable(vm: vm_pb2.VirtualMachine) -> str:
+    """Why the VM cannot be live-migrated ("" when it can): a writable ephemeral disk lives in
+    its run's directory on the source node, and its writes would not follow the guest."""
+    for disk in vm.spec.disks:
+        if disk.WhichOneof("source") == "ephemeral" and not disk.read_only:
+            return (f"disk {disk.name!r} is a writable ephemeral disk: its contents stay on node "
+                    f"{vm.status.node_name} (use a persistent disk on shared storage to migrate)")
+    return ""
 
 
 def new_name(vm_name: str) -> str:

@@ -219,8 +219,21 @@ class HandlerSettings(CommonSettings):
     advertise_address: str = Field("", description="HOST:PORT controllers dial to reach listen (the node "
                                    "record's status.address); empty: listen's, with this host's address "
                                    "when listen is on all addresses")
+    migration_listen: str = Field("0.0.0.0:7102", description="HOST:PORT of the live-migration proxy (other "
+                                  "nodes' handlers connect to it; advertised with advertise_address's host "
+                                  "when on all addresses); port 0: any free port; empty: this node takes no "
+                                  "incoming migrations")
+    libvirt_mode: str = Field("embed", description="how launchers run libvirt: embed (qemu:///embed, in the "
+                              "launcher) or session (a libvirt daemon per run: needed for live migration)")
 
-    @field_validator("listen", "advertise_address")
+    @field_validator("libvirt_mode")
+    @classmethod
+    def _libvirt_mode(cls, value: str) -> str:
+        if value not in ("embed", "session"):
+            raise ValueError(f"libvirt_mode {value!r} must be embed or session")
+        return value
+
+    @field_validator("listen", "advertise_address", "migration_listen")
     @classmethod
     def _host_port(cls, value: str, info: ValidationInfo) -> str:
         host, sep, port = value.rpartition(":")

@@ -23,7 +23,7 @@ from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
 from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
 from handler.devices import DeviceError, Roots, RunDevices
-from handler.isolation import Isolation
+from handler.isolation import Isolation, remove_stale_console_locks
 from handler.launchers import VM_FILE, Launcher, SparePool
 from handler.migration import Migrations, is_migrated_away
 
@@ -160,6 +160,8 @@ class NodeAgent:
                 log.exception("reconcile failed")
 
     def reconcile(self) -> None:
+        if self.isolation is not None:
+            remove_stale_console_locks()
         with self.lock:
             desired = {vm.status.instance_uid: vm for vm in self.desired.values() if vm.status.instance_uid}
             synced = self.synced

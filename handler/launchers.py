@@ -26,6 +26,8 @@ SOCKET_FILE = "launcher.sock"
 LOG_FILE = "launcher.log"
 PID_FILE = "launcher.pid"
 FINISHED_MARKER = "finished"
+#: Written by the handler before starting a live migration's target launcher (launcher/migration.py).
+INCOMING_MARKER = "incoming"
 #: A launcher that dies sooner than this after its start counts towards backing off.
 QUICK_DEATH_SECONDS = 10.0
 #: A launcher's socket appears within milliseconds: don't wait gRPC's default second to retry.
@@ -168,6 +170,13 @@ class Launcher:
         return vm_dir
 
     @property
+    def cgroup_name(self) -> str:
+        """The run's cgroup: its instance uid; a run that arrived by live migration (same
+        instance uid) gets its own name, so that both ends never share a group when they
+        share a machine's cgroup tree (tests put two nodes on one machine)."""
+        return f"{self.uid}-in" if (self.vm_dir / INCOMING_MARKER).exists() else self.uid
+
+    @property
     def socket_path(self) -> Path:
         return self.vm_dir / SOCKET_FILE
 
@@ -180,9 +189,10 @@ class Launcher:
 
     def remove_dir(self) -> None:
         self.close()
+        self.stop_libvirt_daemons()
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
         if self.isolation is not None:
-            self.isolation.remove_cgroup(self.uid)
+            self.isolation.remove_cgroup(self.cgroup_name)
 
     # -- process ----------------------------------------------------------------------------
     def spawn(self, command: list[str], spares: "SparePool | None" = None) -> None:
@@ -195,7 +205,7 @@ class Launcher:
         self.spawned_at = time.monotonic()
         # With isolation the launcher joins the VM's cgroup (a spare is moved into it here)
         # before it reads its directory, so QEMU starts inside it.
-        cgroup = self.isolation.cgroup_for(self.uid, self.vm) if self.isolation is not None else []
+        cgroup = self.isolation.cgroup_for(self.cgroup_name, self.vm) if self.isolation is not None else []
         spare = spares.take() if spares is not None and not self.quick_deaths else None
         if spare is not None and spare.join(cgroup) and spare.assign(self.vm_dir):
             self.process = spare.process
@@ -248,8 +258,30 @@ class Launcher:
         return bool(pids_with_cmdline(f"--vm-dir\0{self.vm_dir}\0"))
 
     def qemu_pids(self) -> list[int]:
-        """QEMU processes of this VM (their command line carries the VM's uuid)."""
-        return [pid for pid in pids_with_cmdline(self.domain_uuid) if _is_qemu(pid)]
+        """QEMU processes of this VM (their command line carries the VM's uuid) and of this
+        directory (its paths: libvirt's files for it live below it). A live migration keeps
+        the uuid, and both ends may share one machine (tests): the other end's QEMU is not
+        this run's."""
+        here = f"{self.vm_dir}/".encode()
+        return [pid for pid in pids_with_cmdline(self.domain_uuid) if _is_qemu(pid) and here in _cmdline(pid)]
+
+    def stop_libvirt_daemons(self) -> None:
+        """A session-mode run's own libvirtd and virtlogd (pid files under DIR/run/libvirt):
+        they outlive the launcher by design, so the handler ends them with the run."""
+        for name in ("libvirtd", "virtlogd"):
+            try:
+                pid = int(read_in_vm_dir(self.vm_dir / "run" / "libvirt" / f"{name}.pid", 64))
+            except (OSError, ValueError):
+                continue
+            try:  # the run's user owns them (a VM's user could point the pid file elsewhere)
+                mine = os.stat(f"/proc/{pid}").st_uid == os.stat(self.vm_dir, follow_symlinks=False).st_uid
+            except OSError:
+                continue
+            if mine and pid_alive(pid) and name.encode() in _cmdline(pid):
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
 
     @property
     def domain_uuid(self) -> str:

@@ -53,6 +53,9 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--disk-roots", help="directories of persistent disks, comma-separated (CORRAL_DISK_ROOTS)")
     parser.add_argument("--listen", help="HOST:PORT of the node agent gRPC server, for controllers (CORRAL_LISTEN)")
     parser.add_argument("--advertise-address", help="HOST:PORT controllers dial for it (CORRAL_ADVERTISE_ADDRESS)")
+    parser.add_argument("--migration-listen", help="HOST:PORT of the live-migration proxy (CORRAL_MIGRATION_LISTEN)")
+    parser.add_argument("--libvirt-mode", choices=["embed", "session"],
+                        help="libvirt per launcher: embed, or session (live migration) (CORRAL_LIBVIRT_MODE)")
     add_common_arguments(parser, daemon="handler")
     return parse_daemon_settings(parser, argv, HandlerSettings, daemon="handler")
 
@@ -63,7 +66,8 @@ def launcher_base(settings: HandlerSettings) -> list[str]:
 
 def launcher_command(settings: HandlerSettings, state_dir: Path, *, isolate: bool = False) -> list[str]:
     return [*launcher_base(settings), "--emulation", settings.emulation, "--fence-file", str(state_dir / FENCE_FILE),
-            "--capabilities-cache", str(state_dir / "cache" / "qemu-capabilities"), *(["--isolate"] if isolate else [])]
+            "--capabilities-cache", str(state_dir / "cache" / "qemu-capabilities"), *(["--isolate"] if isolate else []),
+            *(["--libvirt-mode", settings.libvirt_mode] if settings.libvirt_mode != "embed" else [])]
 
 
 def hypervisor_name(emulation: str) -> str:
@@ -92,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             warm_command=[*launcher_command(settings, state_dir), "--warm-cache", str(state_dir / "cache" / "probe")])
     except RuntimeError as exc:
         print(f"corral-handler: {exc}", file=sys.stderr)
+        return 2
+    if settings.libvirt_mode == "session" and isolation is None:
+        print("corral-handler: libvirt_mode session runs a libvirt daemon as each VM's user: it needs "
+              "per-VM isolation (isolation on or auto, as root)", file=sys.stderr)
         return 2
     try:
         store = Store.from_settings(settings)
@@ -138,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                       isolation=isolation, stubs=stubs,
                       grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline,
                       save_dir=Path(settings.save_dir) if settings.save_dir else state_dir / "saved",
-                      device_roots=Roots(images=tuple(settings.image_roots), disks=tuple(settings.disk_roots)))
+                      device_roots=Roots(images=tuple(settings.image_roots), disks=tuple(settings.disk_roots)),
+                      migration_listen=settings.migration_listen,
+                      advertise_host=agent_server.address.rpartition(":")[0].strip("[]"))
     agent_holder.append(agent)
     # The first beat before anything else: launchers being adopted must see a current deadline.
     while not stop.is_set():
@@ -173,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     notify("STOPPING=1\nSTATUS=stopping (VMs keep running)")
     follower.stop()
     agent_server.stop()
+    agent.migrations.close()
     agent.spares.close()
     if watchdog_device is not None and not any(l.running() for l in agent.launchers.values() if not l.finished):
         watchdog_device.disarm()  # no guests here: nothing to fence, a stopped handler must not reset the node

@@ -149,7 +149,7 @@ class Cluster:
         args = self.handler_args.get(node) or [
             "--node-name", node, "--servers", self.servers, "--state-dir", str(self.state_dir(node)),
             "--emulation", "on", "--capacity-vcpus", str(vcpus), "--capacity-memory-mib", str(memory_mib),
-            "--shutdown-grace-seconds", "1", "--listen", "127.0.0.1:0",
+            "--shutdown-grace-seconds", "1", "--listen", "127.0.0.1:0", "--migration-listen", "127.0.0.1:0",
             *(["--node-labels", labels] if labels else []),
             *(extra or [])]
         self.handler_args[node] = args

@@ -133,3 +133,23 @@ def test_drain_plans_follow_the_eviction_strategy(strategy, action):
     vm.spec.eviction_strategy = strategy
     assert drain.plan(vm) == action
     assert drain.on_node(vm, "n1") and not drain.on_node(vm, "n2")
+
+
+def test_a_writable_ephemeral_disk_is_not_migratable():
+    vm = running_vm()
+    assert migrations.not_migratable(vm) == ""
+    disk = vm.spec.disks.add(name="scratch")
+    disk.ephemeral.base_image_path = "/var/lib/corral/images/base.qcow2"
+    assert "writable ephemeral" in migrations.not_migratable(vm)
+    disk.read_only = True
+    assert migrations.not_migratable(vm) == ""
+
+
+def test_the_second_success_report_adds_the_downtime_to_the_message():
+    vm, migration = migrating_pair()
+    migration.status.target_node = "n2"
+    apply_migration_report(vm, migration, report(M.MIGRATION_PHASE_SUCCEEDED))
+    assert "downtime 0 ms" in migration.status.message
+    late = report(M.MIGRATION_PHASE_SUCCEEDED, handler_pb2.MIGRATION_ROLE_TARGET, downtime_ms=77)
+    assert apply_migration_report(vm, migration, late) == (False, True)
+    assert migration.status.downtime_ms == 77 and "downtime 77 ms" in migration.status.message
