@@ -20,11 +20,18 @@ FAILED = vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED
 NAME = re.compile(rb"guest=([a-z0-9-]+)")
 
 
-class CopySampler:
-    """Counts, every 50 ms, the QEMU processes of each VM name below a directory."""
+def vm_name_of(cmdline: bytes) -> str | None:
+    match = NAME.search(cmdline)
+    return match.group(1).decode() if match else None
 
-    def __init__(self, root: str) -> None:
+
+class CopySampler:
+    """Counts, every 50 ms, the QEMU processes whose command line mentions ``root`` (a
+    directory, or any text), grouped by ``key`` (default: the VM's name): the most seen at once."""
+
+    def __init__(self, root: str, *, key=vm_name_of) -> None:
         self.root = root
+        self.key = key
         self.worst: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -48,9 +55,8 @@ class CopySampler:
                     continue
                 if b"qemu-system" not in cmdline.split(b"\0", 1)[0]:
                     continue
-                match = NAME.search(cmdline)
-                if match:
-                    name = match.group(1).decode()
+                name = self.key(cmdline)
+                if name:
                     counts[name] = counts.get(name, 0) + 1
             for name, count in counts.items():
                 self.worst[name] = max(self.worst.get(name, 0), count)

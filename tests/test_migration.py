@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from corral.client import Client
 from corral.v1 import migration_pb2, vm_pb2
 from tests.cluster import REPO, Cluster, pids_mentioning, wait_for
 from tests.test_console import Console
+from tests.test_faults import CopySampler
 from tests.netnodes import TwoNodes, netns_pids
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -99,41 +99,16 @@ def qemu_pids(uid: str) -> list[int]:
     return found
 
 
-class RunSampler:
-    """Every 50 ms, the QEMU processes of one VM name, by run (the domain uuid): the most
-    seen at once per run (tests/test_faults.py's CopySampler, per run: during a migration
-    the paused incoming QEMU of the same run is expected, two of one run after a failure
-    is not)."""
+def run_of(cmdline: bytes) -> str | None:
+    """The domain uuid of a QEMU command line: during a migration both ends of one run have it."""
+    parts = cmdline.split(b"\0")
+    return parts[parts.index(b"-uuid") + 1].decode() if b"-uuid" in parts else None
 
-    def __init__(self, name: str) -> None:
-        self.needle = f"guest={name},".encode()
-        self.worst: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "RunSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            counts: dict[str, int] = {}
-            for pid in pids_mentioning(self.needle.decode()):
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if b"qemu-system" not in cmdline[0] or b"-uuid" not in cmdline:
-                    continue
-                run = cmdline[cmdline.index(b"-uuid") + 1].decode()
-                counts[run] = counts.get(run, 0) + 1
-            for run, count in counts.items():
-                self.worst[run] = max(self.worst.get(run, 0), count)
-            time.sleep(0.05)
+def RunSampler(name: str) -> CopySampler:
+    """The QEMU processes of one VM, by run: the paused incoming QEMU of the same run is
+    expected during a migration, two of one run after a failure is not."""
+    return CopySampler(f"guest={name},", key=run_of)
 
 
 def remove_stale_console_locks() -> None:
