@@ -24,6 +24,14 @@ not zeros, which QEMU does not resend; the guest's rootfs is a tmpfs capped at h
    target's address, LISTEN_ADDRESS, DEST_XML and PERSIST_XML with the target's paths).
    Time = the migrateToURI3 call; downtime = the target's completed job stats. The daemons
    stay up across rounds (Corral starts fresh ones on every target: part of its overhead).
+   For the direct connection each VM directory and socket is opened to the other uid, and
+   each daemon's nss_wrapper passwd names the other uid.
+Between two moves (untimed) Corral waits until the VM is Running on the target with one QEMU
+left, then 1 s; libvirt alone waits 1 s.
+
+No cgroup limits on either side: the handlers run under ``ip netns exec``, which mounts a
+fresh /sys, so they find no cgroup tree and run their VMs without limits (they say so in
+their logs), like the libvirt-alone QEMU.
 
 Auto-converge: ``auto`` (default) tries the dirty case without it; if a Corral migration
 fails to converge, the dirty case is redone with auto-converge in both runs (said in the output).
@@ -696,6 +704,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     bench = Bench(args)
     loads: list[float] = []
     sampling = threading.Event()
