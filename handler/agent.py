@@ -23,8 +23,8 @@ from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
 from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
 from handler.devices import DeviceError, Roots, RunDevices
-from handler.isolation import Isolation, remove_stale_console_locks
-from handler.launchers import VM_FILE, Launcher, SparePool
+from handler.isolation import Isolation
+from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
 from handler.migration import Migrations, is_migrated_away
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,6 @@ class NodeAgent:
                 log.exception("reconcile failed")
 
     def reconcile(self) -> None:
-        if self.isolation is not None:
-            remove_stale_console_locks()
         with self.lock:
             desired = {vm.status.instance_uid: vm for vm in self.desired.values() if vm.status.instance_uid}
             synced = self.synced
@@ -271,8 +269,7 @@ class NodeAgent:
         """Save into SAVE_DIR/<vm uid>/<run uid>.save, a directory the run's user may write."""
         folder = self.save_dir / vm.metadata.uid
         folder.mkdir(parents=True, exist_ok=True)
-        owner = launcher.vm_dir.stat()
-        os.chown(folder, owner.st_uid, owner.st_gid)
+        os.chown(folder, *run_owner(launcher.vm_dir))
         os.chmod(folder, 0o700)
         path = folder / f"{launcher.uid}.save"
         if not path.exists():  # else saved already, before a handler restart
@@ -285,9 +282,9 @@ class NodeAgent:
         real = Path(os.path.realpath(path))
         if not real.is_relative_to(os.path.realpath(self.save_dir)):
             raise OSError(f"saved state {path} is not under this node's save directory {self.save_dir}")
-        owner = vm_dir.stat()
+        owner = run_owner(vm_dir)
         for item in (real.parent, real):
-            os.chown(item, owner.st_uid, owner.st_gid)
+            os.chown(item, *owner)
 
     def _forget_saved_file(self, vm: vm_pb2.VirtualMachine) -> None:
         """A restored run is running: its saved file must never be restored a second time."""
@@ -361,10 +358,7 @@ class NodeAgent:
         why they cannot be made, or None."""
         if not vm.spec.disks and not vm.spec.HasField("cloud_init") and vm.spec.boot.WhichOneof("source") != "disk":
             return None
-        owner = None
-        if self.isolation is not None:
-            uid = os.stat(vm_dir, follow_symlinks=False).st_uid
-            owner = (uid, uid)
+        owner = run_owner(vm_dir) if self.isolation is not None else None
         try:
             RunDevices(roots=self.device_roots, run_dir=vm_dir, scratch_parent=self.state_dir,
                        owner=owner).prepare(vm)
@@ -386,18 +380,24 @@ class NodeAgent:
         self._unlock(launcher)
 
     def _prepare_networks(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> bool:
-        """The run's taps (bridge networks), owned by its user, before its launcher starts. A
-        bridge missing on this node fails the run at once, saying so."""
-        if not any(network.WhichOneof("binding") == "bridge" for network in vm.spec.networks):
+        """The run's taps before its launcher starts; a bridge missing on this node fails the
+        run at once, saying so."""
+        message = self._taps_problem(vm, launcher.vm_dir)
+        if message is None:
             return True
-        try:
-            node_networks.prepare_taps(vm, owner_uid=os.stat(launcher.vm_dir, follow_symlinks=False).st_uid)
-            return True
-        except node_networks.NetworkSetupError as exc:
-            message = f"cannot attach the VM's networks on node {self.node_name}: {exc}"
         log.error("vm %s: %s", vm.metadata.name, message)
         self._fail_start(vm, launcher, "NetworkUnavailable", message)
         return False
+
+    def _taps_problem(self, vm: vm_pb2.VirtualMachine, vm_dir: Path) -> str | None:
+        """Make the run's taps (bridge networks), owned by its user; why they cannot be, or None."""
+        if not any(network.WhichOneof("binding") == "bridge" for network in vm.spec.networks):
+            return None
+        try:
+            node_networks.prepare_taps(vm, owner_uid=run_owner(vm_dir)[0])
+            return None
+        except node_networks.NetworkSetupError as exc:
+            return f"cannot attach the VM's networks on node {self.node_name}: {exc}"
 
     def _restart_launcher(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
         if launcher.quick_deaths >= MAX_QUICK_DEATHS:

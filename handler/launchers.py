@@ -48,6 +48,13 @@ def instance_uid(vm: vm_pb2.VirtualMachine) -> str:
     return vm.status.instance_uid or vm.metadata.uid
 
 
+def run_owner(vm_dir: Path) -> tuple[int, int]:
+    """(uid, gid) owning a run's directory (not following a link): the run's user when
+    isolated, else root. Files the handler makes for the run are given to it."""
+    st = os.stat(vm_dir, follow_symlinks=False)
+    return st.st_uid, st.st_gid
+
+
 def vm_dir_for(state_dir: Path, uid: str) -> Path:
     """The VM's directory: named from the server-made uid (never a user string), kept short."""
     return state_dir / "vms" / uid.replace("-", "")[:12]
@@ -274,7 +281,7 @@ class Launcher:
             except (OSError, ValueError):
                 continue
             try:  # the run's user owns them (a VM's user could point the pid file elsewhere)
-                mine = os.stat(f"/proc/{pid}").st_uid == os.stat(self.vm_dir, follow_symlinks=False).st_uid
+                mine = os.stat(f"/proc/{pid}").st_uid == run_owner(self.vm_dir)[0]
             except OSError:
                 continue
             if mine and pid_alive(pid) and name.encode() in _cmdline(pid):

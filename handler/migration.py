@@ -33,7 +33,7 @@ import grpc
 
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler import networks as node_networks
-from handler.launchers import INCOMING_MARKER, Launcher, open_in_vm_dir
+from handler.launchers import INCOMING_MARKER, Launcher, open_in_vm_dir, run_owner
 from handler.migration_proxy import SourceTunnel, TargetProxy, split_host_port
 
 log = logging.getLogger(__name__)
@@ -275,12 +275,7 @@ class Migrations:
         agent.launchers[launcher.uid] = launcher
         # Persistent disks (shared storage) handed to this run's user, the cloud-init seed made
         # again, bridge taps created: what a start does, so the target's domain XML resolves.
-        problem = agent._prepare_devices(vm, vm_dir)
-        if problem is None and any(n.WhichOneof("binding") == "bridge" for n in vm.spec.networks):
-            try:
-                node_networks.prepare_taps(vm, owner_uid=os.stat(vm_dir, follow_symlinks=False).st_uid)
-            except node_networks.NetworkSetupError as exc:
-                problem = f"cannot attach the VM's networks on node {agent.node_name}: {exc}"
+        problem = agent._prepare_devices(vm, vm_dir) or agent._taps_problem(vm, vm_dir)
         if problem is not None:
             raise OSError(problem)
         log.info("vm %s: preparing the target of migration %s", vm.metadata.name,
@@ -477,9 +472,8 @@ class Migrations:
         target = vm.status.migration_target
         try:
             self._mark(launcher, job.migration_name)
-            owner = os.stat(launcher.vm_dir, follow_symlinks=False)
             job.tunnel = SourceTunnel(launcher.vm_dir / TUNNEL_SOCKET, target_address=target.target_address,
-                                      instance_uid=launcher.uid, owner=(owner.st_uid, owner.st_gid))
+                                      instance_uid=launcher.uid, owner=run_owner(launcher.vm_dir))
             job.tunnel.start()
             final, error = self._migrate(vm, launcher, job)
         except OSError as exc:

@@ -25,6 +25,7 @@ from controller.auth import identity_of
 from corral import tls
 from corral.settings import HandlerSettings
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
+from handler.isolation import remove_stale_console_locks
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must name the run")
         launcher = self._launcher(first.name, first.instance_uid, context)
+        remove_stale_console_locks()  # else a dead holder's lock on this pty blocks the console
 
         def keystrokes() -> Iterator[launcher_pb2.AttachConsoleRequest]:
             if first.data:
