@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from corral import fence_guard
 from corral.tls import file_problem
 
 
@@ -179,6 +180,9 @@ class HandlerSettings(CommonSettings):
     watchdog_device: str = Field("", description="a watchdog device (/dev/watchdog) petted while the node "
                                  "lease is current: resets the node if the handler dies; its timeout is set "
                                  "to heartbeat_seconds")
+    fence_guard: str = Field(fence_guard.DEFAULT_PATH, description="library preloaded into every guest's QEMU "
+                             "that ends it once the node's fencing deadline passes, even when the handler and "
+                             "the launchers are dead (never two copies); 'off' turns it off")
     shutdown_grace_seconds: int = Field(30, ge=0)
     save_dir: str = Field("", description="where `corral save` writes guests' memory: shared storage, so "
                           "that another node can restore them; empty: STATE_DIR/saved")

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from corral import logs, metrics, tls
+from corral import fence_guard, logs, metrics, tls
 from corral.sdnotify import Watchdog, notify
 from corral.settings import HandlerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import Store, StoreError
@@ -48,6 +48,8 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--isolation", choices=["auto", "on", "off"],
                         help="each VM as its own user in its own cgroup (CORRAL_ISOLATION; auto: when root)")
     parser.add_argument("--watchdog-device", help="watchdog device petted while the lease is current")
+    parser.add_argument("--fence-guard", help="library preloaded into QEMU that fences it at the node's "
+                                              "deadline, or 'off' (CORRAL_FENCE_GUARD)")
     parser.add_argument("--image-roots", help="directories of ephemeral disks' base images, comma-separated "
                                               "(CORRAL_IMAGE_ROOTS)")
     parser.add_argument("--disk-roots", help="directories of persistent disks, comma-separated (CORRAL_DISK_ROOTS)")
@@ -65,7 +67,9 @@ def launcher_base(settings: HandlerSettings) -> list[str]:
 
 
 def launcher_command(settings: HandlerSettings, state_dir: Path, *, isolate: bool = False) -> list[str]:
+    guard = [] if settings.fence_guard == fence_guard.OFF else ["--fence-guard", settings.fence_guard]
     return [*launcher_base(settings), "--emulation", settings.emulation, "--fence-file", str(state_dir / FENCE_FILE),
+            *guard,
             "--capabilities-cache", str(state_dir / "cache" / "qemu-capabilities"), *(["--isolate"] if isolate else []),
             *(["--libvirt-mode", settings.libvirt_mode] if settings.libvirt_mode != "embed" else [])]
 
@@ -82,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     logs.setup(settings.log_level, name=f"handler[{settings.node_name}]")
     logs.set_fields(node=settings.node_name)
+    if settings.fence_guard == fence_guard.OFF:
+        log.warning("fence guard OFF: a guest whose handler and launcher both die keeps running after its "
+                    "node's lease expires, while the controller starts it elsewhere (two copies)")
+    elif problem := fence_guard.problem(settings.fence_guard):
+        print(f"corral-handler: {problem}", file=sys.stderr)
+        return 2
     state_dir = Path(settings.state_dir).resolve()
     problem = state_dir_problem(state_dir)
     if problem:

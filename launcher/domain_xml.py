@@ -11,7 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from corral import networks
+from corral import fence_guard, networks
 from corral.validation import DNS1123_LABEL
 from corral.v1 import vm_pb2
 
@@ -46,6 +46,10 @@ class DomainOptions:
     run_dir: str = ""
     # Persistent disk paths that are block devices (<disk type='block'>); the rest are files.
     block_devices: frozenset[str] = field(default_factory=frozenset)
+    # The fence guard library and the node's deadline file it obeys (corral/fence_guard.py):
+    # both set, QEMU ends itself once the deadline passes.
+    fence_guard: str = ""
+    fence_file: str = ""
 
 
 #: The run directory's file for the cloud-init NoCloud seed (an ISO 9660 image, label cidata).
@@ -172,12 +176,28 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
     _add_networks(vm, domain, devices)
+    _add_fence_guard(domain, options)
     channel = _sub(devices, "channel", type="unix")
     if options.agent_socket_path:
         _sub(channel, "source", mode="bind", path=options.agent_socket_path)
     _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
     _sub(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def _qemu_commandline(domain: ET.Element) -> ET.Element:
+    """The domain's one <qemu:commandline> element (made on first use)."""
+    found = domain.find(f"{{{QEMU_NS}}}commandline")
+    return found if found is not None else ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+
+
+def _add_fence_guard(domain: ET.Element, options: DomainOptions) -> None:
+    if not (options.fence_guard and options.fence_file):
+        return
+    commandline = _qemu_commandline(domain)
+    for name, value in ((fence_guard.PRELOAD_ENV, options.fence_guard),
+                        (fence_guard.FENCE_FILE_ENV, options.fence_file)):
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}env", name=name, value=value)
 
 
 def _add_networks(vm: vm_pb2.VirtualMachine, domain: ET.Element, devices: ET.Element) -> None:
@@ -191,7 +211,7 @@ def _add_networks(vm: vm_pb2.VirtualMachine, domain: ET.Element, devices: ET.Ele
             _sub(interface, "mac", address=mac)
             _sub(interface, "model", type="virtio")
         elif network.WhichOneof("binding") == "user":
-            commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+            commandline = _qemu_commandline(domain)
             device = f"virtio-net-pci,netdev={USER_NETDEV_ID},mac={mac},bus=pci.0,addr={USER_NET_PCI_SLOT}"
             for value in ("-netdev", networks.hostfwd_netdev(USER_NETDEV_ID, network), "-device", device):
                 ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)

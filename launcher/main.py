@@ -6,7 +6,9 @@ Command line::
         [--capabilities-cache CACHEDIR] [--libvirt-uri URI]
 
 ``--fence-file PATH`` names the node's fencing deadline (see launcher/fencing.py): once it
-passes, the guest is destroyed and reported CRASHED with reason "fenced".
+passes, the guest is destroyed and reported CRASHED with reason "fenced". ``--fence-guard LIB``
+is preloaded into QEMU with that file (corral/fence_guard.py), so QEMU also ends itself at the
+deadline when no launcher is left to do it.
 
 ``--spare`` starts and imports everything, then reads DIR as one line from stdin (EOF: exit
 quietly). The handler keeps one spare ready, so a new VM does not wait ~0.3 s for Python to
@@ -150,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a cgroup.procs file to join before dropping privileges (repeatable)")
     parser.add_argument("--fence-file", help="the node's fencing deadline (CLOCK_MONOTONIC seconds), written "
                                              "by the handler: past it the guest is destroyed")
+    parser.add_argument("--fence-guard", metavar="LIB",
+                        help="library preloaded into QEMU that ends it once --fence-file's deadline passes")
     return parser.parse_args(argv)
 
 
@@ -283,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     options = domain_xml.DomainOptions(emulation=emulation,
                                        serial_log_path=os.path.join(vm_dir, SERIAL_LOG),
                                        agent_socket_path=os.path.join(vm_dir, AGENT_SOCKET),
-                                       run_dir=vm_dir, block_devices=block_devices(vm))
+                                       run_dir=vm_dir, block_devices=block_devices(vm),
+                                       fence_file=args.fence_file or "",
+                                       fence_guard=args.fence_guard if args.fence_file else "")
     supervisor = Supervisor(vm, vm_dir, host, options, args.capabilities_cache)
     if supervisor.incoming:
         log.info("incoming: waiting for the guest to arrive by live migration")

@@ -34,6 +34,13 @@ if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >.local/p
     exit 1
 fi
 
+# The fence guard, preloaded into every guest's QEMU (corral/fence_guard.py): root-owned, as the
+# handler insists, since every VM's QEMU loads it.
+guard=/usr/local/lib/corral/fence-guard.so
+install -d -m 0755 -o root -g root "$(dirname "$guard")"
+gcc -O2 -Wall -Wextra -Werror -shared -fPIC -pthread -o .local/fence-guard.so launcher/fence_guard.c
+install -m 0644 -o root -g root .local/fence-guard.so "$guard"
+
 if [[ ! -x .local/node_modules/.bin/buf ]]; then
     mkdir -p .local
     (cd .local && npm install --silent --no-audit --no-fund @bufbuild/buf >/dev/null)

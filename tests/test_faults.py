@@ -282,13 +282,15 @@ class SimulatedWatchdog:
 
 
 def test_node_with_dead_handler_and_launchers_is_reset_by_its_watchdog(cluster):
-    """kill -9 of the handler and the launchers leaves QEMU running: only the node's watchdog
-    can stop it. The VM runs elsewhere only after that, and never twice."""
+    """kill -9 of the handler and the launchers leaves QEMU running. With the fence guard
+    turned off (tests/test_never_twice.py covers the default), only the node's watchdog can
+    stop it: the VM runs elsewhere only after that, and never twice."""
     cluster.start_controller()
     watchdog = SimulatedWatchdog(cluster.node_root / "watchdog-n1", node_root=str(cluster.state_dir("n1")),
                                  timeout=6)
     try:
-        cluster.start_handler("n1", extra=["--heartbeat-seconds", "6", "--watchdog-device", watchdog.path])
+        cluster.start_handler("n1", extra=["--heartbeat-seconds", "6", "--watchdog-device", watchdog.path,
+                                           "--fence-guard", "off"])
         cluster.create(cluster.guest_vm("pet"))
         vm = cluster.wait_phase("pet", RUNNING)
         assert vm.status.node_name == "n1"

@@ -15,7 +15,8 @@ import pytest
 
 from corral.v1 import vm_pb2
 from tests.cluster import Cluster, Etcd, free_port, qemu_pid_for, wait_for
-from tests.test_faults import CopySampler
+from tests.test_faults import CopySampler, kill
+from tests.test_never_twice import launcher_pids, running
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
 
@@ -57,7 +58,10 @@ class HostEtcd(Etcd):
         self.listen_urls = f"http://127.0.0.1:{self.client_port},{self.endpoint}"
 
 
-def test_partitioned_node_fences_and_its_vm_runs_elsewhere_never_twice(network, guest_dir, tmp_path):
+@pytest.mark.parametrize("kill_launcher", [False, True], ids=["cut", "cut-and-launcher-killed"])
+def test_partitioned_node_fences_and_its_vm_runs_elsewhere_never_twice(network, guest_dir, tmp_path, kill_launcher):
+    """With kill_launcher, the run's launcher is also killed just after the cut: the cut-off
+    handler starts another, and the guest must still end before it runs elsewhere."""
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed")
     etcd = HostEtcd(tmp_path, network["host_ip"])
@@ -76,7 +80,10 @@ def test_partitioned_node_fences_and_its_vm_runs_elsewhere_never_twice(network, 
         with CopySampler(str(cluster.node_root)) as sampler:
             ip("link", "set", network["host_end"], "down")  # the partition
             cut_at = time.monotonic()
-            wait_for(lambda: not os.path.exists(f"/proc/{qemu}"), timeout=15, what="the cut-off node to fence")
+            if kill_launcher:
+                for pid in launcher_pids(str(cluster.state_dir("cut"))):
+                    kill(pid)
+            wait_for(lambda: not running(qemu), timeout=15, what="the cut-off node to fence")
             fenced_after = time.monotonic() - cut_at
             moved = wait_for(lambda: (v := cluster.get("pet")).status.phase == RUNNING
                              and v.status.node_name == "safe" and v, timeout=45, what="pet running on safe")
