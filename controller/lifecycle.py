@@ -218,10 +218,11 @@ def _request(vm: vm_pb2.VirtualMachine, action: int, grace: int | None, force: b
             current.force = current.force or force
             return True
         return False  # a restart asked while a stop is in progress: the stop wins
+    if grace is None and vm.spec.HasField("termination_grace_period_seconds"):
+        grace = vm.spec.termination_grace_period_seconds
     vm.status.run_request.CopyFrom(vm_pb2.RunRequest(
         action=action, instance_uid=vm.status.instance_uid, force=force,
-        grace_period_seconds=grace if grace is not None else vm.spec.termination_grace_period_seconds,
-        request_time=vm_status.now()))
+        grace_period_seconds=grace, request_time=vm_status.now()))
     return True
 
 

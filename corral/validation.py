@@ -20,6 +20,7 @@ MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_PATH_LENGTH = 4096
 MAX_CMDLINE_LENGTH = 4096
+MAX_GRACE_SECONDS = 24 * 3600
 MAX_DISKS = 16
 #: A disk's name is its serial number in the guest, and virtio-blk serials hold 20 bytes.
 MAX_DISK_NAME_LENGTH = 20
@@ -241,6 +242,10 @@ def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     problems.extend(disk_problems(spec.disks))
     if spec.HasField("cloud_init"):
         problems.extend(cloud_init_problems(spec.cloud_init))
+    if (spec.HasField("termination_grace_period_seconds")
+            and not 0 <= spec.termination_grace_period_seconds <= MAX_GRACE_SECONDS):
+        problems.append(f"spec.termination_grace_period_seconds must be between 0 (destroy at once) and "
+                        f"{MAX_GRACE_SECONDS}, not {spec.termination_grace_period_seconds}")
     if spec.run_strategy not in vm_pb2.RunStrategy.values():
         problems.append(f"spec.run_strategy {spec.run_strategy} is not one of "
                         f"{', '.join(vm_pb2.RunStrategy.keys())}")

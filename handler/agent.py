@@ -231,6 +231,15 @@ class NodeAgent:
 
         threading.Thread(target=destroy, name=f"hurry-{launcher.uid[:8]}", daemon=True).start()
 
+    def _grace(self, vm: vm_pb2.VirtualMachine, request: vm_pb2.RunRequest | None = None) -> int:
+        """Seconds between the ACPI power-off and destroy (0: destroy at once): the request's,
+        else the VM's termination grace period, else this node's default."""
+        if request is not None and request.HasField("grace_period_seconds"):
+            return request.grace_period_seconds
+        if vm.spec.HasField("termination_grace_period_seconds"):
+            return vm.spec.termination_grace_period_seconds
+        return self.grace_seconds
+
     def _end_run(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
         """End the run as asked (stop, restart or save), report how it ended, free the node."""
         request = vm.status.run_request
@@ -240,11 +249,11 @@ class NodeAgent:
             if request.action == vm_pb2.RUN_ACTION_SAVE:
                 saved_path = str(self._save(vm, launcher))
                 reason, message = "Saved", f"the guest's memory was saved to {saved_path}"
-            elif request.force:
+            elif request.force or (grace := self._grace(vm, request)) == 0:
                 launcher.kill()
                 reason, message = "Stopped", "destroyed on request"
             else:
-                status = launcher.shutdown(request.grace_period_seconds or self.grace_seconds)
+                status = launcher.shutdown(grace)
                 how = "powered off" if status.reason != "destroyed" else "destroyed after the grace period"
                 reason, message = "Stopped", f"stopped on request ({how})"
         except (grpc.RpcError, ValueError, OSError) as exc:
@@ -492,8 +501,9 @@ class NodeAgent:
         if not launcher.finished or launcher.running() or launcher.qemu_pids():
             if not launcher.running():
                 launcher.spawn(self.launcher_command)  # a launcher must adopt the domain to stop it
+            grace = self._grace(release or launcher.vm)
             try:
-                status = launcher.shutdown(self.grace_seconds)
+                status = launcher.kill() if grace == 0 else launcher.shutdown(grace)
                 log.info("vm %s: stopped (%s)", name, status.reason)
             except (grpc.RpcError, ValueError) as exc:
                 log.warning("vm %s: stopping failed, will retry: %s", name, exc)
