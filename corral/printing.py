@@ -13,13 +13,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral import status as vm_status
 from corral.manifest import API_VERSION
+from corral.scheduling import allocatable
 from corral.v1 import meta_pb2, migration_pb2, node_pb2, vm_pb2
 
 NONE = "<none>"
 
 VM_COLUMNS = ("NAME", "STATUS", "PHASE", "NODE", "VCPUS", "MEMORY", "AGE")
 VM_WIDE_COLUMNS = VM_COLUMNS + ("UID", "LABELS")
-NODE_COLUMNS = ("NAME", "STATUS", "VCPUS", "MEMORY", "VMS", "AGE")
+NODE_COLUMNS = ("NAME", "STATUS", "VCPUS", "CPU RATIO", "MEMORY", "VMS", "AGE")
 NODE_WIDE_COLUMNS = NODE_COLUMNS + ("ADDRESS", "HYPERVISOR", "LABELS")
 
 
@@ -176,8 +177,9 @@ def node_row(node: node_pb2.Node, *, wide: bool = False,
     row = [
         node.metadata.name,
         status,
-        f"{st.allocated.vcpus}/{st.capacity.vcpus}",
-        f"{format_memory(st.allocated.memory_mib)}/{format_memory(st.capacity.memory_mib)}",
+        f"{st.allocated.vcpus}/{allocatable(node).vcpus}",
+        str(st.cpu_allocation_ratio or 1),
+        f"{format_memory(st.allocated.memory_mib)}/{format_memory(allocatable(node).memory_mib)}",
         str(st.virtual_machine_count),
         format_age(node.metadata.create_time if _is_set(node.metadata.create_time)
                    else st.registered_time, now),
@@ -369,9 +371,10 @@ def describe_node(node: node_pb2.Node, *, now: datetime | None = None) -> str:
             ("Virtual Machines", st.virtual_machine_count),
         ], 2)),
         ("Resources", _indent(format_table(
-            ("RESOURCE", "ALLOCATED", "CAPACITY"),
-            [("vcpus", st.allocated.vcpus, st.capacity.vcpus),
-             ("memory", format_memory(st.allocated.memory_mib),
+            ("RESOURCE", "ALLOCATED", "ALLOCATABLE", "CAPACITY"),
+            [("vcpus", st.allocated.vcpus, allocatable(node).vcpus,
+              f"{st.capacity.vcpus} (CPU allocation ratio {st.cpu_allocation_ratio or 1})"),
+             ("memory", format_memory(st.allocated.memory_mib), format_memory(allocatable(node).memory_mib),
               format_memory(st.capacity.memory_mib))]), 2)),
     ])
     return "\n".join(lines)

@@ -46,6 +46,13 @@ def holds_resources(vm: vm_pb2.VirtualMachine) -> bool:
     return bool(vm.status.node_name) and vm.status.phase in ALLOCATING_PHASES
 
 
+def allocatable(node: node_pb2.Node) -> node_pb2.Resources:
+    """What VMs may take on the node: its allocatable resources (host CPUs x the CPU allocation
+    ratio), or its capacity in records of handlers that do not say."""
+    status = node.status
+    return status.allocatable if status.HasField("allocatable") else status.capacity
+
+
 def build_views(nodes: Iterable[node_pb2.Node], ready: set[str],
                 vms: Iterable[vm_pb2.VirtualMachine]) -> dict[str, NodeView]:
     views = {
@@ -54,8 +61,8 @@ def build_views(nodes: Iterable[node_pb2.Node], ready: set[str],
             labels=dict(node.metadata.labels),
             ready=node.metadata.name in ready,
             unschedulable=node.spec.unschedulable,
-            capacity_vcpus=node.status.capacity.vcpus,
-            capacity_memory_mib=node.status.capacity.memory_mib,
+            capacity_vcpus=allocatable(node).vcpus,
+            capacity_memory_mib=allocatable(node).memory_mib,
         )
         for node in nodes
     }

@@ -173,6 +173,8 @@ class HandlerSettings(CommonSettings):
     state_dir: str = Field("/var/lib/corral", description="per-VM directories live below it")
     capacity_vcpus: int = Field(0, ge=0, description="0: the host's CPU count")
     capacity_memory_mib: int = Field(0, ge=0, description="0: the host's memory less 1 GiB")
+    cpu_allocation_ratio: int = Field(10, ge=1, le=100, description="vCPUs of VMs per host CPU "
+                                      "(KubeVirt's cpuAllocationRatio); memory is not overcommitted")
     node_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     heartbeat_seconds: int = Field(10, ge=3, le=120, description="TTL of the node lease; guests are fenced "
                                    "when it cannot be renewed in time")

@@ -39,6 +39,8 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--state-dir", help="per-VM directories (CORRAL_STATE_DIR)")
     parser.add_argument("--capacity-vcpus", type=int, help="vCPUs offered (CORRAL_CAPACITY_VCPUS)")
     parser.add_argument("--capacity-memory-mib", type=int, help="MiB offered (CORRAL_CAPACITY_MEMORY_MIB)")
+    parser.add_argument("--cpu-allocation-ratio", type=int,
+                        help="vCPUs of VMs per host CPU (CORRAL_CPU_ALLOCATION_RATIO, default 10)")
     parser.add_argument("--node-labels", help="KEY=VALUE,... (CORRAL_NODE_LABELS)")
     parser.add_argument("--heartbeat-seconds", type=int, help="node lease TTL (CORRAL_HEARTBEAT_SECONDS)")
     parser.add_argument("--emulation", choices=["auto", "on", "off"], help="TCG instead of KVM (CORRAL_EMULATION)")
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     agent_server = AgentServer(settings)  # listening now: its address goes in the node record
     record = node_record(name=settings.node_name, labels=settings.node_labels,
                          vcpus=settings.capacity_vcpus, memory_mib=settings.capacity_memory_mib,
-                         hypervisor=hypervisor_name(settings.emulation), address=agent_server.bind())
+                         hypervisor=hypervisor_name(settings.emulation), address=agent_server.bind(),
+                         cpu_allocation_ratio=settings.cpu_allocation_ratio)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

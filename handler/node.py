@@ -30,7 +30,7 @@ def host_memory_mib() -> int:
 
 
 def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: int, hypervisor: str,
-                address: str = "") -> node_pb2.Node:
+                address: str = "", cpu_allocation_ratio: int = 1) -> node_pb2.Node:
     """``address``: where the handler's NodeAgentService is reached (handler/server.py)."""
     node = node_pb2.Node()
     node.metadata.name = name
@@ -38,6 +38,9 @@ def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: in
     node.metadata.labels.setdefault("corral.dev/hostname", name)
     node.status.capacity.vcpus = vcpus or (os.cpu_count() or 1)
     node.status.capacity.memory_mib = memory_mib or max(host_memory_mib() - 1024, 256)
+    node.status.cpu_allocation_ratio = cpu_allocation_ratio
+    node.status.allocatable.vcpus = node.status.capacity.vcpus * cpu_allocation_ratio
+    node.status.allocatable.memory_mib = node.status.capacity.memory_mib
     node.status.hypervisor = hypervisor
     node.status.address = address
     node.status.registered_time.CopyFrom(vm_status.now())

@@ -227,8 +227,8 @@ def test_delete_wait_and_nodes(api, capsys):
 
     code, out, _ = corral(api, capsys, "get", "nodes")
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "STATUS", "VCPUS", "MEMORY", "VMS", "AGE"]
-    assert lines[1].split()[:5] == ["node-1", "Ready", "0/4", "0Mi/4Gi", "0"]
+    assert lines[0].split() == ["NAME", "STATUS", "VCPUS", "CPU", "RATIO", "MEMORY", "VMS", "AGE"]
+    assert lines[1].split()[:6] == ["node-1", "Ready", "0/4", "1", "0Mi/4Gi", "0"]
     code, out, _ = corral(api, capsys, "describe", "node", "node-1")
     assert code == 0 and "node-1" in out and "Ready" in out
 

@@ -280,9 +280,14 @@ def test_node_table():
     node.status.virtual_machine_count = 1
     node.status.registered_time.CopyFrom(ts(NOW - timedelta(hours=2)))
     assert [line.split() for line in printing.node_table([node], now=NOW).splitlines()] == [
-        ["NAME", "STATUS", "VCPUS", "MEMORY", "VMS", "AGE"],
-        ["node-1", "Ready", "1/4", "128Mi/4Gi", "1", "120m"],
+        ["NAME", "STATUS", "VCPUS", "CPU", "RATIO", "MEMORY", "VMS", "AGE"],
+        ["node-1", "Ready", "1/4", "1", "128Mi/4Gi", "1", "120m"],
     ]
+    node.status.cpu_allocation_ratio = 10  # a handler that says: 4 CPUs offer 40 vCPUs
+    node.status.allocatable.vcpus = 40
+    node.status.allocatable.memory_mib = 4096
+    assert printing.node_table([node], now=NOW).splitlines()[1].split() == [
+        "node-1", "Ready", "1/40", "10", "128Mi/4Gi", "1", "120m"]
 
 
 def test_json_output_is_camel_case_with_kind():

@@ -111,6 +111,25 @@ def test_fit_counts_what_assigned_vms_take():
     assert chosen is None and why == "0/1 nodes are available: 1 Insufficient memory."
 
 
+def test_cpu_allocation_ratio_overcommits_vcpus_but_never_memory():
+    from handler.node import node_record
+    two_cores = node_record(name="n1", labels={}, vcpus=2, memory_mib=2048, hypervisor="qemu",
+                            cpu_allocation_ratio=10)
+    assert (two_cores.status.allocatable.vcpus, two_cores.status.allocatable.memory_mib) == (20, 2048)
+    running = [placed(make_vm(f"v{i}", vcpus=1, memory=64), "n1") for i in range(19)]
+    views = scheduling.build_views([two_cores], {"n1"}, running)
+    assert scheduling.choose_node(make_vm(vcpus=1, memory=64).spec, views) == ("n1", "")  # the 20th
+    views = scheduling.build_views([two_cores], {"n1"}, running + [placed(make_vm("v19", vcpus=1, memory=64), "n1")])
+    assert scheduling.choose_node(make_vm(vcpus=1, memory=64).spec, views)[1] == \
+        "0/1 nodes are available: 1 Insufficient vcpus."
+    views = scheduling.build_views([two_cores], {"n1"}, [])
+    assert scheduling.choose_node(make_vm(vcpus=1, memory=2049).spec, views)[1] == \
+        "0/1 nodes are available: 1 Insufficient memory."
+    strict = node_record(name="n1", labels={}, vcpus=2, memory_mib=2048, hypervisor="qemu")
+    views = scheduling.build_views([strict], {"n1"}, running[:2])
+    assert scheduling.choose_node(make_vm(vcpus=1, memory=64).spec, views)[0] is None  # ratio 1: 2 vCPUs
+
+
 def test_finished_vms_free_their_resources():
     done = placed(make_vm("a", vcpus=2), "n1")
     done.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED

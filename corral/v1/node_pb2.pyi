@@ -45,7 +45,7 @@ class Resources(_message.Message):
     def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("phase", "capacity", "allocated", "virtual_machine_count", "address", "registered_time", "hypervisor")
+    __slots__ = ("phase", "capacity", "allocated", "virtual_machine_count", "address", "registered_time", "hypervisor", "cpu_allocation_ratio", "allocatable")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,8 @@ class NodeStatus(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_TIME_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
+    CPU_ALLOCATION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATABLE_FIELD_NUMBER: _ClassVar[int]
     phase: NodePhase
     capacity: Resources
     allocated: Resources
@@ -60,7 +62,9 @@ class NodeStatus(_message.Message):
     address: str
     registered_time: _timestamp_pb2.Timestamp
     hypervisor: str
-    def __init__(self, phase: _Optional[_Union[NodePhase, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., virtual_machine_count: _Optional[int] = ..., address: _Optional[str] = ..., registered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hypervisor: _Optional[str] = ...) -> None: ...
+    cpu_allocation_ratio: int
+    allocatable: Resources
+    def __init__(self, phase: _Optional[_Union[NodePhase, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., virtual_machine_count: _Optional[int] = ..., address: _Optional[str] = ..., registered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hypervisor: _Optional[str] = ..., cpu_allocation_ratio: _Optional[int] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class GetNodeRequest(_message.Message):
     __slots__ = ("name",)
