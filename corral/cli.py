@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,19 +56,49 @@ def _rpc_message(err: grpc.RpcError) -> str:
     return f"{code.name if code is not None else 'UNKNOWN'}: {details}"
 
 
-def _resource(text: str, names: Sequence[str]) -> tuple[str, list[str]]:
-    """("vms", ["a"]) -> ("virtualmachine", ["a"]); also "vm/a" -> ("virtualmachine", ["a"])."""
-    names = list(names)
-    if "/" in text:
-        text, name = text.split("/", 1)
-        if not name:
-            raise click.UsageError(f"missing name in {text}/")
-        names.insert(0, name)
+def _kind(text: str) -> str:
     kind = _ALIASES.get(text.lower())
     if kind is None:
         raise click.UsageError(
-            f"unknown resource type {text!r} (one of: vm, vms, virtualmachine(s), node, nodes)")
-    return kind, names
+            f"unknown resource type {text!r} (one of: vm(s), virtualmachine(s), node(s), migration(s))")
+    return kind
+
+
+def _split_name(arg: str) -> tuple[str | None, str]:
+    """"vm/a" -> ("virtualmachine", "a"); a bare "a" -> (None, "a")."""
+    if "/" not in arg:
+        return None, arg
+    text, name = arg.split("/", 1)
+    if not name:
+        raise click.UsageError(f"missing name in {arg!r}")
+    return _kind(text), name
+
+
+def _resource(text: str, names: Sequence[str]) -> tuple[str, list[str]]:
+    """What kubectl accepts: ``TYPE NAME...`` or ``TYPE/NAME...`` (what ``-o name`` prints),
+    mixed as long as every name is of one type: ("vms", ["a", "vm/b"]) -> ("virtualmachine", ["a", "b"])."""
+    kind, first = _split_name(text)
+    if kind is None:
+        kind, first = _kind(text), None
+    found = [first] if first is not None else []
+    for arg in names:
+        other, name = _split_name(arg)
+        if other is not None and other != kind:
+            raise click.UsageError(f"{arg!r} is a {other}, but this command was given {kind}s: "
+                                   "name one type at a time")
+        found.append(name)
+    return kind, found
+
+
+def names_of(kind: str, args: Sequence[str]) -> list[str]:
+    """Names for commands that take one type (verbs: VMs; cordon: nodes), bare or TYPE/NAME."""
+    found = []
+    for arg in args:
+        other, name = _split_name(arg)
+        if other is not None and other != kind:
+            raise click.UsageError(f"{arg!r} is a {other}: this command takes {kind}s")
+        found.append(name)
+    return found
 
 
 def _client(ctx: click.Context) -> Client:
@@ -322,12 +353,23 @@ _VERBS = {
 }
 
 
+#: Verbs whose effect the node reports a moment after the call returns: the printable status
+#: to wait for (at most SETTLE_SECONDS) before printing, so that `pause` does not print Running.
+_SETTLED = {"Pause": lambda status: status == "Paused", "Unpause": lambda status: status != "Paused"}
+SETTLE_SECONDS = 5.0
+
+
 def _act(ctx: click.Context, verb: str, done: str, names: Sequence[str], **fields: Any) -> int:
     client = _client(ctx)
     failed = 0
-    for name in names:
+    for name in names_of(VM, names):
         try:
             vm = client.act_on_vm(verb, name, **fields)
+            settled = _SETTLED.get(verb)
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while settled and not settled(vm.status.printable_status) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                vm = client.get_vm(name)
         except grpc.RpcError as err:
             click.echo(f"error: {_rpc_message(err)}", err=True)
             failed += 1
@@ -444,6 +486,7 @@ def console_cmd(ctx: click.Context, name: str, linger: float) -> int:
     echo 'uname -a' | corral console demo
     """
     from corral.console import ConsoleSession  # noqa: PLC0415 - termios only when needed
+    [name] = names_of(VM, [name])
     return ConsoleSession(_client(ctx), name, linger=linger).run()
 
 

@@ -8,7 +8,7 @@ import click
 import grpc
 
 from corral import printing
-from corral.cli import VM, Duration, _client, _rpc_message, cli
+from corral.cli import NODE, VM, Duration, _client, _rpc_message, cli, names_of
 from corral.drain import Drainer
 from corral.v1 import migration_pb2
 
@@ -28,6 +28,7 @@ FINAL = (migration_pb2.MIGRATION_PHASE_SUCCEEDED, migration_pb2.MIGRATION_PHASE_
 def migrate(ctx: click.Context, name: str, target: str, bandwidth: int | None, post_copy: bool | None,
             cancel: bool, wait: bool, timeout: float) -> int:
     """Live-migrate a running VM to another node (virtctl migrate)."""
+    [name] = names_of(VM, [name])
     client = _client(ctx)
     if cancel:
         running = [m for m in client.list_migrations(vm_name=name) if m.status.phase not in FINAL]
@@ -70,13 +71,14 @@ def migrate(ctx: click.Context, name: str, target: str, bandwidth: int | None, p
 def drain(ctx: click.Context, node: str, timeout: float) -> int:
     """Cordon a node and move its VMs away by their eviction strategy (LiveMigrate,
     LiveMigrateIfPossible (the default), None = stop, External = wait)."""
+    [node] = names_of(NODE, [node])
     return Drainer(_client(ctx), node, echo=click.echo).run(timeout)
 
 
 def _cordon(ctx: click.Context, nodes: tuple[str, ...], value: bool) -> int:
     client = _client(ctx)
     failed = 0
-    for node in nodes:
+    for node in names_of(NODE, nodes):
         try:
             client.cordon_node(node, cordon=value)
         except grpc.RpcError as err:

@@ -68,3 +68,71 @@ def test_unreachable_server_is_a_clear_error(cluster):
                             capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
+
+
+GUEST_MANIFEST = """\
+apiVersion: corral.dev/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  labels: {{app: habits}}
+spec:
+  vcpus: 1
+  memoryMib: 128
+  terminationGracePeriodSeconds: 0
+  boot:
+    kernel: {{kernelPath: {guest}/vmlinuz, initrdPath: {guest}/initrd.gz, cmdline: console=ttyS0}}
+"""
+
+
+def test_kubectl_habits_on_real_guests_and_a_grace_0_delete(cluster):
+    """What `get -o name` prints goes back in as names, verbs print the status after the node
+    acted, and deleting a VM whose grace period is 0 destroys it at once (KubeVirt's meaning)."""
+    import time
+
+    from tests.cluster import qemu_pid_for
+    from tests.test_never_twice import running
+
+    cluster.start_controller()
+    cluster.start_handler("n1", vcpus=1, extra=["--cpu-allocation-ratio", "4"])  # 1 CPU takes 2+ VMs
+    names = ["habit-a", "habit-b"]
+    for name in names:
+        made = corral(cluster, "create", "-f", "-", stdin=GUEST_MANIFEST.format(name=name, guest=cluster.guest_dir))
+        assert made.returncode == 0, made.stderr
+    listed = corral(cluster, "get", "vms", "-l", "app=habits", "-o", "name").stdout.split()
+    assert listed == [f"virtualmachine/{name}" for name in names]
+    waited = corral(cluster, "wait", *listed, "--for", "phase=Running", "--timeout", "90")
+    assert waited.returncode == 0, waited.stderr
+    vms = [cluster.get(name) for name in names]
+    assert {vm.status.node_name for vm in vms} == {"n1"}
+    assert all(vm.spec.termination_grace_period_seconds == 0
+               and vm.spec.HasField("termination_grace_period_seconds") for vm in vms)
+
+    paused = corral(cluster, "pause", "vm/habit-a", "habit-b")
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.splitlines() == [f"virtualmachine/{name} paused (Paused)" for name in names]
+    unpaused = corral(cluster, "unpause", *listed)
+    assert unpaused.stdout.splitlines() == [f"virtualmachine/{name} unpaused (Running)" for name in names]
+    mixed = corral(cluster, "delete", "vm/habit-a", "node/n1")
+    assert mixed.returncode != 0 and "one type at a time" in mixed.stderr
+
+    qemus = [qemu_pid_for(vm.status.instance_uid) for vm in vms]
+    gone_at: dict[int, float] = {}
+    started = time.monotonic()
+    deleting = subprocess.Popen([sys.executable, "-m", "corral.cli", "--server", cluster.servers, "delete",
+                                 *listed, "--wait"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while deleting.poll() is None and time.monotonic() - started < 60:
+        for pid in qemus:
+            if pid not in gone_at and not running(pid):
+                gone_at[pid] = time.monotonic()
+        time.sleep(0.02)
+    returned = time.monotonic()
+    out, err = deleting.communicate(timeout=5)
+    assert deleting.returncode == 0, err
+    assert out.splitlines() == [f"virtualmachine/{name} deleted" for name in names]
+    assert len(gone_at) == 2, "delete returned while a QEMU still ran"
+    last_gone = max(gone_at.values())
+    print(f"grace-0 delete of 2 VMs: QEMU gone {last_gone - started:.2f}s after the call, "
+          f"delete --wait returned {returned - last_gone:.2f}s after that")
+    assert last_gone - started < 5, "a grace period of 0 must not wait for the guest"
+    assert returned - last_gone < 3
