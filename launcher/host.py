@@ -132,6 +132,23 @@ def _capabilities_dir(root: str) -> str:
     return os.path.join(root, "cache", "qemu", "capabilities")
 
 
+def embed_capabilities_dir(root: str) -> str:
+    """Where an embedded driver rooted at ``root`` keeps its QEMU capabilities cache."""
+    return _capabilities_dir(root)
+
+
+def capabilities_files(directory: str) -> dict[str, int]:
+    """The capabilities cache's files and their modification times: libvirt writes a file
+    whenever it probes a QEMU, so a change across a define means it probed (no usable cache)."""
+    found = {}
+    for path in glob.glob(os.path.join(directory, "*.xml")):
+        try:
+            found[os.path.basename(path)] = os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+    return found
+
+
 def _copy_atomically(src: str, dst_dir: str) -> None:
     """Copy via a temp name + os.replace, so a concurrent reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=dst_dir, prefix=".tmp-", suffix=".xml")

@@ -73,7 +73,7 @@ import grpc
 
 from corral.v1 import launcher_pb2_grpc, vm_pb2
 
-from launcher import domain_xml, privileges, session
+from launcher import domain_xml, privileges, reaper, session
 from launcher.host import (Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache,
                            warm_capabilities_cache)
 from launcher.fencing import FenceWatch
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    reaper.become_subreaper()  # QEMU (and its probes) become our children: reaped, and seen gone, at once
     if args.warm_cache:
         _exit(warm_cache(args.warm_cache, args.capabilities_cache, args.libvirt_mode))
     vm_dir = os.path.abspath(wait_for_assignment() if args.spare else args.vm_dir)

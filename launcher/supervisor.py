@@ -15,10 +15,11 @@ import libvirt
 
 from corral.v1 import launcher_pb2, vm_pb2
 
-from launcher import domain_xml, migration
+from launcher import domain_xml, migration, reaper, session
 from launcher.guest_agent import GuestAgentPoller
 from launcher.host import (DomainNotFound, DomainNotRunning, Guest, Host, LauncherError,
-                           LifecycleEvent, save_capabilities_cache, translate_state)
+                           LifecycleEvent, capabilities_files, embed_capabilities_dir,
+                           save_capabilities_cache, translate_state)
 
 log = logging.getLogger(__name__)
 pb = launcher_pb2
@@ -74,6 +75,8 @@ class Supervisor:
         self.host = host
         self.options = options
         self.capabilities_cache = capabilities_cache
+        self.capabilities_dir = (embed_capabilities_dir(host.root) if host.root
+                                 else session.capabilities_dir(vm_dir))
         self.exit_requested = threading.Event()
         self._op_lock = threading.Lock()  # startup, shutdown and kill never overlap
         self._guest: Guest | None = None
@@ -153,9 +156,11 @@ class Supervisor:
             xml = domain_xml.build_domain_xml(self.vm, self.options)
         except ValueError as e:
             raise _InvalidSpec(f"invalid VM spec: {e}") from e
+        cached = capabilities_files(self.capabilities_dir)
         t0 = time.monotonic()
         self._guest = guest = self.host.define(xml)
         t1 = time.monotonic()
+        probed = capabilities_files(self.capabilities_dir) != cached
         restore_from = self.vm.status.restore_from.path
         if restore_from:
             log.info("resuming the guest saved in %s", restore_from)
@@ -165,7 +170,8 @@ class Supervisor:
         t2 = time.monotonic()
         with open(self.marker_path, "w") as f:
             f.write(f"{time.time():.3f}\n")
-        log.info("domain %s started: define %.2fs, start %.2fs", guest.name, t1 - t0, t2 - t1)
+        log.info("domain %s started: define %.2fs, start %.2fs, %s", guest.name, t1 - t0, t2 - t1,
+                 "QEMU capabilities PROBED (no usable cache)" if probed else "capabilities cache used")
         # A VM user may read the node's cache but not write it (the handler warms it).
         if self.capabilities_cache and self.host.root and os.access(self.capabilities_cache, os.W_OK):
             try:
@@ -229,6 +235,7 @@ class Supervisor:
             state, reason = pb.DOMAIN_STATE_SHUTTING_DOWN, "shutdown-requested"
         elif state == pb.DOMAIN_STATE_RUNNING and reason == "migrated":
             message = self._arrival_note
+        reaper.guest_started(pid)
         self.board.publish(self._status(state, reason, message, pid))
 
     # --- pause, resume, reboot, reset ----------------------------------------------------
