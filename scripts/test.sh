@@ -3,4 +3,7 @@
 # end-to-end tests, which start real etcd, controllers, handlers and TCG guests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# In parallel (pytest-xdist): every end-to-end test has its own etcd prefix, ports, state
+# directories and network namespaces, and mostly waits on guests and leases, so 4 workers fit
+# 2 cores. One test alone: scripts/test.sh -n 0 tests/test_faults.py::test_dead_node_runs_its_vms_elsewhere_never_twice
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${CORRAL_TEST_WORKERS:-4}" "$@"

@@ -26,6 +26,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_subnets_taken = 0
+
+
+def private_subnet() -> int:
+    """A third octet no other test running now uses for its network namespaces: each pytest-xdist
+    worker has its own block of 20 (tests in one worker run one after another)."""
+    global _subnets_taken
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    _subnets_taken += 1
+    return 10 + (int(worker) if worker.isdigit() else 0) % 12 * 20 + _subnets_taken % 20
+
+
 def wait_for(predicate: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None

@@ -2,6 +2,7 @@
 cluster of real controller and handler processes per test (own key prefix)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -11,6 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import REPO, Cluster, Etcd
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, so that with parallel workers the longest ones do not start last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_report_header(config):
@@ -33,8 +39,11 @@ def guest_dir(tmp_path_factory) -> Path:
     target = Path(os.environ.get("CORRAL_GUEST_DIR", "/var/tmp/corral-guest"))
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
-    subprocess.run([str(REPO / "scripts" / "build-guest.sh"), str(target)], check=True,
-                   stdout=subprocess.DEVNULL)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{target}.lock", "w") as lock:  # parallel workers: one builds, the others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([str(REPO / "scripts" / "build-guest.sh"), str(target)], check=True,
+                       stdout=subprocess.DEVNULL)
     return target
 
 

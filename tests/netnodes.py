@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from corral.client import Client
-from tests.cluster import Cluster, Etcd, free_port
+from tests.cluster import Cluster, Etcd, free_port, private_subnet
 
 NODES = ("na", "nb")
 
@@ -62,7 +62,7 @@ class TwoNodes:
         self.base, self.guest_dir, self.prefix = base, guest_dir, prefix
         self.heartbeat_seconds = heartbeat_seconds
         tag = uuid.uuid4().hex[:6]
-        subnet = 100 + int(tag[:2], 16) % 100
+        subnet = private_subnet()
         self.tag = tag
         self.bridge = f"cmb{tag}"
         self.host_ip = f"10.232.{subnet}.1"

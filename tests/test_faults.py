@@ -166,7 +166,8 @@ def test_hung_node_fences_its_guests_before_they_run_elsewhere(cluster):
     assert not pids_mentioning(vm.status.instance_uid)
 
 
-@pytest.mark.parametrize("outage_seconds", [30, 180])
+@pytest.mark.slow
+@pytest.mark.parametrize("outage_seconds", [180, 30])  # the longest test of all first
 def test_etcd_outage_keeps_guests_and_reconciles_after(cluster, outage_seconds):
     cluster.start_controller()
     cluster.start_handler("n1")

@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 from corral.v1 import launcher_pb2, migration_pb2
+from tests.cluster import private_subnet
 from tests.test_launcher import Launcher, pid_alive, running, session_daemons
 
 pytestmark = pytest.mark.guest
@@ -43,7 +44,7 @@ def nodes() -> Iterator[dict[str, dict[str, str]]]:
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("libvirtd") is None:
         pytest.skip("needs root, iproute2 and libvirtd")
     tag = uuid.uuid4().hex[:6]
-    subnet = int(tag[:2], 16)
+    subnet = private_subnet()
     made = {"a": {"ns": f"cmiga-{tag}", "ip": f"10.78.{subnet}.1", "veth": f"cma{tag}"},
             "b": {"ns": f"cmigb-{tag}", "ip": f"10.78.{subnet}.2", "veth": f"cmb{tag}"}}
     try:

@@ -100,6 +100,7 @@ def test_stop_start_restart_keep_one_run_at_a_time_and_a_history(cluster):
         assert expected in reasons, (expected, reasons)
 
 
+@pytest.mark.slow
 def test_a_crash_is_handled_per_run_strategy_with_back_off(cluster):
     strategies, runs = four_strategies_running(cluster)
 

@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from corral.v1 import vm_pb2
 from tests.cluster import pids_mentioning, qemu_pid_for, wait_for
 from tests.test_faults import CopySampler
@@ -108,6 +110,7 @@ def test_frozen_handler_and_launchers_leave_no_guest_behind(cluster):
     assert qemu_pid_for(vm.status.instance_uid) is None
 
 
+@pytest.mark.slow
 def test_crash_looping_handler_until_the_start_limit_leaves_no_guest_behind(cluster):
     """The handler crashes again and again, each time with its launchers (an OOM kill of the
     node agent), and is restarted as systemd would (RestartSec=2s) until systemd's start limit

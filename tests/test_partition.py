@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corral.v1 import vm_pb2
-from tests.cluster import Cluster, Etcd, free_port, qemu_pid_for, wait_for
+from tests.cluster import Cluster, Etcd, free_port, private_subnet, qemu_pid_for, wait_for
 from tests.test_faults import CopySampler, kill
 from tests.test_never_twice import launcher_pids, running
 
@@ -32,7 +32,7 @@ def network(tmp_path):
         pytest.skip("needs root and iproute2 for network namespaces")
     tag = uuid.uuid4().hex[:6]
     netns, host_end, node_end = f"corral-{tag}", f"ch{tag}", f"cn{tag}"
-    subnet = 200 + int(tag[:2], 16) % 50
+    subnet = private_subnet()
     host_ip, node_ip = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
     ip("netns", "add", netns)
     try:
@@ -58,6 +58,7 @@ class HostEtcd(Etcd):
         self.listen_urls = f"http://127.0.0.1:{self.client_port},{self.endpoint}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_launcher", [False, True], ids=["cut", "cut-and-launcher-killed"])
 def test_partitioned_node_fences_and_its_vm_runs_elsewhere_never_twice(network, guest_dir, tmp_path, kill_launcher):
     """With kill_launcher, the run's launcher is also killed just after the cut: the cut-off
