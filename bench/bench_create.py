@@ -341,6 +341,11 @@ class Bench:
             shutil.copy2(path, cache)
         self.cluster.start_controller()
         self.cluster.start_handler("n1", vcpus=self.n, memory_mib=self.n * 256)
+        # An idle node: its start-up work (the capabilities warm-up) is over before the first create.
+        handler_log = self.work / "handler-n1.log"
+        deadline = time.monotonic() + 60
+        while "capabilities cache warm" not in handler_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.stub = self.cluster.vms
         threading.Thread(target=self._watch, name="watch", daemon=True).start()
 
@@ -423,7 +428,7 @@ class Bench:
             for tr in got.virtual_machine.status.phase_transitions:
                 times.setdefault(tr.phase, tr.time.ToNanoseconds() / 1e9)
             row["server"] = times[vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING] - times[vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING]
-            row["uid"] = got.virtual_machine.metadata.uid
+            row["uid"] = got.virtual_machine.status.instance_uid  # the run directory is named by the run
         print("corral done\n", flush=True)
 
     # -- memory -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 from controller import auth
 from controller.errors import RequestError, grpc_errors
 from controller.migrations import clear_target, fail, progress_message, set_phase
+from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
 from corral.logs import log_vm
 from corral.resources import MIGRATIONS, VMS
@@ -20,7 +21,8 @@ from corral.validation import ValidationError, name_problem
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.0
+#: How often an idle assignments stream checks that its handler is still there.
+POLL_SECONDS = 5.0
 SAVE_FAILED = "SaveFailed"
 STORE_HEALTH_TIMEOUT = 1.0
 
@@ -146,41 +148,49 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
 
 
 class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
-    def __init__(self, *, store: Store) -> None:
+    def __init__(self, *, store: Store, cache: WatchCache) -> None:
         self.store = store
+        self.cache = cache
 
     @grpc_errors
     def WatchAssignments(self, request, context):
+        """The node's VMs from the replica's watch cache (snapshot, SYNCED, then its changes):
+        one etcd watch per replica however many nodes follow it."""
         node = request.node_name
         auth.require_node(context, node)
         problem = name_problem(node, "node_name")
         if problem:
             raise ValidationError([problem])
-        vms, revision = self.store.list_all(VMS)
-        mine: set[str] = set()
-        for vm in vms:
-            if _assigned(vm, node):
-                mine.add(vm.metadata.name)
+        if not self.cache.wait_synced(timeout=10):
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")
+        vms, revision, subscription = self.cache.subscribe(node)
+        context.add_callback(subscription.end)  # a handler that goes away frees its thread at once
+        try:
+            for vm in vms:
                 yield handler_pb2.WatchAssignmentsResponse(
                     type=handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT, virtual_machine=vm, resource_version=revision)
-        yield handler_pb2.WatchAssignmentsResponse(type=handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED, resource_version=revision)
-        log.info("node %s follows its %d assignments from revision %d", node, len(mine), revision)
-        with self.store.watch(VMS, start_revision=revision + 1) as watch:
-            for event in watch.events(timeout=POLL_SECONDS):
+            yield handler_pb2.WatchAssignmentsResponse(type=handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED,
+                                                       resource_version=revision)
+            log.info("node %s follows its %d assignments from revision %d", node, len(vms), revision)
+            for change in subscription.changes(timeout=POLL_SECONDS):
                 if not context.is_active():
                     return
-                if event is None:
+                if change is None:
                     continue
-                if event.kind == "put" and _assigned(event.obj, node):
-                    mine.add(event.name)
-                    kind = handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT
-                elif event.name in mine:
-                    mine.discard(event.name)
-                    kind = handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE
+                if change.vm is not None:
+                    yield handler_pb2.WatchAssignmentsResponse(
+                        type=handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT, virtual_machine=change.vm,
+                        resource_version=change.revision)
                 else:
-                    continue
-                yield handler_pb2.WatchAssignmentsResponse(
-                    type=kind, virtual_machine=event.obj, resource_version=event.revision)
+                    gone = vm_pb2.VirtualMachine()
+                    gone.metadata.name = change.name
+                    yield handler_pb2.WatchAssignmentsResponse(
+                        type=handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE, virtual_machine=gone,
+                        resource_version=change.revision)
+            if context.is_active():
+                log.info("node %s: the watch cache started over: the stream ends for a resync", node)
+        finally:
+            subscription.close()
 
     def _owned_vm(self, node: str, name: str, uid: str, instance_uid: str = "") -> vm_pb2.VirtualMachine:
         vm = self.store.get(VMS, name)

@@ -22,8 +22,8 @@ from controller.node_agents import NodeAgents
 from controller.migration_api import MigrationService
 from controller.migrations import MigrationReconciler, MigrationSettings
 from controller.scheduler import Scheduler
+from controller.watch_cache import WatchCache
 from corral import logs, metrics, tls
-from corral.resources import VMS
 from corral.sdnotify import Watchdog, notify
 from corral.settings import ControllerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import Store, StoreError
@@ -40,6 +40,9 @@ SERVICE_NAMES = (
 )
 
 
+#: Threads serving calls: one per open stream (each node's assignments, each watch) plus the
+#: unary calls in flight.
+MAX_WORKERS = 4096
 #: Accept the handlers' keepalive pings (they notice a dead controller by them).
 SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
@@ -57,9 +60,11 @@ def parse_settings(argv: list[str] | None) -> ControllerSettings:
     return parse_daemon_settings(parser, argv, ControllerSettings, daemon="controller")
 
 
-def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Server, health.HealthServicer]:
-    # Every open stream (a handler's assignments, a watch) holds a worker thread.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=500, thread_name_prefix="api"),
+def build_server(settings: ControllerSettings, store: Store,
+                 cache: WatchCache) -> tuple[grpc.Server, health.HealthServicer]:
+    # Every open stream (a handler's assignments, a watch) holds a worker thread, parked on its
+    # own queue (the watch cache wakes only the streams a change concerns).
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="api"),
                          options=SERVER_OPTIONS,
                          interceptors=[metrics.ApiInterceptor(), auth.AuthorizationInterceptor()])
     try:
@@ -73,7 +78,7 @@ def build_server(settings: ControllerSettings, store: Store) -> tuple[grpc.Serve
         VirtualMachineService(store=store, node_agents=NodeAgents(store, agent_credentials)), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=store), server)
     migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=store), server)
-    handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=store), server)
+    handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=store, cache=cache), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -104,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"corral-controller: {exc}", file=sys.stderr)
         return 2
-    server, health_servicer = build_server(settings, store)
+    cache = WatchCache(store)
+    cache.start()
+    server, health_servicer = build_server(settings, store, cache)
     migrations = MigrationReconciler(store=store, settings=MigrationSettings.from_settings(settings))
     scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds,
-                          node_loss_margin_seconds=settings.node_loss_margin_seconds, migrations=migrations)
+                          node_loss_margin_seconds=settings.node_loss_margin_seconds, migrations=migrations,
+                          cache=cache)
     elector = LeaderElector(store=store, identity=settings.replica_id,
                             lease_seconds=settings.leader_lease_seconds, lead=scheduler.run)
-    metrics.register_controller(list_vms=lambda: store.list_all(VMS)[0], is_leader=lambda: elector.is_leader)
+    metrics.register_controller(list_vms=lambda: cache.snapshot()[2], is_leader=lambda: elector.is_leader)
     metrics.serve(settings.metrics_listen)
     stop = threading.Event()
 

@@ -147,13 +147,18 @@ class MigrationReconciler:
     def reconcile(self, fence: Fence, vms: list[vm_pb2.VirtualMachine], views: dict[str, scheduling.NodeView],
                   lost: set[str]) -> None:
         migrations, _ = self.store.list_all(MIGRATIONS)
-        by_name = {vm.metadata.name: vm for vm in vms}
+        by_name = {vm.metadata.name: vm for vm in vms}  # shared (watch cache): copied before a change
         active = [m for m in migrations if m.status.phase in ACTIVE_PHASES]
         for migration in sorted(migrations, key=lambda m: (m.metadata.create_time.ToNanoseconds(), m.metadata.name)):
             if migration.status.phase in FINAL_PHASES:
                 continue
+            vm = by_name.get(migration.spec.vm_name)
+            if vm is not None:
+                copy = vm_pb2.VirtualMachine()
+                copy.CopyFrom(vm)
+                vm = copy
             try:
-                self._reconcile_one(migration, by_name.get(migration.spec.vm_name), fence, views, lost, active)
+                self._reconcile_one(migration, vm, fence, views, lost, active)
             except (Conflict, NotFound):
                 continue  # changed meanwhile: the next pass sees it
 

@@ -129,6 +129,7 @@ class Store:
         StoreError now, naming the endpoint."""
         self.prefix = prefix.encode()
         self.timeout = timeout
+        self.last_write_revision = 0
         if bool(username) != (password is not None):
             raise StoreError("etcd authentication needs both a user name and a password")
         parsed = [parse_endpoint(url) for url in endpoints]
@@ -252,7 +253,11 @@ class Store:
             success=self.client._ops_to_requests(success),
             failure=self.client._ops_to_requests(failure or []),
         )
-        return self._call(etcdrpc.KVStub, "Txn", request)
+        response = self._call(etcdrpc.KVStub, "Txn", request)
+        if response.succeeded and success:
+            # Readers of a watch cache wait until it has seen this process's own writes.
+            self.last_write_revision = max(self.last_write_revision, response.header.revision)
+        return response
 
     def range(self, start: bytes, end: bytes | None = None, *, limit: int = 0,
               revision: int = 0, timeout: float | None = None) -> etcdrpc.RangeResponse:

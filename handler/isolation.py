@@ -319,12 +319,15 @@ def isolation_problem(launcher_base: list[str], uid: int) -> str | None:
 def warm_capabilities_cache(command: list[str], *, log_path: Path, done: threading.Event) -> None:
     """Run the launcher's capabilities probe as root, filling the node's shared cache that
     VM users may read but not write (so no VM can poison another's capabilities)."""
+    started = time.monotonic()
     try:
         with open(log_path, "ab") as log_file:
             result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log_file,
                                     stderr=subprocess.STDOUT, cwd="/", timeout=120)
         if result.returncode != 0:
             log.warning("warming the capabilities cache failed (exit %d, see %s)", result.returncode, log_path)
+        else:
+            log.info("capabilities cache warm after %.2fs", time.monotonic() - started)
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("warming the capabilities cache failed: %s", exc)
     finally:

@@ -1,0 +1,223 @@
+"""The replica's watch cache: one etcd watch feeds an in-memory, revision-stamped copy of every
+VM, node record and node lease (what Kubernetes' apiserver calls its watch cache, and
+client-go its informers). Readers take snapshots and subscriptions from it instead of
+listing and watching etcd themselves, so a change costs one decode however many handler
+streams and reconcilers follow it.
+
+- VMs are indexed by the nodes they are assigned to (their node, and a live migration's
+  target): a node's subscription hears only about its own VMs.
+- Every snapshot and event carries the etcd revision it reflects; the cache's revision only
+  moves forward, after the whole etcd response is applied.
+- A compacted or broken etcd watch makes the cache relist and rewatch; subscribers are then
+  told to start over (their stream ends, and handlers reconnect and resync), because events
+  may have been missed.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pyetcd import utils as etcd_utils
+
+from corral.resources import NODE_LEASES_FOLDER, NODES, VMS
+from corral.store import Compacted, Store, StoreError, decode
+from corral.v1 import node_pb2, vm_pb2
+
+log = logging.getLogger(__name__)
+
+DELETE_EVENT = 1  # mvccpb.Event.DELETE
+
+
+def assigned_nodes(vm: vm_pb2.VirtualMachine | None) -> set[str]:
+    """The nodes a VM is assigned to: its node, and a live migration's target."""
+    if vm is None:
+        return set()
+    return {name for name in (vm.status.node_name, vm.status.migration_target.node_name) if name}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a node's subscription hears: its VM now (None: no longer assigned to it)."""
+
+    name: str
+    vm: vm_pb2.VirtualMachine | None
+    revision: int
+
+
+class Subscription:
+    """Changes to one node's VMs, in revision order; ended when the cache had to start over."""
+
+    RESYNC = object()
+
+    def __init__(self, cache: "WatchCache", node: str) -> None:
+        self.cache = cache
+        self.node = node
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def changes(self, timeout: float) -> Iterator[Change | None]:
+        """Changes as they come; None after ``timeout`` seconds of silence; ends on a resync."""
+        while True:
+            try:
+                item = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                yield None
+                continue
+            if item is self.RESYNC:
+                return
+            yield item
+
+    def end(self) -> None:
+        """Make changes() return (the stream is over)."""
+        self.queue.put(self.RESYNC)
+
+    def close(self) -> None:
+        self.cache._unsubscribe(self)
+
+
+class WatchCache:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.vms: dict[str, vm_pb2.VirtualMachine] = {}
+        self.by_node: dict[str, set[str]] = {}
+        self.nodes: dict[str, node_pb2.Node] = {}
+        self.ready: set[str] = set()
+        self.revision = 0
+        self.cond = threading.Condition()
+        self.subscribers: dict[str, set[Subscription]] = {}
+        self.synced = threading.Event()
+        self._folders = {
+            "vms": store.folder(VMS),
+            "nodes": store.folder(NODES),
+            "leases": store.raw_key(NODE_LEASES_FOLDER),
+        }
+
+    # -- feeding ----------------------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self.run, name="watch-cache", daemon=True).start()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        while stop is None or not stop.is_set():
+            try:
+                revision = self._relist()
+                self._follow(revision, stop)
+            except Compacted as exc:
+                log.warning("watch cache: revision compacted (%s): listing again", exc)
+            except StoreError as exc:
+                log.warning("watch cache: %s: listing again", exc)
+                (stop or threading.Event()).wait(0.5)
+
+    def _relist(self) -> int:
+        vms, revision = self.store.list_all(VMS)
+        nodes, _, _ = self.store.list(NODES, revision=revision)
+        folder = self._folders["leases"]
+        leases = self.store.range(folder, etcd_utils.prefix_range_end(folder), revision=revision)
+        with self.cond:
+            self.vms = {vm.metadata.name: vm for vm in vms}
+            self.by_node = {}
+            for vm in vms:
+                for node in assigned_nodes(vm):
+                    self.by_node.setdefault(node, set()).add(vm.metadata.name)
+            self.nodes = {node.metadata.name: node for node in nodes}
+            self.ready = {kv.key[len(folder):].decode() for kv in leases.kvs}
+            self.revision = revision
+            stale = [sub for subs in self.subscribers.values() for sub in subs]
+            self.subscribers = {}
+            self.cond.notify_all()
+        for sub in stale:  # they may have missed events: their streams start over
+            sub.queue.put(Subscription.RESYNC)
+        self.synced.set()
+        log.info("watch cache: %d VMs, %d nodes at revision %d", len(vms), len(nodes), revision)
+        return revision
+
+    def _follow(self, revision: int, stop: threading.Event | None) -> None:
+        raw = self.store.watch_everything(start_revision=revision + 1)  # VMs, nodes, leases: one stream
+        try:
+            for response in raw.responses(timeout=1.0):
+                if stop is not None and stop.is_set():
+                    return
+                if response is not None:
+                    self._apply(response.events, response.header.revision)
+        finally:
+            raw.close()
+
+    def _apply(self, events, revision: int) -> None:
+        vms, nodes, leases = self._folders["vms"], self._folders["nodes"], self._folders["leases"]
+        fanout: list[tuple[Subscription, Change]] = []
+        with self.cond:
+            for event in events:
+                key = event.kv.key
+                deleted = event.type == DELETE_EVENT
+                if key.startswith(vms):
+                    name = key[len(vms):].decode()
+                    vm = None if deleted else decode(vm_pb2.VirtualMachine, event.kv.value, event.kv.mod_revision)
+                    fanout.extend(self._put_vm(name, vm, event.kv.mod_revision))
+                elif key.startswith(nodes):
+                    name = key[len(nodes):].decode()
+                    if deleted:
+                        self.nodes.pop(name, None)
+                    else:
+                        self.nodes[name] = decode(node_pb2.Node, event.kv.value, event.kv.mod_revision)
+                elif key.startswith(leases):
+                    name = key[len(leases):].decode()
+                    (self.ready.discard if deleted else self.ready.add)(name)
+            self.revision = max(self.revision, revision)
+            self.cond.notify_all()
+        for sub, change in fanout:
+            sub.queue.put(change)
+
+    def _put_vm(self, name: str, vm: vm_pb2.VirtualMachine | None,
+                revision: int) -> list[tuple["Subscription", Change]]:
+        before = assigned_nodes(self.vms.get(name))
+        after = assigned_nodes(vm)
+        if vm is None:
+            self.vms.pop(name, None)
+        else:
+            self.vms[name] = vm
+        for node in before - after:
+            names = self.by_node.get(node)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.by_node[node]
+        for node in after:
+            self.by_node.setdefault(node, set()).add(name)
+        fanout = []
+        for node in before | after:
+            change = Change(name, vm if node in after else None, revision)
+            fanout.extend((sub, change) for sub in self.subscribers.get(node, ()))
+        return fanout
+
+    # -- reading ----------------------------------------------------------------------------
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        return self.synced.wait(timeout)
+
+    def subscribe(self, node: str) -> tuple[list[vm_pb2.VirtualMachine], int, Subscription]:
+        """The node's VMs now, the revision they reflect, and a subscription to every later change."""
+        sub = Subscription(self, node)
+        with self.cond:
+            current = [self.vms[name] for name in sorted(self.by_node.get(node, ()))]
+            self.subscribers.setdefault(node, set()).add(sub)
+            return current, self.revision, sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self.cond:
+            subs = self.subscribers.get(sub.node)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.subscribers[sub.node]
+
+    def snapshot(self) -> tuple[list[node_pb2.Node], set[str], list[vm_pb2.VirtualMachine], int]:
+        """Nodes, Ready node names and VMs at one revision (what controller.nodes.snapshot reads
+        from etcd). The objects are shared: callers copy before changing one."""
+        with self.cond:
+            return list(self.nodes.values()), set(self.ready), list(self.vms.values()), self.revision
+
+    def wait_newer(self, revision: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> int:
+        """Block until the cache is past ``revision`` (or timeout); its revision then."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.revision > revision or stop(), timeout)
+            return self.revision

@@ -1,0 +1,297 @@
+"""corral-simnodes: many simulated nodes in one process, for scale tests, benchmarks and for
+trying Corral at size on one machine. SIMULATED: no launcher process, no QEMU, no guest boots.
+
+Each simulated node speaks the real handler protocol: it registers its node record and keeps
+its heartbeat lease in etcd (as corral-handler does), follows WatchAssignments from the
+controllers (reconnecting, rotating through them), takes the run's instance lock before a
+start, runs each assigned VM as a domain of libvirt's test driver (``test:///default``: real
+libvirt calls, kept in memory), reports phases with ReportVirtualMachineStatus, ends runs it is
+asked to end (stop, restart, save: the run Succeeds) and removes deleted VMs
+(ReleaseVirtualMachine). Left out: fencing deadlines, consoles, pause, migrations, devices.
+
+All nodes share one asyncio loop and a few gRPC channels (thousands of streams, a handful of
+threads); etcd calls run in a small thread pool.
+
+    corral-simnodes --count 100 --servers 127.0.0.1:7100 --etcd-endpoints http://127.0.0.1:2379
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import signal
+import sys
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import libvirt
+from pyetcd import transactions as T
+
+from corral import logs
+from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER
+from corral.store import Store, StoreError
+from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
+from handler.node import node_record, register
+
+log = logging.getLogger("corral.simnodes")
+
+RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+SUCCEEDED = vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED
+STARTABLE = (vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED, RUNNING)
+NODES_PER_CHANNEL = 100
+
+
+def domain_xml(instance_uid: str, vm: vm_pb2.VirtualMachine) -> str:
+    """A test-driver domain for the run (its name is the run's uid: unique in the process)."""
+    import xml.etree.ElementTree as ET
+    domain = ET.Element("domain", type="test")
+    ET.SubElement(domain, "name").text = instance_uid
+    ET.SubElement(domain, "memory", unit="MiB").text = str(vm.spec.memory_mib)
+    ET.SubElement(domain, "vcpu").text = str(vm.spec.vcpus)
+    os_el = ET.SubElement(domain, "os")
+    ET.SubElement(os_el, "type").text = "hvm"
+    return ET.tostring(domain, encoding="unicode")
+
+
+@dataclass
+class Hypervisor:
+    """libvirt's test driver, shared by every simulated node of the process."""
+
+    conn: libvirt.virConnect = field(default_factory=lambda: libvirt.open("test:///default"))
+
+    def start(self, instance_uid: str, vm: vm_pb2.VirtualMachine) -> None:
+        try:
+            self.conn.lookupByName(instance_uid)
+            return  # already running: a repeated assignment
+        except libvirt.libvirtError:
+            pass
+        self.conn.createXML(domain_xml(instance_uid, vm), 0)
+
+    def stop(self, instance_uid: str) -> None:
+        try:
+            self.conn.lookupByName(instance_uid).destroy()
+        except libvirt.libvirtError:
+            pass  # gone already
+
+
+class SimNode:
+    def __init__(self, *, name: str, sim: "SimCluster") -> None:
+        self.name = name
+        self.sim = sim
+        self.lease = 0
+        self.runs: dict[str, str] = {}  # instance uid -> VM name
+        self.reported: dict[str, int] = {}  # instance uid -> phase reported
+        self.tokens: dict[str, int] = {}
+
+    async def etcd(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.sim.pool, fn, *args)
+
+    # -- registration and heartbeat ------------------------------------------------------------
+    async def register(self) -> None:
+        record = node_record(name=self.name, labels={"corral.dev/simulated": "true", **self.sim.labels},
+                             vcpus=self.sim.vcpus, memory_mib=self.sim.memory_mib, hypervisor="test",
+                             cpu_allocation_ratio=self.sim.cpu_allocation_ratio)
+        await self.etcd(register, self.sim.store, record)
+        await self.grant()
+
+    async def grant(self) -> None:
+        self.lease = await self.etcd(self.sim.store.grant_lease, self.sim.ttl)
+        key = self.sim.store.raw_key(NODE_LEASES_FOLDER + self.name)
+        await self.etcd(self.sim.store.txn, [], [T.Put(key, self.name.encode(), lease=self.lease)])
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.sim.ttl / 4 * (0.9 + random.random() * 0.2))
+            try:
+                if await self.etcd(self.sim.store.refresh_lease, self.lease) <= 0:
+                    log.warning("node %s lost its lease: taking a new one", self.name)
+                    await self.grant()
+            except StoreError as exc:
+                log.warning("node %s: heartbeat failed: %s", self.name, exc)
+
+    # -- assignments ---------------------------------------------------------------------------
+    async def follow(self) -> None:
+        attempt = 0
+        while True:
+            stub = self.sim.stub_for(self.name, attempt)
+            synced = False
+            snapshot: dict[str, vm_pb2.VirtualMachine] = {}
+            try:
+                async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(node_name=self.name)):
+                    vm = event.virtual_machine
+                    if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
+                        synced, attempt = True, 0
+                        await self.resync(snapshot)
+                    elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
+                        if synced:
+                            await self.upsert(vm)
+                        else:
+                            snapshot[vm.metadata.name] = vm
+                    elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE:
+                        if synced:
+                            self.end_runs_of(vm.metadata.name)
+                        else:
+                            snapshot.pop(vm.metadata.name, None)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    log.warning("node %s: assignments stream: %s", self.name, exc.details())
+            attempt += 1
+            await asyncio.sleep(min(0.2 * 2 ** min(attempt, 5), 5.0) * random.random())
+
+    async def resync(self, snapshot: dict[str, vm_pb2.VirtualMachine]) -> None:
+        wanted = {vm.status.instance_uid for vm in snapshot.values()}
+        for uid in [uid for uid in self.runs if uid not in wanted]:
+            self.end_run(uid)
+        for vm in snapshot.values():
+            await self.upsert(vm)
+
+    def end_runs_of(self, vm_name: str) -> None:
+        for uid in [uid for uid, name in self.runs.items() if name == vm_name]:
+            self.end_run(uid)
+
+    def end_run(self, uid: str) -> None:
+        self.sim.hypervisor.stop(uid)
+        name = self.runs.pop(uid, None)
+        self.reported.pop(uid, None)
+        if name is not None:
+            log.info("run ended: vm %s run %s node %s", name, uid, self.name)
+
+    async def upsert(self, vm: vm_pb2.VirtualMachine) -> None:
+        name, uid = vm.metadata.name, vm.status.instance_uid
+        if vm.status.assignment_token < self.tokens.get(name, 0):
+            return  # a deposed leader's late assignment
+        self.tokens[name] = vm.status.assignment_token
+        if vm.status.node_name != self.name or not uid:
+            return  # an incoming migration: not simulated
+        if vm.metadata.HasField("delete_time"):
+            self.end_runs_of(name)
+            await self.unlock(name, uid)
+            await self.call("ReleaseVirtualMachine", handler_pb2.ReleaseVirtualMachineRequest(
+                node_name=self.name, name=name, uid=vm.metadata.uid))
+            return
+        request = vm.status.run_request
+        if uid in self.runs and request.action and request.instance_uid == uid:
+            self.end_run(uid)
+            await self.report(vm, uid, SUCCEEDED, "Stopped", "stopped on request (simulated node)")
+            await self.unlock(name, uid)
+            return
+        if uid not in self.runs and vm.status.phase in STARTABLE and uid not in self.reported:
+            if not await self.lock(name, uid):
+                return
+            self.sim.hypervisor.start(uid, vm)
+            self.runs[uid] = name
+            log.info("run started: vm %s run %s node %s", name, uid, self.name)
+        if uid in self.runs and vm.status.phase != RUNNING and self.reported.get(uid) != RUNNING:
+            await self.report(vm, uid, RUNNING, "Running", "")
+
+    async def lock(self, vm_name: str, uid: str) -> bool:
+        key = self.sim.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
+        value = f"{self.name}/{uid}".encode()
+        try:
+            answer = await self.etcd(self.sim.store.txn, [T.Version(key) == 0], [T.Put(key, value, lease=self.lease)],
+                                     [T.Get(key)])
+        except StoreError as exc:
+            log.warning("vm %s: cannot take the instance lock: %s", vm_name, exc)
+            return False
+        if answer.succeeded:
+            return True
+        held = answer.responses[0].response_range.kvs
+        return bool(held) and held[0].value == value
+
+    async def unlock(self, vm_name: str, uid: str) -> None:
+        key = self.sim.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
+        try:
+            await self.etcd(self.sim.store.txn, [T.Value(key) == f"{self.name}/{uid}".encode()], [T.Delete(key)])
+        except StoreError:
+            pass  # it goes with the lease
+
+    async def report(self, vm: vm_pb2.VirtualMachine, uid: str, phase: int, reason: str, message: str) -> None:
+        if await self.call("ReportVirtualMachineStatus", handler_pb2.ReportVirtualMachineStatusRequest(
+                node_name=self.name, name=vm.metadata.name, uid=vm.metadata.uid, phase=phase, reason=reason,
+                message=message, instance_uid=uid)):
+            self.reported[uid] = phase
+
+    async def call(self, method: str, request) -> bool:
+        for attempt in range(len(self.sim.servers) * 2):
+            try:
+                await getattr(self.sim.stub_for(self.name, attempt), method)(request, timeout=10)
+                return True
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.info("node %s: %s %s: %s", self.name, method, request.name, exc.details())
+                    return False
+                await asyncio.sleep(0.2)
+        return False
+
+
+class SimCluster:
+    """The process's simulated nodes and what they share."""
+
+    def __init__(self, *, store: Store, servers: list[str], count: int, prefix: str, vcpus: int,
+                 memory_mib: int, cpu_allocation_ratio: int, ttl: int, labels: dict[str, str]) -> None:
+        self.store, self.servers, self.ttl, self.labels = store, servers, ttl, labels
+        self.vcpus, self.memory_mib, self.cpu_allocation_ratio = vcpus, memory_mib, cpu_allocation_ratio
+        self.pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="etcd")
+        self.hypervisor = Hypervisor()
+        self.nodes = [SimNode(name=f"{prefix}{index:05d}", sim=self) for index in range(count)]
+        self.channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+
+    def stub_for(self, node: str, attempt: int) -> handler_pb2_grpc.HandlerServiceStub:
+        """Nodes spread over the controllers and over a few channels to each."""
+        index = int(node[-5:]) if node[-5:].isdigit() else 0
+        server = self.servers[(index + attempt) % len(self.servers)]
+        key = (server, index // NODES_PER_CHANNEL)
+        if key not in self.channels:
+            self.channels[key] = grpc.aio.insecure_channel(server, options=[
+                ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 3000)])
+        return handler_pb2_grpc.HandlerServiceStub(self.channels[key])
+
+    async def run(self) -> None:
+        await asyncio.gather(*(node.register() for node in self.nodes))
+        log.info("%d simulated nodes registered", len(self.nodes))
+        tasks = [asyncio.create_task(coro) for node in self.nodes for coro in (node.heartbeat(), node.follow())]
+        await asyncio.gather(*tasks)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="corral-simnodes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, required=True, help="how many nodes")
+    parser.add_argument("--name-prefix", default="sim-", help="node names: PREFIX00000, PREFIX00001, ...")
+    parser.add_argument("--servers", default="127.0.0.1:7100", help="controller HOST:PORT list")
+    parser.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379")
+    parser.add_argument("--etcd-prefix", default="/corral/")
+    parser.add_argument("--vcpus", type=int, default=32, help="host CPUs of each node")
+    parser.add_argument("--memory-mib", type=int, default=262144, help="memory of each node")
+    parser.add_argument("--cpu-allocation-ratio", type=int, default=10)
+    parser.add_argument("--heartbeat-seconds", type=int, default=30, help="node lease TTL")
+    parser.add_argument("--labels", default="", help="KEY=VALUE,... on every node")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup(args.log_level, name="simnodes")
+    labels = dict(item.split("=", 1) for item in args.labels.split(",") if "=" in item)
+    store = Store(endpoints=args.etcd_endpoints.split(","), prefix=args.etcd_prefix)
+    sim = SimCluster(store=store, servers=args.servers.split(","), count=args.count, prefix=args.name_prefix,
+                     vcpus=args.vcpus, memory_mib=args.memory_mib, cpu_allocation_ratio=args.cpu_allocation_ratio,
+                     ttl=args.heartbeat_seconds, labels=labels)
+    loop = asyncio.new_event_loop()
+    main_task = loop.create_task(sim.run())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main_task.cancel)
+    try:
+        loop.run_until_complete(main_task)
+    except asyncio.CancelledError:
+        log.info("stopping %d simulated nodes (their leases run out)", len(sim.nodes))
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The controller's watch cache (controller/watch_cache.py) on a real etcd: it mirrors VMs,
+node records and leases at a revision; a node's subscription hears its own VMs only (also
+when a VM moves away or is deleted); a compaction past its revision makes it relist and end
+the subscriptions, so that their streams resync."""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from pyetcd import transactions as T
+from pyetcd import etcdrpc
+
+from controller.watch_cache import WatchCache
+from corral.resources import NODE_LEASES_FOLDER, NODES, VMS
+from corral.store import Compacted, Store
+from corral.v1 import node_pb2, vm_pb2
+from tests.cluster import wait_for
+
+
+def open_store(etcd) -> Store:
+    store = Store(endpoints=[etcd.endpoint], prefix=f"/wc-{uuid.uuid4().hex[:8]}/")
+    wait_for(lambda: store.revision() > 0, timeout=20, what="etcd to answer")
+    return store
+
+
+def make_vm(name: str, node: str = "") -> vm_pb2.VirtualMachine:
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = name
+    vm.status.node_name = node
+    return vm
+
+
+def test_cache_mirrors_the_store_and_fans_out_by_node(etcd):
+    store = open_store(etcd)
+    stop = threading.Event()
+    try:
+        store.create(VMS, make_vm("before", "n1"))
+        node = node_pb2.Node()
+        node.metadata.name = "n1"
+        store.put(NODES, node)
+        cache = WatchCache(store)
+        threading.Thread(target=cache.run, args=(stop,), daemon=True).start()
+        assert cache.wait_synced(timeout=10)
+        mine, revision, n1 = cache.subscribe("n1")
+        _, _, n2 = cache.subscribe("n2")
+        assert [vm.metadata.name for vm in mine] == ["before"] and revision >= 1
+
+        lease = store.grant_lease(30)
+        store.txn([], [T.Put(store.raw_key(NODE_LEASES_FOLDER + "n1"), b"n1", lease=lease)])
+        other = store.create(VMS, make_vm("elsewhere", "n2"))
+        moved = store.get(VMS, "before")
+        moved.status.node_name = "n2"
+        moved = store.update(VMS, moved)
+        store.delete(VMS, "elsewhere", resource_version=other.metadata.resource_version)
+        wait_for(lambda: cache.revision >= store.last_write_revision, timeout=10, what="the cache to catch up")
+
+        heard_n1 = []
+        for change in n1.changes(timeout=0.3):
+            if change is None:
+                break
+            heard_n1.append(change)
+        heard_n2 = []
+        for change in n2.changes(timeout=0.3):
+            if change is None:
+                break
+            heard_n2.append(change)
+        assert [(c.name, c.vm is None) for c in heard_n1] == [("before", True)], "n1 hears the VM leave it"
+        assert [(c.name, c.vm is None) for c in heard_n2] == [("elsewhere", False), ("before", False),
+                                                             ("elsewhere", True)]
+        assert all(a.revision < b.revision for a, b in zip(heard_n2, heard_n2[1:]))
+        nodes, ready, vms, at = cache.snapshot()
+        assert [n.metadata.name for n in nodes] == ["n1"] and ready == {"n1"}
+        assert [(vm.metadata.name, vm.status.node_name) for vm in vms] == [("before", "n2")]
+        assert at >= moved.metadata.resource_version
+        assert cache.wait_newer(at, timeout=0.2) == at  # nothing new: times out at the same revision
+    finally:
+        stop.set()
+        store.close()
+
+
+def test_a_compaction_makes_the_cache_relist_and_subscriptions_resync(etcd):
+    store = open_store(etcd)
+    try:
+        cache = WatchCache(store)
+        listed = cache._relist()
+        _, _, sub = cache.subscribe("n1")
+        late = store.create(VMS, make_vm("late", "n1"))
+        later = store.create(VMS, make_vm("later", "n2"))
+        store._call(etcdrpc.KVStub, "Compact", etcdrpc.CompactionRequest(revision=later.metadata.resource_version))
+        with pytest.raises(Compacted):
+            cache._follow(listed, threading.Event())  # its revision is gone from etcd's history
+        cache._relist()  # what run() does next
+        assert list(sub.changes(timeout=1)) == [], "the subscription ends: its stream must resync"
+        vms, revision, _ = cache.subscribe("n1")
+        assert [vm.metadata.name for vm in vms] == ["late"] and revision >= late.metadata.resource_version
+    finally:
+        store.close()
