@@ -12,7 +12,8 @@ GetVirtualMachine every 50 ms. The last line is one JSON object:
     nodes, vms, running, seconds_to_all_running, vms_per_second, api_p99_seconds (creates and
     probes together), create_p99_seconds, probe_p99_seconds, controller_cpu_ms_per_vm (leader,
     user+system from /proc), controller_rss_mib (leader, at the end), etcd_writes_per_vm (etcd
-    revisions consumed per VM: each write is one revision), etcd_db_mib.
+    revisions consumed per VM: each write transaction is one, however many keys it puts),
+    etcd_puts_per_vm (keys written per VM, etcd_mvcc_put_total), etcd_db_mib.
 """
 from __future__ import annotations
 
@@ -120,6 +121,15 @@ class Bench:
         finally:
             store.close()
 
+    def etcd_puts(self) -> float:
+        """Keys written so far (etcd_mvcc_put_total): a batched transaction counts each of its puts."""
+        import urllib.request  # noqa: PLC0415
+        with urllib.request.urlopen(f"{self.etcd.endpoint}/metrics", timeout=10) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith("etcd_mvcc_put_total "):
+                    return float(line.split()[1])
+        return float("nan")
+
     def watch_running(self) -> None:
         channel = grpc.insecure_channel(self.cluster.controllers["c2" if "c2" in self.cluster.controllers
                                                                    else "c1"][1])
@@ -151,6 +161,7 @@ class Bench:
         leader = self.leader_pid()
         names = [f"vm-{index:06d}" for index in range(self.args.vms)]
         revision0, _ = self.revision()
+        puts0 = self.etcd_puts()
         cpu0 = cpu_seconds(leader)
         threading.Thread(target=self.watch_running, daemon=True).start()
         threading.Thread(target=self.probe, daemon=True).start()
@@ -174,6 +185,7 @@ class Bench:
         self.stop.set()
         cpu = cpu_seconds(leader) - cpu0
         revision1, db_mib = self.revision()
+        puts = self.etcd_puts() - puts0
         seconds = finished - t0
         both = self.latencies["create"] + self.latencies["probe"]
         return {
@@ -186,6 +198,7 @@ class Bench:
             "controller_cpu_ms_per_vm": round(cpu * 1000 / len(names), 2),
             "controller_rss_mib": round(rss_mib(leader), 1),
             "etcd_writes_per_vm": round((revision1 - revision0) / len(names), 2),
+            "etcd_puts_per_vm": round(puts / len(names), 2),
             "etcd_db_mib": round(db_mib, 1),
         }
 

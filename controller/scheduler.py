@@ -27,6 +27,8 @@ from corral.v1 import vm_pb2
 log = logging.getLogger(__name__)
 
 UNSCHEDULABLE = "Unschedulable"
+#: Assignments written per etcd transaction (etcd allows 128 operations in one by default).
+ASSIGN_BATCH = 100
 
 
 def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
@@ -49,6 +51,7 @@ class Scheduler:
                  migrations: MigrationReconciler | None = None, cache: WatchCache | None = None) -> None:
         self.store = store
         self.cache = cache
+        self._assigned: list[vm_pb2.VirtualMachine] = []  # decided this pass, not written yet
         self.migrations = migrations
         self.resync_seconds = resync_seconds
         self.node_loss_margin = node_loss_margin_seconds
@@ -98,6 +101,7 @@ class Scheduler:
         lost = self._lost_nodes({n.metadata.name for n in nodes}, ready)
         views = scheduling.build_views(nodes, ready, vms)
         now = time.time()
+        self._assigned = []
         for vm in sorted(vms, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
             if _steady(vm, views, lost):
                 continue
@@ -105,6 +109,9 @@ class Scheduler:
                 self._reconcile_vm(_copy(vm), fence, views, lost, now)
             except (Conflict, NotFound):
                 continue  # changed meanwhile: the next pass sees the new version
+            if len(self._assigned) >= ASSIGN_BATCH:
+                self._write_assignments(fence)
+        self._write_assignments(fence)
         if self.migrations is not None:
             self.migrations.reconcile(fence, vms, views, lost)
         return revision
@@ -179,9 +186,28 @@ class Scheduler:
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED)
         vm_status.set_condition(vm, "Scheduled", True, "Scheduled", f"assigned to node {node}")
         vm_status.record_event(vm, "Scheduled", f"run {vm.status.instance_uid} assigned to node {node}")
-        self.store.update(VMS, vm, fence=fence)
-        metrics.observe_scheduled(vm)
-        log_vm(log, vm, "scheduled vm %s (run %s) on node %s", vm.metadata.name, vm.status.instance_uid, node)
+        self._assigned.append(vm)  # written with others in one transaction (_write_assignments)
+
+    def _write_assignments(self, fence: Fence) -> None:
+        """The pass's assignments, in transactions of up to ASSIGN_BATCH VMs (each guarded by its
+        revision and the fencing token); a batch that meets a changed VM is written one by one."""
+        batch, self._assigned = self._assigned, []
+        if not batch:
+            return
+        if len(batch) > 1 and self.store.update_all(VMS, batch, fence=fence):
+            written = batch
+        else:
+            written = []
+            for vm in batch:
+                try:
+                    self.store.update(VMS, vm, fence=fence)
+                    written.append(vm)
+                except (Conflict, NotFound):
+                    continue  # changed meanwhile: the next pass sees the new version
+        for vm in written:
+            metrics.observe_scheduled(vm)
+            log_vm(log, vm, "scheduled vm %s (run %s) on node %s", vm.metadata.name, vm.status.instance_uid,
+                   vm.status.node_name)
 
     def _mark_unschedulable(self, vm: vm_pb2.VirtualMachine, why: str, fence: Fence) -> None:
         if vm_status.set_condition(vm, "Scheduled", False, UNSCHEDULABLE, why):

@@ -93,19 +93,32 @@ def misfit(view: NodeView, spec: vm_pb2.VirtualMachineSpec) -> str | None:
     return None
 
 
+#: Like Kubernetes' percentageOfNodesToScore: on a large cluster, stop looking once this many
+#: feasible nodes were found (at least MIN_FEASIBLE_TO_SCORE, or FEASIBLE_SHARE of the nodes),
+#: starting where the previous search stopped, so that load still spreads over every node.
+MIN_FEASIBLE_TO_SCORE = 100
+FEASIBLE_SHARE = 0.05
+_next_start = 0
+
+
 def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> tuple[str | None, str]:
-    """The node to run on and "", or None and a Kubernetes-style explanation."""
-    reasons: Counter[str] = Counter()
+    """The least-loaded fitting node and "", or None and a Kubernetes-style explanation."""
+    global _next_start
+    ordered = list(views.values())
+    enough = max(MIN_FEASIBLE_TO_SCORE, int(len(ordered) * FEASIBLE_SHARE))
     fitting: list[NodeView] = []
-    for view in views.values():
-        reason = misfit(view, spec)
-        if reason is None:
+    start = _next_start % len(ordered) if ordered else 0
+    for offset in range(len(ordered)):
+        view = ordered[(start + offset) % len(ordered)]
+        if misfit(view, spec) is None:
             fitting.append(view)
-        else:
-            reasons[reason] += 1
+            if len(fitting) >= enough:
+                _next_start = start + offset + 1
+                break
     if fitting:
         best = min(fitting, key=lambda v: (round(v.load_after(spec), 6), v.vm_count, v.name))
         return best.name, ""
+    reasons = Counter(misfit(view, spec) for view in ordered)
     detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
     message = f"0/{len(views)} nodes are available" + (f": {detail}." if detail else ".")
     return None, message

@@ -331,6 +331,16 @@ class Store:
         stored.metadata.resource_version = response.header.revision
         return stored
 
+    def update_all(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None) -> bool:
+        """Write every obj in one transaction if none changed since it was read (each compared
+        by mod_revision, and the fence); False, writing nothing, if any did: the caller then
+        writes them one by one to learn which."""
+        compare = [T.Mod(self.key(kind, obj.metadata.name)) == obj.metadata.resource_version for obj in objs]
+        if fence:
+            compare.append(T.Create(fence.key) == fence.token)
+        puts = [T.Put(self.key(kind, obj.metadata.name), encode(obj)) for obj in objs]
+        return self.txn(compare, puts).succeeded
+
     def delete(self, kind: Kind, name: str, *, resource_version: int = 0, fence: Fence | None = None) -> int:
         """Delete, guarded by resource_version when given; returns the revision of the delete."""
         key = self.key(kind, name)
