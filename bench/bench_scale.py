@@ -188,6 +188,7 @@ class Bench:
         puts = self.etcd_puts() - puts0
         seconds = finished - t0
         both = self.latencies["create"] + self.latencies["probe"]
+        deleted_after = self.delete_all(names, stubs) if self.args.delete else None
         return {
             "nodes": self.args.nodes, "vms": self.args.vms, "running": len(self.running_at),
             "seconds_to_all_running": round(seconds, 2),
@@ -200,7 +201,23 @@ class Bench:
             "etcd_writes_per_vm": round((revision1 - revision0) / len(names), 2),
             "etcd_puts_per_vm": round(puts / len(names), 2),
             "etcd_db_mib": round(db_mib, 1),
+            **({"seconds_to_all_deleted": round(deleted_after, 2)} if deleted_after is not None else {}),
         }
+
+    def delete_all(self, names: list[str], stubs: list) -> float:
+        """Delete every VM through the API; seconds until the last is gone (its node released it)."""
+        t0 = time.monotonic()
+        with futures.ThreadPoolExecutor(self.args.clients) as pool:
+            list(pool.map(lambda i: stubs[i % len(stubs)].DeleteVirtualMachine(
+                vm_pb2.DeleteVirtualMachineRequest(name=names[i]), timeout=60), range(len(names))))
+        deadline = t0 + self.args.timeout
+        while time.monotonic() < deadline:
+            left = stubs[0].ListVirtualMachines(vm_pb2.ListVirtualMachinesRequest(
+                page_size=1, label_selector="bench=scale"), timeout=60).virtual_machines
+            if not left:
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        return float("nan")
 
     def close(self) -> None:
         self.stop.set()
@@ -224,6 +241,7 @@ def main() -> int:
     parser.add_argument("--standbys", type=int, default=2, help="controller replicas besides the leader")
     parser.add_argument("--clients", type=int, default=16, help="parallel API clients creating VMs")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--delete", action="store_true", help="then delete them all (seconds_to_all_deleted)")
     parser.add_argument("--keep", action="store_true", help=f"keep the logs (in /tmp/cbs-*)")
     args = parser.parse_args()
     bench = Bench(args)

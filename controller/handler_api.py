@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+from pyetcd import transactions as T
 from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from controller import auth
@@ -14,7 +15,7 @@ from controller.migrations import clear_target, fail, progress_message, set_phas
 from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
 from corral.logs import log_vm
-from corral.resources import MIGRATIONS, VMS
+from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, VMS, instance_lock_value
 from corral.store import Conflict, Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, migration_pb2, vm_pb2
 from corral.validation import ValidationError, name_problem
@@ -239,6 +240,11 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {request.name!r} was not asked to be deleted")
         self.store.delete(VMS, request.name, resource_version=vm.metadata.resource_version)
+        # The run's instance lock (taken with the assignment, or by the node) goes with it, even
+        # for a run the node never started: a VM made again under this name must not wait for it.
+        lock = self.store.raw_key(INSTANCE_LOCKS_FOLDER + request.name)
+        self.store.txn([T.Value(lock) == instance_lock_value(request.node_name, vm.status.instance_uid)],
+                       [T.Delete(lock)])
         log_vm(log, vm, "vm %s released by node %s and deleted", request.name, request.node_name)
         return handler_pb2.ReleaseVirtualMachineResponse()
 

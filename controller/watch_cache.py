@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pyetcd import utils as etcd_utils
 
-from corral.resources import NODE_LEASES_FOLDER, NODES, VMS
+from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER, NODES, VMS
 from corral.store import Compacted, Store, StoreError, decode
 from corral.v1 import node_pb2, vm_pb2
 
@@ -84,6 +84,8 @@ class WatchCache:
         self.by_node: dict[str, set[str]] = {}
         self.nodes: dict[str, node_pb2.Node] = {}
         self.ready: set[str] = set()
+        self.node_leases: dict[str, int] = {}  # node -> the etcd lease its heartbeat key is bound to
+        self.locked: set[str] = set()  # VMs whose instance lock exists
         self.revision = 0
         self.cond = threading.Condition()
         self.subscribers: dict[str, set[Subscription]] = {}
@@ -92,6 +94,7 @@ class WatchCache:
             "vms": store.folder(VMS),
             "nodes": store.folder(NODES),
             "leases": store.raw_key(NODE_LEASES_FOLDER),
+            "locks": store.raw_key(INSTANCE_LOCKS_FOLDER),
         }
 
     # -- feeding ----------------------------------------------------------------------------
@@ -114,6 +117,9 @@ class WatchCache:
         nodes, _, _ = self.store.list(NODES, revision=revision)
         folder = self._folders["leases"]
         leases = self.store.range(folder, etcd_utils.prefix_range_end(folder), revision=revision)
+        locks_folder = self._folders["locks"]
+        locks = self.store.range(locks_folder, etcd_utils.prefix_range_end(locks_folder), revision=revision,
+                                 keys_only=True)
         with self.cond:
             self.vms = {vm.metadata.name: vm for vm in vms}
             self.by_node = {}
@@ -122,6 +128,8 @@ class WatchCache:
                     self.by_node.setdefault(node, set()).add(vm.metadata.name)
             self.nodes = {node.metadata.name: node for node in nodes}
             self.ready = {kv.key[len(folder):].decode() for kv in leases.kvs}
+            self.node_leases = {kv.key[len(folder):].decode(): kv.lease for kv in leases.kvs}
+            self.locked = {kv.key[len(locks_folder):].decode() for kv in locks.kvs}
             self.revision = revision
             stale = [sub for subs in self.subscribers.values() for sub in subs]
             self.subscribers = {}
@@ -144,7 +152,7 @@ class WatchCache:
             raw.close()
 
     def _apply(self, events, revision: int) -> None:
-        vms, nodes, leases = self._folders["vms"], self._folders["nodes"], self._folders["leases"]
+        vms, nodes, leases, locks = (self._folders[name] for name in ("vms", "nodes", "leases", "locks"))
         fanout: list[tuple[Subscription, Change]] = []
         with self.cond:
             for event in events:
@@ -162,7 +170,14 @@ class WatchCache:
                         self.nodes[name] = decode(node_pb2.Node, event.kv.value, event.kv.mod_revision)
                 elif key.startswith(leases):
                     name = key[len(leases):].decode()
-                    (self.ready.discard if deleted else self.ready.add)(name)
+                    if deleted:
+                        self.ready.discard(name)
+                        self.node_leases.pop(name, None)
+                    else:
+                        self.ready.add(name)
+                        self.node_leases[name] = event.kv.lease
+                elif key.startswith(locks):
+                    (self.locked.discard if deleted else self.locked.add)(key[len(locks):].decode())
             self.revision = max(self.revision, revision)
             self.cond.notify_all()
         for sub, change in fanout:

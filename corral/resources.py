@@ -13,3 +13,8 @@ NODE_LEASES_FOLDER = "node-leases/"
 LEADER_KEY = "leader"
 #: A run's instance lock, bound to its node's lease: while it exists no other run may start.
 INSTANCE_LOCKS_FOLDER = "instance-locks/"
+
+
+def instance_lock_value(node_name: str, instance_uid: str) -> bytes:
+    """What a run's instance lock holds: the node and the run (handlers and the scheduler agree)."""
+    return f"{node_name}/{instance_uid}".encode()

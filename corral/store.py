@@ -260,8 +260,9 @@ class Store:
         return response
 
     def range(self, start: bytes, end: bytes | None = None, *, limit: int = 0,
-              revision: int = 0, timeout: float | None = None) -> etcdrpc.RangeResponse:
-        request = etcdrpc.RangeRequest(key=start, range_end=end or b"", limit=limit, revision=revision)
+              revision: int = 0, timeout: float | None = None, keys_only: bool = False) -> etcdrpc.RangeResponse:
+        request = etcdrpc.RangeRequest(key=start, range_end=end or b"", limit=limit, revision=revision,
+                                       keys_only=keys_only)
         return self._call(etcdrpc.KVStub, "Range", request, timeout=timeout)
 
     def revision(self) -> int:
@@ -331,14 +332,18 @@ class Store:
         stored.metadata.resource_version = response.header.revision
         return stored
 
-    def update_all(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None) -> bool:
+    def update_all(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None,
+                   create: list[tuple[bytes, bytes, int]] = ()) -> bool:
         """Write every obj in one transaction if none changed since it was read (each compared
-        by mod_revision, and the fence); False, writing nothing, if any did: the caller then
-        writes them one by one to learn which."""
+        by mod_revision, and the fence), creating the raw keys ``create`` (key, value, lease)
+        that must not exist yet; False, writing nothing, if anything differed: the caller then
+        writes the objects one by one to learn which."""
         compare = [T.Mod(self.key(kind, obj.metadata.name)) == obj.metadata.resource_version for obj in objs]
+        compare += [T.Version(key) == 0 for key, _, _ in create]
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
         puts = [T.Put(self.key(kind, obj.metadata.name), encode(obj)) for obj in objs]
+        puts += [T.Put(key, value, lease=lease) for key, value, lease in create]
         return self.txn(compare, puts).succeeded
 
     def delete(self, kind: Kind, name: str, *, resource_version: int = 0, fence: Fence | None = None) -> int:

@@ -24,7 +24,7 @@ import time
 import grpc
 from pyetcd import transactions as T
 
-from corral.resources import INSTANCE_LOCKS_FOLDER, VMS
+from corral.resources import INSTANCE_LOCKS_FOLDER, VMS, instance_lock_value
 from corral.store import Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc
 
@@ -116,7 +116,7 @@ class InstanceLocks:
         return self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
 
     def _value(self, instance_uid: str) -> bytes:
-        return f"{self.node_name}/{instance_uid}".encode()
+        return instance_lock_value(self.node_name, instance_uid)
 
     def acquire(self, vm_name: str, instance_uid: str) -> bool:
         """Take (or keep, re-binding to the current lease) the lock; False if another holds it."""

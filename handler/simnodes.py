@@ -30,7 +30,7 @@ import libvirt
 from pyetcd import transactions as T
 
 from corral import logs
-from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER
+from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER, instance_lock_value
 from corral.store import Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
 from handler.node import node_record, register
@@ -193,7 +193,7 @@ class SimNode:
 
     async def lock(self, vm_name: str, uid: str) -> bool:
         key = self.sim.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
-        value = f"{self.name}/{uid}".encode()
+        value = instance_lock_value(self.name, uid)
         try:
             answer = await self.etcd(self.sim.store.txn, [T.Version(key) == 0], [T.Put(key, value, lease=self.lease)],
                                      [T.Get(key)])
@@ -208,7 +208,7 @@ class SimNode:
     async def unlock(self, vm_name: str, uid: str) -> None:
         key = self.sim.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
         try:
-            await self.etcd(self.sim.store.txn, [T.Value(key) == f"{self.name}/{uid}".encode()], [T.Delete(key)])
+            await self.etcd(self.sim.store.txn, [T.Value(key) == instance_lock_value(self.name, uid)], [T.Delete(key)])
         except StoreError:
             pass  # it goes with the lease
 
