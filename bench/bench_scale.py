@@ -37,7 +37,7 @@ import grpc  # noqa: E402
 
 from corral.store import Store  # noqa: E402
 from corral.v1 import vm_pb2, vm_pb2_grpc  # noqa: E402
-from tests.cluster import Cluster, Etcd, wait_for  # noqa: E402
+from tests.cluster import Cluster, Etcd, simulated_vm, wait_for  # noqa: E402
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
 
@@ -64,13 +64,7 @@ def rss_mib(pid: int) -> float:
 
 
 def small_vm(name: str) -> vm_pb2.VirtualMachine:
-    vm = vm_pb2.VirtualMachine()
-    vm.metadata.name = name
-    vm.metadata.labels["bench"] = "scale"
-    vm.spec.vcpus = 1
-    vm.spec.memory_mib = 256
-    vm.spec.boot.kernel.kernel_path = "/boot/vmlinuz-simulated"
-    return vm
+    return simulated_vm(name, label=("bench", "scale"), memory_mib=256)
 
 
 class Bench:

@@ -237,6 +237,17 @@ class Cluster:
         shutil.rmtree(self.node_root, ignore_errors=True)
 
 
+def simulated_vm(name: str, *, label: tuple[str, str], memory_mib: int) -> vm_pb2.VirtualMachine:
+    """A VM for simulated nodes (corral-simnodes): its kernel is never read."""
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = name
+    vm.metadata.labels[label[0]] = label[1]
+    vm.spec.vcpus = 1
+    vm.spec.memory_mib = memory_mib
+    vm.spec.boot.kernel.kernel_path = "/boot/vmlinuz-simulated"
+    return vm
+
+
 def remove_vm_cgroups(node_root: Path) -> None:
     """The per-VM cgroups handlers made (handler/isolation.py) for this test's VMs."""
     from handler.isolation import Cgroups, detect_layout

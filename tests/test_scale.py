@@ -16,7 +16,7 @@ import pytest
 
 from corral.store import Store
 from corral.v1 import node_pb2, vm_pb2
-from tests.cluster import REPO, wait_for
+from tests.cluster import REPO, simulated_vm, wait_for
 
 NODES, VMS = 50, 200
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -24,13 +24,7 @@ RUN_LINE = re.compile(r"run (started|ended): vm (\S+) run (\S+) node (\S+)")
 
 
 def small_vm(name: str) -> vm_pb2.VirtualMachine:
-    vm = vm_pb2.VirtualMachine()
-    vm.metadata.name = name
-    vm.metadata.labels["scale"] = "ci"
-    vm.spec.vcpus = 1
-    vm.spec.memory_mib = 64
-    vm.spec.boot.kernel.kernel_path = "/boot/vmlinuz-simulated"
-    return vm
+    return simulated_vm(name, label=("scale", "ci"), memory_mib=64)
 
 
 def leader_name(cluster) -> str:
