@@ -46,9 +46,20 @@ def become_subreaper() -> bool:
 
 
 def guest_started(pid: int) -> None:
-    """``pid`` is a guest's QEMU: reap it the moment it exits."""
-    if pid > 0:
+    """``pid`` is a guest's QEMU: reap it the moment it exits. A pid already exited is not
+    recorded (libvirt may name a QEMU it has just lost: its pid must not be reaped at once if
+    it is ever reused)."""
+    if pid > 0 and pid not in _guests and _state(pid) not in ("Z", ""):
         _guests.add(pid)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, Z, ...), "" when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def exited_children() -> list[int]:
@@ -60,14 +71,7 @@ def exited_children() -> list[int]:
                 pids = [int(pid) for pid in handle.read().split()]
         except OSError:
             continue
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat") as handle:
-                    state = handle.read().rpartition(")")[2].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state == "Z":
-                found.append(pid)
+        found.extend(pid for pid in pids if _state(pid) == "Z")
     return found
 
 

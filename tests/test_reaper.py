@@ -3,6 +3,7 @@ reaped, a guest's QEMU at once, and a direct child waited for by its parent keep
 status."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,8 +53,13 @@ def test_orphans_are_reaped_guests_at_once_and_waited_children_keep_their_status
 def test_to_reap_waits_for_orphans_but_not_for_guests():
     reaper._exited_since.clear()
     reaper._guests.clear()
-    reaper.guest_started(11)
-    assert reaper.to_reap([10, 11], now=100.0) == [11]
+    guest = os.getpid()  # a live process stands for a running QEMU
+    reaper.guest_started(guest)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    reaper.guest_started(gone.pid)  # exited already: never recorded as a guest
+    assert reaper._guests == {guest}
+    assert reaper.to_reap([10, guest], now=100.0) == [guest]
     assert reaper.to_reap([10], now=100.0 + reaper.ORPHAN_AFTER_SECONDS - 0.1) == []
     assert reaper.to_reap([10], now=100.0 + reaper.ORPHAN_AFTER_SECONDS) == [10]
     assert reaper.to_reap([], now=200.0) == [] and not reaper._exited_since
