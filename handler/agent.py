@@ -24,7 +24,7 @@ from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
 from handler.devices import DeviceError, Roots, RunDevices
 from handler.isolation import Isolation
-from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
+from handler.launchers import VM_FILE, Launcher, SparePool, run_owner, run_record_path
 from handler.migration import Migrations, is_migrated_away
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class NodeAgent:
         vms_dir = self.state_dir / "vms"
         vms_dir.mkdir(parents=True, exist_ok=True)
         for vm_dir in sorted(vms_dir.iterdir()):
-            if not (vm_dir / VM_FILE).exists():
+            if not run_record_path(vm_dir).exists() and not (vm_dir / VM_FILE).exists():
                 shutil.rmtree(vm_dir, ignore_errors=True)
                 continue
             try:

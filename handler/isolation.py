@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import subprocess
 import threading
 import time
@@ -44,6 +45,18 @@ V1_CONTROLLERS = ("memory", "cpu", "pids")
 CONSOLE_LOCK_DIR = Path("/var/lock")
 
 
+def _read_lock(path: Path) -> str:
+    """A lock file's first bytes, opened without trusting it: /var/lock is writable by every VM
+    user, so a symlink (to any file), a FIFO (blocking root) or a huge file may stand there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, 64).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+
+
 def remove_stale_console_locks(lock_dir: Path = CONSOLE_LOCK_DIR) -> list[Path]:
     """Remove pty locks whose holder is dead. libvirt removes a stale lock itself, but with
     per-VM users it cannot remove another user's from the sticky /var/lock, and the next
@@ -51,7 +64,7 @@ def remove_stale_console_locks(lock_dir: Path = CONSOLE_LOCK_DIR) -> list[Path]:
     removed = []
     for lock in lock_dir.glob("LCK.._pts_*"):
         try:
-            pid = int(lock.read_text().split()[0])
+            pid = int(_read_lock(lock).split()[0])
         except (OSError, ValueError, IndexError):
             continue
         if pid > 0 and not Path(f"/proc/{pid}").exists():

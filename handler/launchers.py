@@ -69,6 +69,34 @@ def state_dir_problem(state_dir: Path) -> str | None:
     return None
 
 
+#: Root's records of the runs (state_dir/runs/NAME.binpb), outside the VM-owned directories:
+#: what the handler trusts when it adopts a run after a restart. The copy in a VM's directory is
+#: the launcher's, and the VM's user may rewrite it (to name another VM's uid, for one).
+RUNS_DIR = "runs"
+
+
+def run_record_path(vm_dir: Path) -> Path:
+    return vm_dir.parent.parent / RUNS_DIR / f"{vm_dir.name}.binpb"
+
+
+def write_in_vm_dir(path: Path, data: bytes) -> None:
+    """Replace a VM directory's file as root without trusting the directory: whatever its user
+    left at the temporary name (a symlink to /etc/shadow, say) is unlinked, never followed, and
+    the new file is created exclusively, then renamed over the old name (a rename replaces a
+    planted symlink itself)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
@@ -151,7 +179,7 @@ class Launcher:
         self.on_change = on_change
         self.isolation = isolation
         vm = vm_pb2.VirtualMachine()
-        vm.ParseFromString(read_in_vm_dir(vm_dir / VM_FILE))
+        vm.ParseFromString(self._read_record(vm_dir))
         self.vm = vm
         self.uid = instance_uid(vm)
         self.status: launcher_pb2.DomainStatus | None = None
@@ -165,13 +193,31 @@ class Launcher:
         self.stub = launcher_pb2_grpc.LauncherServiceStub(self._channel)
 
     # -- directory --------------------------------------------------------------------------
+    @staticmethod
+    def _read_record(vm_dir: Path) -> bytes:
+        """The run's VM as root recorded it. A run started by a handler that kept no records
+        has only the VM directory's copy: taken once (logged), and recorded from then on."""
+        record = run_record_path(vm_dir)
+        try:
+            return record.read_bytes()
+        except FileNotFoundError:
+            data = read_in_vm_dir(vm_dir / VM_FILE)
+            log.warning("%s: no run record in %s: taking the VM directory's copy once", vm_dir, record.parent)
+            record.parent.mkdir(mode=0o700, exist_ok=True)
+            write_atomically(record, data)
+            return data
+
     @classmethod
     def create_dir(cls, *, state_dir: Path, vm: vm_pb2.VirtualMachine, isolation: Isolation | None = None) -> Path:
         """The VM's directory with its vm.binpb (root's, readable); with isolation it then
         belongs to the VM's own user, mode 0700."""
         vm_dir = vm_dir_for(state_dir, instance_uid(vm))
         vm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(vm_dir / VM_FILE, vm.SerializeToString())
+        data = vm.SerializeToString()
+        record = run_record_path(vm_dir)
+        record.parent.mkdir(mode=0o700, exist_ok=True)
+        write_atomically(record, data)  # root's own directory: trusted
+        write_in_vm_dir(vm_dir / VM_FILE, data)  # the launcher's copy
         if isolation is not None:
             isolation.claim_dir(vm_dir)
         return vm_dir
@@ -198,6 +244,7 @@ class Launcher:
         self.close()
         self.stop_libvirt_daemons()
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
+        run_record_path(self.vm_dir).unlink(missing_ok=True)
         if self.isolation is not None:
             self.isolation.remove_cgroup(self.cgroup_name)
 

@@ -225,12 +225,11 @@ class SourceTunnel(_Listener):
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
+        old_umask = os.umask(0o177)  # the socket is made 0600: no chmod (a path the run's user
+        try:                         # can replace meanwhile must never be chmodded by root)
             sock.bind(str(path))
             if owner is not None:
                 os.chown(path, *owner, follow_symlinks=False)
-            os.chmod(path, 0o600)
             sock.listen(8)
         except OSError:
             sock.close()

@@ -246,3 +246,24 @@ def test_stale_console_locks_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / "other").write_text("1\n")
     assert remove_stale_console_locks(tmp_path) == [tmp_path / "LCK.._pts_3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LCK.._pts_4", "LCK.._pts_5", "other"]
+
+
+def test_console_lock_cleanup_follows_no_symlink_and_never_blocks_on_a_fifo(tmp_path):
+    """/var/lock is writable by every VM user: what they plant there must not steer root."""
+    import threading
+
+    from handler.isolation import remove_stale_console_locks
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    target = tmp_path / "elsewhere"
+    target.write_text(f"{dead.pid:>10}\n")  # looks like a stale lock, but is someone else's file
+    locks = tmp_path / "lock"
+    locks.mkdir()
+    (locks / "LCK.._pts_7").symlink_to(target)
+    os.mkfifo(locks / "LCK.._pts_8")  # reading it would block root forever
+    done = []
+    worker = threading.Thread(target=lambda: done.append(remove_stale_console_locks(locks)), daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert done == [[]], "the cleanup blocked on a FIFO or removed a planted entry"
+    assert (locks / "LCK.._pts_7").is_symlink() and target.exists()
