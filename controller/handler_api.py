@@ -18,7 +18,7 @@ from corral.logs import log_vm
 from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, VMS, instance_lock_value
 from corral.store import Conflict, Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, migration_pb2, vm_pb2
-from corral.validation import ValidationError, name_problem
+from corral.validation import ValidationError, bounded_guest_info, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ def apply_run_report(vm: vm_pb2.VirtualMachine, request: handler_pb2.ReportVirtu
                                        "the guest is paused" if request.paused else "the guest runs again")
                 changed = True
         agent = request.guest.agent_connected
-        if vm.status.guest != request.guest:
-            vm.status.guest.CopyFrom(request.guest)
+        guest = bounded_guest_info(request.guest)  # the guest wrote it: capped and made printable
+        if vm.status.guest != guest:
+            vm.status.guest.CopyFrom(guest)
             changed = True
         known = vm_status.condition(vm, "AgentConnected")
         if agent or known is not None:

@@ -278,3 +278,29 @@ def validate_vm_update(vm: vm_pb2.VirtualMachine) -> None:
         problems.extend(exc.problems)
     if problems:
         raise ValidationError(problems)
+
+
+#: What a guest's agent may put in the VM's status (a guest controls all of it).
+MAX_GUEST_TEXT = 128
+MAX_GUEST_INTERFACES = 16
+MAX_GUEST_ADDRESSES = 16
+
+
+def _guest_text(text: str) -> str:
+    """A guest's string, printable and short: it ends up in etcd and on admins' terminals."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[:MAX_GUEST_TEXT])
+    return cleaned + ("..." if len(text) > MAX_GUEST_TEXT else "")
+
+
+def bounded_guest_info(info: vm_pb2.GuestInfo) -> vm_pb2.GuestInfo:
+    """What the guest agent reported, capped and stripped of control characters (escape
+    sequences), so that no guest can grow its VM's record toward etcd's size limit or write
+    to the screen of whoever runs `corral describe`."""
+    bounded = vm_pb2.GuestInfo(agent_connected=info.agent_connected,
+                               hostname=_guest_text(info.hostname), os_name=_guest_text(info.os_name),
+                               os_version=_guest_text(info.os_version),
+                               kernel_release=_guest_text(info.kernel_release))
+    for interface in info.interfaces[:MAX_GUEST_INTERFACES]:
+        bounded.interfaces.add(name=_guest_text(interface.name), mac_address=_guest_text(interface.mac_address),
+                               ip_addresses=[_guest_text(a) for a in interface.ip_addresses[:MAX_GUEST_ADDRESSES]])
+    return bounded

@@ -267,3 +267,23 @@ def test_console_lock_cleanup_follows_no_symlink_and_never_blocks_on_a_fifo(tmp_
     worker.join(timeout=5)
     assert done == [[]], "the cleanup blocked on a FIFO or removed a planted entry"
     assert (locks / "LCK.._pts_7").is_symlink() and target.exists()
+
+
+def test_a_guest_agent_flood_is_capped_and_its_escape_sequences_removed():
+    from controller.handler_api import apply_run_report
+    from corral.v1 import handler_pb2
+    vm = make_vm("pet")
+    vm.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+    flood = vm_pb2.GuestInfo(agent_connected=True, hostname="\x1b]0;pwned\x07\x1b[2J" + "h" * 100_000,
+                             os_name="Debian\x1b[31m")
+    for index in range(5000):
+        flood.interfaces.add(name=f"eth{index}\x1b[1m", ip_addresses=[f"10.0.{index % 250}.1/24"] * 500)
+    report = handler_pb2.ReportVirtualMachineStatusRequest(phase=vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, guest=flood)
+    apply_run_report(vm, report, new_phase=False, reason="Running")
+    guest = vm.status.guest
+    assert guest.agent_connected and len(guest.interfaces) == 16
+    assert all(len(i.ip_addresses) == 16 for i in guest.interfaces)
+    assert len(guest.hostname) <= 131 and guest.os_name == "Debian?[31m"
+    texts = [guest.hostname, guest.os_name] + [i.name for i in guest.interfaces]
+    assert not any("\x1b" in text or "\x07" in text for text in texts)
+    assert vm.ByteSize() < 64 * 1024, "the guest grew its VM's record"
