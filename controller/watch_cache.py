@@ -8,9 +8,9 @@ streams and reconcilers follow it.
   target): a node's subscription hears only about its own VMs.
 - Every snapshot and event carries the etcd revision it reflects; the cache's revision only
   moves forward, after the whole etcd response is applied.
-- A compacted or broken etcd watch makes the cache relist and rewatch; subscribers are then
-  told to start over (their stream ends, and handlers reconnect and resync), because events
-  may have been missed.
+- A broken etcd watch resumes from the cache's revision. A compacted one (events were missed)
+  makes the cache relist; subscribers are then told to start over (their stream ends, and
+  handlers reconnect and resync).
 """
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ class WatchCache:
         self.node_leases: dict[str, int] = {}  # node -> the etcd lease its heartbeat key is bound to
         self.locked: set[str] = set()  # VMs whose instance lock exists
         self.revision = 0
+        self._resume_from = 0  # the last revision whose events are all applied
         self.cond = threading.Condition()
         self.subscribers: dict[str, set[Subscription]] = {}
         self.synced = threading.Event()
@@ -102,14 +103,20 @@ class WatchCache:
         threading.Thread(target=self.run, name="watch-cache", daemon=True).start()
 
     def run(self, stop: threading.Event | None = None) -> None:
+        """List, then follow; a broken watch resumes from the cache's revision (nothing was
+        missed, the streams go on), a compacted one lists again (the streams resync)."""
+        listed = False
         while stop is None or not stop.is_set():
             try:
-                revision = self._relist()
-                self._follow(revision, stop)
+                if not listed:
+                    self._relist()
+                    listed = True
+                self._follow(self._resume_from, stop)
             except Compacted as exc:
                 log.warning("watch cache: revision compacted (%s): listing again", exc)
+                listed = False
             except StoreError as exc:
-                log.warning("watch cache: %s: listing again", exc)
+                log.warning("watch cache: %s: watching again after revision %d", exc, self._resume_from)
                 (stop or threading.Event()).wait(0.5)
 
     def _relist(self) -> int:
@@ -130,7 +137,7 @@ class WatchCache:
             self.ready = {kv.key[len(folder):].decode() for kv in leases.kvs}
             self.node_leases = {kv.key[len(folder):].decode(): kv.lease for kv in leases.kvs}
             self.locked = {kv.key[len(locks_folder):].decode() for kv in locks.kvs}
-            self.revision = revision
+            self.revision = self._resume_from = revision
             stale = [sub for subs in self.subscribers.values() for sub in subs]
             self.subscribers = {}
             self.cond.notify_all()
@@ -179,6 +186,8 @@ class WatchCache:
                 elif key.startswith(locks):
                     (self.locked.discard if deleted else self.locked.add)(key[len(locks):].decode())
             self.revision = max(self.revision, revision)
+            if events:
+                self._resume_from = max(self._resume_from, max(event.kv.mod_revision for event in events))
             self.cond.notify_all()
         for sub, change in fanout:
             sub.queue.put(change)

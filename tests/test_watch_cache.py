@@ -13,7 +13,7 @@ from pyetcd import etcdrpc
 
 from controller.watch_cache import WatchCache
 from corral.resources import NODE_LEASES_FOLDER, NODES, VMS
-from corral.store import Compacted, Store
+from corral.store import Compacted, Store, Unavailable
 from corral.v1 import node_pb2, vm_pb2
 from tests.cluster import wait_for
 
@@ -95,4 +95,32 @@ def test_a_compaction_makes_the_cache_relist_and_subscriptions_resync(etcd):
         vms, revision, _ = cache.subscribe("n1")
         assert [vm.metadata.name for vm in vms] == ["late"] and revision >= late.metadata.resource_version
     finally:
+        store.close()
+
+
+def test_a_broken_watch_resumes_without_losing_events_or_ending_streams(etcd):
+    store = open_store(etcd)
+    stop = threading.Event()
+    try:
+        cache = WatchCache(store)
+        follows = []
+        real_follow = cache._follow
+
+        def flaky_follow(revision, stop_event):
+            follows.append(revision)
+            if len(follows) == 1:
+                raise Unavailable("etcd watch broke")  # as when the member in use dies
+            real_follow(revision, stop_event)
+
+        cache._follow = flaky_follow
+        threading.Thread(target=cache.run, args=(stop,), daemon=True).start()
+        assert cache.wait_synced(timeout=10)
+        _, _, sub = cache.subscribe("n1")
+        wait_for(lambda: len(follows) >= 2, timeout=10, what="the watch to resume")
+        made = store.create(VMS, make_vm("after-the-break", "n1"))
+        change = next(c for c in sub.changes(timeout=5) if c is not None)
+        assert change.name == "after-the-break" and change.revision == made.metadata.resource_version
+        assert follows[0] == follows[1], "it resumed from where it was, without listing again"
+    finally:
+        stop.set()
         store.close()
