@@ -55,6 +55,30 @@ def run_owner(vm_dir: Path) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def open_launcher_socket(path: Path, *, owner: int) -> tuple[int, int]:
+    """(an O_PATH descriptor to dial, one of what stands at ``path``). The first is the socket
+    itself if it is a socket (not a symlink) owned by ``owner``, else /dev/null, which no
+    connect() accepts. The second pins what was checked (-1: nothing there), so that its
+    inode cannot be reused by a new socket that would then look unchanged."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return os.open(os.devnull, os.O_PATH | os.O_CLOEXEC), -1  # not there (yet)
+    st = os.fstat(fd)
+    if stat.S_ISSOCK(st.st_mode) and st.st_uid == owner:
+        return fd, os.dup(fd)
+    log.warning("%s is not a socket of uid %d (mode %o, uid %d): not dialed", path, owner, st.st_mode, st.st_uid)
+    return os.open(os.devnull, os.O_PATH | os.O_CLOEXEC), fd
+
+
 def vm_dir_for(state_dir: Path, uid: str) -> Path:
     """The VM's directory: named from the server-made uid (never a user string), kept short."""
     return state_dir / "vms" / uid.replace("-", "")[:12]
@@ -189,8 +213,11 @@ class Launcher:
         self.ended: tuple[str, str, str] | None = None  # (reason, message, saved path) of a requested end
         self.closed = threading.Event()
         self._follower: threading.Thread | None = None
-        self._channel = grpc.insecure_channel(f"unix:{self.socket_path}", options=CHANNEL_OPTIONS)
-        self.stub = launcher_pb2_grpc.LauncherServiceStub(self._channel)
+        self._dial_lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: launcher_pb2_grpc.LauncherServiceStub | None = None
+        self._socket_fd = self._pinned_fd = -1
+        self._socket_seen: tuple[int, int] | None = None  # (dev, inode) of what the channel dials
 
     # -- directory --------------------------------------------------------------------------
     @staticmethod
@@ -342,7 +369,7 @@ class Launcher:
         """The libvirt domain's uuid: a restored run keeps the uuid of the run that was saved."""
         return self.vm.status.restore_from.instance_uid or self.uid
 
-    def probe(self, timeout: float = 1.0) -> bool:
+    def probe(self, timeout: float = 3.0) -> bool:
         """Whether a launcher answers on the socket now (used to adopt after a restart)."""
         if not self.socket_path.exists():
             return False
@@ -383,7 +410,52 @@ class Launcher:
 
     def close(self) -> None:
         self.closed.set()
-        self._channel.close()
+        with self._dial_lock:
+            if self._channel is not None:
+                self._channel.close()
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._socket_fd, self._pinned_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._socket_fd = self._pinned_fd = -1
+
+    # -- the launcher's socket ------------------------------------------------------------------
+    @property
+    def stub(self) -> launcher_pb2_grpc.LauncherServiceStub:
+        """A stub on the launcher's socket, dialed through an O_PATH descriptor of it, so that
+        what was checked is what root connects to: a socket (never a symlink) owned by the
+        run's user (root without isolation), the owner of the VM's directory. The directory
+        is the VM's: its user could otherwise point root at another VM's launcher. A new
+        socket (a new launcher) is checked and dialed afresh; a refused one is never dialed
+        (calls fail UNAVAILABLE)."""
+        with self._dial_lock:
+            if self.closed.is_set():  # calls on a closed launcher raise ValueError, as before
+                if self._stub is None:
+                    self._redial(None)
+                    self._channel.close()
+                return self._stub
+            seen = _identity(self.socket_path)
+            if self._stub is None or seen != self._socket_seen:
+                self._redial(seen)
+            return self._stub
+
+    def _redial(self, seen: tuple[int, int] | None) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._close_fds()
+        try:
+            owner = run_owner(self.vm_dir)[0]
+        except OSError:
+            owner = -1  # the directory is gone: nothing there is this run's
+        self._socket_fd, self._pinned_fd = open_launcher_socket(self.socket_path, owner=owner)
+        if self._pinned_fd >= 0:
+            st = os.fstat(self._pinned_fd)
+            seen = (st.st_dev, st.st_ino)  # what was checked, even if it changed since the lstat
+        self._socket_seen = seen
+        self._channel = grpc.insecure_channel(f"unix:/proc/self/fd/{self._socket_fd}", options=CHANNEL_OPTIONS)
+        self._stub = launcher_pb2_grpc.LauncherServiceStub(self._channel)
 
     # -- commands ---------------------------------------------------------------------------
     def shutdown(self, grace_seconds: int) -> launcher_pb2.DomainStatus:

@@ -206,7 +206,10 @@ def test_handler_restart_with_ten_guests_readopts_them_all(cluster):
     restarted = time.monotonic()
     cluster.start_handler("n1")
     log = cluster.base / "handler-n1.log"
-    wait_for(lambda: log.read_text().count("adopted launcher") >= 10, timeout=10,
+    # Either way a running launcher is adopted (followed, its guest untouched): it answered the
+    # first probe, or it did not yet (a busy 2-core machine) and is followed until it does.
+    adopted = re.compile(r"adopted (launcher pid|a launcher that is still starting)")
+    wait_for(lambda: len(adopted.findall(log.read_text())) >= 10, timeout=10,
              what="the new handler to adopt all ten launchers")
     adopted_after = time.monotonic() - restarted
     print(f"ten launchers re-adopted {adopted_after:.1f}s after the handler restarted")
