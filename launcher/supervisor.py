@@ -83,6 +83,7 @@ class Supervisor:
         self._start_error: str | None = None
         self._fenced: str | None = None
         self._shutting_down = False
+        self._destroying = False  # kill() is destroying a running guest
         self._hurry = threading.Event()  # a kill arrived while shutdown waits for the guest
         self._saved_path = ""
         self._final: launcher_pb2.DomainStatus | None = None
@@ -229,6 +230,8 @@ class Supervisor:
             state, reason, message = pb.DOMAIN_STATE_CRASHED, "fenced", self._fenced
         elif state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED) and self._start_error:
             state, reason, message = pb.DOMAIN_STATE_CRASHED, "failed", self._start_error
+        elif state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED) and self._destroying:
+            state, reason = pb.DOMAIN_STATE_SHUTOFF, "destroyed"
         elif state == pb.DOMAIN_STATE_CRASHED:
             message = "QEMU exited unexpectedly"
         elif state == pb.DOMAIN_STATE_RUNNING and self._shutting_down:
@@ -351,6 +354,9 @@ class Supervisor:
             if self._final is not None:
                 return self._final
             if self._guest is not None:
+                # A running guest stopped from here on was destroyed on request, whatever
+                # libvirt's event says while it waits for QEMU to go (not a crash).
+                self._destroying = _active(self._guest)
                 self._guest.destroy()
             return self._finish_locked()
 
