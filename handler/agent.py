@@ -24,7 +24,8 @@ from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
 from handler.devices import DeviceError, Roots, RunDevices
 from handler.isolation import Isolation
-from handler.launchers import VM_FILE, Launcher, SparePool, run_owner, run_record_path
+from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
+from handler.vm_files import run_record_path
 from handler.migration import Migrations, is_migrated_away
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ import grpc
 
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler import networks as node_networks
-from handler.launchers import INCOMING_MARKER, Launcher, open_in_vm_dir, run_owner
+from handler.launchers import INCOMING_MARKER, Launcher, run_owner
+from handler.vm_files import open_in_vm_dir
 from handler.migration_proxy import SourceTunnel, TargetProxy, split_host_port
 
 log = logging.getLogger(__name__)

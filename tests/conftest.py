@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -53,3 +54,14 @@ def cluster(etcd, guest_dir, tmp_path):
     made = Cluster(etcd=etcd, base=base, prefix=f"/t-{uuid.uuid4().hex[:8]}/", guest_dir=guest_dir)
     yield made
     made.close()
+
+
+@pytest.fixture
+def root_state_dir():
+    """A handler state directory for attacks on files root handles (root only: ownership is
+    what they are about)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the attacks are on files root writes and sockets root dials")
+    path = Path(tempfile.mkdtemp(prefix="corral-st-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -15,7 +15,8 @@ import pytest
 from corral.v1 import vm_pb2
 from handler import isolation
 from handler.isolation import CGROUP_PARENT, Layout, detect_layout, limit_writes, limits_for, lowest_free, parse_mounts
-from handler.launchers import open_in_vm_dir, read_in_vm_dir, vm_dir_for
+from handler.launchers import vm_dir_for
+from handler.vm_files import open_in_vm_dir, read_in_vm_dir
 from tests.cluster import qemu_pid_for, wait_for
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING

@@ -3,13 +3,10 @@ a VM's user owns its directory and could otherwise point root at another VM's la
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from concurrent import futures
 from pathlib import Path
 
 import grpc
-import pytest
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
 from handler.launchers import SOCKET_FILE, Launcher
@@ -26,15 +23,6 @@ class Neighbour(launcher_pb2_grpc.LauncherServiceServicer):
     def GetDomainStatus(self, request, context):
         self.calls += 1
         return launcher_pb2.GetDomainStatusResponse(status=launcher_pb2.DomainStatus(qemu_pid=4242))
-
-
-@pytest.fixture
-def state_dir():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: ownership is what is checked")
-    path = Path(tempfile.mkdtemp(prefix="corral-ls-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(path: Path) -> tuple[grpc.Server, Neighbour]:
@@ -55,10 +43,10 @@ def run_dir(state_dir: Path, owner: int) -> Launcher:
     return Launcher(vm_dir=vm_dir, on_change=lambda: None)
 
 
-def test_a_symlink_to_another_vms_socket_is_never_dialed(state_dir):
-    elsewhere = state_dir / "other.sock"
+def test_a_symlink_to_another_vms_socket_is_never_dialed(root_state_dir):
+    elsewhere = root_state_dir / "other.sock"
     server, neighbour = serve(elsewhere)
-    launcher = run_dir(state_dir, VM_UID)
+    launcher = run_dir(root_state_dir, VM_UID)
     try:
         launcher.socket_path.symlink_to(elsewhere)  # planted by the VM's user
         assert not launcher.probe()
@@ -68,8 +56,8 @@ def test_a_symlink_to_another_vms_socket_is_never_dialed(state_dir):
         server.stop(None)
 
 
-def test_a_socket_of_another_user_is_refused_and_the_runs_own_is_dialed(state_dir):
-    launcher = run_dir(state_dir, VM_UID)
+def test_a_socket_of_another_user_is_refused_and_the_runs_own_is_dialed(root_state_dir):
+    launcher = run_dir(root_state_dir, VM_UID)
     server, neighbour = serve(launcher.socket_path)  # bound by root: not the run's user
     try:
         assert not launcher.probe() and neighbour.calls == 0
@@ -83,9 +71,9 @@ def test_a_socket_of_another_user_is_refused_and_the_runs_own_is_dialed(state_di
         server.stop(None)
 
 
-def test_without_isolation_roots_own_socket_is_dialed(state_dir):
-    launcher = run_dir(state_dir, 0)
-    server, neighbour = serve(state_dir / "vms" / launcher.vm_dir.name / SOCKET_FILE)
+def test_without_isolation_roots_own_socket_is_dialed(root_state_dir):
+    launcher = run_dir(root_state_dir, 0)
+    server, neighbour = serve(root_state_dir / "vms" / launcher.vm_dir.name / SOCKET_FILE)
     try:
         assert launcher.probe() and neighbour.calls == 1
     finally:

@@ -7,14 +7,12 @@ own directory (which it owns, with per-VM isolation) do not reach root.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
-from pathlib import Path
 
-import pytest
 
 from corral.v1 import vm_pb2
-from handler.launchers import VM_FILE, Launcher, run_record_path, vm_dir_for
+from handler.launchers import VM_FILE, Launcher, vm_dir_for
+from handler.vm_files import run_record_path
 
 VM_UID = 200999  # what a VM's user would be
 
@@ -28,35 +26,25 @@ def make_vm(name: str) -> vm_pb2.VirtualMachine:
     return vm
 
 
-@pytest.fixture
-def state_dir():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the attack is on files root writes")
-    path = Path(tempfile.mkdtemp(prefix="corral-rr-", dir="/tmp"))
-    yield path
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_a_planted_symlink_is_not_followed_when_root_writes_the_vm_file(state_dir, tmp_path):
+def test_a_planted_symlink_is_not_followed_when_root_writes_the_vm_file(root_state_dir, tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("root's file\n")
     vm = make_vm("pet")
-    vm_dir = vm_dir_for(state_dir, vm.status.instance_uid)
+    vm_dir = vm_dir_for(root_state_dir, vm.status.instance_uid)
     vm_dir.mkdir(parents=True)
     os.chown(vm_dir, VM_UID, VM_UID)  # the VM's user owns its directory (a run set up again)
     (vm_dir / f"{VM_FILE}.tmp").symlink_to(victim)
     (vm_dir / VM_FILE).symlink_to(victim)
-    Launcher.create_dir(state_dir=state_dir, vm=vm)
+    Launcher.create_dir(state_dir=root_state_dir, vm=vm)
     assert victim.read_text() == "root's file\n", "root wrote through the VM user's symlink"
     written = vm_pb2.VirtualMachine()
     written.ParseFromString((vm_dir / VM_FILE).read_bytes())
     assert not (vm_dir / VM_FILE).is_symlink() and written == vm
 
 
-def test_a_forged_vm_file_is_not_what_the_handler_adopts(state_dir):
+def test_a_forged_vm_file_is_not_what_the_handler_adopts(root_state_dir):
     vm, other = make_vm("pet"), make_vm("neighbour")
-    vm_dir = Launcher.create_dir(state_dir=state_dir, vm=vm)
+    vm_dir = Launcher.create_dir(state_dir=root_state_dir, vm=vm)
     (vm_dir / VM_FILE).write_bytes(other.SerializeToString())  # the VM's user rewrites its copy
     adopted = Launcher(vm_dir=vm_dir, on_change=lambda: None)
     try:
@@ -67,9 +55,9 @@ def test_a_forged_vm_file_is_not_what_the_handler_adopts(state_dir):
         adopted.close()
 
 
-def test_a_run_from_before_the_records_is_recorded_once(state_dir):
+def test_a_run_from_before_the_records_is_recorded_once(root_state_dir):
     vm = make_vm("legacy")
-    vm_dir = Launcher.create_dir(state_dir=state_dir, vm=vm)
+    vm_dir = Launcher.create_dir(state_dir=root_state_dir, vm=vm)
     run_record_path(vm_dir).unlink()  # as an older handler left it
     adopted = Launcher(vm_dir=vm_dir, on_change=lambda: None)
     try:
