@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import uuid
 
-
 from corral.v1 import vm_pb2
 from handler.launchers import VM_FILE, Launcher, vm_dir_for
 from handler.vm_files import run_record_path
