@@ -107,7 +107,9 @@ def test_controller_metrics_and_vm_log_fields(bare_cluster, fake_node):
         node_name=fake_node, name="placed", uid=placed.metadata.uid, instance_uid=scheduled.status.instance_uid,
         phase=vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING), timeout=10)
 
-    samples = scrape(c1_metrics)
+    # The VM gauges come from the replica's watch cache: a moment after the report, not at once.
+    samples = wait_for(lambda: (s := scrape(c1_metrics)) and value(s, "corral_virtual_machines", phase="Running") == 1
+                       and s, timeout=10, what="the Running VM in the gauges")
     assert value(samples, "corral_virtual_machines", phase="Pending") == 2
     assert value(samples, "corral_virtual_machines", phase="Running") == 1
     assert value(samples, "corral_virtual_machines", phase="Failed") == 0
@@ -129,8 +131,9 @@ def test_controller_metrics_and_vm_log_fields(bare_cluster, fake_node):
     # A standby replica reports the same store, and that it does not lead.
     c2_metrics = f"127.0.0.1:{free_port()}"
     bare_cluster.start_controller("c2", extra=["--metrics-listen", c2_metrics])
-    standby = wait_for(lambda: (s := scrape(c2_metrics)) and value(s, "corral_leader") is not None and s,
-                       timeout=10, what="c2 metrics")
+    standby = wait_for(lambda: (s := scrape(c2_metrics)) and value(s, "corral_leader") is not None
+                       and value(s, "corral_virtual_machines", phase="Pending") == 2 and s,
+                       timeout=10, what="c2 metrics with the store's VMs")
     assert value(standby, "corral_leader") == 0
     assert value(standby, "corral_virtual_machines", phase="Pending") == 2
 
