@@ -17,48 +17,13 @@ controller warns loudly at start).
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
-
 import grpc
 
 from controller.errors import RequestError
-
-NODE_CN_PREFIX = "node:"
-NODE_URI_PREFIX = "corral://node/"
+from corral.identity import NODE_CN_PREFIX, NODE_URI_PREFIX, AuthContext, Identity, identity_of  # noqa: F401
 
 HANDLER_SERVICE = "corral.v1.HandlerService"
 USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService", "corral.v1.MigrationService")
-
-AuthContext = Mapping[str, Sequence[bytes]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Identity:
-    kind: str  # "node", "user", or "invalid" (a certificate whose node names disagree)
-    name: str  # the node name, or the certificate's CN for a user
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name!r}"
-
-
-def _texts(auth_context: AuthContext, key: str) -> list[str]:
-    return [value.decode(errors="replace") for value in auth_context.get(key, ())]
-
-
-def identity_of(auth_context: AuthContext) -> Identity | None:
-    """The caller's identity from gRPC's auth context; None on a plaintext connection."""
-    if b"ssl" not in auth_context.get("transport_security_type", ()):
-        return None
-    common_names = _texts(auth_context, "x509_common_name")
-    sans = _texts(auth_context, "x509_subject_alternative_name")
-    nodes = {cn[len(NODE_CN_PREFIX):] for cn in common_names if cn.startswith(NODE_CN_PREFIX)}
-    nodes |= {san[len(NODE_URI_PREFIX):] for san in sans if san.startswith(NODE_URI_PREFIX)}
-    if len(nodes) > 1 or "" in nodes:
-        return Identity("invalid", ", ".join(sorted(nodes)))
-    if nodes:
-        return Identity("node", nodes.pop())
-    return Identity("user", common_names[0] if common_names else (sans[0] if sans else ""))
 
 
 def node_refusal(auth_context: AuthContext, node_name: str) -> str | None:

@@ -15,7 +15,7 @@ guest read any file of the node). Then:
 
 Files are built in a root-owned scratch directory and renamed into the run's directory, so
 nothing the VM's user might have planted there is followed. Tools run from argument lists.
-The paths the launcher uses come from launcher/domain_xml.py.
+The paths the launcher uses come from corral/rundir.py.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.v1 import vm_pb2
-from launcher.domain_xml import CLOUD_INIT_SEED_FILE, ephemeral_disk_path
+from corral.rundir import CLOUD_INIT_SEED_FILE, ephemeral_disk_path
 
 FORMATS = {vm_pb2.DISK_FORMAT_RAW: "raw", vm_pb2.DISK_FORMAT_QCOW2: "qcow2"}
 TOOL_TIMEOUT_SECONDS = 60

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
+from corral.rundir import LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE  # noqa: F401 (VM_FILE: handler.agent, tests)
 from handler import spawn
 from handler.vm_files import (path_identity, open_in_vm_dir, open_launcher_socket, read_in_vm_dir, run_record_path,
                               write_atomically, write_in_vm_dir)
@@ -22,10 +23,6 @@ from handler.isolation import Cgroups, Isolation
 
 log = logging.getLogger(__name__)
 
-VM_FILE = "vm.binpb"
-SOCKET_FILE = "launcher.sock"
-LOG_FILE = "launcher.log"
-PID_FILE = "launcher.pid"
 FINISHED_MARKER = "finished"
 #: Written by the handler before starting a live migration's target launcher (launcher/migration.py).
 INCOMING_MARKER = "incoming"

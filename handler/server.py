@@ -21,7 +21,7 @@ from concurrent import futures
 
 import grpc
 
-from controller.auth import identity_of
+from corral.identity import identity_of
 from corral import tls
 from corral.settings import HandlerSettings
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc

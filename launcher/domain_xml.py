@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from corral import fence_guard, networks
+from corral.rundir import CLOUD_INIT_SEED_FILE, cloud_init_seed_path, ephemeral_disk_path  # noqa: F401
 from corral.validation import DNS1123_LABEL
 from corral.v1 import vm_pb2
 
@@ -50,20 +51,6 @@ class DomainOptions:
     # both set, QEMU ends itself once the deadline passes.
     fence_guard: str = ""
     fence_file: str = ""
-
-
-#: The run directory's file for the cloud-init NoCloud seed (an ISO 9660 image, label cidata).
-CLOUD_INIT_SEED_FILE = "cidata.iso"
-
-
-def ephemeral_disk_path(run_dir: str, name: str) -> str:
-    """The qcow2 overlay of ephemeral disk `name` (a DNS label) in a run's directory: made by
-    the handler before the launcher starts, gone with the directory."""
-    return os.path.join(run_dir, f"disk-{name}.qcow2")
-
-
-def cloud_init_seed_path(run_dir: str) -> str:
-    return os.path.join(run_dir, CLOUD_INIT_SEED_FILE)
 
 
 def disk_target(index: int) -> str:

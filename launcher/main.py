@@ -71,6 +71,7 @@ from concurrent import futures
 
 import grpc
 
+from corral.rundir import LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE
 from corral.v1 import launcher_pb2_grpc, vm_pb2
 
 from launcher import domain_xml, privileges, reaper, session
@@ -82,11 +83,8 @@ from launcher.supervisor import Supervisor
 
 log = logging.getLogger("launcher")
 
-SOCKET_NAME = "launcher.sock"
-VM_FILE = "vm.binpb"
+SOCKET_NAME = SOCKET_FILE
 SERIAL_LOG = "serial.log"
-LOG_FILE = "launcher.log"
-PID_FILE = "launcher.pid"
 AGENT_SOCKET = "agent.sock"  # the guest agent's channel (launcher/guest_agent.py)
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 # DIR + "/libvirt/lib/qemu/domain-NNN-" + 20-char short name + "/monitor.sock" must fit.

@@ -1,0 +1,25 @@
+"""A run's directory, as the handler (which makes it) and the launcher (which lives in it)
+both know it. With per-VM isolation it belongs to the VM's own user."""
+from __future__ import annotations
+
+import os
+
+#: The run's VM (a serialized corral.v1.VirtualMachine) the launcher reads; the handler keeps
+#: its own record elsewhere (handler/vm_files.py).
+VM_FILE = "vm.binpb"
+#: The launcher's gRPC LauncherService.
+SOCKET_FILE = "launcher.sock"
+LOG_FILE = "launcher.log"
+PID_FILE = "launcher.pid"
+#: The cloud-init NoCloud seed (an ISO 9660 image, label cidata), made by the handler.
+CLOUD_INIT_SEED_FILE = "cidata.iso"
+
+
+def ephemeral_disk_path(run_dir: str, name: str) -> str:
+    """The qcow2 overlay of ephemeral disk `name` (a DNS label) in a run's directory: made by
+    the handler before the launcher starts, gone with the directory."""
+    return os.path.join(run_dir, f"disk-{name}.qcow2")
+
+
+def cloud_init_seed_path(run_dir: str) -> str:
+    return os.path.join(run_dir, CLOUD_INIT_SEED_FILE)
