@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 import time
 import uuid
 
@@ -144,15 +145,18 @@ class MigrationReconciler:
         self.store = store
         self.settings = settings
 
-    def reconcile(self, fence: Fence, vms: list[vm_pb2.VirtualMachine], views: dict[str, scheduling.NodeView],
-                  lost: set[str]) -> None:
-        migrations, _ = self.store.list_all(MIGRATIONS)
-        by_name = {vm.metadata.name: vm for vm in vms}  # shared (watch cache): copied before a change
+    def reconcile(self, fence: Fence, migrations: list[migration_pb2.Migration],
+                  vm_named: Callable[[str], vm_pb2.VirtualMachine | None],
+                  views: dict[str, scheduling.NodeView], lost: set[str]) -> None:
+        """``migrations`` and the VMs ``vm_named`` returns are the watch cache's: copied before a change."""
         active = [m for m in migrations if m.status.phase in ACTIVE_PHASES]
         for migration in sorted(migrations, key=lambda m: (m.metadata.create_time.ToNanoseconds(), m.metadata.name)):
             if migration.status.phase in FINAL_PHASES:
                 continue
-            vm = by_name.get(migration.spec.vm_name)
+            copied = migration_pb2.Migration()
+            copied.CopyFrom(migration)
+            migration = copied
+            vm = vm_named(migration.spec.vm_name)
             if vm is not None:
                 copy = vm_pb2.VirtualMachine()
                 copy.CopyFrom(vm)

@@ -2,11 +2,15 @@
 declares runs on lost nodes over once those nodes had time to fence themselves, and starts
 new runs per run strategy.
 
-It wakes on every change under the Corral prefix and at least every resync period, reads
-one consistent snapshot (from the replica's watch cache: no etcd read, no decoding), and
-writes each decision guarded by the VM's revision and the leader's fencing token. Before the
-next pass it waits until the cache has seen its own writes, so capacity is never counted
-from a snapshot that misses the assignments just made."""
+It wakes on every change under the Corral prefix and reads one consistent view from the
+replica's watch cache (no etcd read, no decoding): the VMs changed since its last pass and
+what every node's VMs take (kept by the cache event by event), so a pass costs the changes
+and the nodes, not every VM. Every VM is looked at again (a full pass) every resync period,
+when a node record or a node's readiness changed, and when the set of lost nodes changed:
+what waits on time (back-off, unschedulable VMs, lost nodes) is retried then. Each decision
+is written guarded by the VM's revision and the leader's fencing token. Before the next pass
+it waits until the cache has seen its own writes, so capacity is never counted from a view
+that misses the assignments just made."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +20,6 @@ import uuid
 
 from controller import lifecycle
 from controller.migrations import MigrationReconciler
-from controller.nodes import snapshot
 from controller.watch_cache import WatchCache
 from corral import metrics, scheduling, status as vm_status
 from corral.logs import log_vm
@@ -49,9 +52,12 @@ def _steady(vm: vm_pb2.VirtualMachine, views: dict, lost: set[str]) -> bool:
 
 class Scheduler:
     def __init__(self, *, store: Store, resync_seconds: float, node_loss_margin_seconds: float,
-                 migrations: MigrationReconciler | None = None, cache: WatchCache | None = None) -> None:
+                 cache: WatchCache, migrations: MigrationReconciler | None = None) -> None:
         self.store = store
         self.cache = cache
+        self._last_full = float("-inf")  # monotonic time of the last full pass (none yet as leader)
+        self._nodes_generation = -1
+        self._lost: set[str] = set()
         self._assigned: list[vm_pb2.VirtualMachine] = []  # decided this pass, not written yet
         self.migrations = migrations
         self.resync_seconds = resync_seconds
@@ -62,6 +68,7 @@ class Scheduler:
 
     def run(self, fence: Fence, stop: threading.Event) -> None:
         """Reconcile until stop is set or leadership is lost."""
+        self._last_full = float("-inf")  # a new term starts with a full pass
         while not stop.is_set():
             try:
                 revision = self.reconcile(fence)
@@ -75,35 +82,29 @@ class Scheduler:
                 stop.wait(1.0)
 
     def _wait_for_change(self, revision: int, stop: threading.Event) -> None:
-        if self.cache is not None:
-            written = self.store.last_write_revision
-            if written > revision:  # this pass wrote: go again once the cache has those writes
-                self.cache.wait_newer(written - 1, timeout=5.0, stop=stop.is_set)
-            else:
-                self.cache.wait_newer(revision, timeout=self.resync_seconds, stop=stop.is_set)
-            return
-        raw = self.store.watch_everything(start_revision=revision + 1)
-        try:
-            waited = 0.0
-            for response in raw.responses(timeout=0.2):
-                if stop.is_set():
-                    return
-                if response is not None and response.events:
-                    return
-                waited += 0.2 if response is None else 0.0
-                if waited >= self.resync_seconds:
-                    return
-        finally:
-            raw.close()
+        written = self.store.last_write_revision
+        if written > revision:  # this pass wrote: go again once the cache has those writes
+            self.cache.wait_newer(written - 1, timeout=5.0, stop=stop.is_set)
+        else:
+            due = self._last_full + self.resync_seconds - time.monotonic()
+            self.cache.wait_newer(revision, timeout=max(0.01, due), stop=stop.is_set)
 
     def reconcile(self, fence: Fence) -> int:
         """One pass; returns the revision it read at."""
-        nodes, ready, vms, revision = self.cache.snapshot() if self.cache is not None else snapshot(self.store)
-        lost = self._lost_nodes({n.metadata.name for n in nodes}, ready)
-        views = scheduling.build_views(nodes, ready, vms)
+        full = (time.monotonic() - self._last_full >= self.resync_seconds
+                or self.cache.nodes_generation != self._nodes_generation)
+        view = self.cache.scheduling_view(full)
+        lost = self._lost_nodes({n.metadata.name for n in view.nodes}, view.ready)
+        if not full and lost != self._lost:  # runs on those nodes are over: look at every VM
+            view = self.cache.scheduling_view(True)
+        if view.full:
+            self._last_full = time.monotonic()
+            self._nodes_generation = view.nodes_generation
+        self._lost = lost
+        views = view.views
         now = time.time()
         self._assigned = []
-        for vm in sorted(vms, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
+        for vm in sorted(view.vms, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
             if _steady(vm, views, lost):
                 continue
             try:
@@ -114,8 +115,8 @@ class Scheduler:
                 self._write_assignments(fence)
         self._write_assignments(fence)
         if self.migrations is not None:
-            self.migrations.reconcile(fence, vms, views, lost)
-        return revision
+            self.migrations.reconcile(fence, view.migrations, self.cache.vms.get, views, lost)
+        return view.revision
 
     def _lost_nodes(self, known: set[str], ready: set[str]) -> set[str]:
         """Nodes NotReady for longer than the margin: their handlers have fenced their guests
@@ -194,8 +195,6 @@ class Scheduler:
         (what the node's handler would take before starting it: it finds the lock already its
         own, handler/fencing.py). Saves the node an etcd write per start; a node without a known
         lease, or a lock still held by an earlier run, is left to the handler as before."""
-        if self.cache is None:
-            return []
         locks = []
         for vm in batch:
             lease = self.cache.node_leases.get(vm.status.node_name)

@@ -8,6 +8,9 @@ streams and reconcilers follow it.
   target): a node's subscription hears only about its own VMs.
 - Every snapshot and event carries the etcd revision it reflects; the cache's revision only
   moves forward, after the whole etcd response is applied.
+- What each node's VMs take (scheduling.Allocation) is kept event by event, and the names
+  of VMs changed since the scheduler last asked are collected: a scheduler pass costs the
+  changes and the nodes, not every VM.
 - A broken etcd watch resumes from the cache's revision. A compacted one (events were missed)
   makes the cache relist; subscribers are then told to start over (their stream ends, and
   handlers reconnect and resync).
@@ -22,9 +25,10 @@ from dataclasses import dataclass
 
 from pyetcd import utils as etcd_utils
 
-from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER, NODES, VMS
+from corral import scheduling
+from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, NODE_LEASES_FOLDER, NODES, VMS
 from corral.store import Compacted, Store, StoreError, decode
-from corral.v1 import node_pb2, vm_pb2
+from corral.v1 import migration_pb2, node_pb2, vm_pb2
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,21 @@ def assigned_nodes(vm: vm_pb2.VirtualMachine | None) -> set[str]:
     if vm is None:
         return set()
     return {name for name in (vm.status.node_name, vm.status.migration_target.node_name) if name}
+
+
+@dataclass(frozen=True)
+class SchedulingView:
+    """What one scheduler pass reads, at one revision. ``vms`` is every VM (a full pass) or
+    those changed since the previous pass; objects are shared with the cache (copy to change)."""
+
+    nodes: list[node_pb2.Node]
+    ready: set[str]
+    views: dict[str, scheduling.NodeView]  # fresh: the scheduler adds what it decides
+    vms: list[vm_pb2.VirtualMachine]
+    full: bool
+    migrations: list[migration_pb2.Migration]
+    revision: int
+    nodes_generation: int
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,10 @@ class WatchCache:
         self.ready: set[str] = set()
         self.node_leases: dict[str, int] = {}  # node -> the etcd lease its heartbeat key is bound to
         self.locked: set[str] = set()  # VMs whose instance lock exists
+        self.migrations: dict[str, migration_pb2.Migration] = {}
+        self.allocated: dict[str, scheduling.Allocation] = {}  # node -> what its VMs take
+        self.changed: set[str] = set()  # VMs changed since the scheduler's last pass
+        self.nodes_generation = 0  # moves when a node record or a node's readiness changes
         self.revision = 0
         self._resume_from = 0  # the last revision whose events are all applied
         self.cond = threading.Condition()
@@ -96,6 +119,7 @@ class WatchCache:
             "nodes": store.folder(NODES),
             "leases": store.raw_key(NODE_LEASES_FOLDER),
             "locks": store.raw_key(INSTANCE_LOCKS_FOLDER),
+            "migrations": store.folder(MIGRATIONS),
         }
 
     # -- feeding ----------------------------------------------------------------------------
@@ -127,8 +151,13 @@ class WatchCache:
         locks_folder = self._folders["locks"]
         locks = self.store.range(locks_folder, etcd_utils.prefix_range_end(locks_folder), revision=revision,
                                  keys_only=True)
+        migrations, _, _ = self.store.list(MIGRATIONS, revision=revision)
         with self.cond:
             self.vms = {vm.metadata.name: vm for vm in vms}
+            self.allocated = scheduling.allocations(vms)
+            self.changed = set(self.vms)
+            self.nodes_generation += 1
+            self.migrations = {m.metadata.name: m for m in migrations}
             self.by_node = {}
             for vm in vms:
                 for node in assigned_nodes(vm):
@@ -159,7 +188,8 @@ class WatchCache:
             raw.close()
 
     def _apply(self, events, revision: int) -> None:
-        vms, nodes, leases, locks = (self._folders[name] for name in ("vms", "nodes", "leases", "locks"))
+        vms, nodes, leases, locks, migrations = (self._folders[name] for name in
+                                                 ("vms", "nodes", "leases", "locks", "migrations"))
         fanout: list[tuple[Subscription, Change]] = []
         with self.cond:
             for event in events:
@@ -171,12 +201,14 @@ class WatchCache:
                     fanout.extend(self._put_vm(name, vm, event.kv.mod_revision))
                 elif key.startswith(nodes):
                     name = key[len(nodes):].decode()
+                    self.nodes_generation += 1
                     if deleted:
                         self.nodes.pop(name, None)
                     else:
                         self.nodes[name] = decode(node_pb2.Node, event.kv.value, event.kv.mod_revision)
                 elif key.startswith(leases):
                     name = key[len(leases):].decode()
+                    self.nodes_generation += 1
                     if deleted:
                         self.ready.discard(name)
                         self.node_leases.pop(name, None)
@@ -185,6 +217,12 @@ class WatchCache:
                         self.node_leases[name] = event.kv.lease
                 elif key.startswith(locks):
                     (self.locked.discard if deleted else self.locked.add)(key[len(locks):].decode())
+                elif key.startswith(migrations):
+                    name = key[len(migrations):].decode()
+                    if deleted:
+                        self.migrations.pop(name, None)
+                    else:
+                        self.migrations[name] = decode(migration_pb2.Migration, event.kv.value, event.kv.mod_revision)
             self.revision = max(self.revision, revision)
             if events:
                 self._resume_from = max(self._resume_from, max(event.kv.mod_revision for event in events))
@@ -194,8 +232,14 @@ class WatchCache:
 
     def _put_vm(self, name: str, vm: vm_pb2.VirtualMachine | None,
                 revision: int) -> list[tuple["Subscription", Change]]:
-        before = assigned_nodes(self.vms.get(name))
+        previous = self.vms.get(name)
+        before = assigned_nodes(previous)
         after = assigned_nodes(vm)
+        for node in scheduling.allocated_on(previous):
+            self.allocated[node].change(previous.spec, -1)
+        for node in scheduling.allocated_on(vm):
+            self.allocated.setdefault(node, scheduling.Allocation()).change(vm.spec, +1)
+        self.changed.add(name)
         if vm is None:
             self.vms.pop(name, None)
         else:
@@ -239,6 +283,18 @@ class WatchCache:
         from etcd). The objects are shared: callers copy before changing one."""
         with self.cond:
             return list(self.nodes.values()), set(self.ready), list(self.vms.values()), self.revision
+
+    def scheduling_view(self, full: bool) -> SchedulingView:
+        """Nodes, what their VMs take, and every VM (full) or the VMs changed since the last
+        call; the changed set starts afresh either way (one scheduler consumes it)."""
+        with self.cond:
+            changed, self.changed = self.changed, set()
+            vms = (list(self.vms.values()) if full
+                   else [self.vms[name] for name in changed if name in self.vms])
+            nodes = list(self.nodes.values())
+            views = scheduling.views_from(nodes, self.ready, self.allocated)
+            return SchedulingView(nodes, set(self.ready), views, vms, full,
+                                  list(self.migrations.values()), self.revision, self.nodes_generation)
 
     def wait_newer(self, revision: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> int:
         """Block until the cache is past ``revision`` (or timeout); its revision then."""

@@ -53,27 +53,62 @@ def allocatable(node: node_pb2.Node) -> node_pb2.Resources:
     return status.allocatable if status.HasField("allocatable") else status.capacity
 
 
+@dataclasses.dataclass
+class Allocation:
+    """What the VMs assigned to one node take: kept up to date event by event by the watch
+    cache, so that a scheduler pass costs the number of nodes, not of VMs."""
+
+    vcpus: int = 0
+    memory_mib: int = 0
+    count: int = 0
+    ports: Counter = dataclasses.field(default_factory=Counter)  # (protocol, port) -> VMs using it
+
+    def change(self, spec: vm_pb2.VirtualMachineSpec, sign: int) -> None:
+        self.vcpus += sign * spec.vcpus
+        self.memory_mib += sign * spec.memory_mib
+        self.count += sign
+        for port in networks.node_ports(spec):
+            self.ports[port] += sign
+            if self.ports[port] <= 0:
+                del self.ports[port]
+
+
+def allocated_on(vm: vm_pb2.VirtualMachine | None) -> tuple[str, ...]:
+    """The nodes whose room the VM takes: its node, and a live migration's target (a migrating
+    VM holds room on both)."""
+    if vm is None or not holds_resources(vm):
+        return ()
+    target = vm.status.migration_target.node_name
+    return (vm.status.node_name, target) if target and target != vm.status.node_name else (vm.status.node_name,)
+
+
+def allocations(vms: Iterable[vm_pb2.VirtualMachine]) -> dict[str, Allocation]:
+    result: dict[str, Allocation] = {}
+    for vm in vms:
+        for node in allocated_on(vm):
+            result.setdefault(node, Allocation()).change(vm.spec, +1)
+    return result
+
+
+def views_from(nodes: Iterable[node_pb2.Node], ready: set[str],
+               allocated: dict[str, Allocation]) -> dict[str, NodeView]:
+    """A fresh view of every node (the scheduler changes them as it decides)."""
+    views = {}
+    for node in nodes:
+        name = node.metadata.name
+        room = allocatable(node)
+        used = allocated.get(name) or Allocation()
+        views[name] = NodeView(name=name, labels=dict(node.metadata.labels), ready=name in ready,
+                               unschedulable=node.spec.unschedulable, capacity_vcpus=room.vcpus,
+                               capacity_memory_mib=room.memory_mib, allocated_vcpus=used.vcpus,
+                               allocated_memory_mib=used.memory_mib, vm_count=used.count,
+                               node_ports=set(used.ports))
+    return views
+
+
 def build_views(nodes: Iterable[node_pb2.Node], ready: set[str],
                 vms: Iterable[vm_pb2.VirtualMachine]) -> dict[str, NodeView]:
-    views = {
-        node.metadata.name: NodeView(
-            name=node.metadata.name,
-            labels=dict(node.metadata.labels),
-            ready=node.metadata.name in ready,
-            unschedulable=node.spec.unschedulable,
-            capacity_vcpus=allocatable(node).vcpus,
-            capacity_memory_mib=allocatable(node).memory_mib,
-        )
-        for node in nodes
-    }
-    for vm in vms:
-        view = views.get(vm.status.node_name)
-        if view is not None and holds_resources(vm):
-            view.add(vm.spec)
-        target = views.get(vm.status.migration_target.node_name)
-        if target is not None and holds_resources(vm):
-            target.add(vm.spec)  # a migrating VM holds room on both nodes
-    return views
+    return views_from(nodes, ready, allocations(vms))
 
 
 def misfit(view: NodeView, spec: vm_pb2.VirtualMachineSpec) -> str | None:

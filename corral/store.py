@@ -1,4 +1,6 @@
-"""The etcd store: every Corral object is one key holding the object's protobuf JSON.
+"""The etcd store: every Corral object is one key holding the object in protobuf's binary
+encoding (what Kubernetes does for its own types: decoding it costs a microsecond, protobuf
+JSON ~70; values written as JSON by earlier versions are still read).
 
 Writes are transactions guarded by the key's mod_revision (optimistic concurrency: a
 concurrent writer is never silently overwritten) and, for the leader's writes, by a fencing
@@ -100,12 +102,15 @@ def encode(obj: Message) -> bytes:
     copy.CopyFrom(obj)
     if hasattr(copy, "metadata"):
         copy.metadata.resource_version = 0  # derived from etcd's mod_revision on read
-    return json_format.MessageToJson(copy, indent=None, sort_keys=True).encode()
+    return copy.SerializeToString(deterministic=True)
 
 
 def decode(message_class: type[M], value: bytes, mod_revision: int) -> M:
-    obj = message_class()
-    json_format.Parse(value, obj, ignore_unknown_fields=True)
+    if value[:1] == b"{":  # protobuf JSON, as earlier versions wrote (0x7b would be a group: none here)
+        obj = message_class()
+        json_format.Parse(value, obj, ignore_unknown_fields=True)
+    else:
+        obj = message_class.FromString(value)
     if hasattr(obj, "metadata"):
         obj.metadata.resource_version = mod_revision
     return obj
