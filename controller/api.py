@@ -1,20 +1,25 @@
-"""The public API: VirtualMachineService and NodeService, served by every replica straight
-from the store (no cache, so any replica answers the same)."""
+"""The public API: VirtualMachineService and NodeService, served by every replica. Gets and
+writes go to etcd; lists and watches are served from the replica's watch cache (a list once
+the cache has caught up with etcd, so any replica answers the same; a watch from the cache's
+recent history, or from etcd's when it asks for an older revision)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Callable
 
 import grpc
+from pyetcd import utils as etcd_utils
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from controller import console, lifecycle, pagination
 from controller.node_agents import NodeAgents
-from controller.errors import RequestError, grpc_errors
-from controller.nodes import list_node_views, ready_node_names
-from corral import status as vm_status
+from controller.errors import RequestError, call_ended, grpc_errors
+from controller.nodes import list_node_views, present_nodes, ready_node_names
+from controller.watch_cache import WatchCache
+from corral import history, status as vm_status
 from corral.logs import log_vm
 from corral.resources import NODES, VMS
 from corral.selectors import matches, parse_selector
@@ -77,6 +82,7 @@ def watch_objects(store: Store, kind, request, context):
     if request.resource_version < 0:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "resource_version must not be negative")
     start = request.resource_version
+    ended = call_ended(context)
     if start == 0:
         objects, start = store.list_all(kind)
         for obj in objects:
@@ -84,7 +90,7 @@ def watch_objects(store: Store, kind, request, context):
                 yield meta_pb2.WATCH_EVENT_TYPE_ADDED, obj, obj.metadata.resource_version
     with store.watch(kind, start_revision=start + 1) as watch:
         for event in watch.events(timeout=WATCH_POLL_SECONDS):
-            if not context.is_active():
+            if ended.is_set():
                 return
             if event is None or not matches(selector, event.obj.metadata.labels):
                 continue
@@ -97,8 +103,9 @@ def watch_objects(store: Store, kind, request, context):
 
 
 class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
-    def __init__(self, *, store: Store, node_agents: NodeAgents | None = None) -> None:
+    def __init__(self, *, store: Store, cache: WatchCache, node_agents: NodeAgents | None = None) -> None:
         self.store = store
+        self.cache = cache
         # Stubs of the handlers' NodeAgentService, by node name (plaintext unless given).
         self.node_agents = node_agents or NodeAgents(store)
 
@@ -121,15 +128,28 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     def GetVirtualMachine(self, request, context):
         _check_name(request.name)
         vm = self.store.get(VMS, request.name)
-        return vm_pb2.GetVirtualMachineResponse(virtual_machine=present(vm, _ready_nodes(self.store)))
+        beside = self.store.raw_key(history.folder(vm.metadata.name))
+        kvs = self.store.range(beside, etcd_utils.prefix_range_end(beside)).kvs
+        history.merge(vm, [(kv.key[len(beside):].decode(), kv.value) for kv in kvs])
+        return vm_pb2.GetVirtualMachineResponse(virtual_machine=present(vm, self._ready()))
+
+    def _ready(self) -> set[str] | None:
+        return set(self.cache.ready) if self.cache.synced.is_set() else _ready_nodes(self.store)
 
     @grpc_errors
     def ListVirtualMachines(self, request, context):
         selector = parse_selector(request.label_selector)
-        items, token, revision = list_page(
-            self.store, VMS, size=pagination.page_size(request.page_size), token=request.page_token,
-            keep=lambda vm: matches(selector, vm.metadata.labels))
-        ready = _ready_nodes(self.store)
+        size = pagination.page_size(request.page_size)
+        keep = lambda vm: matches(selector, vm.metadata.labels)  # noqa: E731
+        revision, after = pagination.decode_token(request.page_token)
+        page = self.cache.list_vms(revision, after, size, keep) if revision or self.cache.fresh() else None
+        if page is not None:
+            shared, last, revision = page
+            items = [_copied(vm) for vm in shared]
+            token = pagination.encode_token(revision, last) if last else ""
+        else:  # a later page after the cache moved on, or a cache that is behind: etcd at that revision
+            items, token, revision = list_page(self.store, VMS, size=size, token=request.page_token, keep=keep)
+        ready = self._ready()
         return vm_pb2.ListVirtualMachinesResponse(
             virtual_machines=[present(vm, ready) for vm in items], next_page_token=token, resource_version=revision)
 
@@ -184,10 +204,42 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         return vm_pb2.DeleteVirtualMachineResponse(virtual_machine=vm)
 
     @grpc_errors
-    def WatchVirtualMachines(self, request, context):
-        for kind, vm, revision in watch_objects(self.store, VMS, request, context):
-            yield vm_pb2.WatchVirtualMachinesResponse(type=kind, virtual_machine=present(vm, None),
-                                                      resource_version=revision)
+    async def WatchVirtualMachines(self, request, context):
+        """From the watch cache, on the server's event loop (a watch holds no thread)."""
+        selector = parse_selector(request.label_selector)
+        after = request.resource_version
+        if after < 0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "resource_version must not be negative")
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.cache.wait_synced, 10.0):
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")
+        current, recent, revision, sub = self.cache.watch_vms(after, loop)
+        if sub is None:  # older than the cache's history: etcd's
+            async for kind, vm, revision in _in_thread(lambda: watch_objects(self.store, VMS, request, context)):
+                yield vm_pb2.WatchVirtualMachinesResponse(type=kind, virtual_machine=present(vm, None),
+                                                          resource_version=revision)
+            return
+        try:
+            for vm in current or ():
+                if matches(selector, vm.metadata.labels):
+                    yield vm_pb2.WatchVirtualMachinesResponse(
+                        type=meta_pb2.WATCH_EVENT_TYPE_ADDED, virtual_machine=present(_copied(vm), None),
+                        resource_version=vm.metadata.resource_version)
+            after = max(after, revision) if current is not None else after
+            for change in recent or ():
+                event = _watch_event(change, selector)
+                if event is not None:
+                    yield event
+            async for change in sub.async_changes(timeout=WATCH_POLL_SECONDS):
+                if change is None or change.revision <= after:
+                    continue
+                event = _watch_event(change, selector)
+                if event is not None:
+                    yield event
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller re-read the store: watch again "
+                               "from your last resource_version")
+        finally:
+            sub.close()
 
     # -- verbs ----------------------------------------------------------------------------
     def _change(self, name: str, decide: Callable[[vm_pb2.VirtualMachine], bool]) -> vm_pb2.VirtualMachine:
@@ -282,6 +334,34 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         yield from console.open_console(self.store, self.node_agents, request_iterator, context)
 
 
+def _copied(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
+    copy = vm_pb2.VirtualMachine()
+    copy.CopyFrom(vm)
+    return copy
+
+
+def _watch_event(change, selector) -> vm_pb2.WatchVirtualMachinesResponse | None:
+    """A watch cache change as the API's event (None: the selector does not match)."""
+    if change.vm is None:
+        kind, vm = meta_pb2.WATCH_EVENT_TYPE_DELETED, change.previous
+    else:
+        kind = meta_pb2.WATCH_EVENT_TYPE_ADDED if change.previous is None else meta_pb2.WATCH_EVENT_TYPE_MODIFIED
+        vm = change.vm
+    if vm is None or not matches(selector, vm.metadata.labels):
+        return None
+    return vm_pb2.WatchVirtualMachinesResponse(type=kind, virtual_machine=present(_copied(vm), None),
+                                               resource_version=change.revision)
+
+
+async def _in_thread(make_iterator):
+    """Items of a blocking iterator, each taken in the thread pool."""
+    loop = asyncio.get_running_loop()
+    iterator = await loop.run_in_executor(None, make_iterator)
+    end = object()
+    while (item := await loop.run_in_executor(None, next, iterator, end)) is not end:
+        yield item
+
+
 def _note(vm: vm_pb2.VirtualMachine, reason: str, message: str) -> bool:
     vm_status.record_event(vm, reason, message)
     return True
@@ -304,13 +384,21 @@ def _without_run_strategy(spec: vm_pb2.VirtualMachineSpec) -> vm_pb2.VirtualMach
 
 
 class NodeService(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, *, store: Store) -> None:
+    """Nodes from the watch cache once it has caught up with etcd (from etcd when it cannot)."""
+
+    def __init__(self, *, store: Store, cache: WatchCache) -> None:
         self.store = store
+        self.cache = cache
+
+    def _nodes(self) -> list[node_pb2.Node]:
+        if self.cache.fresh():
+            return present_nodes(*self.cache.node_views())
+        return list_node_views(self.store)
 
     @grpc_errors
     def GetNode(self, request, context):
         _check_name(request.name)
-        nodes = {view.metadata.name: view for view in list_node_views(self.store)}
+        nodes = {view.metadata.name: view for view in self._nodes()}
         if request.name not in nodes:
             raise NotFound(f"Node {request.name!r} not found")
         return node_pb2.GetNodeResponse(node=nodes[request.name])
@@ -320,7 +408,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         selector = parse_selector(request.label_selector)
         size = pagination.page_size(request.page_size)
         _, after = pagination.decode_token(request.page_token)
-        nodes = [n for n in list_node_views(self.store)
+        nodes = [n for n in self._nodes()
                  if n.metadata.name > after and matches(selector, n.metadata.labels)]
         page = nodes[:size]
         token = pagination.encode_token(1, page[-1].metadata.name) if len(nodes) > size else ""
@@ -335,7 +423,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
                     node.spec.unschedulable = value
                     self.store.update(NODES, node)
                     log.info("node %s %s", name, "cordoned" if value else "uncordoned")
-        return next(view for view in list_node_views(self.store) if view.metadata.name == name)
+        return next(view for view in self._nodes() if view.metadata.name == name)
 
     @grpc_errors
     def CordonNode(self, request, context):

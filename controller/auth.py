@@ -64,34 +64,3 @@ def require_node(context: grpc.ServicerContext, node_name: str) -> None:
     refusal = node_refusal(context.auth_context(), node_name)
     if refusal:
         raise RequestError(grpc.StatusCode.PERMISSION_DENIED, refusal)
-
-
-class AuthorizationInterceptor(grpc.ServerInterceptor):
-    """Refuses, with PERMISSION_DENIED, calls to services the peer's identity may not use
-    (service_refusal); per-node checks are in the HandlerService itself (require_node)."""
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-
-        def guard(behavior):
-            def guarded(request_or_iterator, context):
-                refusal = service_refusal(context.auth_context(), method)
-                if refusal:
-                    context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-                return behavior(request_or_iterator, context)
-            return guarded
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                guard(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                guard(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                guard(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            guard(handler.stream_stream), handler.request_deserializer, handler.response_serializer)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 
 from controller import node_agents
-from controller.errors import RequestError
+from controller.errors import RequestError, call_ended
 from corral.logs import log_vm
 from corral.resources import VMS
 from corral.store import Store
@@ -44,13 +44,14 @@ def open_console(store: Store, agents: node_agents.NodeAgents, requests: Iterato
             return  # the client's call ended (cancelled): the relay below ends too
 
     call = stub.AttachInstanceConsole(keystrokes())
+    ended = call_ended(context)
     context.add_callback(call.cancel)
     log_vm(log, vm, "console of vm %s opened (node %s)", name, node)
     try:
         for response in call:
             yield vm_pb2.OpenConsoleResponse(data=response.data)
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.CANCELLED and not context.is_active():
+        if exc.code() == grpc.StatusCode.CANCELLED and ended.is_set():
             return  # the client left
         raise node_agents.upstream_error(exc, node) from None
     finally:

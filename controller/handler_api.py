@@ -3,6 +3,7 @@ a stream (snapshot, SYNCED, then changes), and the one place their reports becom
 writes, each checked against the VM's uid and assigned node."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -116,6 +117,7 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
             return False, False
         target.cancel_requested = True
         status.message = f"target node {request.node_name}: {request.message}"
+        target.cancel_reason, target.cancel_message = "TargetFailed", status.message
         vm_status.record_event(vm, "MigrationTargetFailed", status.message, warning=True)
         return True, True
     if not source:
@@ -155,28 +157,27 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
         self.cache = cache
 
     @grpc_errors
-    def WatchAssignments(self, request, context):
+    async def WatchAssignments(self, request, context):
         """The node's VMs from the replica's watch cache (snapshot, SYNCED, then its changes):
-        one etcd watch per replica however many nodes follow it."""
+        one etcd watch per replica however many nodes follow it, and no thread per stream (a
+        coroutine on the server's event loop)."""
         node = request.node_name
         auth.require_node(context, node)
         problem = name_problem(node, "node_name")
         if problem:
             raise ValidationError([problem])
-        if not self.cache.wait_synced(timeout=10):
+        loop = asyncio.get_running_loop()
+        if not self.cache.synced.is_set() and not await loop.run_in_executor(None, self.cache.wait_synced, 10.0):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")
-        vms, revision, subscription = self.cache.subscribe(node)
-        context.add_callback(subscription.end)  # a handler that goes away frees its thread at once
-        try:
+        vms, revision, subscription = self.cache.subscribe(node, loop)
+        try:  # a handler that goes away cancels this coroutine: the finally frees its subscription
             for vm in vms:
                 yield handler_pb2.WatchAssignmentsResponse(
                     type=handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT, virtual_machine=vm, resource_version=revision)
             yield handler_pb2.WatchAssignmentsResponse(type=handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED,
                                                        resource_version=revision)
             log.info("node %s follows its %d assignments from revision %d", node, len(vms), revision)
-            for change in subscription.changes(timeout=POLL_SECONDS):
-                if not context.is_active():
-                    return
+            async for change in subscription.async_changes(timeout=POLL_SECONDS):
                 if change is None:
                     continue
                 if change.vm is not None:
@@ -189,8 +190,7 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
                     yield handler_pb2.WatchAssignmentsResponse(
                         type=handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE, virtual_machine=gone,
                         resource_version=change.revision)
-            if context.is_active():
-                log.info("node %s: the watch cache started over: the stream ends for a resync", node)
+            log.info("node %s: the watch cache started over: the stream ends for a resync", node)
         finally:
             subscription.close()
 

@@ -186,8 +186,9 @@ class MigrationReconciler:
             fail(migration, "Superseded", "the VM no longer carries this migration")
         elif target.node_name in lost and not target.cancel_requested:
             target.cancel_requested = True  # the source aborts and reports the failure
-            vm_status.record_event(vm, "MigrationTargetLost", f"target node {target.node_name} was lost: aborting",
-                                   warning=True)
+            target.cancel_reason = "TargetNodeLost"
+            target.cancel_message = f"target node {target.node_name} was lost: aborting"
+            vm_status.record_event(vm, "MigrationTargetLost", target.cancel_message, warning=True)
             self.store.update(VMS, vm, fence=fence)
             return
         elif (migration.status.phase == M.MIGRATION_PHASE_PREPARING_TARGET

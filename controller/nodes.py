@@ -25,7 +25,11 @@ def snapshot(store: Store) -> tuple[list[node_pb2.Node], set[str], list[vm_pb2.V
 
 def list_node_views(store: Store) -> list[node_pb2.Node]:
     nodes, ready, vms, _ = snapshot(store)
-    views = scheduling.build_views(nodes, ready, vms)
+    return present_nodes(nodes, scheduling.build_views(nodes, ready, vms))
+
+
+def present_nodes(nodes: list[node_pb2.Node], views: dict[str, scheduling.NodeView]) -> list[node_pb2.Node]:
+    """Node records as the API shows them: phase from readiness, what assigned VMs take."""
     result = []
     for node in nodes:
         view = views[node.metadata.name]

@@ -30,9 +30,10 @@ from corral.v1 import vm_pb2
 log = logging.getLogger(__name__)
 
 UNSCHEDULABLE = "Unschedulable"
-#: Assignments written per etcd transaction: each is a put of the VM and one of its instance
-#: lock, and etcd allows 128 operations (and 128 comparisons) in one by default.
-ASSIGN_BATCH = 60
+#: Assignments written per etcd transaction: each is a put of the VM, one of its "Scheduled"
+#: event (corral/history.py) and one of its instance lock, and etcd allows 128 operations (and
+#: 128 comparisons) in one by default.
+ASSIGN_BATCH = 40
 
 
 def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:

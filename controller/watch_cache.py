@@ -17,10 +17,12 @@ streams and reconcilers follow it.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from pyetcd import utils as etcd_utils
@@ -33,6 +35,10 @@ from corral.v1 import migration_pb2, node_pb2, vm_pb2
 log = logging.getLogger(__name__)
 
 DELETE_EVENT = 1  # mvccpb.Event.DELETE
+#: Subscribers of every VM (API watches) rather than of one node's.
+EVERY_VM = "*"
+#: VM changes kept to resume watches from a recent revision (older ones are read from etcd).
+HISTORY = 20_000
 
 
 def assigned_nodes(vm: vm_pb2.VirtualMachine | None) -> set[str]:
@@ -59,22 +65,42 @@ class SchedulingView:
 
 @dataclass(frozen=True)
 class Change:
-    """What a node's subscription hears: its VM now (None: no longer assigned to it)."""
+    """What a subscription hears: the VM now (None: deleted, or no longer assigned to the
+    subscribed node) and, for every-VM subscribers, the VM before (None: just created)."""
 
     name: str
     vm: vm_pb2.VirtualMachine | None
     revision: int
+    previous: vm_pb2.VirtualMachine | None = None
 
 
 class Subscription:
-    """Changes to one node's VMs, in revision order; ended when the cache had to start over."""
+    """Changes to one node's VMs (or to every VM), in revision order; ended when the cache had
+    to start over. Given an event loop, it is read from that loop (``async_changes``: a
+    stream waits without a thread); otherwise from a thread (``changes``)."""
 
     RESYNC = object()
 
-    def __init__(self, cache: "WatchCache", node: str) -> None:
+    def __init__(self, cache: "WatchCache", node: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.cache = cache
         self.node = node
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.loop = loop
+        self.queue: queue.SimpleQueue | asyncio.Queue = queue.SimpleQueue() if loop is None else asyncio.Queue()
+
+    def deliver(self, items: list) -> None:
+        """From the cache's thread: one wake-up per etcd response, however many changes."""
+        if self.loop is None:
+            for item in items:
+                self.queue.put(item)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._put_all, items)
+        except RuntimeError:
+            pass  # the loop is closed: the server is stopping
+
+    def _put_all(self, items: list) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
 
     def changes(self, timeout: float) -> Iterator[Change | None]:
         """Changes as they come; None after ``timeout`` seconds of silence; ends on a resync."""
@@ -88,9 +114,24 @@ class Subscription:
                 return
             yield item
 
+    async def async_changes(self, timeout: float) -> AsyncIterator[Change | None]:
+        """As changes(), on the subscription's event loop."""
+        while True:
+            try:
+                item = await asyncio.wait_for(self.queue.get(), timeout)
+            except asyncio.TimeoutError:
+                yield None
+                continue
+            if item is self.RESYNC:
+                return
+            yield item
+
     def end(self) -> None:
-        """Make changes() return (the stream is over)."""
-        self.queue.put(self.RESYNC)
+        """Make changes() return (the stream is over). Any thread, or the subscription's loop."""
+        if self.loop is None:
+            self.queue.put(self.RESYNC)
+        else:
+            self.deliver([self.RESYNC])
 
     def close(self) -> None:
         self.cache._unsubscribe(self)
@@ -112,7 +153,9 @@ class WatchCache:
         self.revision = 0
         self._resume_from = 0  # the last revision whose events are all applied
         self.cond = threading.Condition()
-        self.subscribers: dict[str, set[Subscription]] = {}
+        self.subscribers: dict[str, set[Subscription]] = {}  # node (or EVERY_VM) -> subscriptions
+        self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
+        self.history_from = 0  # every VM change after this revision is in history
         self.synced = threading.Event()
         self._folders = {
             "vms": store.folder(VMS),
@@ -167,11 +210,13 @@ class WatchCache:
             self.node_leases = {kv.key[len(folder):].decode(): kv.lease for kv in leases.kvs}
             self.locked = {kv.key[len(locks_folder):].decode() for kv in locks.kvs}
             self.revision = self._resume_from = revision
+            self.history.clear()
+            self.history_from = revision
             stale = [sub for subs in self.subscribers.values() for sub in subs]
             self.subscribers = {}
             self.cond.notify_all()
         for sub in stale:  # they may have missed events: their streams start over
-            sub.queue.put(Subscription.RESYNC)
+            sub.end()
         self.synced.set()
         log.info("watch cache: %d VMs, %d nodes at revision %d", len(vms), len(nodes), revision)
         return revision
@@ -227,8 +272,11 @@ class WatchCache:
             if events:
                 self._resume_from = max(self._resume_from, max(event.kv.mod_revision for event in events))
             self.cond.notify_all()
+        batches: dict[Subscription, list[Change]] = {}
         for sub, change in fanout:
-            sub.queue.put(change)
+            batches.setdefault(sub, []).append(change)
+        for sub, changes in batches.items():
+            sub.deliver(changes)
 
     def _put_vm(self, name: str, vm: vm_pb2.VirtualMachine | None,
                 revision: int) -> list[tuple["Subscription", Change]]:
@@ -256,19 +304,70 @@ class WatchCache:
         for node in before | after:
             change = Change(name, vm if node in after else None, revision)
             fanout.extend((sub, change) for sub in self.subscribers.get(node, ()))
+        change = Change(name, vm, revision, previous)
+        if len(self.history) == self.history.maxlen:
+            self.history_from = self.history[0].revision
+        self.history.append(change)
+        fanout.extend((sub, change) for sub in self.subscribers.get(EVERY_VM, ()))
         return fanout
 
     # -- reading ----------------------------------------------------------------------------
     def wait_synced(self, timeout: float | None = None) -> bool:
         return self.synced.wait(timeout)
 
-    def subscribe(self, node: str) -> tuple[list[vm_pb2.VirtualMachine], int, Subscription]:
+    def subscribe(self, node: str, loop: asyncio.AbstractEventLoop | None = None,
+                  ) -> tuple[list[vm_pb2.VirtualMachine], int, Subscription]:
         """The node's VMs now, the revision they reflect, and a subscription to every later change."""
-        sub = Subscription(self, node)
+        sub = Subscription(self, node, loop)
         with self.cond:
             current = [self.vms[name] for name in sorted(self.by_node.get(node, ()))]
             self.subscribers.setdefault(node, set()).add(sub)
             return current, self.revision, sub
+
+    def node_views(self) -> tuple[list[node_pb2.Node], dict[str, scheduling.NodeView]]:
+        """Node records and what their VMs take, at one revision (records shared: copy to change)."""
+        with self.cond:
+            nodes = [self.nodes[name] for name in sorted(self.nodes)]
+            return nodes, scheduling.views_from(nodes, self.ready, self.allocated)
+
+    def fresh(self, timeout: float = 2.0) -> bool:
+        """Wait until the cache has every write etcd had when asked (Kubernetes' consistent
+        reads from its watch cache): what a client wrote before it listed is in the list."""
+        if not self.synced.is_set():
+            return False
+        wanted = self.store.revision()
+        with self.cond:
+            return self.cond.wait_for(lambda: self.revision >= wanted, timeout)
+
+    def list_vms(self, at: int, after: str, size: int, keep: Callable[[vm_pb2.VirtualMachine], bool],
+                 ) -> tuple[list[vm_pb2.VirtualMachine], str, int] | None:
+        """One page of VMs by name after ``after``: (VMs, last name when more follow, revision);
+        None when the cache is no longer at revision ``at`` (0: any) and etcd must answer."""
+        with self.cond:
+            if at and at != self.revision:
+                return None
+            items = []
+            for name in sorted(name for name in self.vms if name > after):
+                vm = self.vms[name]
+                if keep(vm):
+                    if len(items) == size:
+                        return items, items[-1].metadata.name, self.revision
+                    items.append(vm)
+            return items, "", self.revision
+
+    def watch_vms(self, after: int, loop: asyncio.AbstractEventLoop,
+                  ) -> tuple[list[vm_pb2.VirtualMachine] | None, list[Change] | None, int, Subscription | None]:
+        """For an API watch: (every VM now, None, revision, subscription) when ``after`` is 0;
+        (None, the VM changes after ``after``, revision, subscription) when the history still
+        has them; (None, None, revision, None) when it does not (read etcd's history)."""
+        with self.cond:
+            if after and after < self.history_from:
+                return None, None, self.revision, None
+            sub = Subscription(self, EVERY_VM, loop)
+            self.subscribers.setdefault(EVERY_VM, set()).add(sub)
+            if not after:
+                return list(self.vms.values()), None, self.revision, sub
+            return None, [change for change in self.history if change.revision > after], self.revision, sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         with self.cond:

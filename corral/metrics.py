@@ -23,7 +23,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-import grpc
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -138,59 +137,6 @@ def register_controller(*, list_vms: Callable[[], Iterable[vm_pb2.VirtualMachine
               API_REQUESTS, RECONCILE_ERRORS)
     LEADER.set_function(lambda: 1.0 if is_leader() else 0.0)
     RECONCILE_ERRORS.labels("scheduler")  # present (at 0) before the first error
-
-
-class ApiInterceptor(grpc.ServerInterceptor):
-    """Counts every call by method and the status code it ended with (OK, an abort's code,
-    UNKNOWN for an uncaught exception, CANCELLED for a stream the client left)."""
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method.lstrip("/")
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_counted_unary(handler.unary_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_counted_stream(handler.unary_stream, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_counted_unary(handler.stream_unary, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_counted_stream(handler.stream_stream, method))
-        return handler
-
-
-def _code_name(context, default: grpc.StatusCode) -> str:
-    code = context.code() if hasattr(context, "code") else None
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return default.name
-
-
-def _counted_unary(behavior, method: str):
-    def wrapper(request, context):
-        try:
-            response = behavior(request, context)
-        except BaseException:
-            API_REQUESTS.labels(method, _code_name(context, grpc.StatusCode.UNKNOWN)).inc()
-            raise
-        API_REQUESTS.labels(method, _code_name(context, grpc.StatusCode.OK)).inc()
-        return response
-    return wrapper
-
-
-def _counted_stream(behavior, method: str):
-    def wrapper(request, context):
-        try:
-            yield from behavior(request, context)
-        except GeneratorExit:
-            API_REQUESTS.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-            raise
-        except BaseException:
-            API_REQUESTS.labels(method, _code_name(context, grpc.StatusCode.UNKNOWN)).inc()
-            raise
-        API_REQUESTS.labels(method, _code_name(context, grpc.StatusCode.OK)).inc()
-    return wrapper
 
 
 # -- the handler -----------------------------------------------------------------------------

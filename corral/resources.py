@@ -1,10 +1,12 @@
 """Where each kind of Corral object lives in the store."""
 from __future__ import annotations
 
+from corral import history
 from corral.store import Kind
 from corral.v1 import migration_pb2, node_pb2, vm_pb2
 
-VMS: Kind[vm_pb2.VirtualMachine] = Kind("vms", vm_pb2.VirtualMachine)
+VMS: Kind[vm_pb2.VirtualMachine] = Kind("vms", vm_pb2.VirtualMachine, beside=history.split,
+                                         beside_folder=history.folder)
 MIGRATIONS: Kind[migration_pb2.Migration] = Kind("migrations", migration_pb2.Migration)
 NODES: Kind[node_pb2.Node] = Kind("nodes", node_pb2.Node)
 #: A handler's heartbeat: a key bound to an etcd lease; while it exists the node is Ready.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -90,11 +90,18 @@ class WatchEvent(Generic[M]):
 
 
 class Kind(Generic[M]):
-    """One kind of object: its key folder and protobuf class."""
+    """One kind of object: its key folder and protobuf class; optionally, what of an object is
+    kept in keys of its own beside it (``beside``: takes those parts out of the object and
+    returns them as (key suffix, value, TTL seconds); ``beside_folder``: the folder of a
+    name's, deleted with the object)."""
 
-    def __init__(self, folder: str, message_class: type[M]) -> None:
+    def __init__(self, folder: str, message_class: type[M], *,
+                 beside: Callable[[M], list[tuple[str, bytes, int]]] | None = None,
+                 beside_folder: Callable[[str], str] | None = None) -> None:
         self.folder = folder
         self.message_class = message_class
+        self.beside = beside
+        self.beside_folder = beside_folder
 
 
 def encode(obj: Message) -> bytes:
@@ -135,6 +142,8 @@ class Store:
         self.prefix = prefix.encode()
         self.timeout = timeout
         self.last_write_revision = 0
+        self._expiry_leases: dict[int, tuple[int, float]] = {}  # TTL -> (lease, reuse until)
+        self._leases_lock = threading.Lock()
         if bool(username) != (password is not None):
             raise StoreError("etcd authentication needs both a user name and a password")
         parsed = [parse_endpoint(url) for url in endpoints]
@@ -241,6 +250,30 @@ class Store:
             return Unavailable(f"etcd is out of space or overloaded: {details}")
         return StoreError(f"etcd refused the request ({code.name if code else code}): {details}")
 
+    def _writes(self, kind: Kind[M], obj: M, lease: int | None = None) -> tuple[list, M]:
+        """The puts that store ``obj`` (its own key, and what its kind keeps beside it), and
+        the object as its own key holds it (resource_version still to set)."""
+        stored = type(obj)()
+        stored.CopyFrom(obj)
+        beside = kind.beside(stored) if kind.beside is not None else []
+        stored.metadata.resource_version = 0
+        puts = [T.Put(self.key(kind, obj.metadata.name), stored.SerializeToString(deterministic=True), lease=lease)]
+        puts += [T.Put(self.raw_key(suffix), value, lease=self._expiry_lease(ttl)) for suffix, value, ttl in beside]
+        return puts, stored
+
+    def _expiry_lease(self, ttl: int) -> int:
+        """A lease for keys that should expire after about ``ttl`` seconds, shared by every such
+        key written within a window (as Kubernetes' apiserver does for events): a grant per
+        window, not per key."""
+        window = min(600, max(1, ttl // 10))
+        with self._leases_lock:
+            lease, until = self._expiry_leases.get(ttl, (0, 0.0))
+            if time.monotonic() < until:
+                return lease
+            lease = self.grant_lease(ttl + window)
+            self._expiry_leases[ttl] = (lease, time.monotonic() + window)
+            return lease
+
     def grant_lease(self, ttl: int) -> int:
         return self._call(etcdrpc.LeaseStub, "LeaseGrant", etcdrpc.LeaseGrantRequest(TTL=ttl)).ID
 
@@ -301,11 +334,10 @@ class Store:
         compare = [T.Create(key) == 0]
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
-        response = self.txn(compare, [T.Put(key, encode(obj), lease=lease)])
+        puts, stored = self._writes(kind, obj, lease)
+        response = self.txn(compare, puts)
         if not response.succeeded:
             self._explain_failure(kind, obj.metadata.name, fence, exists_is_error=True)
-        stored = type(obj)()
-        stored.CopyFrom(obj)
         stored.metadata.resource_version = response.header.revision
         return stored
 
@@ -327,13 +359,12 @@ class Store:
             compare.append(T.Create(fence.key) == fence.token)
         if absent is not None:
             compare.append(T.Version(absent) == 0)
-        response = self.txn(compare, [T.Put(key, encode(obj))])
+        puts, stored = self._writes(kind, obj)
+        response = self.txn(compare, puts)
         if not response.succeeded:
             if absent is not None and self.range(absent).kvs:
                 raise Conflict(f"{absent.decode()} exists")
             self._explain_failure(kind, obj.metadata.name, fence)
-        stored = type(obj)()
-        stored.CopyFrom(obj)
         stored.metadata.resource_version = response.header.revision
         return stored
 
@@ -347,7 +378,7 @@ class Store:
         compare += [T.Version(key) == 0 for key, _, _ in create]
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
-        puts = [T.Put(self.key(kind, obj.metadata.name), encode(obj)) for obj in objs]
+        puts = [put for obj in objs for put in self._writes(kind, obj)[0]]
         puts += [T.Put(key, value, lease=lease) for key, value, lease in create]
         return self.txn(compare, puts).succeeded
 
@@ -359,7 +390,11 @@ class Store:
             compare.append(T.Mod(key) == resource_version)
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
-        response = self.txn(compare, [T.Delete(key)])
+        deletes = [T.Delete(key)]
+        if kind.beside_folder is not None:
+            beside = self.raw_key(kind.beside_folder(name))
+            deletes.append(T.Delete(beside, range_end=etcd_utils.prefix_range_end(beside)))
+        response = self.txn(compare, deletes)
         if not response.succeeded:
             self._explain_failure(kind, name, fence)
         return response.header.revision
@@ -383,122 +418,17 @@ class Store:
         )
 
     # -- watches ----------------------------------------------------------------------------
+    # (corral/watches.py builds on this module, hence the imports in place)
     def watch(self, kind: Kind[M], *, start_revision: int) -> "Watch[M]":
         """Events of kind from start_revision on; iterate the returned Watch, close() it."""
+        from corral.watches import Watch  # noqa: PLC0415
         return Watch(self, kind, start_revision)
 
     def watch_key(self, key: bytes, *, start_revision: int) -> "RawWatch":
+        from corral.watches import RawWatch  # noqa: PLC0415
         return RawWatch(self, key, None, start_revision)
 
     def watch_everything(self, *, start_revision: int) -> "RawWatch":
-        """Every change under the prefix: a wake-up signal for reconcilers."""
+        """Every change under the prefix: one stream for a watch cache."""
+        from corral.watches import RawWatch  # noqa: PLC0415
         return RawWatch(self, self.prefix, etcd_utils.prefix_range_end(self.prefix), start_revision)
-
-
-class RawWatch:
-    """One etcd watch on its own gRPC stream, as an iterator of responses that fails with
-    typed errors. Owning the stream (rather than sharing pyetcd's watcher) means closing one
-    watch can never cancel another, and a broken stream is always reported."""
-
-    _END = object()
-
-    def __init__(self, store: Store, key: bytes, range_end: bytes | None, start_revision: int) -> None:
-        self._queue: queue.Queue = queue.Queue()
-        self._requests: queue.Queue = queue.Queue()
-        self._closed = threading.Event()
-        create = etcdrpc.WatchCreateRequest(key=key, range_end=range_end or b"",
-                                            start_revision=start_revision, prev_kv=True)
-        self._requests.put(etcdrpc.WatchRequest(create_request=create))
-        client = store.client
-        self._client = client
-        try:
-            stub = etcdrpc.WatchStub(client.channel)
-        except etcd_exceptions.NoServerAvailableError as exc:
-            raise Unavailable(f"etcd is unreachable: {exc}") from exc
-        self._call = stub.Watch(self._request_stream(), credentials=client.call_credentials,
-                                metadata=client.metadata)
-        self._pump_thread = threading.Thread(target=self._pump, name="etcd-watch", daemon=True)
-        self._pump_thread.start()
-
-    def _request_stream(self) -> Iterator[etcdrpc.WatchRequest]:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            yield request
-
-    def _pump(self) -> None:
-        try:
-            for response in self._call:
-                self._queue.put(response)
-            error: StoreError = Unavailable("etcd ended the watch stream")
-        except grpc.RpcError as exc:
-            error = Unavailable(f"etcd watch broke: {exc.details() if hasattr(exc, 'details') else exc}")
-            if (not self._closed.is_set() and exc.code() == grpc.StatusCode.UNAVAILABLE
-                    and len(self._client.endpoints) > 1):
-                self._client.endpoint_in_use.fail()  # reopen on another member
-        if not self._closed.is_set():
-            self._queue.put(error)
-
-    def close(self) -> None:
-        if not self._closed.is_set():
-            self._closed.set()
-            self._requests.put(None)
-            self._call.cancel()
-            self._queue.put(self._END)
-
-    def responses(self, timeout: float | None = None) -> Iterator:
-        """Watch responses with events; yields None every `timeout` seconds of silence."""
-        while not self._closed.is_set():
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                yield None
-                continue
-            if item is self._END:
-                return
-            if isinstance(item, StoreError):
-                raise item
-            if item.compact_revision:
-                raise Compacted(item.compact_revision)
-            if item.canceled:
-                raise Unavailable(f"etcd cancelled the watch: {item.cancel_reason or 'no reason given'}")
-            if item.events:
-                yield item
-
-
-class Watch(Generic[M]):
-    """Typed watch over one kind's folder."""
-
-    def __init__(self, store: Store, kind: Kind[M], start_revision: int) -> None:
-        folder = store.folder(kind)
-        self._kind = kind
-        self._folder_len = len(folder)
-        self._raw = RawWatch(store, folder, etcd_utils.prefix_range_end(folder), start_revision)
-
-    def close(self) -> None:
-        self._raw.close()
-
-    def __enter__(self) -> "Watch[M]":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def events(self, timeout: float | None = None) -> Iterator[WatchEvent[M] | None]:
-        """Typed events; None after `timeout` seconds of silence."""
-        for response in self._raw.responses(timeout):
-            if response is None:
-                yield None
-                continue
-            for event in response.events:
-                name = event.kv.key[self._folder_len:].decode()
-                if event.type == DELETE_EVENT:
-                    prev = event.prev_kv
-                    obj = (decode(self._kind.message_class, prev.value, prev.mod_revision) if prev.value
-                           else self._kind.message_class())
-                    obj.metadata.name = name  # even when etcd no longer had the previous value
-                    yield WatchEvent("delete", name, obj, event.kv.mod_revision, False)
-                else:
-                    obj = decode(self._kind.message_class, event.kv.value, event.kv.mod_revision)
-                    yield WatchEvent("put", name, obj, event.kv.mod_revision, event.kv.version == 1)

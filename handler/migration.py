@@ -71,16 +71,13 @@ def arrival_downtime_ms(status: launcher_pb2.DomainStatus) -> int:
 
 
 def abort_reason(vm: vm_pb2.VirtualMachine, migration_name: str) -> tuple[str, str]:
-    """Why cancel_requested was set: the target failed or was lost (the controller's event on
-    the VM says so), or a person cancelled."""
+    """Why cancel_requested was set: the target failed or was lost (the controller says so in
+    the target's cancel_reason), or a person cancelled."""
     target = vm.status.migration_target
     if target.migration_name != migration_name:
         return "Superseded", "the VM no longer carries this migration"
-    for event in reversed(vm.status.events[-3:]):
-        if event.reason == "MigrationTargetFailed":
-            return "TargetFailed", event.message
-        if event.reason == "MigrationTargetLost":
-            return "TargetNodeLost", event.message
+    if target.cancel_reason:
+        return target.cancel_reason, target.cancel_message
     return "Cancelled", "the migration was cancelled"
 
 

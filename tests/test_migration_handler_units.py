@@ -175,7 +175,8 @@ def test_why_a_guest_cannot_move_and_why_it_was_aborted():
 
     vm.status.migration_target.migration_name = "m1"
     assert abort_reason(vm, "m1")[0] == "Cancelled"
-    vm.status.events.add(reason="MigrationTargetFailed", message="target node b: launcher exited")
+    vm.status.migration_target.cancel_reason = "TargetFailed"
+    vm.status.migration_target.cancel_message = "target node b: launcher exited"
     assert abort_reason(vm, "m1") == ("TargetFailed", "target node b: launcher exited")
     assert abort_reason(vm, "m0")[0] == "Superseded"
 

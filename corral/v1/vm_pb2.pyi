@@ -278,7 +278,7 @@ class VirtualMachineStatus(_message.Message):
     def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ..., migration_target: _Optional[_Union[MigrationTarget, _Mapping]] = ...) -> None: ...
 
 class MigrationTarget(_message.Message):
-    __slots__ = ("migration_name", "node_name", "instance_uid", "target_address", "target_domain_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "cancel_requested", "migration_uri")
+    __slots__ = ("migration_name", "node_name", "instance_uid", "target_address", "target_domain_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "cancel_requested", "migration_uri", "cancel_reason", "cancel_message")
     MIGRATION_NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +291,8 @@ class MigrationTarget(_message.Message):
     ALLOW_AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_URI_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REASON_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     migration_name: str
     node_name: str
     instance_uid: str
@@ -303,7 +305,9 @@ class MigrationTarget(_message.Message):
     allow_auto_converge: bool
     cancel_requested: bool
     migration_uri: str
-    def __init__(self, migration_name: _Optional[str] = ..., node_name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., target_address: _Optional[str] = ..., target_domain_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., cancel_requested: _Optional[bool] = ..., migration_uri: _Optional[str] = ...) -> None: ...
+    cancel_reason: str
+    cancel_message: str
+    def __init__(self, migration_name: _Optional[str] = ..., node_name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., target_address: _Optional[str] = ..., target_domain_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., cancel_requested: _Optional[bool] = ..., migration_uri: _Optional[str] = ..., cancel_reason: _Optional[str] = ..., cancel_message: _Optional[str] = ...) -> None: ...
 
 class RunRecord(_message.Message):
     __slots__ = ("instance_uid", "node_name", "start_time", "end_time", "phase", "reason", "message")

@@ -1,0 +1,126 @@
+"""The controller's gRPC server: grpc.aio on an event loop of its own thread. Streams that
+wait (every handler's assignments, API watches) are coroutines and hold no thread, so a
+replica keeps thousands of them open; unary calls (plain functions that block on etcd) run in
+a bounded thread pool. The daemon's main thread stays free for signals and systemd."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controller.api import NodeService, VirtualMachineService
+from controller.handler_api import HandlerService
+from controller.interceptors import ControllerInterceptor
+from controller.migration_api import MigrationService
+from controller.node_agents import NodeAgents
+from controller.watch_cache import WatchCache
+from corral import tls
+from corral.settings import ControllerSettings
+from corral.store import Store
+from corral.v1 import (handler_pb2, handler_pb2_grpc, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc,
+                       vm_pb2, vm_pb2_grpc)
+
+log = logging.getLogger("corral.controller")
+
+SERVICE_NAMES = (
+    vm_pb2.DESCRIPTOR.services_by_name["VirtualMachineService"].full_name,
+    node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    migration_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
+    handler_pb2.DESCRIPTOR.services_by_name["HandlerService"].full_name,
+)
+#: Threads for unary calls in flight (they wait on etcd) and the few streams that are still
+#: plain generators (consoles, migration watches).
+UNARY_THREADS = 64
+#: Accept the handlers' keepalive pings (they notice a dead controller by them).
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 4000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+class ApiServer:
+    def __init__(self, settings: ControllerSettings, store: Store, cache: WatchCache) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache
+        self.health = health.HealthServicer()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
+
+    def start(self) -> None:
+        """Serve; raises SystemExit with the reason when the server cannot start."""
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        for name in ("",) + SERVICE_NAMES:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float) -> None:
+        self.health.enter_graceful_shutdown()
+        if self.loop is not None and self._server is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._server.stop(grace), self.loop).result(timeout=grace + 5)
+        self._thread.join(timeout=grace + 5)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            self._error = exc
+        finally:
+            self._started.set()
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        self._server = self._build()
+        await self._server.start()
+        self._started.set()
+        await self._server.wait_for_termination()
+
+    def _build(self) -> grpc.aio.Server:
+        settings = self.settings
+        server = grpc.aio.server(
+            migration_thread_pool=futures.ThreadPoolExecutor(max_workers=UNARY_THREADS, thread_name_prefix="api"),
+            options=SERVER_OPTIONS, interceptors=[ControllerInterceptor()])
+        try:
+            # Dialing handlers (consoles, pause, reset): the controller's own certificate, trusting
+            # the CA that signs the nodes' certificates.
+            agent_credentials = (tls.channel_credentials(settings.tls_client_ca_file, settings.tls_cert_file,
+                                                         settings.tls_key_file) if settings.tls_cert_file else None)
+        except tls.TLSConfigError as exc:
+            raise SystemExit(f"corral-controller: {exc}") from None
+        vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
+            store=self.store, cache=self.cache, node_agents=NodeAgents(self.store, agent_credentials)), server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=self.store, cache=self.cache), server)
+        migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store), server)
+        handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=self.store, cache=self.cache),
+                                                              server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        if settings.tls_cert_file:
+            try:
+                credentials = tls.server_credentials(settings.tls_cert_file, settings.tls_key_file,
+                                                     settings.tls_client_ca_file)
+            except tls.TLSConfigError as exc:
+                raise SystemExit(f"corral-controller: {exc}") from None
+            if server.add_secure_port(settings.listen, credentials) == 0:
+                raise SystemExit(f"corral-controller: cannot listen on {settings.listen}")
+            log.info("serving the API on %s with mutual TLS (client CA %s)", settings.listen,
+                     settings.tls_client_ca_file)
+            return server
+        if server.add_insecure_port(settings.listen) == 0:
+            raise SystemExit(f"corral-controller: cannot listen on {settings.listen}")
+        log.warning("serving the API on %s WITHOUT TLS: use only on a trusted network", settings.listen)
+        return server
