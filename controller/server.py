@@ -54,6 +54,8 @@ class ApiServer:
         self._server: grpc.aio.Server | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace = 0.0
         self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
 
     def start(self) -> None:
@@ -66,9 +68,14 @@ class ApiServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float) -> None:
+        """Stop serving (calls in flight get ``grace`` seconds) and end the loop's thread."""
         self.health.enter_graceful_shutdown()
-        if self.loop is not None and self._server is not None and self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._server.stop(grace), self.loop).result(timeout=grace + 5)
+        self._grace = grace
+        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+            try:
+                self.loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                pass  # the loop already ended
         self._thread.join(timeout=grace + 5)
 
     def _run(self) -> None:
@@ -82,10 +89,15 @@ class ApiServer:
             self.loop.close()
 
     async def _serve(self) -> None:
+        self._stop = asyncio.Event()
         self._server = self._build()
         await self._server.start()
         self._started.set()
-        await self._server.wait_for_termination()
+        await self._stop.wait()
+        # Calls cut short by the shutdown end their server tasks with errors nobody awaits:
+        # expected now, not worth a traceback in the log.
+        self.loop.set_exception_handler(lambda _loop, context: log.debug("at shutdown: %s", context.get("message")))
+        await self._server.stop(self._grace)
 
     def _build(self) -> grpc.aio.Server:
         settings = self.settings

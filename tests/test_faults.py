@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from corral.v1 import vm_pb2
+from corral.v1 import vm_pb2, vm_pb2_grpc
 from handler.launchers import vm_dir_for
 from tests.cluster import pids_mentioning, qemu_pid_for, wait_for
 
@@ -221,6 +221,8 @@ def test_handler_restart_with_ten_guests_readopts_them_all(cluster):
 
 
 def test_watch_from_a_compacted_revision_is_refused_and_a_relist_resumes(cluster):
+    """A replica serves a watch from its watch cache's history, which outlives etcd's
+    compaction; one whose history does not reach that far reads etcd's, and refuses."""
     cluster.start_controller()
     cluster.start_handler("n1")
     first = cluster.create(cluster.guest_vm("old", memory_mib=10**6))
@@ -232,7 +234,14 @@ def test_watch_from_a_compacted_revision_is_refused_and_a_relist_resumes(cluster
         store.client.compact(store.revision())
     finally:
         store.close()
-    stream = cluster.vms.WatchVirtualMachines(vm_pb2.WatchVirtualMachinesRequest(
+    from_cache = cluster.vms.WatchVirtualMachines(vm_pb2.WatchVirtualMachinesRequest(
+        resource_version=first.metadata.resource_version))
+    replayed = next(iter(from_cache))  # the first change after "old" was created
+    assert replayed.resource_version > first.metadata.resource_version
+    assert replayed.virtual_machine.metadata.name in {"old", "churn-0"}
+    from_cache.cancel()
+    late = grpc.insecure_channel(cluster.start_controller("c2"))  # its cache starts after the compaction
+    stream = vm_pb2_grpc.VirtualMachineServiceStub(late).WatchVirtualMachines(vm_pb2.WatchVirtualMachinesRequest(
         resource_version=first.metadata.resource_version))
     with pytest.raises(grpc.RpcError) as caught:
         next(iter(stream))

@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 from corral.v1 import launcher_pb2, migration_pb2
+from handler.isolation import remove_stale_console_locks
 from tests.cluster import private_subnet
 from tests.test_launcher import Launcher, pid_alive, running, session_daemons
 
@@ -194,6 +195,9 @@ def session_cache(nodes) -> Iterator[Path]:
 
 @pytest.fixture
 def pair(nodes, guest_dir: Path, session_cache: Path) -> Iterator[Pair]:
+    # No handler runs here to clear pty locks left by dead QEMUs of other tests' VM users
+    # (a reused pty's console would fail): do what the handler does before a console opens.
+    remove_stale_console_locks()
     _uids[0] += 2
     made = Pair(nodes, guest_dir, session_cache, _uids[0])
     yield made
