@@ -230,8 +230,8 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
                 event = _watch_event(change, selector)
                 if event is not None:
                     yield event
-            async for change in sub.async_changes(timeout=WATCH_POLL_SECONDS):
-                if change is None or change.revision <= after:
+            async for change in sub.async_changes():
+                if change.revision <= after:
                     continue
                 event = _watch_event(change, selector)
                 if event is not None:

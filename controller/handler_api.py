@@ -23,8 +23,6 @@ from corral.validation import ValidationError, bounded_guest_info, name_problem
 
 log = logging.getLogger(__name__)
 
-#: How often an idle assignments stream checks that its handler is still there.
-POLL_SECONDS = 5.0
 SAVE_FAILED = "SaveFailed"
 STORE_HEALTH_TIMEOUT = 1.0
 
@@ -177,9 +175,7 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
             yield handler_pb2.WatchAssignmentsResponse(type=handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED,
                                                        resource_version=revision)
             log.info("node %s follows its %d assignments from revision %d", node, len(vms), revision)
-            async for change in subscription.async_changes(timeout=POLL_SECONDS):
-                if change is None:
-                    continue
+            async for change in subscription.async_changes():
                 if change.vm is not None:
                     yield handler_pb2.WatchAssignmentsResponse(
                         type=handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT, virtual_machine=change.vm,

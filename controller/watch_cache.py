@@ -114,14 +114,11 @@ class Subscription:
                 return
             yield item
 
-    async def async_changes(self, timeout: float) -> AsyncIterator[Change | None]:
-        """As changes(), on the subscription's event loop."""
+    async def async_changes(self) -> AsyncIterator[Change]:
+        """Changes as they come, on the subscription's event loop; ends on a resync. (No
+        timeout: a coroutine's stream ends by cancellation when its client leaves.)"""
         while True:
-            try:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
-            except asyncio.TimeoutError:
-                yield None
-                continue
+            item = await self.queue.get()
             if item is self.RESYNC:
                 return
             yield item

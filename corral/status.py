@@ -2,6 +2,8 @@
 transition times, and conditions that keep their transition time while unchanged."""
 from __future__ import annotations
 
+import time
+
 from google.protobuf import timestamp_pb2
 
 from corral.v1 import meta_pb2, vm_pb2
@@ -11,9 +13,9 @@ MAX_TRANSITIONS = 50
 
 
 def now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+    """The current time (GetCurrentTime goes through datetime: several times slower)."""
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 def phase_name(phase: int) -> str:
