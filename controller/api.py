@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from controller import console, lifecycle, pagination
 from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
+from controller.limits import StreamLimits
 from controller.nodes import list_node_views, present_nodes, ready_node_names
 from controller.watch_cache import WatchCache
 from corral import history, status as vm_status
@@ -82,7 +84,7 @@ def watch_objects(store: Store, kind, request, context):
     if request.resource_version < 0:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "resource_version must not be negative")
     start = request.resource_version
-    ended = call_ended(context)
+    ended = call_ended(context) if context is not None else threading.Event()  # None: the caller stops reading
     if start == 0:
         objects, start = store.list_all(kind)
         for obj in objects:
@@ -103,9 +105,11 @@ def watch_objects(store: Store, kind, request, context):
 
 
 class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
-    def __init__(self, *, store: Store, cache: WatchCache, node_agents: NodeAgents | None = None) -> None:
+    def __init__(self, *, store: Store, cache: WatchCache, node_agents: NodeAgents | None = None,
+                 limits: StreamLimits | None = None) -> None:
         self.store = store
         self.cache = cache
+        self.limits = limits or StreamLimits(per_node=4, per_user=64)
         # Stubs of the handlers' NodeAgentService, by node name (plaintext unless given).
         self.node_agents = node_agents or NodeAgents(store)
 
@@ -206,6 +210,11 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     @grpc_errors
     async def WatchVirtualMachines(self, request, context):
         """From the watch cache, on the server's event loop (a watch holds no thread)."""
+        with self.limits.hold(context, "a watch"):
+            async for response in self._watch(request):
+                yield response
+
+    async def _watch(self, request):
         selector = parse_selector(request.label_selector)
         after = request.resource_version
         if after < 0:
@@ -215,7 +224,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")
         current, recent, revision, sub = self.cache.watch_vms(after, loop)
         if sub is None:  # older than the cache's history: etcd's
-            async for kind, vm, revision in _in_thread(lambda: watch_objects(self.store, VMS, request, context)):
+            async for kind, vm, revision in _in_thread(lambda: watch_objects(self.store, VMS, request, None)):
                 yield vm_pb2.WatchVirtualMachinesResponse(type=kind, virtual_machine=present(vm, None),
                                                           resource_version=revision)
             return

@@ -12,6 +12,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from controller import auth
 from controller.errors import RequestError, grpc_errors
+from controller.limits import StreamLimits
 from controller.migrations import clear_target, fail, progress_message, set_phase
 from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
@@ -150,9 +151,10 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
 
 
 class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
-    def __init__(self, *, store: Store, cache: WatchCache) -> None:
+    def __init__(self, *, store: Store, cache: WatchCache, limits: StreamLimits | None = None) -> None:
         self.store = store
         self.cache = cache
+        self.limits = limits or StreamLimits(per_node=4, per_user=64)
 
     @grpc_errors
     async def WatchAssignments(self, request, context):
@@ -167,6 +169,11 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
         loop = asyncio.get_running_loop()
         if not self.cache.synced.is_set() and not await loop.run_in_executor(None, self.cache.wait_synced, 10.0):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")
+        with self.limits.hold(context, f"an assignments stream for node {node!r}"):
+            async for response in self._assignments(node, loop):
+                yield response
+
+    async def _assignments(self, node: str, loop: asyncio.AbstractEventLoop):
         vms, revision, subscription = self.cache.subscribe(node, loop)
         try:  # a handler that goes away cancels this coroutine: the finally frees its subscription
             for vm in vms:

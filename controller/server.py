@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from controller.api import NodeService, VirtualMachineService
 from controller.handler_api import HandlerService
 from controller.interceptors import ControllerInterceptor
+from controller.limits import StreamLimits
 from controller.migration_api import MigrationService
 from controller.node_agents import NodeAgents
 from controller.watch_cache import WatchCache
@@ -111,12 +112,14 @@ class ApiServer:
                                                          settings.tls_key_file) if settings.tls_cert_file else None)
         except tls.TLSConfigError as exc:
             raise SystemExit(f"corral-controller: {exc}") from None
+        limits = StreamLimits(per_node=settings.node_stream_limit, per_user=settings.user_stream_limit)
         vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
-            store=self.store, cache=self.cache, node_agents=NodeAgents(self.store, agent_credentials)), server)
+            store=self.store, cache=self.cache, node_agents=NodeAgents(self.store, agent_credentials),
+            limits=limits), server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=self.store, cache=self.cache), server)
         migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store), server)
-        handler_pb2_grpc.add_HandlerServiceServicer_to_server(HandlerService(store=self.store, cache=self.cache),
-                                                              server)
+        handler_pb2_grpc.add_HandlerServiceServicer_to_server(
+            HandlerService(store=self.store, cache=self.cache, limits=limits), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 DELETE_EVENT = 1  # mvccpb.Event.DELETE
 #: Subscribers of every VM (API watches) rather than of one node's.
 EVERY_VM = "*"
+#: Changes a stream may leave unread before the cache ends it (its client then starts over from
+#: a list, as Kubernetes ends a watcher that cannot keep up): a slow reader costs bounded memory.
+MAX_PENDING = 10_000
 #: VM changes kept to resume watches from a recent revision (older ones are read from etcd).
 HISTORY = 20_000
 
@@ -86,6 +89,7 @@ class Subscription:
         self.node = node
         self.loop = loop
         self.queue: queue.SimpleQueue | asyncio.Queue = queue.SimpleQueue() if loop is None else asyncio.Queue()
+        self.ended = False
 
     def deliver(self, items: list) -> None:
         """From the cache's thread: one wake-up per etcd response, however many changes."""
@@ -99,8 +103,17 @@ class Subscription:
             pass  # the loop is closed: the server is stopping
 
     def _put_all(self, items: list) -> None:
+        if self.ended:
+            return
+        if self.queue.qsize() + len(items) > MAX_PENDING and items != [self.RESYNC]:
+            log.warning("a stream of %s left %d changes unread: ending it (its client starts over)",
+                        self.node, self.queue.qsize())
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            items = [self.RESYNC]
         for item in items:
             self.queue.put_nowait(item)
+        self.ended = items[-1] is self.RESYNC
 
     def changes(self, timeout: float) -> Iterator[Change | None]:
         """Changes as they come; None after ``timeout`` seconds of silence; ends on a resync."""

@@ -141,6 +141,10 @@ class ControllerSettings(CommonSettings):
                                       "and tls_client_ca_file: mutual TLS); unset: plaintext")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
     tls_client_ca_file: str | None = Field(None, description="CA that signs client (node and user) certificates")
+    node_stream_limit: int = Field(
+        4, ge=1, description="streams one node certificate may hold open on a replica (a handler needs one)")
+    user_stream_limit: int = Field(
+        64, ge=1, description="watches one user certificate may hold open on a replica")
     # Live migration, with KubeVirt's defaults (a Migration's policy may override the last five).
     parallel_migrations_per_cluster: int = Field(5, ge=1, description="migrations running at once")
     parallel_outbound_migrations_per_node: int = Field(2, ge=1, description="migrations leaving one node at once")

@@ -180,6 +180,40 @@ def test_node_certificate_acts_only_for_its_node(tls_cluster):
     assert _refused(lambda: handler.ReportVirtualMachineStatus(report, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_one_certificate_cannot_hold_more_streams_than_its_limit(tls_cluster):
+    """A node certificate opening streams over and over (a compromised node trying to stall
+    the replica) gets RESOURCE_EXHAUSTED past its limit (4 by default); others are unaffected,
+    and a closed stream frees its place."""
+    handler = handler_pb2_grpc.HandlerServiceStub(tls_cluster.secure_channel("n1"))
+    request = handler_pb2.WatchAssignmentsRequest(node_name="n1")
+    held = []
+    for _ in range(4):
+        stream = handler.WatchAssignments(request, timeout=30)
+        assert next(stream).type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED
+        held.append(stream)
+    error = _refused(lambda: next(handler.WatchAssignments(request, timeout=10)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "node 'n1' already holds 4 streams" in error.details()
+    admin = vm_pb2_grpc.VirtualMachineServiceStub(tls_cluster.secure_channel("admin"))
+    assert admin.ListVirtualMachines(vm_pb2.ListVirtualMachinesRequest(), timeout=10) is not None
+    watch = admin.WatchVirtualMachines(vm_pb2.WatchVirtualMachinesRequest(), timeout=10)
+    tls_cluster.create(_pending_vm("limits-probe"))
+    assert any(event.virtual_machine.metadata.name == "limits-probe" for event in _take(watch, 50))
+    watch.cancel()
+    held.pop().cancel()
+    wait_for(lambda: next(handler.WatchAssignments(request, timeout=10)).type
+             == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED, timeout=10, what="a freed place")
+    for stream in held:
+        stream.cancel()
+
+
+def _take(stream, count: int):
+    for index, event in enumerate(stream):
+        yield event
+        if index + 1 >= count or event.virtual_machine.metadata.name == "limits-probe":
+            return
+
+
 def test_node_certificate_cannot_use_the_api_and_users_cannot_act_as_nodes(tls_cluster):
     vms = vm_pb2_grpc.VirtualMachineServiceStub(tls_cluster.secure_channel("n1"))
     request = vm_pb2.CreateVirtualMachineRequest(virtual_machine=_pending_vm("from-node"))

@@ -124,3 +124,23 @@ def test_a_broken_watch_resumes_without_losing_events_or_ending_streams(etcd):
     finally:
         stop.set()
         store.close()
+
+
+def test_a_stream_that_cannot_keep_up_is_ended_not_buffered_without_bound(monkeypatch):
+    """A subscriber read from an event loop that leaves more than MAX_PENDING changes unread
+    is ended (its client starts over from a list) instead of growing the replica's memory."""
+    import asyncio
+
+    from controller import watch_cache
+
+    monkeypatch.setattr(watch_cache, "MAX_PENDING", 5)
+
+    async def scenario() -> list:
+        sub = watch_cache.Subscription(None, "n1", asyncio.get_running_loop())
+        for index in range(3):
+            sub._put_all([watch_cache.Change(f"vm{index}", None, index + 1)])
+        sub._put_all([watch_cache.Change(f"more{index}", None, 10 + index) for index in range(3)])  # 6 > 5
+        sub._put_all([watch_cache.Change("after", None, 20)])  # ignored: the stream has ended
+        return [change async for change in sub.async_changes()]
+
+    assert asyncio.run(scenario()) == []
