@@ -96,6 +96,9 @@ class SimNode:
         self.runs: dict[str, str] = {}  # instance uid -> VM name
         self.reported: dict[str, int] = {}  # instance uid -> phase reported
         self.tokens: dict[str, int] = {}
+        # Which controller the node talks to (an offset from its own in stub_for): it moves on
+        # when one fails and stays there, as a handler's channel does (ControllerStubs.rotate).
+        self.server = 0
 
     async def etcd(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.sim.pool, fn, *args)
@@ -125,16 +128,16 @@ class SimNode:
 
     # -- assignments ---------------------------------------------------------------------------
     async def follow(self) -> None:
-        attempt = 0
+        failures = 0
         while True:
-            stub = self.sim.stub_for(self.name, attempt)
+            stub = self.sim.stub_for(self.name, self.server)
             synced = False
             snapshot: dict[str, vm_pb2.VirtualMachine] = {}
             try:
                 async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(node_name=self.name)):
                     vm = event.virtual_machine
                     if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
-                        synced, attempt = True, 0
+                        synced, failures = True, 0
                         await self.resync(snapshot)
                     elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
                         if synced:
@@ -149,8 +152,9 @@ class SimNode:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("node %s: assignments stream: %s", self.name, exc.details())
-            attempt += 1
-            await asyncio.sleep(min(0.2 * 2 ** min(attempt, 5), 5.0) * random.random())
+            failures += 1
+            self.server += 1
+            await asyncio.sleep(min(0.2 * 2 ** min(failures, 5), 5.0) * random.random())
 
     async def resync(self, snapshot: dict[str, vm_pb2.VirtualMachine]) -> None:
         wanted = {vm.status.instance_uid for vm in snapshot.values()}
@@ -227,14 +231,15 @@ class SimNode:
             self.reported[uid] = phase
 
     async def call(self, method: str, request) -> bool:
-        for attempt in range(len(self.sim.servers) * 2):
+        for _ in range(len(self.sim.servers) * 2):
             try:
-                await getattr(self.sim.stub_for(self.name, attempt), method)(request, timeout=10)
+                await getattr(self.sim.stub_for(self.name, self.server), method)(request, timeout=10)
                 return True
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     log.info("node %s: %s %s: %s", self.name, method, request.name, exc.details())
                     return False
+                self.server += 1
                 await asyncio.sleep(0.2)
         return False
 
