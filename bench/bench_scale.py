@@ -16,7 +16,14 @@ object:
     probes together), create_p99_seconds, probe_p99_seconds, controller_cpu_ms_per_vm (leader,
     user+system from /proc), controller_rss_mib (leader, at the end), etcd_writes_per_vm (etcd
     revisions consumed per VM: each write transaction is one, however many keys it puts),
-    etcd_puts_per_vm (keys written per VM, etcd_mvcc_put_total), etcd_db_mib.
+    etcd_puts_per_vm (keys written per VM, etcd_mvcc_put_total), etcd_db_mib; leaders (the
+    replicas that held the leader key, in order, from the first create to the end).
+
+The leader is followed through a watch on its key: if it changes during the storm (killed, or
+a leader that could not renew its lease in time on a saturated machine),
+controller_cpu_ms_per_vm sums each leader's CPU while it led (sampled when it is seen taking
+and losing the key), so it still is the leader's work; the time without a leader is in no one's
+share. Timestamped notes on stderr (kill times) match the logs kept with --keep.
 
 Failure scenarios (issue #11), each adding keys to that line; every vms_* verdict must be 0
 (see bench/scale_faults.py, checks(): vms_lost, vms_not_running_at_end, vms_started_twice,
@@ -30,7 +37,8 @@ created. Latencies include those retries. Adds leader_killed_at_seconds (after t
 new_leader_after_seconds (kill to another replica holding the leader key), leader_lease_seconds,
 creates_retried, creates_found_existing and the verdicts. controller_cpu_ms_per_vm is then the
 old leader's CPU up to the kill (sampled just before it) plus the new leader's from the moment
-it was seen holding the key; controller_rss_mib is the new leader's.
+it was seen holding the key (see above); controller_rss_mib is the new leader's. Note that the
+watch stream is served by the first standby, which may become the new leader.
 
 --vanish N: N of the nodes live in a second corral-simnodes process; once every VM is Running
 (all figures above are taken then), that process is SIGKILLed. Adds vanished_nodes,
@@ -55,6 +63,7 @@ import tempfile
 import threading
 import time
 from concurrent import futures
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,8 +71,8 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
-from bench.scale_faults import (VERDICTS, Replicas, await_leases_gone, await_new_leader, checks,  # noqa: E402
-                                leader_name, read_starts)
+from bench.scale_faults import (VERDICTS, LeaderTracker, Replicas, await_leases_gone, checks,  # noqa: E402
+                                read_starts)
 from corral.settings import ControllerSettings  # noqa: E402
 from corral.store import Store  # noqa: E402
 from corral.v1 import vm_pb2  # noqa: E402
@@ -118,8 +127,8 @@ class Bench:
         self.lock = threading.Lock()
         self.created = self.creates_retried = self.creates_found_existing = 0
         self.killed: set[str] = set()
-        self.kill: dict[str, float] = {}  # --kill-leader-at: times and CPU samples
-        self.new_leader = ""
+        self.killed_at = float("nan")
+        self.leaders: LeaderTracker | None = None
 
     def start(self) -> None:
         self.etcd.start()
@@ -217,29 +226,22 @@ class Bench:
             self.latencies["probe"].append(time.monotonic() - t0)
 
     def kill_leader(self, name: str) -> None:
-        """SIGKILL the leader's process, its CPU time sampled just before; then time the takeover."""
+        """SIGKILL the leader's process, its CPU time sampled just before."""
+        self.leaders.ended_by_kill(name)
         process = self.cluster.controllers[name][0]
-        self.kill["old_cpu"] = cpu_seconds(process.pid)
         process.send_signal(signal.SIGKILL)
-        self.kill["at"] = time.monotonic()
+        self.killed_at = time.monotonic()
         self.killed.add(name)
         process.wait()
-        threading.Thread(target=self.await_takeover, args=(name,), daemon=True).start()
-
-    def await_takeover(self, old: str) -> None:
-        new = await_new_leader(self.etcd.endpoint, PREFIX, old, timeout=self.args.timeout)
-        if new:
-            self.kill["new_at"] = time.monotonic()
-            self.kill["new_cpu"] = cpu_seconds(self.pid(new))
-            self.new_leader = new
+        note(f"killed the leader {name}")
 
     def run(self) -> dict:
         self.start()
-        leader = leader_name(self.etcd.endpoint, PREFIX)
         names = [f"vm-{index:06d}" for index in range(self.args.vms)]
         revision0, _ = self.revision()
         puts0 = self.etcd_puts()
-        cpu0 = cpu_seconds(self.pid(leader))
+        self.leaders = LeaderTracker(self.etcd.endpoint, PREFIX, lambda name: cpu_seconds(self.pid(name)))
+        leader = self.leaders.holders()[0]
         addresses = {name: address for name, (_, address) in self.cluster.controllers.items()}
         self.replicas, watched, probed = (Replicas(addresses) for _ in range(3))  # a channel set each
         self.clients += [self.replicas, watched, probed]
@@ -262,20 +264,18 @@ class Bench:
                 if self.created == kill_after:
                     self.kill_leader(leader)
 
+        note(f"creating {len(names)} VMs, {leader} leading")
         with futures.ThreadPoolExecutor(self.args.clients) as pool:
             list(pool.map(create, range(len(names))))
+        note("all created")
         deadline = t0 + self.args.timeout
         while len(self.running_at) < len(names) and time.monotonic() < deadline:
             time.sleep(0.2)
         finished = max(self.running_at.values()) if len(self.running_at) == len(names) else float("nan")
+        note(f"{len(self.running_at)} VMs seen Running")
         self.storm_over.set()
-        if kill_after:  # the old leader up to the kill, the new one since it took over
-            measured = self.new_leader or leader
-            cpu = self.kill["old_cpu"] - cpu0 + (cpu_seconds(self.pid(self.new_leader)) - self.kill["new_cpu"]
-                                                 if self.new_leader else float("nan"))
-        else:
-            measured = leader
-            cpu = cpu_seconds(self.pid(leader)) - cpu0
+        cpu = self.leaders.leader_cpu()
+        measured = self.leaders.holders()[-1]
         revision1, db_mib = self.revision()
         puts = self.etcd_puts() - puts0
         seconds = finished - t0
@@ -297,6 +297,7 @@ class Bench:
             result.update(self.kill_results(names, t0))
         if self.args.vanish:
             result.update(self.vanish(names))
+        result["leaders"] = ",".join(self.leaders.holders())
         self.stop.set()
         if self.args.delete:
             result["seconds_to_all_deleted"] = round(self.delete_all(names), 2)
@@ -306,10 +307,9 @@ class Bench:
         return [self.work / "simnodes.starts", self.work / "simnodes-vanishing.starts"]
 
     def kill_results(self, names: list[str], t0: float) -> dict:
-        at = self.kill.get("at", float("nan"))
         return {
-            "leader_killed_at_seconds": round(at - t0, 2),
-            "new_leader_after_seconds": round(self.kill.get("new_at", float("nan")) - at, 2),
+            "leader_killed_at_seconds": round(self.killed_at - t0, 2),
+            "new_leader_after_seconds": round(self.leaders.first_since(self.killed_at), 2),
             "leader_lease_seconds": LEADER_LEASE_SECONDS,
             "creates_retried": self.creates_retried, "creates_found_existing": self.creates_found_existing,
             **checks(names, self.replicas.list_all("bench=scale"), read_starts(self.starts_files()),
@@ -324,6 +324,7 @@ class Bench:
         self.vanishing.send_signal(signal.SIGKILL)
         t0 = time.monotonic()
         self.vanishing.wait()
+        note(f"killed the simulated nodes {min(vanished)} to {max(vanished)} ({len(self.moved)} VMs on them)")
         leases_gone: list[float] = []
 
         def await_expiry() -> None:
@@ -334,6 +335,7 @@ class Bench:
         deadline = t0 + self.args.timeout
         while len(self.rescheduled_at) < len(self.moved) and time.monotonic() < deadline:
             time.sleep(0.2)
+        note(f"{len(self.rescheduled_at)} of them seen Running on another node")
         done = max(self.rescheduled_at.values(), default=t0) if len(self.rescheduled_at) == len(self.moved) \
             else float("nan")
         watcher.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -374,11 +376,18 @@ class Bench:
                     process.kill()
         for replicas in self.clients:
             replicas.close()
+        if self.leaders is not None:
+            self.leaders.close()
         if self.cluster is not None:
             self.cluster.close()
         self.etcd.stop()
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
+
+
+def note(what: str) -> None:
+    """A timestamped line on stderr, to match the kept logs (their times are UTC)."""
+    print(f"{datetime.now(timezone.utc).strftime('%H:%M:%S.%f')[:-3]}Z {what}", file=sys.stderr, flush=True)
 
 
 def node_loss_margin_seconds() -> float:

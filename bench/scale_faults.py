@@ -1,16 +1,17 @@
 """What bench_scale.py needs to survive and judge its failure scenarios (--kill-leader-at,
 --vanish): API calls that go to another controller replica when one is down, the leader key
-watched until another replica holds it, and the checks at the end, from the final List and the
+followed (who leads, and the CPU they use while leading), and the checks at the end, from the final List and the
 simulated nodes' --record files (one line NODE VM INSTANCE_UID per run started)."""
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
 
-from corral.store import Store
+from corral.store import DELETE_EVENT, Store, StoreError
 from corral.v1 import vm_pb2, vm_pb2_grpc
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -66,29 +67,76 @@ class Replicas:
             channel.close()
 
 
-def leader_name(endpoint: str, prefix: str) -> str:
-    """Who holds the leader key now ("" while nobody does)."""
-    store = Store(endpoints=[endpoint], prefix=prefix)
-    try:
-        kvs = store.range(store.raw_key("leader")).kvs
-        return kvs[0].value.decode() if kvs else ""
-    finally:
-        store.close()
+class LeaderTracker:
+    """Who holds the leader key, followed by a watch on it from the moment it is made. Each
+    holder's CPU time is sampled when it is seen taking the key and when it is seen losing it,
+    or just before the bench kills it (ended_by_kill), so that the leader's CPU can be summed
+    across leader changes, planned or not."""
 
+    def __init__(self, endpoint: str, prefix: str, cpu_of: Callable[[str], float]) -> None:
+        self._cpu_of = cpu_of
+        self.terms: list[dict] = []  # name, since (monotonic), cpu_since, cpu_until (None: still leading)
+        self.lock = threading.Lock()
+        self.store = Store(endpoints=[endpoint], prefix=prefix)
+        key = self.store.raw_key("leader")
+        current = self.store.range(key)
+        if current.kvs:
+            self._begin(current.kvs[0].value.decode())
+        self.watch = self.store.watch_key(key, start_revision=current.header.revision + 1)
+        threading.Thread(target=self._follow, name="leader-tracker", daemon=True).start()
 
-def await_new_leader(endpoint: str, prefix: str, old: str, *, timeout: float) -> str:
-    """Poll the leader key every 20 ms until a replica other than old holds it; its name."""
-    store = Store(endpoints=[endpoint], prefix=prefix)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            kvs = store.range(store.raw_key("leader")).kvs
-            if kvs and kvs[0].value.decode() != old:
-                return kvs[0].value.decode()
-            time.sleep(0.02)
-        return ""
-    finally:
-        store.close()
+    def _follow(self) -> None:
+        try:
+            for response in self.watch.responses(timeout=0.5):
+                for event in response.events if response is not None else ():
+                    with self.lock:
+                        holder = "" if event.type == DELETE_EVENT else event.kv.value.decode()
+                        if self.current and self.current["name"] != holder:
+                            self._end(self.current, self.cpu_of(self.current["name"]))
+                        if holder and not self.current:
+                            self._begin(holder)
+        except StoreError:
+            pass  # closed at the end, or etcd gone: the terms so far stand
+
+    def cpu_of(self, name: str) -> float:
+        try:
+            return self._cpu_of(name)
+        except OSError:
+            return float("nan")  # a replica that died by itself: its share is unknown
+
+    @property
+    def current(self) -> dict | None:
+        return self.terms[-1] if self.terms and self.terms[-1]["cpu_until"] is None else None
+
+    def _begin(self, name: str) -> None:
+        self.terms.append({"name": name, "since": time.monotonic(), "cpu_since": self.cpu_of(name),
+                           "cpu_until": None})
+
+    def _end(self, term: dict, cpu: float) -> None:
+        term["cpu_until"] = cpu
+
+    def ended_by_kill(self, name: str) -> None:
+        """The bench is about to kill this replica: its term ends here, with its CPU time now."""
+        with self.lock:
+            if self.current and self.current["name"] == name:
+                self._end(self.current, self.cpu_of(name))
+
+    def first_since(self, moment: float) -> float:
+        """Seconds from moment until a replica was seen taking the key after it (nan if none)."""
+        return next((term["since"] - moment for term in self.terms if term["since"] > moment), float("nan"))
+
+    def leader_cpu(self) -> float:
+        """CPU seconds the leaders used while leading (the current one: up to now)."""
+        with self.lock:
+            return sum((term["cpu_until"] if term["cpu_until"] is not None else self.cpu_of(term["name"]))
+                       - term["cpu_since"] for term in self.terms)
+
+    def holders(self) -> list[str]:
+        return [term["name"] for term in self.terms]
+
+    def close(self) -> None:
+        self.watch.close()
+        self.store.close()
 
 
 def await_leases_gone(endpoint: str, prefix: str, nodes: set[str], *, timeout: float) -> bool:
