@@ -1,7 +1,8 @@
 """What bench_scale.py needs to survive and judge its failure scenarios (--kill-leader-at,
---vanish): API calls that go to another controller replica when one is down, the leader key
-followed (who leads, and the CPU they use while leading), and the checks at the end, from the final List and the
-simulated nodes' --record files (one line NODE VM INSTANCE_UID per run started)."""
+--vanish): API calls that go to another controller replica when one is down; the leader key
+followed (who leads, and the CPU each leader uses while leading); the checks at the end, from
+the final List and the simulated nodes' --record files (a line NODE VM INSTANCE_UID per run
+started)."""
 from __future__ import annotations
 
 import threading
