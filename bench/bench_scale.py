@@ -16,7 +16,9 @@ object:
     probes together), create_p99_seconds, probe_p99_seconds, controller_cpu_ms_per_vm (leader,
     user+system from /proc), controller_rss_mib (leader, at the end), etcd_writes_per_vm (etcd
     revisions consumed per VM: each write transaction is one, however many keys it puts),
-    etcd_puts_per_vm (keys written per VM, etcd_mvcc_put_total), etcd_db_mib; leaders (the
+    etcd_puts_per_vm (keys written per VM, etcd_mvcc_put_total), etcd_db_mib;
+    controllers_cpu_ms_per_vm (all replicas together, a killed one up to its kill: the leader's
+    share depends on which API calls, watch streams and nodes it serves); leaders (the
     replicas that held the leader key, in order, from the first create to the end).
 
 The leader is followed through a watch on its key: if it changes during the storm (killed, or
@@ -128,6 +130,7 @@ class Bench:
         self.created = self.creates_retried = self.creates_found_existing = 0
         self.killed: set[str] = set()
         self.killed_at = float("nan")
+        self.cpu_at_kill: dict[str, float] = {}
         self.leaders: LeaderTracker | None = None
 
     def start(self) -> None:
@@ -228,6 +231,7 @@ class Bench:
     def kill_leader(self, name: str) -> None:
         """SIGKILL the leader's process, its CPU time sampled just before."""
         self.leaders.ended_by_kill(name)
+        self.cpu_at_kill[name] = cpu_seconds(self.pid(name))
         process = self.cluster.controllers[name][0]
         process.send_signal(signal.SIGKILL)
         self.killed_at = time.monotonic()
@@ -241,6 +245,7 @@ class Bench:
         revision0, _ = self.revision()
         puts0 = self.etcd_puts()
         self.leaders = LeaderTracker(self.etcd.endpoint, PREFIX, lambda name: cpu_seconds(self.pid(name)))
+        replicas_cpu0 = {name: cpu_seconds(self.pid(name)) for name in self.cluster.controllers}
         leader = self.leaders.holders()[0]
         addresses = {name: address for name, (_, address) in self.cluster.controllers.items()}
         self.replicas, watched, probed = (Replicas(addresses) for _ in range(3))  # a channel set each
@@ -275,6 +280,8 @@ class Bench:
         note(f"{len(self.running_at)} VMs seen Running")
         self.storm_over.set()
         cpu = self.leaders.leader_cpu()
+        replicas_cpu = sum(self.cpu_at_kill.get(name) or cpu_seconds(self.pid(name)) for name in replicas_cpu0) \
+            - sum(replicas_cpu0.values())
         measured = self.leaders.holders()[-1]
         revision1, db_mib = self.revision()
         puts = self.etcd_puts() - puts0
@@ -292,6 +299,7 @@ class Bench:
             "etcd_writes_per_vm": round((revision1 - revision0) / len(names), 2),
             "etcd_puts_per_vm": round(puts / len(names), 2),
             "etcd_db_mib": round(db_mib, 1),
+            "controllers_cpu_ms_per_vm": round(replicas_cpu * 1000 / len(names), 2),
         }
         if kill_after:
             result.update(self.kill_results(names, t0))
