@@ -39,8 +39,10 @@ created. Latencies include those retries. Adds leader_killed_at_seconds (after t
 new_leader_after_seconds (kill to another replica holding the leader key), leader_lease_seconds,
 creates_retried, creates_found_existing and the verdicts. controller_cpu_ms_per_vm is then the
 old leader's CPU up to the kill (sampled just before it) plus the new leader's from the moment
-it was seen holding the key (see above); controller_rss_mib is the new leader's. Note that the
-watch stream is served by the first standby, which may become the new leader.
+it was seen holding the key (see above); controller_rss_mib is the new leader's. It is not
+comparable with a run without a kill: the dead replica's clients, the prober and the simulated
+nodes it served move to the next replica, and the watch stream is served by the first
+standby; either may be the new leader. controllers_cpu_ms_per_vm compares.
 
 --vanish N: N of the nodes live in a second corral-simnodes process; once every VM is Running
 (all figures above are taken then), that process is SIGKILLed. Adds vanished_nodes,
