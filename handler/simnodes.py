@@ -9,10 +9,16 @@ libvirt calls, kept in memory), reports phases with ReportVirtualMachineStatus, 
 asked to end (stop, restart, save: the run Succeeds) and removes deleted VMs
 (ReleaseVirtualMachine). Left out: fencing deadlines, consoles, pause, migrations, devices.
 
+Several processes can share a cluster, each with its own nodes (``--first-index``), so that a
+benchmark can kill one process and make its nodes vanish at once. ``--record FILE`` appends a
+line ``NODE VM INSTANCE_UID`` per run started, written out at once so that it survives a
+SIGKILL: a VM started twice, or on two nodes, shows there.
+
 All nodes share one asyncio loop and a few gRPC channels (thousands of streams, a handful of
 threads); etcd calls run in a small thread pool.
 
     corral-simnodes --count 100 --servers 127.0.0.1:7100 --etcd-endpoints http://127.0.0.1:2379
+    corral-simnodes --count 10 --first-index 100 --record /tmp/starts.txt ...   (sim-00100 to sim-00109)
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import signal
 import sys
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import grpc
 import libvirt
@@ -89,6 +96,9 @@ class SimNode:
         self.runs: dict[str, str] = {}  # instance uid -> VM name
         self.reported: dict[str, int] = {}  # instance uid -> phase reported
         self.tokens: dict[str, int] = {}
+        # Which controller the node talks to (an offset from its own in stub_for): it moves on
+        # when one fails and stays there, as a handler's channel does (ControllerStubs.rotate).
+        self.server = 0
 
     async def etcd(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.sim.pool, fn, *args)
@@ -118,16 +128,16 @@ class SimNode:
 
     # -- assignments ---------------------------------------------------------------------------
     async def follow(self) -> None:
-        attempt = 0
+        failures = 0
         while True:
-            stub = self.sim.stub_for(self.name, attempt)
+            stub = self.sim.stub_for(self.name, self.server)
             synced = False
             snapshot: dict[str, vm_pb2.VirtualMachine] = {}
             try:
                 async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(node_name=self.name)):
                     vm = event.virtual_machine
                     if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
-                        synced, attempt = True, 0
+                        synced, failures = True, 0
                         await self.resync(snapshot)
                     elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
                         if synced:
@@ -142,8 +152,9 @@ class SimNode:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("node %s: assignments stream: %s", self.name, exc.details())
-            attempt += 1
-            await asyncio.sleep(min(0.2 * 2 ** min(attempt, 5), 5.0) * random.random())
+            failures += 1
+            self.server += 1
+            await asyncio.sleep(min(0.2 * 2 ** min(failures, 5), 5.0) * random.random())
 
     async def resync(self, snapshot: dict[str, vm_pb2.VirtualMachine]) -> None:
         wanted = {vm.status.instance_uid for vm in snapshot.values()}
@@ -188,6 +199,7 @@ class SimNode:
             self.sim.hypervisor.start(uid, vm)
             self.runs[uid] = name
             log.info("run started: vm %s run %s node %s", name, uid, self.name)
+            self.sim.record_start(self.name, name, uid)
         if uid in self.runs and vm.status.phase != RUNNING and self.reported.get(uid) != RUNNING:
             await self.report(vm, uid, RUNNING, "Running", "")
 
@@ -219,14 +231,15 @@ class SimNode:
             self.reported[uid] = phase
 
     async def call(self, method: str, request) -> bool:
-        for attempt in range(len(self.sim.servers) * 2):
+        for _ in range(len(self.sim.servers) * 2):
             try:
-                await getattr(self.sim.stub_for(self.name, attempt), method)(request, timeout=10)
+                await getattr(self.sim.stub_for(self.name, self.server), method)(request, timeout=10)
                 return True
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     log.info("node %s: %s %s: %s", self.name, method, request.name, exc.details())
                     return False
+                self.server += 1
                 await asyncio.sleep(0.2)
         return False
 
@@ -235,13 +248,22 @@ class SimCluster:
     """The process's simulated nodes and what they share."""
 
     def __init__(self, *, store: Store, servers: list[str], count: int, prefix: str, vcpus: int,
-                 memory_mib: int, cpu_allocation_ratio: int, ttl: int, labels: dict[str, str]) -> None:
+                 memory_mib: int, cpu_allocation_ratio: int, ttl: int, labels: dict[str, str],
+                 first_index: int = 0, record: TextIO | None = None) -> None:
         self.store, self.servers, self.ttl, self.labels = store, servers, ttl, labels
         self.vcpus, self.memory_mib, self.cpu_allocation_ratio = vcpus, memory_mib, cpu_allocation_ratio
         self.pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="etcd")
         self.hypervisor = Hypervisor()
-        self.nodes = [SimNode(name=f"{prefix}{index:05d}", sim=self) for index in range(count)]
+        self.nodes = [SimNode(name=f"{prefix}{index:05d}", sim=self)
+                      for index in range(first_index, first_index + count)]
         self.channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self.record = record
+
+    def record_start(self, node: str, vm_name: str, uid: str) -> None:
+        """One line per run started, flushed at once: the process may be SIGKILLed next."""
+        if self.record is not None:
+            self.record.write(f"{node} {vm_name} {uid}\n")
+            self.record.flush()
 
     def stub_for(self, node: str, attempt: int) -> handler_pb2_grpc.HandlerServiceStub:
         """Nodes spread over the controllers and over a few channels to each."""
@@ -265,6 +287,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, required=True, help="how many nodes")
     parser.add_argument("--name-prefix", default="sim-", help="node names: PREFIX00000, PREFIX00001, ...")
+    parser.add_argument("--first-index", type=int, default=0,
+                        help="number of the first node (another process may host the ones before)")
+    parser.add_argument("--record", default="", help="append 'NODE VM INSTANCE_UID' to this file per run started")
     parser.add_argument("--servers", default="127.0.0.1:7100", help="controller HOST:PORT list")
     parser.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379")
     parser.add_argument("--etcd-prefix", default="/corral/")
@@ -281,10 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.setup(args.log_level, name="simnodes")
     labels = dict(item.split("=", 1) for item in args.labels.split(",") if "=" in item)
+    if args.first_index < 0 or args.first_index + args.count > 100000:
+        raise SystemExit("corral-simnodes: node numbers go from 0 to 99999 (five digits)")
     store = Store(endpoints=args.etcd_endpoints.split(","), prefix=args.etcd_prefix)
+    record = open(args.record, "a", encoding="utf-8") if args.record else None
     sim = SimCluster(store=store, servers=args.servers.split(","), count=args.count, prefix=args.name_prefix,
                      vcpus=args.vcpus, memory_mib=args.memory_mib, cpu_allocation_ratio=args.cpu_allocation_ratio,
-                     ttl=args.heartbeat_seconds, labels=labels)
+                     ttl=args.heartbeat_seconds, labels=labels, first_index=args.first_index, record=record)
     loop = asyncio.new_event_loop()
     main_task = loop.create_task(sim.run())
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -295,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping %d simulated nodes (their leases run out)", len(sim.nodes))
     finally:
         store.close()
+        if record is not None:
+            record.close()
     return 0
 
 
