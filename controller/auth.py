@@ -7,9 +7,11 @@ Convention (mutual TLS; the controller's tls_client_ca_file signs every client c
   HandlerService, and only for its own node: every call's ``node_name`` must be ``<name>``.
   A node credential therefore cannot read or change other nodes' VMs, nor create, update or
   delete any VM (KubeVirt CVE-2023-26484 was a node credential that could change every node).
-- any other certificate is a **user** (administrators, API clients, the CLI): CN ``admin``,
-  ``ci-bot``, ...  Users may use the public services (VirtualMachineService, NodeService) but not
-  the HandlerService.
+- any other certificate is a **user** (administrators, API clients, the CLI): CN ``alice``,
+  ``ci-bot``, ...  Users may use the public services (VirtualMachineService, NodeService,
+  MigrationService) but not the HandlerService; what they may do there is their role, a SAN
+  URI ``corral://role/admin`` (everything) or ``corral://role/viewer`` (Get, List and Watch
+  only). A user certificate without a role is a viewer.
 - health and reflection are open to every certificate the CA signed.
 
 On a plaintext server there is no peer certificate and no check (local use only: the
@@ -20,7 +22,8 @@ from __future__ import annotations
 import grpc
 
 from controller.errors import RequestError
-from corral.identity import NODE_CN_PREFIX, NODE_URI_PREFIX, AuthContext, Identity, identity_of  # noqa: F401
+from corral.identity import (ADMIN, NODE_CN_PREFIX, NODE_URI_PREFIX, ROLE_URI_PREFIX, AuthContext, Identity,  # noqa: F401
+                             identity_of)
 
 HANDLER_SERVICE = "corral.v1.HandlerService"
 USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService", "corral.v1.MigrationService")
@@ -37,9 +40,14 @@ def node_refusal(auth_context: AuthContext, node_name: str) -> str | None:
         return (f"certificate of node {identity.name!r} may act only for that node, "
                 f"not for node {node_name!r}")
     if identity.kind == "invalid":
-        return f"client certificate names several nodes ({identity.name}): refused"
+        return f"client certificate names several nodes or roles ({identity.name}): refused"
     return (f"{identity} is not a node certificate: the HandlerService needs a certificate with "
             f"CN {NODE_CN_PREFIX}{node_name} or SAN URI {NODE_URI_PREFIX}{node_name}")
+
+
+def read_only(method: str) -> bool:
+    """Get, List and Watch calls (what a viewer may make): /package.Service/Method."""
+    return method.rsplit("/", 1)[-1].startswith(("Get", "List", "Watch"))
 
 
 def service_refusal(auth_context: AuthContext, method: str) -> str | None:
@@ -49,7 +57,10 @@ def service_refusal(auth_context: AuthContext, method: str) -> str | None:
         return None
     service = method.lstrip("/").split("/", 1)[0]
     if identity.kind == "invalid":
-        return f"client certificate names several nodes ({identity.name}): refused"
+        return f"client certificate names several nodes or roles ({identity.name}): refused"
+    if service in USER_SERVICES and identity.kind == "user" and identity.role != ADMIN and not read_only(method):
+        return (f"{identity} may only read (Get, List, Watch), not call {method.rsplit('/', 1)[-1]}: "
+                f"that needs a user certificate with SAN URI {ROLE_URI_PREFIX}{ADMIN}")
     if service in USER_SERVICES and identity.kind == "node":
         return (f"{identity} may only use {HANDLER_SERVICE} for its own node, not {service}: "
                 f"use a user certificate for the API")

@@ -3,7 +3,10 @@ and users) and the handler (checking controllers) must read the same way.
 
 A node certificate names its node: subject CN ``node:<name>`` and/or a SAN URI
 ``corral://node/<name>`` (when both are present they must agree); any other certificate is a
-user. On a plaintext connection there is no identity.
+user, whose role is a SAN URI ``corral://role/<role>``: ``admin`` (everything a user may do),
+``controller`` (a controller replica dialing handlers: consoles, pause, reset) or ``viewer``
+(read only). A user certificate without a role is a viewer: a certificate grants no write
+unless it says so. On a plaintext connection there is no identity.
 """
 from __future__ import annotations
 
@@ -12,17 +15,21 @@ from collections.abc import Mapping, Sequence
 
 NODE_CN_PREFIX = "node:"
 NODE_URI_PREFIX = "corral://node/"
+ROLE_URI_PREFIX = "corral://role/"
+ADMIN, CONTROLLER, VIEWER = "admin", "controller", "viewer"
+ROLES = frozenset({ADMIN, CONTROLLER, VIEWER})
 
 AuthContext = Mapping[str, Sequence[bytes]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    kind: str  # "node", "user", or "invalid" (a certificate whose node names disagree)
+    kind: str  # "node", "user", or "invalid" (node names or roles that disagree, an unknown role)
     name: str  # the node name, or the certificate's CN for a user
+    role: str = ""  # a user's: ADMIN, CONTROLLER or VIEWER
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name!r}"
+        return f"{self.kind} {self.name!r}" + (f" ({self.role})" if self.role else "")
 
 
 def _texts(auth_context: AuthContext, key: str) -> list[str]:
@@ -41,4 +48,8 @@ def identity_of(auth_context: AuthContext) -> Identity | None:
         return Identity("invalid", ", ".join(sorted(nodes)))
     if nodes:
         return Identity("node", nodes.pop())
-    return Identity("user", common_names[0] if common_names else (sans[0] if sans else ""))
+    name = common_names[0] if common_names else (sans[0] if sans else "")
+    roles = {san[len(ROLE_URI_PREFIX):] for san in sans if san.startswith(ROLE_URI_PREFIX)}
+    if len(roles) > 1 or not roles <= ROLES:
+        return Identity("invalid", f"{name}: roles {', '.join(sorted(roles))}")
+    return Identity("user", name, roles.pop() if roles else VIEWER)

@@ -21,7 +21,7 @@ from concurrent import futures
 
 import grpc
 
-from corral.identity import identity_of
+from corral.identity import ADMIN, CONTROLLER, ROLE_URI_PREFIX, identity_of
 from corral import tls
 from corral.settings import HandlerSettings
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
@@ -122,8 +122,9 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
 
 
 class RefuseNodeIdentities(grpc.ServerInterceptor):
-    """PERMISSION_DENIED for a client certificate of a node (only controllers and users may
-    act on this node's guests); plaintext connections carry no identity and pass."""
+    """PERMISSION_DENIED for a client certificate of a node or of a read-only user (only
+    controllers and admins may act on this node's guests: every call here pauses, resets or
+    types into one); plaintext connections carry no identity and pass."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -133,9 +134,10 @@ class RefuseNodeIdentities(grpc.ServerInterceptor):
         def guard(behavior: Callable) -> Callable:
             def guarded(request_or_iterator, context):
                 identity = identity_of(context.auth_context())
-                if identity is not None and identity.kind != "user":
+                if identity is not None and (identity.kind != "user" or identity.role not in (ADMIN, CONTROLLER)):
                     context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                  f"{identity} may not use {SERVICE_NAME}: it is for controllers and users")
+                                  f"{identity} may not use {SERVICE_NAME}: it is for controllers and admins "
+                                  f"(SAN URI {ROLE_URI_PREFIX}{CONTROLLER} or {ROLE_URI_PREFIX}{ADMIN})")
                 return behavior(request_or_iterator, context)
             return guarded
 

@@ -15,8 +15,8 @@ from controller import auth
 from corral import tls
 from controller.node_agents import NodeAgents
 from corral.store import Store
-from corral.v1 import (handler_pb2, handler_pb2_grpc, node_agent_pb2, node_agent_pb2_grpc, node_pb2, vm_pb2,
-                       vm_pb2_grpc)
+from corral.v1 import (handler_pb2, handler_pb2_grpc, meta_pb2, node_agent_pb2, node_agent_pb2_grpc, node_pb2,
+                       node_pb2_grpc, vm_pb2, vm_pb2_grpc)
 from tests.certs import make_ca
 from tests.cluster import REPO, Cluster, wait_for
 
@@ -38,7 +38,11 @@ def _ctx(cn: str | None = None, sans: tuple[str, ...] = (), secure: bool = True)
     (_ctx("node:n1", ("corral://node/n1",)), auth.Identity("node", "n1")),
     (_ctx("node:n1", ("corral://node/n2",)), auth.Identity("invalid", "n1, n2")),
     (_ctx("node:"), auth.Identity("invalid", "")),
-    (_ctx("admin"), auth.Identity("user", "admin")),
+    (_ctx("admin", ("corral://role/admin",)), auth.Identity("user", "admin", "admin")),
+    (_ctx("alice", ("corral://role/viewer",)), auth.Identity("user", "alice", "viewer")),
+    (_ctx("bob"), auth.Identity("user", "bob", "viewer")),  # no role: read only
+    (_ctx("eve", ("corral://role/admin", "corral://role/viewer")), auth.Identity("invalid", "eve: roles admin, viewer")),
+    (_ctx("eve", ("corral://role/root",)), auth.Identity("invalid", "eve: roles root")),
     (_ctx(secure=False), None),
 ])
 def test_identity_of(context, expected):
@@ -53,7 +57,9 @@ def test_node_and_service_rules():
     create = "/corral.v1.VirtualMachineService/CreateVirtualMachine"
     watch = "/corral.v1.HandlerService/WatchAssignments"
     assert "may only use" in auth.service_refusal(_ctx("node:n1"), create)
-    assert auth.service_refusal(_ctx("admin"), create) is None
+    assert auth.service_refusal(_ctx("admin", ("corral://role/admin",)), create) is None
+    assert "may only read" in auth.service_refusal(_ctx("bob"), create)
+    assert auth.service_refusal(_ctx("bob"), "/corral.v1.VirtualMachineService/ListVirtualMachines") is None
     assert auth.service_refusal(_ctx("node:n1"), watch) is None
     assert "not a node certificate" in auth.service_refusal(_ctx("admin"), watch)
     assert auth.service_refusal(_ctx("node:n1"), "/grpc.health.v1.Health/Check") is None
@@ -113,9 +119,12 @@ def certs(tmp_path_factory):
     other = make_ca(directory, "other-ca")
     return {
         "ca": ca,
-        "server": ca.issue(directory, "server", "corral-controller", ips=("127.0.0.1",), dns=("localhost",)),
+        "server": ca.issue(directory, "server", "corral-controller", ips=("127.0.0.1",), dns=("localhost",),
+                           uris=("corral://role/controller",)),
         "n1": ca.issue(directory, "n1", "node:n1", uris=("corral://node/n1",), ips=("127.0.0.1",)),
-        "admin": ca.issue(directory, "admin", "admin"),
+        "admin": ca.issue(directory, "admin", "admin", uris=("corral://role/admin",)),
+        "viewer": ca.issue(directory, "viewer", "alice", uris=("corral://role/viewer",)),
+        "no-role": ca.issue(directory, "no-role", "bob"),
         "stranger": other.issue(directory, "stranger", "admin"),
     }
 
@@ -178,6 +187,48 @@ def test_node_certificate_acts_only_for_its_node(tls_cluster):
     # For its own node the call passes authorization (and finds no such VM).
     report.node_name = "n1"
     assert _refused(lambda: handler.ReportVirtualMachineStatus(report, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("cert_name", ["viewer", "no-role"])
+def test_a_viewer_reads_but_changes_nothing(tls_cluster, cert_name):
+    """A read-only user (SAN URI corral://role/viewer, or no role at all) may get, list and
+    watch; every create, delete, verb and console is PERMISSION_DENIED and changes nothing."""
+    created = tls_cluster.create(_pending_vm(f"seen-by-{cert_name}"))
+    get = vm_pb2.GetVirtualMachineRequest(name=created.metadata.name)
+    existing = wait_for(  # settled: the scheduler has said why it cannot place it
+        lambda: next((vm for vm in [tls_cluster.vms.GetVirtualMachine(get, timeout=10).virtual_machine]
+                      if any(c.type == "Scheduled" for c in vm.status.conditions)), None),
+        timeout=20, what="the scheduler's verdict")
+    vms = vm_pb2_grpc.VirtualMachineServiceStub(tls_cluster.secure_channel(cert_name))
+    assert vms.GetVirtualMachine(vm_pb2.GetVirtualMachineRequest(name=existing.metadata.name),
+                                 timeout=10).virtual_machine.metadata.uid == existing.metadata.uid
+    assert existing.metadata.name in [vm.metadata.name for vm in vms.ListVirtualMachines(
+        vm_pb2.ListVirtualMachinesRequest(), timeout=10).virtual_machines]
+    watch = vms.WatchVirtualMachines(vm_pb2.WatchVirtualMachinesRequest(), timeout=10)
+    assert next(watch).type == meta_pb2.WATCH_EVENT_TYPE_ADDED
+    watch.cancel()
+    attempts = {
+        "create": lambda: vms.CreateVirtualMachine(vm_pb2.CreateVirtualMachineRequest(
+            virtual_machine=_pending_vm(f"by-{cert_name}")), timeout=10),
+        "delete": lambda: vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(
+            name=existing.metadata.name), timeout=10),
+        "stop": lambda: vms.StopVirtualMachine(vm_pb2.StopVirtualMachineRequest(name=existing.metadata.name),
+                                               timeout=10),
+        "console": lambda: next(vms.OpenConsole(iter([vm_pb2.OpenConsoleRequest(name=existing.metadata.name)]),
+                                                timeout=10)),
+        "cordon": lambda: node_pb2_grpc.NodeServiceStub(tls_cluster.secure_channel(cert_name)).CordonNode(
+            node_pb2.CordonNodeRequest(name="n1"), timeout=10),
+    }
+    for what, attempt in attempts.items():
+        error = _refused(attempt)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (what, error)
+        assert "may only read" in error.details() and "corral://role/admin" in error.details(), what
+    after = tls_cluster.vms.GetVirtualMachine(vm_pb2.GetVirtualMachineRequest(name=existing.metadata.name),
+                                              timeout=10).virtual_machine
+    assert after.metadata.resource_version == existing.metadata.resource_version  # nothing changed
+    names = [vm.metadata.name for vm in tls_cluster.vms.ListVirtualMachines(
+        vm_pb2.ListVirtualMachinesRequest(), timeout=10).virtual_machines]
+    assert f"by-{cert_name}" not in names
 
 
 def test_one_certificate_cannot_hold_more_streams_than_its_limit(tls_cluster):
@@ -287,6 +338,9 @@ def test_node_agent_serves_mutual_tls_to_controllers_and_users_only(tls_cluster,
     assert call(creds("admin")).code() == grpc.StatusCode.NOT_FOUND  # through: no such run
     refused = call(creds("n1"))
     assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "node 'n1'" in refused.details()
+    for reader in ("viewer", "no-role"):  # a read-only user may not pause a guest on the node either
+        refused = call(creds(reader))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "(viewer)" in refused.details()
     for credentials in (creds(None), None):  # no client certificate; plaintext
         assert call(credentials).code() == grpc.StatusCode.UNAVAILABLE
     # What controller/main.py gives the controller: its certificate, trusting the client CA.
