@@ -60,6 +60,8 @@ class Scheduler:
         self._nodes_generation = -1
         self._lost: set[str] = set()
         self._assigned: list[vm_pb2.VirtualMachine] = []  # decided this pass, not written yet
+        # Runs declared over on lost nodes, each with the instance lock that must not exist.
+        self._lost_runs: list[tuple[vm_pb2.VirtualMachine, bytes]] = []
         self.migrations = migrations
         self.resync_seconds = resync_seconds
         self.node_loss_margin = node_loss_margin_seconds
@@ -105,6 +107,7 @@ class Scheduler:
         views = view.views
         now = time.time()
         self._assigned = []
+        self._lost_runs = []
         for vm in sorted(view.vms, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
             if _steady(vm, views, lost):
                 continue
@@ -114,7 +117,10 @@ class Scheduler:
                 continue  # changed meanwhile: the next pass sees the new version
             if len(self._assigned) >= ASSIGN_BATCH:
                 self._write_assignments(fence)
+            if len(self._lost_runs) >= ASSIGN_BATCH:
+                self._write_lost_runs(fence)
         self._write_assignments(fence)
+        self._write_lost_runs(fence)
         if self.migrations is not None:
             self.migrations.reconcile(fence, view.migrations, self.cache.vms.get, views, lost)
         return view.revision
@@ -141,10 +147,9 @@ class Scheduler:
                 return
             lifecycle.mark_lost(vm, node)
             # Only while no lock of the run exists: a node that came back and reclaimed it
-            # keeps its guest, and then this write fails.
-            self.store.update(VMS, vm, fence=fence,
-                              absent=self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm.metadata.name))
-            log.warning("vm %s: run %s on lost node %s is over", vm.metadata.name, vm.status.instance_uid, node)
+            # keeps its guest, and then this write fails. (Batched: a node lost with
+            # hundreds of VMs is one transaction per batch, not one per VM.)
+            self._lost_runs.append((vm, self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm.metadata.name)))
             return
         if deleting:
             return
@@ -224,6 +229,27 @@ class Scheduler:
             metrics.observe_scheduled(vm)
             log_vm(log, vm, "scheduled vm %s (run %s) on node %s", vm.metadata.name, vm.status.instance_uid,
                    vm.status.node_name)
+
+    def _write_lost_runs(self, fence: Fence) -> None:
+        """Runs on lost nodes declared over, in transactions of up to ASSIGN_BATCH VMs, each
+        only while its instance lock does not exist; a batch that meets a change (a node that
+        came back and holds a lock) is written one by one."""
+        batch, self._lost_runs = self._lost_runs, []
+        if not batch:
+            return
+        if self.store.update_all(VMS, [vm for vm, _ in batch], fence=fence, absent=[lock for _, lock in batch]):
+            written = [vm for vm, _ in batch]
+        else:
+            written = []
+            for vm, lock in batch:
+                try:
+                    self.store.update(VMS, vm, fence=fence, absent=lock)
+                    written.append(vm)
+                except (Conflict, NotFound):
+                    continue  # changed, or its node came back: the next pass sees it
+        for vm in written:
+            log.warning("vm %s: run %s on lost node %s is over", vm.metadata.name, vm.status.instance_uid,
+                        vm.status.node_name)
 
     def _mark_unschedulable(self, vm: vm_pb2.VirtualMachine, why: str, fence: Fence) -> None:
         if vm_status.set_condition(vm, "Scheduled", False, UNSCHEDULABLE, why):

@@ -231,11 +231,11 @@ class Store:
             return method(request, timeout or self.timeout, credentials=client.call_credentials,
                           metadata=client.metadata)
         except grpc.RpcError as exc:
-            raise self._translate(exc) from exc
+            raise self._translate(exc, timeout or self.timeout) from exc
         except etcd_exceptions.NoServerAvailableError as exc:
             raise Unavailable(f"etcd is unreachable: no endpoint answered recently ({exc})") from exc
 
-    def _translate(self, exc: grpc.RpcError) -> StoreError:
+    def _translate(self, exc: grpc.RpcError, timeout: float) -> StoreError:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -243,7 +243,7 @@ class Store:
                 self.client.endpoint_in_use.fail()  # try another member next time
             return Unavailable(f"etcd is unreachable: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return Unavailable(f"etcd did not answer within {self.timeout}s (the outcome of a write is unknown): {details}")
+            return Unavailable(f"etcd did not answer within {timeout:g}s (the outcome of a write is unknown): {details}")
         if code == grpc.StatusCode.OUT_OF_RANGE:
             return Compacted(0)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -369,13 +369,15 @@ class Store:
         return stored
 
     def update_all(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None,
-                   create: list[tuple[bytes, bytes, int]] = ()) -> bool:
+                   create: list[tuple[bytes, bytes, int]] = (), absent: list[bytes] = ()) -> bool:
         """Write every obj in one transaction if none changed since it was read (each compared
         by mod_revision, and the fence), creating the raw keys ``create`` (key, value, lease)
-        that must not exist yet; False, writing nothing, if anything differed: the caller then
-        writes the objects one by one to learn which."""
+        that must not exist yet, while none of the keys ``absent`` exists; False, writing
+        nothing, if anything differed: the caller then writes the objects one by one to learn
+        which."""
         compare = [T.Mod(self.key(kind, obj.metadata.name)) == obj.metadata.resource_version for obj in objs]
         compare += [T.Version(key) == 0 for key, _, _ in create]
+        compare += [T.Version(key) == 0 for key in absent]
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
         puts = [put for obj in objs for put in self._writes(kind, obj)[0]]
