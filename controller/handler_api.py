@@ -286,17 +286,13 @@ class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
                                f"node {request.node_name!r} takes no part in migration {request.migration_name!r} "
                                f"of VirtualMachine {request.vm_name!r} (now)")
         vm_changed, migration_changed = apply_migration_report(vm, migration, request)
-        if vm_changed:
-            self.store.update(VMS, vm)
-        if migration_changed:
-            try:
-                self.store.update(MIGRATIONS, migration)
-            except Conflict:
-                if not vm_changed:
-                    raise
-                # The VM's write is what matters (the switch or the clearing); the leader's
-                # next pass reconciles the migration record.
-                log.warning("migration %s: record changed meanwhile; the VM was updated", request.migration_name)
+        # Both in one transaction: the leader must never see the VM's target cleared while the
+        # migration still runs (it would fail it as superseded), nor the reverse.
+        changed = [(kind, obj) for kind, obj, did in ((VMS, vm, vm_changed), (MIGRATIONS, migration,
+                                                                                migration_changed)) if did]
+        if changed and not self.store.update_together(changed):
+            raise Conflict(f"VirtualMachine {request.vm_name!r} or migration {request.migration_name!r} changed "
+                           "meanwhile")  # read both again (the retry)
         return handler_pb2.ReportMigrationStatusResponse()
 
     def GetStoreHealth(self, request, context):

@@ -26,6 +26,9 @@ log = logging.getLogger("corral.controller")
 def parse_settings(argv: list[str] | None) -> ControllerSettings:
     parser = argparse.ArgumentParser(prog="corral-controller", description=__doc__)
     parser.add_argument("--listen", help="HOST:PORT for the gRPC API (CORRAL_LISTEN)")
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="serve the API in plaintext on a non-loopback address (CORRAL_INSECURE; "
+                             "refused otherwise)")
     parser.add_argument("--leader-lease-seconds", type=int, help="(CORRAL_LEADER_LEASE_SECONDS)")
     parser.add_argument("--replica-id", help="name of this replica in the leader key")
     add_common_arguments(parser, daemon="controller")
@@ -34,6 +37,9 @@ def parse_settings(argv: list[str] | None) -> ControllerSettings:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
+    for problem in settings.plaintext_problems():
+        print(f"corral-controller: {problem}", file=sys.stderr)
+        return 2
     logs.setup(settings.log_level, name="controller")
     try:
         store = Store.from_settings(settings)

@@ -21,7 +21,7 @@ from controller.migration_api import MigrationService
 from controller.node_agents import NodeAgents
 from controller.watch_cache import WatchCache
 from corral import tls
-from corral.settings import ControllerSettings
+from corral.settings import ControllerSettings, loopback
 from corral.store import Store
 from corral.v1 import (handler_pb2, handler_pb2_grpc, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc,
                        vm_pb2, vm_pb2_grpc)
@@ -137,5 +137,10 @@ class ApiServer:
             return server
         if server.add_insecure_port(settings.listen) == 0:
             raise SystemExit(f"corral-controller: cannot listen on {settings.listen}")
-        log.warning("serving the API on %s WITHOUT TLS: use only on a trusted network", settings.listen)
+        if loopback(settings.listen):
+            log.warning("serving the API on %s WITHOUT TLS (loopback only: this machine's users can act as "
+                        "any node or user)", settings.listen)
+        else:
+            log.warning("INSECURE (--insecure): serving the API on %s WITHOUT TLS to the network: anyone who "
+                        "reaches it can act as any node or user", settings.listen)
         return server

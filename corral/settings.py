@@ -9,6 +9,7 @@ import argparse
 
 import contextvars
 import difflib
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -22,6 +23,23 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from corral import fence_guard
 from corral.tls import file_problem
+
+
+def loopback(address: str) -> bool:
+    """HOST:PORT on this machine only (127.0.0.0/8, ::1, localhost): plaintext there reaches no one else."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_problem(what: str, address: str, how: str) -> str:
+    return (f"{what} {address} would serve plaintext to the network (no identity, no encryption): "
+            f"{how}, listen on a loopback address, or pass --insecure (CORRAL_INSECURE=true) on a network "
+            f"you trust entirely")
 
 
 def _file_problems(settings: object, fields: dict[str, str]) -> list[str]:
@@ -141,6 +159,8 @@ class ControllerSettings(CommonSettings):
                                       "and tls_client_ca_file: mutual TLS); unset: plaintext")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
     tls_client_ca_file: str | None = Field(None, description="CA that signs client (node and user) certificates")
+    insecure: bool = Field(False, description="serve plaintext on a non-loopback listen address (refused "
+                           "otherwise: anyone who reaches it could act as any node or user)")
     node_stream_limit: int = Field(
         4, ge=1, description="streams one node certificate may hold open on a replica (a handler needs one)")
     user_stream_limit: int = Field(
@@ -153,6 +173,13 @@ class ControllerSettings(CommonSettings):
     migration_progress_timeout_seconds: int = Field(150, ge=1, description="abort when no progress this long")
     migration_allow_post_copy: bool = False
     migration_allow_auto_converge: bool = False
+
+    def plaintext_problems(self) -> list[str]:
+        """Why serving as set would expose plaintext to the network (checked at start)."""
+        if self.tls_cert_file or self.insecure or loopback(self.listen):
+            return []
+        return [plaintext_problem("listen", self.listen, "give tls_cert_file, tls_key_file and "
+                                  "tls_client_ca_file (mutual TLS)")]
 
     @model_validator(mode="after")
     def _api_tls(self) -> "ControllerSettings":
@@ -210,6 +237,8 @@ class HandlerSettings(CommonSettings):
     tls_ca_file: str | None = Field(None, description="CA of the controllers' certificates (TLS to the API)")
     tls_cert_file: str | None = Field(None, description="this node's client certificate (CN node:<node_name>)")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
+    insecure: bool = Field(False, description="serve plaintext on non-loopback addresses: the NodeAgentService "
+                           "without TLS, the migration proxy (refused otherwise)")
 
     @model_validator(mode="after")
     def _client_tls(self) -> "HandlerSettings":
@@ -223,6 +252,20 @@ class HandlerSettings(CommonSettings):
 
     def uses_tls(self) -> bool:
         return bool(self.tls_ca_file or self.tls_cert_file)
+
+    def plaintext_problems(self) -> list[str]:
+        """Why serving as set would expose plaintext to the network (checked at start)."""
+        if self.insecure:
+            return []
+        problems = []
+        if not (self.tls_cert_file and self.tls_ca_file) and not loopback(self.listen):
+            problems.append(plaintext_problem("listen", self.listen, "give tls_ca_file, tls_cert_file and "
+                                              "tls_key_file (the node agent then serves mutual TLS)"))
+        if self.migration_listen and not loopback(self.migration_listen):
+            problems.append(plaintext_problem("migration_listen", self.migration_listen,
+                                              "the migration proxy has no TLS yet: set it empty (this node "
+                                              "takes no incoming migrations)"))
+        return problems
 
     listen: str = Field("0.0.0.0:7101", description="HOST:PORT of the handler's NodeAgentService (consoles, "
                         "pause, reset: controllers dial it); port 0: any free port")

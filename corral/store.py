@@ -384,6 +384,13 @@ class Store:
         puts += [T.Put(key, value, lease=lease) for key, value, lease in create]
         return self.txn(compare, puts).succeeded
 
+    def update_together(self, items: list[tuple[Kind, Message]]) -> bool:
+        """Write objects of any kinds in one transaction if none changed since it was read;
+        False, writing nothing, otherwise (read them again and retry)."""
+        compare = [T.Mod(self.key(kind, obj.metadata.name)) == obj.metadata.resource_version for kind, obj in items]
+        puts = [put for kind, obj in items for put in self._writes(kind, obj)[0]]
+        return self.txn(compare, puts).succeeded
+
     def delete(self, kind: Kind, name: str, *, resource_version: int = 0, fence: Fence | None = None) -> int:
         """Delete, guarded by resource_version when given; returns the revision of the delete."""
         key = self.key(kind, name)

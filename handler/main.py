@@ -56,6 +56,9 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
                                               "(CORRAL_IMAGE_ROOTS)")
     parser.add_argument("--disk-roots", help="directories of persistent disks, comma-separated (CORRAL_DISK_ROOTS)")
     parser.add_argument("--listen", help="HOST:PORT of the node agent gRPC server, for controllers (CORRAL_LISTEN)")
+    parser.add_argument("--insecure", action="store_true", default=None,
+                        help="serve the node agent and migration proxy in plaintext on a non-loopback address (CORRAL_INSECURE; "
+                             "refused otherwise)")
     parser.add_argument("--advertise-address", help="HOST:PORT controllers dial for it (CORRAL_ADVERTISE_ADDRESS)")
     parser.add_argument("--migration-listen", help="HOST:PORT of the live-migration proxy (CORRAL_MIGRATION_LISTEN)")
     parser.add_argument("--libvirt-mode", choices=["embed", "session"],
@@ -86,6 +89,10 @@ def hypervisor_name(emulation: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
+    problems = settings.plaintext_problems()
+    if problems:
+        print("corral-handler: " + "\ncorral-handler: ".join(problems), file=sys.stderr)
+        return 2
     logs.setup(settings.log_level, name=f"handler[{settings.node_name}]")
     logs.set_fields(node=settings.node_name)
     if settings.fence_guard == fence_guard.OFF:

@@ -23,7 +23,7 @@ import grpc
 
 from corral.identity import ADMIN, CONTROLLER, ROLE_URI_PREFIX, identity_of
 from corral import tls
-from corral.settings import HandlerSettings
+from corral.settings import HandlerSettings, loopback
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
 from handler.isolation import remove_stale_console_locks
 
@@ -214,8 +214,10 @@ class AgentServer:
             log.info("node agent on %s (advertised %s) with mutual TLS (client CA %s)", settings.listen,
                      self.address, settings.tls_ca_file)
         else:
-            log.warning("node agent on %s (advertised %s) WITHOUT TLS: use only on a trusted network",
-                        settings.listen, self.address)
+            log.warning("%snode agent on %s (advertised %s) WITHOUT TLS%s", "" if loopback(settings.listen)
+                        else "INSECURE (--insecure): ", settings.listen, self.address,
+                        "" if loopback(settings.listen) else " to the network: anyone who reaches it can "
+                        "pause, reset or type into this node's guests")
         return self.address
 
     def start(self, agent) -> None:

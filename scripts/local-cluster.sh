@@ -56,8 +56,11 @@ fi
 export CORRAL_ETCD_ENDPOINTS
 
 start_daemon controller .venv/bin/corral-controller --listen "$server"
+# One machine: the handler's node agent and migration proxy listen on loopback only (without
+# TLS the daemons refuse to serve anything else unless told --insecure).
 start_daemon handler .venv/bin/corral-handler --node-name "$node" --servers "$server" \
-    --state-dir "$state_dir" --emulation "${CORRAL_EMULATION:-on}" --shutdown-grace-seconds 5
+    --state-dir "$state_dir" --emulation "${CORRAL_EMULATION:-on}" --shutdown-grace-seconds 5 \
+    --listen 127.0.0.1:7101 --migration-listen 127.0.0.1:7102
 
 for _ in $(seq 100); do
     .venv/bin/corral get node "$node" 2>/dev/null | grep -q " Ready" && break

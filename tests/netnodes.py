@@ -91,7 +91,7 @@ class TwoNodes:
         self.etcd.start()
         self.cluster = Cluster(etcd=self.etcd, base=self.base, prefix=self.prefix, guest_dir=self.guest_dir)
         self.server = f"{self.host_ip}:{free_port()}"
-        self.cluster.start_controller("c1", listen=self.server)
+        self.cluster.start_controller("c1", listen=self.server, extra=["--insecure"])  # a private test network
         self.client = Client(self.server)
 
     def open_network(self) -> None:
@@ -112,7 +112,8 @@ class TwoNodes:
 
     def handler_extra(self, node: str) -> list[str]:
         address = self.addresses[node]
-        return ["--listen", f"{address}:0", "--migration-listen", f"{address}:0", "--libvirt-mode", "session",
+        return ["--insecure",  # plaintext on the namespaces' private bridge
+                "--listen", f"{address}:0", "--migration-listen", f"{address}:0", "--libvirt-mode", "session",
                 "--heartbeat-seconds", str(self.heartbeat_seconds), "--isolation", "on"]
 
     def start_handler(self, node: str, **kwargs) -> None:

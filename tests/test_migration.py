@@ -42,7 +42,8 @@ class Nodes:
 
     def handler_extra(self, node: str) -> list[str]:
         address = self.addresses[node]
-        return ["--listen", f"{address}:0", "--migration-listen", f"{address}:0", "--libvirt-mode", "session",
+        return ["--insecure",  # plaintext on the namespaces' private bridge
+                "--listen", f"{address}:0", "--migration-listen", f"{address}:0", "--libvirt-mode", "session",
                 "--heartbeat-seconds", "6", "--isolation", "on"]
 
     def start_handler(self, node: str) -> None:
@@ -139,7 +140,8 @@ def nodes(tmp_path_factory, guest_dir):
             made.start_handler(node)
         # A node with too little memory for any guest, in the host's namespace.
         net.cluster.start_handler("tiny", memory_mib=64,
-                                  extra=["--listen", f"{net.host_ip}:0", "--migration-listen", f"{net.host_ip}:0"])
+                                  extra=["--insecure", "--listen", f"{net.host_ip}:0",
+                                         "--migration-listen", f"{net.host_ip}:0"])
         yield made
 
 

@@ -70,7 +70,7 @@ def test_partitioned_node_fences_and_its_vm_runs_elsewhere_never_twice(network, 
     cluster = Cluster(etcd=etcd, base=tmp_path, prefix="/partition/", guest_dir=guest_dir)
     try:
         address = f"{network['host_ip']}:{free_port()}"
-        cluster.start_controller("c1", listen=address)
+        cluster.start_controller("c1", listen=address, extra=["--insecure"])  # a private test network
         cluster.start_handler("cut", extra=["--heartbeat-seconds", "6"],
                               wrapper=["ip", "netns", "exec", network["netns"]])
         cluster.create(cluster.guest_vm("pet"))

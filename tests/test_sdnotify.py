@@ -193,7 +193,7 @@ def test_handler_notifies_ready_watchdog_and_stopping(etcd, short_dir):
                  timeout=20, what="the controller to listen")
         handler = start_daemon("handler.main", ["--node-name", "n1", "--servers", address,
                                                 "--state-dir", str(short_dir / "s"), "--emulation", "on",
-                                                "--listen", "127.0.0.1:0"],
+                                                "--listen", "127.0.0.1:0", "--migration-listen", "127.0.0.1:0"],
                                env=env, log=log)
         assert_ready_then_watchdog(listener, handler, log)
         assert "STATUS=node n1: running" in "\n".join(listener.messages).splitlines()
