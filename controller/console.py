@@ -35,6 +35,8 @@ def open_console(store: Store, agents: node_agents.NodeAgents, requests: Iterato
     stub, name, instance_uid = agents.live_run(vm)
     node = vm.status.node_name
 
+    ended = call_ended(context)
+
     def keystrokes() -> Iterator[node_agent_pb2.AttachInstanceConsoleRequest]:
         yield node_agent_pb2.AttachInstanceConsoleRequest(name=name, instance_uid=instance_uid, data=first.data)
         try:
@@ -42,9 +44,11 @@ def open_console(store: Store, agents: node_agents.NodeAgents, requests: Iterato
                 yield node_agent_pb2.AttachInstanceConsoleRequest(data=request.data)
         except grpc.RpcError:
             return  # the client's call ended (cancelled): the relay below ends too
+        # The client's input ended (a half-close): its output keeps coming until it leaves, so
+        # the node's stream stays open rather than passing the half-close down to the launcher.
+        ended.wait()
 
     call = stub.AttachInstanceConsole(keystrokes())
-    ended = call_ended(context)
     context.add_callback(call.cancel)
     log_vm(log, vm, "console of vm %s opened (node %s)", name, node)
     try:

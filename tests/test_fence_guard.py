@@ -137,7 +137,8 @@ def test_handler_refuses_a_guard_it_must_not_load_into_qemu(case, tmp_path, caps
     path = "lib/guard.so" if case == "relative" else str(lib)
     state = tmp_path / "state"
     code = handler_main(["--state-dir", str(state), "--fence-guard", path, "--servers", "127.0.0.1:1",
-                         "--etcd-endpoints", "http://127.0.0.1:1"])
+                         "--etcd-endpoints", "http://127.0.0.1:1", "--listen", "127.0.0.1:0",
+                         "--migration-listen", "127.0.0.1:0"])
     assert code == 2
     assert "fence guard" in capsys.readouterr().err
     assert not (state / "fence-deadline").exists()  # it stopped before anything else
