@@ -33,6 +33,11 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 20),
     ("grpc.min_reconnect_backoff_ms", 20),
     ("grpc.max_reconnect_backoff_ms", 500),
+    # Each launcher's channel keeps its own connections. gRPC otherwise shares connections
+    # between channels of the same target, and the target here, /proc/self/fd/N, names
+    # whatever descriptor N is now: a closed launcher's live connection could serve the next
+    # launcher given the same number (another VM's console, stop, kill).
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

@@ -79,3 +79,37 @@ def test_without_isolation_roots_own_socket_is_dialed(root_state_dir):
     finally:
         launcher.close()
         server.stop(None)
+
+
+def test_a_reused_descriptor_number_never_reaches_the_launcher_it_named_before(tmp_path):
+    """The handler dials unix:/proc/self/fd/N. gRPC shares connections between channels of one
+    target unless told not to, so once N names another launcher's socket, a new channel to
+    /proc/self/fd/N could ride the old launcher's live connection: the wrong VM's console,
+    stop or kill. Each launcher channel keeps its own connections (CHANNEL_OPTIONS)."""
+    from handler.launchers import CHANNEL_OPTIONS
+
+    servers, fds = [], []
+    for name in (b"A", b"B"):
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Who", {
+            "Am": grpc.unary_unary_rpc_method_handler(lambda _req, _ctx, name=name: name,
+                                                      lambda b: b, lambda b: b)}),))
+        path = tmp_path / f"{name.decode()}.sock"
+        server.add_insecure_port(f"unix:{path}")
+        server.start()
+        servers.append(server)
+        fds.append(os.open(path, os.O_PATH | os.O_CLOEXEC))
+    target = f"unix:/proc/self/fd/{fds[0]}"
+    first = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    try:
+        assert first.unary_unary("/t.Who/Am")(b"", timeout=10) == b"A"
+        os.dup2(fds[1], fds[0])  # the number now names B's socket; A's connection is still up
+        second = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        assert second.unary_unary("/t.Who/Am")(b"", timeout=10) == b"B"
+        second.close()
+    finally:
+        first.close()
+        for fd in fds:
+            os.close(fd)
+        for server in servers:
+            server.stop(0)
