@@ -19,6 +19,7 @@ import threading
 import grpc
 
 from controller.errors import RequestError
+from corral.identity import node_server_name
 from corral.resources import NODES
 from corral.store import NotFound, Store
 from corral.v1 import node_agent_pb2_grpc, vm_pb2
@@ -48,18 +49,22 @@ class NodeAgents:
         self.store = store
         self.credentials = credentials
         self._lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
-    def channel(self, address: str) -> grpc.Channel:
+    def channel(self, address: str, node_name: str) -> grpc.Channel:
+        """With TLS, the handler at ``address`` must prove it is node ``node_name``'s: its
+        certificate must name NAME.node.corral (not only the address), so a node that points
+        its record at another node's handler, or answers for another, is refused."""
         with self._lock:
-            channel = self._channels.get(address)
+            channel = self._channels.get((address, node_name))
             if channel is None:
                 if len(self._channels) >= MAX_CHANNELS:
                     self._channels.pop(next(iter(self._channels))).close()
-                channel = (grpc.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS)
+                channel = (grpc.secure_channel(address, self.credentials, options=CHANNEL_OPTIONS + [
+                               ("grpc.ssl_target_name_override", node_server_name(node_name))])
                            if self.credentials is not None
                            else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
-                self._channels[address] = channel
+                self._channels[(address, node_name)] = channel
             return channel
 
     def address(self, node_name: str) -> str:
@@ -78,7 +83,7 @@ class NodeAgents:
     def stub(self, node_name: str) -> node_agent_pb2_grpc.NodeAgentServiceStub:
         """A NodeAgentService stub for node ``node_name`` (the address is read from the store on
         each call). RequestError(FAILED_PRECONDITION) when the node has no address."""
-        return node_agent_pb2_grpc.NodeAgentServiceStub(self.channel(self.address(node_name)))
+        return node_agent_pb2_grpc.NodeAgentServiceStub(self.channel(self.address(node_name), node_name))
 
     def live_run(self, vm: vm_pb2.VirtualMachine) -> tuple[node_agent_pb2_grpc.NodeAgentServiceStub, str, str]:
         """(stub of its node, VM name, instance uid) of the VM's current run on a node;

@@ -16,6 +16,14 @@ from collections.abc import Mapping, Sequence
 NODE_CN_PREFIX = "node:"
 NODE_URI_PREFIX = "corral://node/"
 ROLE_URI_PREFIX = "corral://role/"
+#: A node's serving name: controllers dialing node NAME's handler accept only a certificate
+#: with the DNS SAN ``NAME.node.corral`` (gRPC checks it in the handshake), whatever address
+#: the node record says.
+NODE_DNS_SUFFIX = ".node.corral"
+
+
+def node_server_name(node_name: str) -> str:
+    return f"{node_name}{NODE_DNS_SUFFIX}"
 ADMIN, CONTROLLER, VIEWER = "admin", "controller", "viewer"
 ROLES = frozenset({ADMIN, CONTROLLER, VIEWER})
 

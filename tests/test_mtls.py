@@ -121,7 +121,8 @@ def certs(tmp_path_factory):
         "ca": ca,
         "server": ca.issue(directory, "server", "corral-controller", ips=("127.0.0.1",), dns=("localhost",),
                            uris=("corral://role/controller",)),
-        "n1": ca.issue(directory, "n1", "node:n1", uris=("corral://node/n1",), ips=("127.0.0.1",)),
+        "n1": ca.issue(directory, "n1", "node:n1", uris=("corral://node/n1",), ips=("127.0.0.1",),
+                       dns=("n1.node.corral",)),
         "admin": ca.issue(directory, "admin", "admin", uris=("corral://role/admin",)),
         "viewer": ca.issue(directory, "viewer", "alice", uris=("corral://role/viewer",)),
         "no-role": ca.issue(directory, "no-role", "bob"),
@@ -349,6 +350,11 @@ def test_node_agent_serves_mutual_tls_to_controllers_and_users_only(tls_cluster,
                                                 str(certs["server"].key)))
     try:
         assert _refused(lambda: agents.stub("n1").PauseInstance(request, timeout=10)).code() == grpc.StatusCode.NOT_FOUND
+        # A node record pointing at n1's handler under another node's name (a node answering
+        # for another): the controller dials "n2" there and refuses n1's certificate.
+        impostor = node_agent_pb2_grpc.NodeAgentServiceStub(agents.channel(address, "n2"))
+        error = _refused(lambda: impostor.PauseInstance(request, timeout=10))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
     finally:
         agents.close()
         agents.store.close()
