@@ -210,46 +210,40 @@ class Scheduler:
         return locks
 
     def _write_assignments(self, fence: Fence) -> None:
-        """The pass's assignments, in transactions of up to ASSIGN_BATCH VMs (each guarded by its
-        revision and the fencing token); a batch that meets a changed VM is written one by one."""
+        """The pass's assignments, with each new run's instance lock."""
         batch, self._assigned = self._assigned, []
-        if not batch:
-            return
-        if self.store.update_all(VMS, batch, fence=fence, create=self._instance_locks(batch)):
-            written = batch
-        else:
-            written = []
-            for vm in batch:
-                try:
-                    self.store.update(VMS, vm, fence=fence)
-                    written.append(vm)
-                except (Conflict, NotFound):
-                    continue  # changed meanwhile: the next pass sees the new version
-        for vm in written:
+        for vm in self._write_batch([(vm, None) for vm in batch], fence, create=self._instance_locks(batch)):
             metrics.observe_scheduled(vm)
             log_vm(log, vm, "scheduled vm %s (run %s) on node %s", vm.metadata.name, vm.status.instance_uid,
                    vm.status.node_name)
 
     def _write_lost_runs(self, fence: Fence) -> None:
-        """Runs on lost nodes declared over, in transactions of up to ASSIGN_BATCH VMs, each
-        only while its instance lock does not exist; a batch that meets a change (a node that
-        came back and holds a lock) is written one by one."""
+        """Runs on lost nodes declared over, each only while its instance lock does not exist
+        (a node that came back and holds it keeps its guest)."""
         batch, self._lost_runs = self._lost_runs, []
-        if not batch:
-            return
-        if self.store.update_all(VMS, [vm for vm, _ in batch], fence=fence, absent=[lock for _, lock in batch]):
-            written = [vm for vm, _ in batch]
-        else:
-            written = []
-            for vm, lock in batch:
-                try:
-                    self.store.update(VMS, vm, fence=fence, absent=lock)
-                    written.append(vm)
-                except (Conflict, NotFound):
-                    continue  # changed, or its node came back: the next pass sees it
-        for vm in written:
+        for vm in self._write_batch(batch, fence):
             log.warning("vm %s: run %s on lost node %s is over", vm.metadata.name, vm.status.instance_uid,
                         vm.status.node_name)
+
+    def _write_batch(self, batch: list[tuple[vm_pb2.VirtualMachine, bytes | None]], fence: Fence, *,
+                     create: list[tuple[bytes, bytes, int]] = ()) -> list[vm_pb2.VirtualMachine]:
+        """Write up to ASSIGN_BATCH VMs in one transaction (each guarded by its revision, the
+        fencing token and, when given, the absence of a key); a batch that meets a change is
+        written one by one. Returns the VMs written."""
+        if not batch:
+            return []
+        vms = [vm for vm, _ in batch]
+        if self.store.update_all(VMS, vms, fence=fence, create=create,
+                                 absent=[key for _, key in batch if key is not None]):
+            return vms
+        written = []
+        for vm, absent in batch:
+            try:
+                self.store.update(VMS, vm, fence=fence, absent=absent)
+                written.append(vm)
+            except (Conflict, NotFound):
+                continue  # changed meanwhile (or its node came back): the next pass sees it
+        return written
 
     def _mark_unschedulable(self, vm: vm_pb2.VirtualMachine, why: str, fence: Fence) -> None:
         if vm_status.set_condition(vm, "Scheduled", False, UNSCHEDULABLE, why):

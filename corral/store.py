@@ -104,14 +104,6 @@ class Kind(Generic[M]):
         self.beside_folder = beside_folder
 
 
-def encode(obj: Message) -> bytes:
-    copy = type(obj)()
-    copy.CopyFrom(obj)
-    if hasattr(copy, "metadata"):
-        copy.metadata.resource_version = 0  # derived from etcd's mod_revision on read
-    return copy.SerializeToString(deterministic=True)
-
-
 def decode(message_class: type[M], value: bytes, mod_revision: int) -> M:
     if value[:1] == b"{":  # protobuf JSON, as earlier versions wrote (0x7b would be a group: none here)
         obj = message_class()
@@ -343,10 +335,8 @@ class Store:
 
     def put(self, kind: Kind[M], obj: M, *, lease: int | None = None) -> M:
         """Unconditional write: only for objects a single owner writes (a node's own record)."""
-        key = self.key(kind, obj.metadata.name)
-        response = self.txn([], [T.Put(key, encode(obj), lease=lease)])
-        stored = type(obj)()
-        stored.CopyFrom(obj)
+        puts, stored = self._writes(kind, obj, lease)
+        response = self.txn([], puts)
         stored.metadata.resource_version = response.header.revision
         return stored
 
