@@ -172,8 +172,9 @@ def test_two_vms_cannot_reach_each_other(cluster):
             assert ids(pid) == ([info.st_uid] * 4, [info.st_gid] * 4), f"vm {name} pid {pid}"
             assert memory_limit(pid) == (128 + 256) * MIB
         # The node's capabilities cache, warmed by the handler, spared each VM the QEMU probe.
-        define = float(re.search(r"started: define ([0-9.]+)s", (vm_dir / "launcher.log").read_text()).group(1))
-        assert define < 1.0, f"vm {name}: define took {define}s"
+        # (Behaviour, not time: libvirt rewrites the cache files whenever it probes.)
+        started = re.search(r"domain \S+ started: .*", (vm_dir / "launcher.log").read_text()).group(0)
+        assert "capabilities cache used" in started, f"vm {name}: {started}"
     assert owners["a"] != owners["b"]
 
     results = attempts_as(owners["a"], own=dirs["a"], other=dirs["b"])
