@@ -26,7 +26,12 @@ from corral.identity import (ADMIN, NODE_CN_PREFIX, NODE_URI_PREFIX, ROLE_URI_PR
                              identity_of)
 
 HANDLER_SERVICE = "corral.v1.HandlerService"
-USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService", "corral.v1.MigrationService")
+#: Open to every certificate the CA signed.
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                 "grpc.reflection.v1.ServerReflection")
+USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService", "corral.v1.MigrationService",
+                 "corral.v1.VirtualMachinePoolService", "corral.v1.InstanceTypeService",
+                 "corral.v1.PreferenceService")
 
 
 def node_refusal(auth_context: AuthContext, node_name: str) -> str | None:
@@ -66,6 +71,8 @@ def service_refusal(auth_context: AuthContext, method: str) -> str | None:
                 f"use a user certificate for the API")
     if service == HANDLER_SERVICE and identity.kind != "node":
         return f"{identity} is not a node certificate: {HANDLER_SERVICE} is for node handlers"
+    if service not in USER_SERVICES + (HANDLER_SERVICE,) + OPEN_SERVICES:
+        return f"unknown service {service}"  # default deny: a new service must be placed above
     return None
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/meta.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06labels\x18\x02 \x03(\x0b\x32!.corral.v1.ObjectMeta.LabelsEntry\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x18\n\x10resource_version\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\tCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x38\n\x14last_transition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8b\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WATCH_EVENT_TYPE_ADDED\x10\x01\x12\x1d\n\x19WATCH_EVENT_TYPE_MODIFIED\x10\x02\x12\x1c\n\x18WATCH_EVENT_TYPE_DELETED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/meta.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x03\n\nObjectMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06labels\x18\x02 \x03(\x0b\x32!.corral.v1.ObjectMeta.LabelsEntry\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12\x18\n\x10resource_version\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65lete_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32&.corral.v1.ObjectMeta.AnnotationsEntry\x12(\n\x05owner\x18\x08 \x01(\x0b\x32\x19.corral.v1.OwnerReference\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x0eOwnerReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\"\x84\x01\n\tCondition\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x38\n\x14last_transition_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8b\x01\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16WATCH_EVENT_TYPE_ADDED\x10\x01\x12\x1d\n\x19WATCH_EVENT_TYPE_MODIFIED\x10\x02\x12\x1c\n\x18WATCH_EVENT_TYPE_DELETED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OBJECTMETA_LABELSENTRY']._loaded_options = None
   _globals['_OBJECTMETA_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_WATCHEVENTTYPE']._serialized_start=468
-  _globals['_WATCHEVENTTYPE']._serialized_end=607
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._loaded_options = None
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_options = b'8\001'
+  _globals['_WATCHEVENTTYPE']._serialized_start=682
+  _globals['_WATCHEVENTTYPE']._serialized_end=821
   _globals['_OBJECTMETA']._serialized_start=69
-  _globals['_OBJECTMETA']._serialized_end=330
-  _globals['_OBJECTMETA_LABELSENTRY']._serialized_start=285
-  _globals['_OBJECTMETA_LABELSENTRY']._serialized_end=330
-  _globals['_CONDITION']._serialized_start=333
-  _globals['_CONDITION']._serialized_end=465
+  _globals['_OBJECTMETA']._serialized_end=485
+  _globals['_OBJECTMETA_LABELSENTRY']._serialized_start=388
+  _globals['_OBJECTMETA_LABELSENTRY']._serialized_end=433
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_start=435
+  _globals['_OBJECTMETA_ANNOTATIONSENTRY']._serialized_end=485
+  _globals['_OWNERREFERENCE']._serialized_start=487
+  _globals['_OWNERREFERENCE']._serialized_end=544
+  _globals['_CONDITION']._serialized_start=547
+  _globals['_CONDITION']._serialized_end=679
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Firmware(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FIRMWARE_UNSPECIFIED: _ClassVar[Firmware]
+    FIRMWARE_BIOS: _ClassVar[Firmware]
+    FIRMWARE_UEFI: _ClassVar[Firmware]
+
+class DiskBus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISK_BUS_UNSPECIFIED: _ClassVar[DiskBus]
+    DISK_BUS_VIRTIO: _ClassVar[DiskBus]
+    DISK_BUS_SCSI: _ClassVar[DiskBus]
+    DISK_BUS_SATA: _ClassVar[DiskBus]
+
 class EvictionStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVICTION_STRATEGY_UNSPECIFIED: _ClassVar[EvictionStrategy]
@@ -61,6 +74,13 @@ class RunAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_ACTION_STOP: _ClassVar[RunAction]
     RUN_ACTION_RESTART: _ClassVar[RunAction]
     RUN_ACTION_SAVE: _ClassVar[RunAction]
+FIRMWARE_UNSPECIFIED: Firmware
+FIRMWARE_BIOS: Firmware
+FIRMWARE_UEFI: Firmware
+DISK_BUS_UNSPECIFIED: DiskBus
+DISK_BUS_VIRTIO: DiskBus
+DISK_BUS_SCSI: DiskBus
+DISK_BUS_SATA: DiskBus
 EVICTION_STRATEGY_UNSPECIFIED: EvictionStrategy
 EVICTION_STRATEGY_LIVE_MIGRATE: EvictionStrategy
 EVICTION_STRATEGY_LIVE_MIGRATE_IF_POSSIBLE: EvictionStrategy
@@ -103,7 +123,7 @@ class VirtualMachine(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[VirtualMachineSpec, _Mapping]] = ..., status: _Optional[_Union[VirtualMachineStatus, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineSpec(_message.Message):
-    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy")
+    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy", "instance_type", "preference", "machine_type", "firmware", "disk_bus", "cpu_topology", "dedicated_cpu_placement", "hugepages")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +141,14 @@ class VirtualMachineSpec(_message.Message):
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     TERMINATION_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EVICTION_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FIRMWARE_FIELD_NUMBER: _ClassVar[int]
+    DISK_BUS_FIELD_NUMBER: _ClassVar[int]
+    CPU_TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    DEDICATED_CPU_PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    HUGEPAGES_FIELD_NUMBER: _ClassVar[int]
     vcpus: int
     memory_mib: int
     boot: BootSource
@@ -131,7 +159,47 @@ class VirtualMachineSpec(_message.Message):
     networks: _containers.RepeatedCompositeFieldContainer[Network]
     termination_grace_period_seconds: int
     eviction_strategy: EvictionStrategy
-    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ...) -> None: ...
+    instance_type: InstanceTypeRef
+    preference: PreferenceRef
+    machine_type: str
+    firmware: Firmware
+    disk_bus: DiskBus
+    cpu_topology: CpuTopology
+    dedicated_cpu_placement: bool
+    hugepages: Hugepages
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ..., instance_type: _Optional[_Union[InstanceTypeRef, _Mapping]] = ..., preference: _Optional[_Union[PreferenceRef, _Mapping]] = ..., machine_type: _Optional[str] = ..., firmware: _Optional[_Union[Firmware, str]] = ..., disk_bus: _Optional[_Union[DiskBus, str]] = ..., cpu_topology: _Optional[_Union[CpuTopology, _Mapping]] = ..., dedicated_cpu_placement: _Optional[bool] = ..., hugepages: _Optional[_Union[Hugepages, _Mapping]] = ...) -> None: ...
+
+class InstanceTypeRef(_message.Message):
+    __slots__ = ("name", "revision_name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision_name: str
+    def __init__(self, name: _Optional[str] = ..., revision_name: _Optional[str] = ...) -> None: ...
+
+class PreferenceRef(_message.Message):
+    __slots__ = ("name", "revision_name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision_name: str
+    def __init__(self, name: _Optional[str] = ..., revision_name: _Optional[str] = ...) -> None: ...
+
+class CpuTopology(_message.Message):
+    __slots__ = ("sockets", "cores", "threads")
+    SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    sockets: int
+    cores: int
+    threads: int
+    def __init__(self, sockets: _Optional[int] = ..., cores: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class Hugepages(_message.Message):
+    __slots__ = ("page_size",)
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    page_size: str
+    def __init__(self, page_size: _Optional[str] = ...) -> None: ...
 
 class Disk(_message.Message):
     __slots__ = ("name", "ephemeral", "persistent", "read_only")
