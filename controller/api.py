@@ -15,7 +15,7 @@ import grpc
 from pyetcd import utils as etcd_utils
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
-from controller import console, lifecycle, pagination
+from controller import console, instancetypes, lifecycle, pagination
 from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
 from controller.limits import StreamLimits
@@ -123,6 +123,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         vm.metadata.uid = str(uuid.uuid4())
         vm.metadata.create_time.CopyFrom(vm_status.now())
         vm.spec.CopyFrom(given.spec)
+        instancetypes.resolve(self.store, vm)  # refused: nothing written
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
         stored = self.store.create(VMS, vm)
         log_vm(log, stored, "created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
@@ -169,6 +170,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         if current.metadata.HasField("delete_time"):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {given.metadata.name!r} is being deleted")
+        sized = instancetypes.resolve_update(self.store, current, given)
         if _without_run_strategy(given.spec) != _without_run_strategy(current.spec) and lifecycle.is_live(current):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {given.metadata.name!r} is "
@@ -177,6 +179,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         current.metadata.labels.clear()
         current.metadata.labels.update(given.metadata.labels)
         current.spec.CopyFrom(given.spec)
+        instancetypes.record(self.store, sized)
         stored = self.store.update(VMS, current)
         return vm_pb2.UpdateVirtualMachineResponse(virtual_machine=present(stored, None))
 

@@ -15,16 +15,19 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.api import NodeService, VirtualMachineService
 from controller.handler_api import HandlerService
+from controller.instancetype_api import InstanceTypeService, PreferenceService
 from controller.interceptors import ControllerInterceptor
 from controller.limits import StreamLimits
 from controller.migration_api import MigrationService
+from controller.pool_api import VirtualMachinePoolService
 from controller.node_agents import NodeAgents
 from controller.watch_cache import WatchCache
 from corral import tls
 from corral.settings import ControllerSettings, loopback
 from corral.store import Store
-from corral.v1 import (handler_pb2, handler_pb2_grpc, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc,
-                       vm_pb2, vm_pb2_grpc)
+from corral.v1 import (handler_pb2, handler_pb2_grpc, instancetype_pb2, instancetype_pb2_grpc, migration_pb2,
+                       migration_pb2_grpc, node_pb2, node_pb2_grpc, pool_pb2, pool_pb2_grpc, vm_pb2,
+                       vm_pb2_grpc)
 
 log = logging.getLogger("corral.controller")
 
@@ -33,6 +36,9 @@ SERVICE_NAMES = (
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     migration_pb2.DESCRIPTOR.services_by_name["MigrationService"].full_name,
     handler_pb2.DESCRIPTOR.services_by_name["HandlerService"].full_name,
+    instancetype_pb2.DESCRIPTOR.services_by_name["InstanceTypeService"].full_name,
+    instancetype_pb2.DESCRIPTOR.services_by_name["PreferenceService"].full_name,
+    pool_pb2.DESCRIPTOR.services_by_name["VirtualMachinePoolService"].full_name,
 )
 #: Threads for unary calls in flight (they wait on etcd) and the few streams that are still
 #: plain generators (consoles, migration watches).
@@ -120,6 +126,12 @@ class ApiServer:
         migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store), server)
         handler_pb2_grpc.add_HandlerServiceServicer_to_server(
             HandlerService(store=self.store, cache=self.cache, limits=limits), server)
+        instancetype_pb2_grpc.add_InstanceTypeServiceServicer_to_server(
+            InstanceTypeService(store=self.store, cache=self.cache), server)
+        instancetype_pb2_grpc.add_PreferenceServiceServicer_to_server(
+            PreferenceService(store=self.store, cache=self.cache), server)
+        pool_pb2_grpc.add_VirtualMachinePoolServiceServicer_to_server(VirtualMachinePoolService(store=self.store),
+                                                                      server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

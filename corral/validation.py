@@ -13,6 +13,14 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
+#: Instance types' and preferences' names ("u1.small"): DNS-1123 labels joined by '.'.
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+MAX_SUBDOMAIN_LENGTH = 253
+#: QEMU machine types a VM may ask for: the aliases and their versioned names, nothing else
+#: (the string reaches libvirt and QEMU).
+MACHINE_TYPE = re.compile(r"^(pc|q35|pc-i440fx-[0-9]{1,2}\.[0-9]{1,2}|pc-q35-[0-9]{1,2}\.[0-9]{1,2})\Z")
+#: Huge page sizes and what each is in MiB (guest memory must be a multiple).
+HUGEPAGE_SIZES_MIB = {"2Mi": 2, "1Gi": 1024}
 
 MAX_LABELS = 64
 MAX_VCPUS = 256
@@ -62,6 +70,17 @@ def name_problem(name: str, field: str = "metadata.name") -> str | None:
     if not DNS1123_LABEL.match(name):
         return (f"{field} {shown(name)} is not a DNS-1123 label: use at most 63 lower-case letters, "
                 "digits and '-', starting and ending with a letter or digit")
+    return None
+
+
+def subdomain_problem(name: str, field: str = "metadata.name") -> str | None:
+    """Names of cluster-wide catalogue objects (instance types, preferences, revisions)."""
+    if not name:
+        return f"{field} is required"
+    if len(name) > MAX_SUBDOMAIN_LENGTH or not DNS1123_SUBDOMAIN.match(name):
+        return (f"{field} {shown(name)} is not a DNS-1123 subdomain: use at most {MAX_SUBDOMAIN_LENGTH} "
+                "lower-case letters, digits, '-' and '.', each '.'-separated part starting and ending "
+                "with a letter or digit (for example 'u1.small')")
     return None
 
 
@@ -210,11 +229,15 @@ def cloud_init_problems(cloud_init: vm_pb2.CloudInitNoCloud) -> list[str]:
 
 def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     problems: list[str] = []
-    if not 1 <= spec.vcpus <= MAX_VCPUS:
+    # With an instance type, the size comes from the type (resolved after this check, and
+    # checked again then): left unset here, it is not missing.
+    sized_by_type = bool(spec.instance_type.name)
+    if (spec.vcpus or not sized_by_type) and not 1 <= spec.vcpus <= MAX_VCPUS:
         problems.append(f"spec.vcpus must be between 1 and {MAX_VCPUS}, not {spec.vcpus}")
-    if not MIN_MEMORY_MIB <= spec.memory_mib <= MAX_MEMORY_MIB:
+    if (spec.memory_mib or not sized_by_type) and not MIN_MEMORY_MIB <= spec.memory_mib <= MAX_MEMORY_MIB:
         problems.append(f"spec.memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, "
                         f"not {spec.memory_mib}")
+    problems.extend(sizing_problems(spec))
     source = spec.boot.WhichOneof("source")
     if source is None:
         problems.append("spec.boot needs either kernel (kernel_path, initrd_path, cmdline) or disk (image_path, format)")
@@ -249,6 +272,57 @@ def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     if spec.run_strategy not in vm_pb2.RunStrategy.values():
         problems.append(f"spec.run_strategy {spec.run_strategy} is not one of "
                         f"{', '.join(vm_pb2.RunStrategy.keys())}")
+    return problems
+
+
+def enum_problem(value: int, enum, field: str) -> str | None:
+    """An enum field holding a number its enum does not define (proto3 keeps unknown values)."""
+    if value in enum.values():
+        return None
+    return f"{field} {value} is not one of {', '.join(enum.keys())}"
+
+
+def hugepages_problems(hugepages: vm_pb2.Hugepages, memory_mib: int, field: str) -> list[str]:
+    size = HUGEPAGE_SIZES_MIB.get(hugepages.page_size)
+    if size is None:
+        return [f"{field}.page_size {shown(hugepages.page_size)} is not one of {', '.join(HUGEPAGE_SIZES_MIB)}"]
+    if memory_mib and memory_mib % size:
+        return [f"{field}.page_size {hugepages.page_size}: memory ({memory_mib} MiB) must be a multiple of it"]
+    return []
+
+
+def sizing_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
+    """The fields an instance type or a preference may fill (issue 12), checked wherever they
+    came from: references, machine type, firmware, disk bus, CPU topology, huge pages."""
+    problems: list[str] = []
+    for ref, field in ((spec.instance_type, "spec.instance_type"), (spec.preference, "spec.preference")):
+        if ref.name or ref.revision_name:
+            problem = subdomain_problem(ref.name, f"{field}.name")
+            if problem:
+                problems.append(problem)
+        if ref.revision_name:
+            problem = subdomain_problem(ref.revision_name, f"{field}.revision_name")
+            if problem:
+                problems.append(problem)
+    if spec.machine_type and not MACHINE_TYPE.match(spec.machine_type):
+        problems.append(f"spec.machine_type {shown(spec.machine_type)} is not a machine type Corral knows: use "
+                        "'pc', 'q35', or a versioned 'pc-i440fx-X.Y' or 'pc-q35-X.Y'")
+    for problem in (enum_problem(spec.firmware, vm_pb2.Firmware, "spec.firmware"),
+                    enum_problem(spec.disk_bus, vm_pb2.DiskBus, "spec.disk_bus")):
+        if problem:
+            problems.append(problem)
+    if spec.HasField("cpu_topology"):
+        topology = spec.cpu_topology
+        parts = (("sockets", topology.sockets), ("cores", topology.cores), ("threads", topology.threads))
+        bad = [f"spec.cpu_topology.{name} must be between 1 and {MAX_VCPUS}, not {value}"
+               for name, value in parts if not 1 <= value <= MAX_VCPUS]
+        problems.extend(bad)
+        product = topology.sockets * topology.cores * topology.threads
+        if not bad and spec.vcpus and product != spec.vcpus:
+            problems.append(f"spec.cpu_topology is {topology.sockets} sockets x {topology.cores} cores x "
+                            f"{topology.threads} threads = {product} vCPUs, but spec.vcpus is {spec.vcpus}")
+    if spec.HasField("hugepages"):
+        problems.extend(hugepages_problems(spec.hugepages, spec.memory_mib, "spec.hugepages"))
     return problems
 
 

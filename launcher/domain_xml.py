@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from corral import fence_guard, networks
 from corral.rundir import CLOUD_INIT_SEED_FILE, cloud_init_seed_path, ephemeral_disk_path  # noqa: F401
-from corral.validation import DNS1123_LABEL
+from corral.validation import DNS1123_LABEL, MACHINE_TYPE
 from corral.v1 import vm_pb2
 
 #: libvirt's QEMU namespace: the user network's slirp netdev (with hostfwd) goes on QEMU's
@@ -24,6 +24,18 @@ ET.register_namespace("qemu", QEMU_NS)
 USER_NET_PCI_SLOT = "0x1f"
 USER_NETDEV_ID = "corral-user"
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+#: q35's pcie.0 has the ICH9 LPC, SATA and SMBus functions at slot 0x1f: the NIC takes 0x1e there.
+Q35_USER_NET_PCI_SLOT = "0x1e"
+#: Each disk bus: libvirt's bus name and the guest device names' prefix.
+_DISK_BUSES: dict[int, tuple[str, str]] = {
+    vm_pb2.DISK_BUS_UNSPECIFIED: ("virtio", "vd"),
+    vm_pb2.DISK_BUS_VIRTIO: ("virtio", "vd"),
+    vm_pb2.DISK_BUS_SCSI: ("scsi", "sd"),
+    vm_pb2.DISK_BUS_SATA: ("sata", "sd"),
+}
+#: Huge page sizes in KiB, as libvirt's <page unit='KiB'>.
+_HUGEPAGE_KIB = {"2Mi": 2048, "1Gi": 1024 * 1024}
 
 _DISK_FORMATS: dict[int, str] = {
     vm_pb2.DISK_FORMAT_RAW: "raw",
@@ -51,15 +63,28 @@ class DomainOptions:
     # both set, QEMU ends itself once the deadline passes.
     fence_guard: str = ""
     fence_file: str = ""
+    # Host CPUs the node gave a VM with dedicated_cpu_placement, one per vCPU (vCPU i is pinned
+    # to cpuset[i]); empty: not pinned.
+    cpuset: tuple[int, ...] = ()
 
 
-def disk_target(index: int) -> str:
-    """Target of extra disk `index` (0 -> vdb, 25 -> vdaa): vda is the boot disk's."""
+def disk_target(index: int, prefix: str = "vd") -> str:
+    """Target of extra disk `index` (0 -> vdb, 25 -> vdaa): vda is the boot disk's; ``prefix``
+    "sd" for SCSI and SATA disks."""
     number, letters = index + 2, ""
     while number > 0:
         number, rest = divmod(number - 1, 26)
         letters = chr(ord("a") + rest) + letters
-    return "vd" + letters
+    return prefix + letters
+
+
+def is_q35(machine_type: str) -> bool:
+    return machine_type == "q35" or machine_type.startswith("pc-q35-")
+
+
+def disk_bus(vm: vm_pb2.VirtualMachine) -> tuple[str, str]:
+    """(libvirt bus, device name prefix) of the VM's disks."""
+    return _DISK_BUSES[vm.spec.disk_bus]
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:
@@ -118,6 +143,25 @@ def validate(vm: vm_pb2.VirtualMachine) -> None:
             raise ValueError(f"spec.networks[{index}] has no binding")
     if users > 1:
         raise ValueError("at most one user network is supported")
+    _validate_sizing(vm.spec)
+
+
+def _validate_sizing(spec: vm_pb2.VirtualMachineSpec) -> None:
+    """Machine type, firmware, disk bus, CPU topology, huge pages: again here, since they become
+    attributes libvirt and QEMU act on."""
+    if spec.machine_type and not MACHINE_TYPE.match(spec.machine_type):
+        raise ValueError(f"spec.machine_type {spec.machine_type!r} is not a machine type Corral knows")
+    if spec.firmware not in (vm_pb2.FIRMWARE_UNSPECIFIED, vm_pb2.FIRMWARE_BIOS, vm_pb2.FIRMWARE_UEFI):
+        raise ValueError(f"spec.firmware {spec.firmware} is unknown")
+    if spec.disk_bus not in _DISK_BUSES:
+        raise ValueError(f"spec.disk_bus {spec.disk_bus} is unknown")
+    if spec.HasField("cpu_topology"):
+        top = spec.cpu_topology
+        if min(top.sockets, top.cores, top.threads) < 1 or top.sockets * top.cores * top.threads != spec.vcpus:
+            raise ValueError(f"spec.cpu_topology {top.sockets}x{top.cores}x{top.threads} does not make "
+                             f"{spec.vcpus} vCPUs")
+    if spec.HasField("hugepages") and spec.hugepages.page_size not in _HUGEPAGE_KIB:
+        raise ValueError(f"spec.hugepages.page_size {spec.hugepages.page_size!r} is not 2Mi or 1Gi")
 
 def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     """Return the domain XML for ``vm``; raises ValueError for an unusable spec."""
@@ -126,10 +170,20 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     _sub(domain, "name", vm.metadata.name)
     _sub(domain, "uuid", str(uuid.UUID(domain_uuid(vm))))
     _sub(domain, "memory", str(vm.spec.memory_mib), unit="MiB")
+    if vm.spec.HasField("hugepages"):
+        backing = _sub(_sub(domain, "memoryBacking"), "hugepages")
+        _sub(backing, "page", size=str(_HUGEPAGE_KIB[vm.spec.hugepages.page_size]), unit="KiB")
     _sub(domain, "vcpu", str(vm.spec.vcpus))
+    _add_cpu_pinning(vm, domain, options)
 
     os_el = _sub(domain, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64")
+    if vm.spec.firmware == vm_pb2.FIRMWARE_UEFI:
+        os_el.set("firmware", "efi")
+    machine = {"machine": vm.spec.machine_type} if vm.spec.machine_type else {}
+    _sub(os_el, "type", "hvm", arch="x86_64", **machine)
+    if vm.spec.firmware == vm_pb2.FIRMWARE_UEFI:
+        # Plain OVMF: secure boot would need SMM and signed kernels.
+        _sub(_sub(os_el, "firmware"), "feature", enabled="no", name="secure-boot")
     boot = vm.spec.boot
     if boot.WhichOneof("source") == "kernel":
         _sub(os_el, "kernel", boot.kernel.kernel_path)
@@ -143,19 +197,25 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     features = _sub(domain, "features")
     _sub(features, "acpi")  # Without ACPI, ShutdownDomain's power button does nothing.
     _sub(features, "apic")
-    if not options.emulation:
-        _sub(domain, "cpu", mode="host-passthrough")
+    cpu = None if options.emulation else _sub(domain, "cpu", mode="host-passthrough")
+    if vm.spec.HasField("cpu_topology"):
+        top = vm.spec.cpu_topology
+        cpu = cpu if cpu is not None else _sub(domain, "cpu")
+        _sub(cpu, "topology", sockets=str(top.sockets), dies="1", cores=str(top.cores), threads=str(top.threads))
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")
     _sub(domain, "on_crash", "destroy")
 
     devices = _sub(domain, "devices")
+    bus, prefix = disk_bus(vm)
+    if bus == "scsi":
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     if boot.WhichOneof("source") == "disk":
         disk = _sub(devices, "disk", type="file", device="disk")
         _sub(disk, "driver", name="qemu", type=_DISK_FORMATS[boot.disk.format])
         _sub(disk, "source", file=boot.disk.image_path)
-        _sub(disk, "target", dev="vda", bus="virtio")
+        _sub(disk, "target", dev=prefix + "a", bus=bus)
     _add_disks(vm, devices, options)
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=options.serial_log_path, append="on")
@@ -199,7 +259,10 @@ def _add_networks(vm: vm_pb2.VirtualMachine, domain: ET.Element, devices: ET.Ele
             _sub(interface, "model", type="virtio")
         elif network.WhichOneof("binding") == "user":
             commandline = _qemu_commandline(domain)
-            device = f"virtio-net-pci,netdev={USER_NETDEV_ID},mac={mac},bus=pci.0,addr={USER_NET_PCI_SLOT}"
+            # QEMU's -device syntax, not a shell line; the MAC was checked (validate).
+            root, slot = (("pcie.0", Q35_USER_NET_PCI_SLOT) if is_q35(vm.spec.machine_type)
+                          else ("pci.0", USER_NET_PCI_SLOT))
+            device = f"virtio-net-pci,netdev={USER_NETDEV_ID},mac={mac},bus={root},addr={slot}"
             for value in ("-netdev", networks.hostfwd_netdev(USER_NETDEV_ID, network), "-device", device):
                 ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=value)
 
@@ -211,6 +274,7 @@ def _add_disks(vm: vm_pb2.VirtualMachine, devices: ET.Element, options: DomainOp
     needs_run_dir = len(vm.spec.disks) > 0 or vm.spec.HasField("cloud_init")
     if needs_run_dir and not options.run_dir:
         raise ValueError("disks and cloud-init need the run's directory (DomainOptions.run_dir)")
+    bus, prefix = disk_bus(vm)
     index = -1
     for index, spec in enumerate(vm.spec.disks):
         if not DNS1123_LABEL.match(spec.name):
@@ -228,7 +292,7 @@ def _add_disks(vm: vm_pb2.VirtualMachine, devices: ET.Element, options: DomainOp
         disk = _sub(devices, "disk", type=kind, device="disk")
         _sub(disk, "driver", name="qemu", type=fmt)
         _sub(disk, "source", **({"dev": path} if kind == "block" else {"file": path}))
-        _sub(disk, "target", dev=disk_target(index), bus="virtio")
+        _sub(disk, "target", dev=disk_target(index, prefix), bus=bus)
         _sub(disk, "serial", spec.name)
         if spec.read_only:
             _sub(disk, "readonly")
@@ -236,5 +300,18 @@ def _add_disks(vm: vm_pb2.VirtualMachine, devices: ET.Element, options: DomainOp
         seed = _sub(devices, "disk", type="file", device="disk")
         _sub(seed, "driver", name="qemu", type="raw")
         _sub(seed, "source", file=cloud_init_seed_path(options.run_dir))
-        _sub(seed, "target", dev=disk_target(index + 1), bus="virtio")
+        _sub(seed, "target", dev=disk_target(index + 1, prefix), bus=bus)
         _sub(seed, "readonly")
+
+
+def _add_cpu_pinning(vm: vm_pb2.VirtualMachine, domain: ET.Element, options: DomainOptions) -> None:
+    """Dedicated CPUs: vCPU i on host CPU cpuset[i] (KubeVirt's dedicatedCpuPlacement), when
+    the node gave the run its CPUs."""
+    if not (vm.spec.dedicated_cpu_placement and options.cpuset):
+        return
+    if len(options.cpuset) < vm.spec.vcpus or len(set(options.cpuset)) != len(options.cpuset):
+        raise ValueError(f"dedicated CPUs: {vm.spec.vcpus} vCPUs need as many distinct host CPUs, "
+                         f"got {list(options.cpuset)}")
+    cputune = _sub(domain, "cputune")
+    for vcpu in range(vm.spec.vcpus):
+        _sub(cputune, "vcpupin", vcpu=str(vcpu), cpuset=str(int(options.cpuset[vcpu])))
