@@ -20,7 +20,7 @@ from corral.store import AlreadyExists, NotFound, Store
 from corral.v1 import instancetype_pb2, vm_pb2
 from corral.validation import (MAX_GRACE_SECONDS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MACHINE_TYPE,
                                ValidationError, enum_problem, hugepages_problems, label_problems, shown,
-                               spec_problems)
+                               spec_problems, topology_problem)
 
 #: Annotations of a Revision: the kind and name of what it is a copy of.
 SOURCE_KIND_ANNOTATION = "corral.dev/source-kind"
@@ -248,6 +248,12 @@ def record(store: Store, sources: Sources) -> None:
             pass
 
 
+def resolved_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
+    """The resolved spec's problems: as any VM's, and its CPU topology against the type's vCPUs."""
+    problem = topology_problem(spec)
+    return spec_problems(spec) + ([problem] if problem else [])
+
+
 def resolve(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool = False) -> None:
     """Fill ``vm.spec`` from the instance type and preference it names and (unless dry_run)
     record the revisions used. Raises ValidationError (INVALID_ARGUMENT) when the VM sets a
@@ -259,7 +265,7 @@ def resolve(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool = False) -
     resolved = vm_pb2.VirtualMachineSpec()
     resolved.CopyFrom(vm.spec)
     apply(resolved, sources)
-    problems = spec_problems(resolved)
+    problems = resolved_problems(resolved)
     if problems:
         raise ValidationError(problems)
     if not dry_run:
@@ -303,7 +309,7 @@ def resolve_update(store: Store, current: vm_pb2.VirtualMachine, given: vm_pb2.V
     resolved = vm_pb2.VirtualMachineSpec()
     resolved.CopyFrom(spec)
     apply(resolved, sources)
-    problems = spec_problems(resolved)
+    problems = resolved_problems(resolved)
     if problems:
         raise ValidationError(problems)
     spec.CopyFrom(resolved)

@@ -291,6 +291,16 @@ def hugepages_problems(hugepages: vm_pb2.Hugepages, memory_mib: int, field: str)
     return []
 
 
+def topology_problem(spec: vm_pb2.VirtualMachineSpec) -> str | None:
+    """The CPU topology does not make spec.vcpus."""
+    topology = spec.cpu_topology
+    product = topology.sockets * topology.cores * topology.threads
+    if not spec.HasField("cpu_topology") or not spec.vcpus or product == spec.vcpus:
+        return None
+    return (f"spec.cpu_topology is {topology.sockets} sockets x {topology.cores} cores x "
+            f"{topology.threads} threads = {product} vCPUs, but spec.vcpus is {spec.vcpus}")
+
+
 def sizing_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     """The fields an instance type or a preference may fill (issue 12), checked wherever they
     came from: references, machine type, firmware, disk bus, CPU topology, huge pages."""
@@ -317,10 +327,10 @@ def sizing_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
         bad = [f"spec.cpu_topology.{name} must be between 1 and {MAX_VCPUS}, not {value}"
                for name, value in parts if not 1 <= value <= MAX_VCPUS]
         problems.extend(bad)
-        product = topology.sockets * topology.cores * topology.threads
-        if not bad and spec.vcpus and product != spec.vcpus:
-            problems.append(f"spec.cpu_topology is {topology.sockets} sockets x {topology.cores} cores x "
-                            f"{topology.threads} threads = {product} vCPUs, but spec.vcpus is {spec.vcpus}")
+        # With an instance type, vcpus is the type's: checked once resolved (controller/instancetypes.py).
+        problem = None if bad or spec.instance_type.name else topology_problem(spec)
+        if problem:
+            problems.append(problem)
     if spec.HasField("hugepages"):
         problems.extend(hugepages_problems(spec.hugepages, spec.memory_mib, "spec.hugepages"))
     return problems

@@ -169,3 +169,11 @@ def test_catalogue_validation() -> None:
     bad_pref = instancetype_pb2.PreferenceSpec(machine_type="virt", disk_bus=7, preferred_cpu_topology=9)
     problems = " ".join(it.preference_problems(bad_pref))
     assert "'virt'" in problems and "spec.disk_bus 7" in problems and "spec.preferred_cpu_topology 9" in problems
+
+
+def test_a_vm_topology_is_checked_against_the_types_vcpus_once_resolved() -> None:
+    spec = vm_spec()
+    spec.cpu_topology.CopyFrom(vm_pb2.CpuTopology(sockets=2, cores=2, threads=1))
+    assert spec_problems(spec) == []  # vcpus still unknown: not judged yet
+    it.apply(spec, sources())
+    assert any("= 4 vCPUs, but spec.vcpus is 2" in p for p in it.resolved_problems(spec))

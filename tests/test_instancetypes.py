@@ -1,0 +1,226 @@
+"""Instance types and preferences on a real controller and etcd (issue 12, part 2): values
+copied at creation, revisions that keep a VM's size when the type changes, refusals that name
+the field and write nothing, deletes refused while something names a type; and one real guest
+booted (TCG) with a non-default preference, checked from inside through its console."""
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from controller import auth
+from corral.resources import POOLS, REVISIONS, VMS
+from corral.store import Store
+from corral.v1 import instancetype_pb2 as it_pb2, instancetype_pb2_grpc as it_grpc, pool_pb2, vm_pb2
+from tests.cluster import Cluster
+from tests.test_console import Console
+from tests.test_mtls import _ctx
+
+RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+
+
+def types(cluster: Cluster) -> it_grpc.InstanceTypeServiceStub:
+    return it_grpc.InstanceTypeServiceStub(cluster.channel())
+
+
+def preferences(cluster: Cluster) -> it_grpc.PreferenceServiceStub:
+    return it_grpc.PreferenceServiceStub(cluster.channel())
+
+
+def make_type(cluster: Cluster, name: str, vcpus: int = 1, memory_mib: int = 128, **labels: str) -> it_pb2.InstanceType:
+    obj = it_pb2.InstanceType(spec=it_pb2.InstanceTypeSpec(vcpus=vcpus, memory_mib=memory_mib))
+    obj.metadata.name = name
+    obj.metadata.labels.update(labels)
+    return types(cluster).CreateInstanceType(it_pb2.CreateInstanceTypeRequest(instance_type=obj),
+                                             timeout=10).instance_type
+
+
+def make_preference(cluster: Cluster, name: str, spec: it_pb2.PreferenceSpec) -> it_pb2.Preference:
+    obj = it_pb2.Preference(spec=spec)
+    obj.metadata.name = name
+    return preferences(cluster).CreatePreference(it_pb2.CreatePreferenceRequest(preference=obj),
+                                                 timeout=10).preference
+
+
+def typed_vm(cluster: Cluster, name: str, type_name: str, preference: str = "") -> vm_pb2.VirtualMachine:
+    vm = cluster.guest_vm(name)
+    vm.spec.ClearField("vcpus")
+    vm.spec.ClearField("memory_mib")
+    vm.spec.instance_type.name = type_name
+    vm.spec.preference.name = preference
+    vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_HALTED  # no node needed
+    return vm
+
+
+def store_of(cluster: Cluster) -> Store:
+    return Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
+
+
+def code_and_details(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+@pytest.fixture
+def controller(cluster: Cluster) -> Cluster:
+    cluster.start_controller()
+    return cluster
+
+
+def test_values_are_copied_and_kept_when_the_type_changes(controller: Cluster) -> None:
+    created_type = make_type(controller, "u1.small", vcpus=2, memory_mib=256)
+    make_preference(controller, "linux.q35", it_pb2.PreferenceSpec(
+        machine_type="q35", disk_bus=vm_pb2.DISK_BUS_SATA,
+        preferred_cpu_topology=it_pb2.PREFERRED_CPU_TOPOLOGY_CORES))
+    vm = controller.create(typed_vm(controller, "sized", "u1.small", "linux.q35"))
+    assert (vm.spec.vcpus, vm.spec.memory_mib) == (2, 256)
+    assert (vm.spec.machine_type, vm.spec.disk_bus) == ("q35", vm_pb2.DISK_BUS_SATA)
+    assert vm.spec.cpu_topology == vm_pb2.CpuTopology(sockets=1, cores=2, threads=1)
+    revision = vm.spec.instance_type.revision_name
+    assert revision == f"instancetype-u1.small-{created_type.metadata.resource_version}"
+    store = store_of(controller)
+    try:
+        assert store.get(REVISIONS, revision).instance_type.vcpus == 2
+        # The type grows: the existing VM keeps its size and revision, a new VM gets the new one.
+        created_type.spec.vcpus = 4
+        updated = types(controller).UpdateInstanceType(
+            it_pb2.UpdateInstanceTypeRequest(instance_type=created_type), timeout=10).instance_type
+        assert updated.spec.vcpus == 4
+        again = controller.get("sized")
+        assert again.spec.vcpus == 2 and again.spec.instance_type.revision_name == revision
+        assert store.get(REVISIONS, revision).instance_type.vcpus == 2
+        other = controller.create(typed_vm(controller, "sized-later", "u1.small"))
+        assert other.spec.vcpus == 4 and other.spec.instance_type.revision_name != revision
+        # An update that sends the resolved spec back (labels changed) keeps the old revision.
+        again.metadata.labels["touched"] = "yes"
+        kept = controller.vms.UpdateVirtualMachine(vm_pb2.UpdateVirtualMachineRequest(virtual_machine=again),
+                                                   timeout=10).virtual_machine
+        assert kept.spec.vcpus == 2 and kept.spec.instance_type.revision_name == revision
+        # ... but one that changes a fixed value is refused, naming it.
+        kept.spec.vcpus = 3
+        code, details = code_and_details(lambda: controller.vms.UpdateVirtualMachine(
+            vm_pb2.UpdateVirtualMachineRequest(virtual_machine=kept), timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "spec.vcpus is fixed by instance type u1.small" in details
+    finally:
+        store.close()
+
+
+def test_refusals_name_the_problem_and_write_nothing(controller: Cluster) -> None:
+    make_type(controller, "u1.nano")
+    vm = typed_vm(controller, "fixed", "u1.nano")
+    vm.spec.vcpus = 2
+    code, details = code_and_details(lambda: controller.create(vm))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec.vcpus is fixed by instance type u1.nano: leave it unset" in details
+    code, details = code_and_details(lambda: controller.create(typed_vm(controller, "ghost", "u9.huge")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "instance type 'u9.huge' not found" in details and "ListInstanceTypes" in details
+    code, details = code_and_details(lambda: controller.create(typed_vm(controller, "ghost2", "u1.nano", "nope")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "preference 'nope' not found" in details
+    store = store_of(controller)
+    try:
+        assert store.list_all(VMS)[0] == []
+        assert store.list_all(REVISIONS)[0] == []  # the refused VMs recorded no revision either
+    finally:
+        store.close()
+    # Without an instance type the size is still required.
+    bare = controller.guest_vm("bare")
+    bare.spec.ClearField("vcpus")
+    code, details = code_and_details(lambda: controller.create(bare))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "spec.vcpus must be between 1" in details
+
+
+def test_delete_is_refused_while_named_then_allowed(controller: Cluster) -> None:
+    created = make_type(controller, "u1.micro")
+    controller.create(typed_vm(controller, "user", "u1.micro"))
+    store = store_of(controller)
+    try:
+        pool = pool_pb2.VirtualMachinePool()
+        pool.metadata.name = "web"
+        pool.spec.virtual_machine_template.spec.instance_type.name = "u1.micro"
+        store.create(POOLS, pool)  # written directly: the pool service is another part of issue 12
+        request = it_pb2.DeleteInstanceTypeRequest(name="u1.micro")
+        code, details = code_and_details(lambda: types(controller).DeleteInstanceType(request, timeout=10))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "vm user" in details and "pool web" in details
+        store.delete(POOLS, "web")
+        controller.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="user"), timeout=10)
+        stale = it_pb2.DeleteInstanceTypeRequest(name="u1.micro", resource_version=created.metadata.resource_version - 1)
+        code, _ = code_and_details(lambda: types(controller).DeleteInstanceType(stale, timeout=10))
+        assert code == grpc.StatusCode.ABORTED
+        types(controller).DeleteInstanceType(request, timeout=10)
+        code, _ = code_and_details(lambda: types(controller).GetInstanceType(
+            it_pb2.GetInstanceTypeRequest(name="u1.micro"), timeout=10))
+        assert code == grpc.StatusCode.NOT_FOUND
+    finally:
+        store.close()
+
+
+def test_update_etag_names_and_listing(controller: Cluster) -> None:
+    created = make_type(controller, "u1.medium", vcpus=1, memory_mib=512, series="u1")
+    created.spec.memory_mib = 1024
+    first = types(controller).UpdateInstanceType(it_pb2.UpdateInstanceTypeRequest(instance_type=created), timeout=10)
+    code, details = code_and_details(lambda: types(controller).UpdateInstanceType(
+        it_pb2.UpdateInstanceTypeRequest(instance_type=created), timeout=10))  # the old resource_version
+    assert code == grpc.StatusCode.ABORTED and "read it again" in details
+    assert first.instance_type.spec.memory_mib == 1024
+    for bad in ("U1.Medium", "u1..x", "u1_x", ""):
+        code, details = code_and_details(lambda: make_type(controller, bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "metadata.name" in details
+    code, details = code_and_details(lambda: make_type(controller, "u1.zero", vcpus=0))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "spec.vcpus" in details
+    code, _ = code_and_details(lambda: make_type(controller, "u1.medium"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    for name in ("u1.large", "u1.nano", "u1.small", "x1.odd"):
+        make_type(controller, name, series=name.split(".")[0])
+    stub = types(controller)
+    names, token = [], ""
+    while True:
+        page = stub.ListInstanceTypes(it_pb2.ListInstanceTypesRequest(page_size=2, page_token=token,
+                                                                      label_selector="series=u1"), timeout=10)
+        assert len(page.instance_types) <= 2
+        names += [obj.metadata.name for obj in page.instance_types]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == ["u1.large", "u1.medium", "u1.nano", "u1.small"]
+    code, _ = code_and_details(lambda: stub.ListInstanceTypes(
+        it_pb2.ListInstanceTypesRequest(label_selector="bad key=x"), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_viewer_may_read_but_not_change_the_catalogue() -> None:
+    viewer = _ctx("bob")  # a user certificate without a role
+    for service in ("InstanceTypeService", "PreferenceService"):
+        noun = "InstanceType" if service == "InstanceTypeService" else "Preference"
+        assert auth.service_refusal(viewer, f"/corral.v1.{service}/Get{noun}") is None
+        assert auth.service_refusal(viewer, f"/corral.v1.{service}/List{noun}s") is None
+        for verb in ("Create", "Update", "Delete"):
+            assert "may only read" in auth.service_refusal(viewer, f"/corral.v1.{service}/{verb}{noun}")
+
+
+@pytest.mark.slow
+def test_a_guest_boots_with_the_q35_preference(controller: Cluster) -> None:
+    """q35, CPU topology of one socket of two cores and a user network (its NIC on pcie.0),
+    all from the preference, checked from inside the guest."""
+    controller.start_handler("n1", vcpus=4, memory_mib=2048)
+    make_type(controller, "u1.small", vcpus=2, memory_mib=256)
+    make_preference(controller, "linux.q35", it_pb2.PreferenceSpec(
+        machine_type="q35", preferred_cpu_topology=it_pb2.PREFERRED_CPU_TOPOLOGY_CORES))
+    name = f"q35-{uuid.uuid4().hex[:6]}"
+    vm = typed_vm(controller, name, "u1.small", "linux.q35")
+    vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
+    vm.spec.networks.add(name="default").user.SetInParent()
+    controller.create(vm)
+    controller.wait_phase(name, RUNNING, timeout=90)
+    console = Console(controller.vms, name)
+    try:
+        console.run(b"cat /sys/class/dmi/id/product_name", rb"Q35")
+        # Two cores of one socket: the second vCPU is in package 0 with 2 siblings.
+        console.run(b"echo pkg=$(cat /sys/devices/system/cpu/cpu1/topology/physical_package_id)"
+                    b" n=$(grep -c ^processor /proc/cpuinfo)", rb"pkg=0 n=2")
+        console.run(b"ls /sys/class/net", rb"eth0")
+    finally:
+        console.close()
