@@ -120,6 +120,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         vm = vm_pb2.VirtualMachine()
         vm.metadata.name = given.metadata.name
         vm.metadata.labels.update(given.metadata.labels)
+        vm.metadata.annotations.update(given.metadata.annotations)
         vm.metadata.uid = str(uuid.uuid4())
         vm.metadata.create_time.CopyFrom(vm_status.now())
         vm.spec.CopyFrom(given.spec)
@@ -178,6 +179,8 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
                                "has no run (stop it first; labels and the run strategy can always change)")
         current.metadata.labels.clear()
         current.metadata.labels.update(given.metadata.labels)
+        current.metadata.annotations.clear()
+        current.metadata.annotations.update(given.metadata.annotations)
         current.spec.CopyFrom(given.spec)
         instancetypes.record(self.store, sized)
         stored = self.store.update(VMS, current)
