@@ -3,6 +3,11 @@
 A node fits a VM when it is Ready, not cordoned, has every label of the VM's node_selector
 and has the VM's vCPUs and memory free (capacity reported by its handler minus what VMs
 assigned to it take) and none of its node ports (user networks' port forwards) taken. Among the nodes that fit, the least allocated wins, which spreads VMs.
+
+A VM with dedicated CPUs (dedicated_cpu_placement) takes whole host CPUs, never overcommitted:
+each of its vCPUs counts as cpu_allocation_ratio shared vCPUs (the node's allocatable vCPUs are
+its CPUs times that ratio), so dedicated vCPUs never exceed the node's CPUs and shared ones
+never crowd them.
 """
 from __future__ import annotations
 
@@ -29,15 +34,27 @@ class NodeView:
     allocated_memory_mib: int = 0
     vm_count: int = 0
     node_ports: set[tuple[str, int]] = dataclasses.field(default_factory=set)  # (protocol, port)
+    # Of allocated_vcpus, those of VMs with dedicated CPUs; and the node's CPU allocation ratio.
+    dedicated_vcpus: int = 0
+    cpu_ratio: int = 1
+
+    def cpu_units_used(self) -> int:
+        """Allocatable vCPUs taken: a dedicated vCPU takes a whole CPU, cpu_ratio of them."""
+        return self.allocated_vcpus + self.dedicated_vcpus * (self.cpu_ratio - 1)
+
+    def cpu_units_for(self, spec: vm_pb2.VirtualMachineSpec) -> int:
+        return spec.vcpus * self.cpu_ratio if spec.dedicated_cpu_placement else spec.vcpus
 
     def add(self, spec: vm_pb2.VirtualMachineSpec) -> None:
         self.node_ports |= networks.node_ports(spec)
         self.allocated_vcpus += spec.vcpus
+        if spec.dedicated_cpu_placement:
+            self.dedicated_vcpus += spec.vcpus
         self.allocated_memory_mib += spec.memory_mib
         self.vm_count += 1
 
     def load_after(self, spec: vm_pb2.VirtualMachineSpec) -> float:
-        cpu = (self.allocated_vcpus + spec.vcpus) / max(self.capacity_vcpus, 1)
+        cpu = (self.cpu_units_used() + self.cpu_units_for(spec)) / max(self.capacity_vcpus, 1)
         mem = (self.allocated_memory_mib + spec.memory_mib) / max(self.capacity_memory_mib, 1)
         return (cpu + mem) / 2
 
@@ -62,9 +79,12 @@ class Allocation:
     memory_mib: int = 0
     count: int = 0
     ports: Counter = dataclasses.field(default_factory=Counter)  # (protocol, port) -> VMs using it
+    dedicated_vcpus: int = 0  # of vcpus, those of VMs with dedicated CPUs
 
     def change(self, spec: vm_pb2.VirtualMachineSpec, sign: int) -> None:
         self.vcpus += sign * spec.vcpus
+        if spec.dedicated_cpu_placement:
+            self.dedicated_vcpus += sign * spec.vcpus
         self.memory_mib += sign * spec.memory_mib
         self.count += sign
         for port in networks.node_ports(spec):
@@ -102,7 +122,8 @@ def views_from(nodes: Iterable[node_pb2.Node], ready: set[str],
                                unschedulable=node.spec.unschedulable, capacity_vcpus=room.vcpus,
                                capacity_memory_mib=room.memory_mib, allocated_vcpus=used.vcpus,
                                allocated_memory_mib=used.memory_mib, vm_count=used.count,
-                               node_ports=set(used.ports))
+                               node_ports=set(used.ports), dedicated_vcpus=used.dedicated_vcpus,
+                               cpu_ratio=max(node.status.cpu_allocation_ratio, 1))
     return views
 
 
@@ -119,8 +140,8 @@ def misfit(view: NodeView, spec: vm_pb2.VirtualMachineSpec) -> str | None:
         return "node(s) were unschedulable"
     if any(view.labels.get(key) != value for key, value in spec.node_selector.items()):
         return "node(s) didn't match the node selector"
-    if view.capacity_vcpus - view.allocated_vcpus < spec.vcpus:
-        return "Insufficient vcpus"
+    if view.capacity_vcpus - view.cpu_units_used() < view.cpu_units_for(spec):
+        return "Insufficient dedicated cpus" if spec.dedicated_cpu_placement else "Insufficient vcpus"
     if view.capacity_memory_mib - view.allocated_memory_mib < spec.memory_mib:
         return "Insufficient memory"
     if view.node_ports & networks.node_ports(spec):
@@ -143,7 +164,7 @@ def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> 
     global _next_start
     ordered = list(views.values())
     enough = max(MIN_FEASIBLE_TO_SCORE, int(len(ordered) * FEASIBLE_SHARE))
-    vcpus, memory = spec.vcpus, spec.memory_mib
+    vcpus, memory, dedicated = spec.vcpus, spec.memory_mib, spec.dedicated_cpu_placement
     selector = list(spec.node_selector.items())
     ports = networks.node_ports(spec)
     best: NodeView | None = None
@@ -153,13 +174,16 @@ def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> 
     start = _next_start % count if count else 0
     for offset in range(count):
         view = ordered[(start + offset) % count]
+        ratio = view.cpu_ratio
+        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1)
+        need = vcpus * ratio if dedicated else vcpus
         if (not view.ready or view.unschedulable
-                or view.capacity_vcpus - view.allocated_vcpus < vcpus
+                or view.capacity_vcpus - used < need
                 or view.capacity_memory_mib - view.allocated_memory_mib < memory
                 or (selector and any(view.labels.get(key) != value for key, value in selector))
                 or (ports and view.node_ports & ports)):
             continue
-        cpu = (view.allocated_vcpus + vcpus) / max(view.capacity_vcpus, 1)
+        cpu = (used + need) / max(view.capacity_vcpus, 1)
         mem = (view.allocated_memory_mib + memory) / max(view.capacity_memory_mib, 1)
         key = (round((cpu + mem) / 2, 6), view.vm_count, view.name)
         if best is None or key < best_key:

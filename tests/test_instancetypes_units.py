@@ -177,3 +177,35 @@ def test_a_vm_topology_is_checked_against_the_types_vcpus_once_resolved() -> Non
     assert spec_problems(spec) == []  # vcpus still unknown: not judged yet
     it.apply(spec, sources())
     assert any("= 4 vCPUs, but spec.vcpus is 2" in p for p in it.resolved_problems(spec))
+
+
+def test_dedicated_vcpus_take_whole_cpus_never_overcommitted() -> None:
+    from corral import scheduling
+    from handler.node import node_record
+    node = node_record(name="n1", labels={}, vcpus=4, memory_mib=8192, hypervisor="qemu", cpu_allocation_ratio=10)
+
+    def vm(name: str, vcpus: int, dedicated: bool) -> vm_pb2.VirtualMachine:
+        made = vm_pb2.VirtualMachine()
+        made.metadata.name = name
+        made.spec.vcpus, made.spec.memory_mib, made.spec.dedicated_cpu_placement = vcpus, 64, dedicated
+        made.status.node_name, made.status.phase = "n1", vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+        return made
+
+    # 3 of the 4 CPUs dedicated: 10 shared vCPUs fit on the last one, and no further dedicated CPU.
+    running = [vm("d", 3, True)] + [vm(f"s{i}", 1, False) for i in range(9)]
+    views = scheduling.build_views([node], {"n1"}, running)
+    assert scheduling.choose_node(vm("s9", 1, False).spec, views) == ("n1", "")
+    assert scheduling.choose_node(vm("d2", 1, True).spec, views) == \
+        (None, "0/1 nodes are available: 1 Insufficient dedicated cpus.")
+    # Without the shared ones, the fourth CPU can be dedicated, but not a fifth.
+    views = scheduling.build_views([node], {"n1"}, [vm("d", 3, True)])
+    assert scheduling.choose_node(vm("d2", 1, True).spec, views) == ("n1", "")
+    views["n1"].add(vm("d2", 1, True).spec)
+    assert scheduling.choose_node(vm("d3", 1, True).spec, views)[0] is None
+    assert scheduling.choose_node(vm("s", 1, False).spec, views)[0] is None  # every CPU is someone's
+    # The watch cache's running totals agree with a fresh count.
+    allocation = scheduling.Allocation()
+    for made in running:
+        allocation.change(made.spec, +1)
+    allocation.change(running[0].spec, -1)
+    assert (allocation.vcpus, allocation.dedicated_vcpus) == (9, 0)
