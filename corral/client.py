@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 
 from corral import tls
+from corral.client_resources import ResourceCalls
 from corral.v1 import meta_pb2, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 DEFAULT_SERVER = "127.0.0.1:7100"
@@ -93,8 +94,9 @@ def _phase_label(phase: int) -> str:
     return name.title()
 
 
-class Client:
-    """Controller API client over gRPC channels (TLS or plaintext) to one or more HOST:PORT addresses."""
+class Client(ResourceCalls):
+    """Controller API client over gRPC channels (TLS or plaintext) to one or more HOST:PORT addresses
+    (every kind's create/get/list/update/delete: corral.client_resources)."""
 
     def __init__(self, servers: Sequence[str] | str, *, timeout: float = 10.0,
                  credentials: grpc.ChannelCredentials | None = None) -> None:

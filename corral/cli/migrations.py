@@ -1,5 +1,4 @@
-"""`corral migrate`, `corral drain`, `corral cordon` and `corral uncordon` (added to the
-`corral` command group by corral/cli.py)."""
+"""`corral migrate`, `corral drain`, `corral cordon` and `corral uncordon`."""
 from __future__ import annotations
 
 import time
@@ -8,7 +7,8 @@ import click
 import grpc
 
 from corral import printing
-from corral.cli import NODE, VM, Duration, _client, _rpc_message, cli, names_of
+from corral.cli.base import Duration, cli, client_of, rpc_message
+from corral.cli.kinds import NODE, VM, names_of
 from corral.drain import Drainer
 from corral.v1 import migration_pb2
 
@@ -29,7 +29,7 @@ def migrate(ctx: click.Context, name: str, target: str, bandwidth: int | None, p
             cancel: bool, wait: bool, timeout: float) -> int:
     """Live-migrate a running VM to another node (virtctl migrate)."""
     [name] = names_of(VM, [name])
-    client = _client(ctx)
+    client = client_of(ctx)
     if cancel:
         running = [m for m in client.list_migrations(vm_name=name) if m.status.phase not in FINAL]
         if not running:
@@ -72,17 +72,17 @@ def drain(ctx: click.Context, node: str, timeout: float) -> int:
     """Cordon a node and move its VMs away by their eviction strategy (LiveMigrate,
     LiveMigrateIfPossible (the default), None = stop, External = wait)."""
     [node] = names_of(NODE, [node])
-    return Drainer(_client(ctx), node, echo=click.echo).run(timeout)
+    return Drainer(client_of(ctx), node, echo=click.echo).run(timeout)
 
 
 def _cordon(ctx: click.Context, nodes: tuple[str, ...], value: bool) -> int:
-    client = _client(ctx)
+    client = client_of(ctx)
     failed = 0
     for node in names_of(NODE, nodes):
         try:
             client.cordon_node(node, cordon=value)
         except grpc.RpcError as err:
-            click.echo(f"error: {_rpc_message(err)}", err=True)
+            click.echo(f"error: {rpc_message(err)}", err=True)
             failed += 1
             continue
         click.echo(f"node/{node} {'cordoned' if value else 'uncordoned'}")
