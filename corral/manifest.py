@@ -16,6 +16,7 @@ Field names are accepted in camelCase (as printed by ``-o yaml``) or snake_case.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -24,10 +25,22 @@ import yaml
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format
 
-from corral.v1 import vm_pb2
+from corral.v1 import instancetype_pb2, pool_pb2, vm_pb2
 
 API_VERSION = "corral.dev/v1"
 VM_KIND = "VirtualMachine"
+POOL_KIND = "VirtualMachinePool"
+INSTANCE_TYPE_KIND = "InstanceType"
+PREFERENCE_KIND = "Preference"
+#: Every kind a manifest may describe, and its message.
+KINDS: dict[str, type] = {
+    VM_KIND: vm_pb2.VirtualMachine,
+    POOL_KIND: pool_pb2.VirtualMachinePool,
+    INSTANCE_TYPE_KIND: instancetype_pb2.InstanceType,
+    PREFERENCE_KIND: instancetype_pb2.Preference,
+}
+#: Where `corral apply` keeps what it last applied (kubectl's last-applied-configuration).
+LAST_APPLIED = "corral.dev/last-applied"
 
 _TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 # Metadata the server sets; a manifest may not carry it (both spellings).
@@ -39,7 +52,10 @@ _SERVER_METADATA = {
     "create_time": "createTime",
     "deleteTime": "deleteTime",
     "delete_time": "deleteTime",
+    "owner": "owner",
 }
+# What a manifest's metadata holds; a pool's template metadata holds no name (VMs are POOL-INDEX).
+_METADATA_FIELDS = ("name", "labels", "annotations")
 
 _FD = _descriptor.FieldDescriptor
 
@@ -88,13 +104,16 @@ def _load(text: str, source: str) -> tuple[list[tuple[int, dict[str, Any]]], int
     return out, len(docs)
 
 
-def parse_vm(doc: Mapping[str, Any], source: str = "<stdin>", *,
-             document: int | None = None) -> vm_pb2.VirtualMachine:
-    """One manifest document as a VirtualMachine to create: only metadata.name/labels and spec."""
+def parse_object(doc: Mapping[str, Any], source: str = "<stdin>", *, document: int | None = None,
+                 kinds: Iterable[str] = tuple(KINDS)) -> Any:
+    """One manifest document of one of ``kinds`` as its message (metadata name, labels and
+    annotations, and spec): what a create or an update sends."""
+    kinds = tuple(kinds)
 
     def fail(message: str, field: str | None = None) -> ManifestError:
         return ManifestError(source, message, document=document, field=field)
 
+    expected = " or ".join(repr(k) for k in kinds)
     api_version = doc.get("apiVersion", doc.get("api_version"))
     kind = doc.get("kind")
     if api_version is None:
@@ -103,9 +122,9 @@ def parse_vm(doc: Mapping[str, Any], source: str = "<stdin>", *,
         raise fail(f"unsupported apiVersion {api_version!r} (expected {API_VERSION!r})",
                    "apiVersion")
     if kind is None:
-        raise fail(f"missing kind (expected {VM_KIND!r})", "kind")
-    if kind != VM_KIND:
-        raise fail(f"unsupported kind {kind!r} (expected {VM_KIND!r})", "kind")
+        raise fail(f"missing kind (expected {expected})", "kind")
+    if kind not in kinds:
+        raise fail(f"unsupported kind {kind!r} (expected {expected})", "kind")
     for key in doc:
         if key == "status":
             raise fail("status is set by the server and may not appear in a manifest", "status")
@@ -116,25 +135,51 @@ def parse_vm(doc: Mapping[str, Any], source: str = "<stdin>", *,
     if not isinstance(metadata, Mapping):
         raise fail("missing metadata (a mapping with at least a name)" if metadata is None
                    else f"expected a mapping, got {_type_name(metadata)}", "metadata")
-    for key in metadata:
-        if key in _SERVER_METADATA:
-            raise fail("set by the server and may not appear in a manifest",
-                       f"metadata.{_SERVER_METADATA[key]}")
+    _check_metadata(metadata, "metadata", fail)
     name = metadata.get("name")
     if not name:
         raise fail("missing name", "metadata.name")
     spec = doc.get("spec")
     if spec is None:
         raise fail("missing spec", "spec")
+    if kind == POOL_KIND and isinstance(spec, Mapping):
+        template = spec.get("virtualMachineTemplate", spec.get("virtual_machine_template"))
+        if isinstance(template, Mapping) and isinstance(template.get("metadata"), Mapping):
+            _check_metadata(template["metadata"], "spec.virtualMachineTemplate.metadata", fail, named=False)
 
-    body = {"metadata": dict(metadata), "spec": _normalize_spec(spec)}
-    vm = vm_pb2.VirtualMachine()
-    _check_fields(body, vm.DESCRIPTOR, "", fail)
+    message = KINDS[kind]()
+    body = _normalize({"metadata": dict(metadata), "spec": spec}, message.DESCRIPTOR)
+    _check_fields(body, message.DESCRIPTOR, "", fail)
     try:
-        json_format.ParseDict(body, vm)
+        json_format.ParseDict(body, message)
     except json_format.ParseError as err:
         raise fail(_clean_parse_error(str(err))) from None
-    return vm
+    return message
+
+
+def _check_metadata(metadata: Mapping[str, Any], path: str, fail, *, named: bool = True) -> None:
+    """Server-set fields and (in a pool's template) a name are refused, each named."""
+    for key in metadata:
+        if key in _SERVER_METADATA:
+            raise fail("set by the server and may not appear in a manifest", f"{path}.{_SERVER_METADATA[key]}")
+        if key == "name" and not named:
+            raise fail("a pool names its VMs POOL-INDEX: the template has labels and annotations only",
+                       f"{path}.name")
+        if key not in _METADATA_FIELDS:
+            raise fail(f"unknown field {str(key)!r} (known fields: {', '.join(_METADATA_FIELDS)})",
+                       f"{path}.{key}")
+
+
+def parse_vm(doc: Mapping[str, Any], source: str = "<stdin>", *,
+             document: int | None = None) -> vm_pb2.VirtualMachine:
+    """One manifest document as a VirtualMachine to create."""
+    return parse_object(doc, source, document=document, kinds=(VM_KIND,))
+
+
+def parse_objects(text: str, source: str = "<stdin>") -> list[Any]:
+    """Every object of any kind in a (possibly multi-document) manifest; all or a ManifestError."""
+    docs, total = _load(text, source)
+    return [parse_object(doc, source, document=index if total > 1 else None) for index, doc in docs]
 
 
 def parse_vms(text: str, source: str = "<stdin>") -> list[vm_pb2.VirtualMachine]:
@@ -143,73 +188,86 @@ def parse_vms(text: str, source: str = "<stdin>") -> list[vm_pb2.VirtualMachine]
     return [parse_vm(doc, source, document=index if total > 1 else None) for index, doc in docs]
 
 
-def check_unique_names(vms: Iterable[tuple[str, vm_pb2.VirtualMachine]]) -> None:
-    """A ManifestError if two manifests (source, vm) name the same VM."""
-    seen: dict[str, str] = {}
-    for source, vm in vms:
-        name = vm.metadata.name
-        if name in seen:
-            raise ManifestError(source, f"virtualmachine {name!r} is also defined in "
-                                f"{seen[name]}", field="metadata.name")
-        seen[name] = source
+def kind_of(obj: Any) -> str:
+    """The manifest kind of a message: "VirtualMachinePool"."""
+    return obj.DESCRIPTOR.name
 
 
-def vm_to_manifest(vm: vm_pb2.VirtualMachine) -> dict[str, Any]:
-    """A VM as a manifest dict (apiVersion, kind, metadata name/labels, spec): re-creatable."""
-    body = json_format.MessageToDict(vm)
+def check_unique_names(objects: Iterable[tuple[str, Any]]) -> None:
+    """A ManifestError if two manifests (source, object) name the same object of one kind."""
+    seen: dict[tuple[str, str], str] = {}
+    for source, obj in objects:
+        key = (kind_of(obj), obj.metadata.name)
+        if key in seen:
+            raise ManifestError(source, f"{key[0].lower()} {key[1]!r} is also defined in "
+                                f"{seen[key]}", field="metadata.name")
+        seen[key] = source
+
+
+def to_manifest(obj: Any, *, annotations: bool = True) -> dict[str, Any]:
+    """An object as a manifest dict (apiVersion, kind, metadata name/labels/annotations, spec):
+    re-creatable, nothing the server sets."""
+    body = json_format.MessageToDict(obj)
     meta = body.get("metadata", {})
-    out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": VM_KIND,
-                           "metadata": {k: v for k, v in meta.items() if k in ("name", "labels")}}
+    keep = ("name", "labels", "annotations") if annotations else ("name", "labels")
+    out: dict[str, Any] = {"apiVersion": API_VERSION, "kind": kind_of(obj),
+                           "metadata": {k: v for k, v in meta.items() if k in keep}}
     if "spec" in body:
         out["spec"] = body["spec"]
     return out
 
 
+def vm_to_manifest(vm: vm_pb2.VirtualMachine) -> dict[str, Any]:
+    """A VM as a manifest dict (apiVersion, kind, metadata name/labels, spec): re-creatable."""
+    return to_manifest(vm, annotations=False)
+
+
+def applied_state(obj: Any) -> str:
+    """What `corral apply` records of an object and compares: labels, annotations (but its own)
+    and spec, as canonical JSON (sorted keys, proto JSON names), so equal objects are equal text."""
+    body = json_format.MessageToDict(obj)
+    meta = body.get("metadata", {})
+    notes = {k: v for k, v in meta.get("annotations", {}).items() if k != LAST_APPLIED}
+    state = {"labels": meta.get("labels", {}), "annotations": notes, "spec": body.get("spec", {})}
+    return json.dumps(state, sort_keys=True, separators=(",", ":"))
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _normalize_spec(spec: Any) -> Any:
-    """Lets disk formats be written ``raw``/``qcow2`` as well as ``DISK_FORMAT_RAW``, and run
-    and eviction strategies as KubeVirt writes them (``Always``, ``LiveMigrateIfPossible``)."""
-    if not isinstance(spec, Mapping):
-        return spec
-    spec = dict(spec)
-    boot = spec.get("boot")
-    if isinstance(boot, Mapping) and isinstance(boot.get("disk"), Mapping):
-        disk = dict(boot["disk"])
-        fmt = disk.get("format")
-        if isinstance(fmt, str) and not fmt.upper().startswith("DISK_FORMAT_"):
-            disk["format"] = "DISK_FORMAT_" + fmt.upper()
-        spec["boot"] = {**boot, "disk": disk}
-    disks = spec.get("disks")
-    if isinstance(disks, list):
-        spec["disks"] = [_normalize_disk(disk) for disk in disks]
-    for key, prefix in (("runStrategy", "RUN_STRATEGY_"), ("evictionStrategy", "EVICTION_STRATEGY_")):
-        value = spec.get(key)
-        if isinstance(value, str) and not value.startswith(prefix):
-            spec[key] = prefix + _upper_snake(value)  # KubeVirt's spelling: Always, LiveMigrate
-    return spec
+def _normalize(value: Any, desc: _descriptor.Descriptor) -> Any:
+    """Enum values may be written short, as KubeVirt writes them: ``raw``/``qcow2`` for
+    DISK_FORMAT_RAW, ``Always``, ``LiveMigrateIfPossible``, ``uefi``, ``HighestIndex``.
+    Walks the message's fields; anything it does not recognise is left for the checks."""
+    if not isinstance(value, Mapping):
+        return value
+    fields = {f.name: f for f in desc.fields} | {f.json_name: f for f in desc.fields}
+    out = dict(value)
+    for key, item in value.items():
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None or item is None:
+            continue
+        items = item if _is_repeated(field) and isinstance(item, list) else None
+        if field.type == _FD.TYPE_ENUM:
+            out[key] = [_enum_value(i, field.enum_type) for i in items] if items is not None \
+                else _enum_value(item, field.enum_type)
+        elif field.type == _FD.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            out[key] = [_normalize(i, field.message_type) for i in items] if items is not None \
+                else _normalize(item, field.message_type)
+    return out
+
+
+def _enum_value(value: Any, enum: _descriptor.EnumDescriptor) -> Any:
+    """"LiveMigrate" -> "EVICTION_STRATEGY_LIVE_MIGRATE" when that is a value of ``enum``."""
+    if not isinstance(value, str) or value in enum.values_by_name:
+        return value
+    full = _upper_snake(enum.name) + "_" + _upper_snake(value)
+    return full if full in enum.values_by_name else value
 
 
 def _upper_snake(camel: str) -> str:
     """RerunOnFailure -> RERUN_ON_FAILURE."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", camel).upper()
-
-
-def _normalize_disk(disk: Any) -> Any:
-    """spec.disks[]: ephemeral.baseFormat and persistent.format, as for boot.disk.format."""
-    if not isinstance(disk, Mapping):
-        return disk
-    disk = dict(disk)
-    for source, keys in (("ephemeral", ("baseFormat", "base_format")), ("persistent", ("format",))):
-        if isinstance(disk.get(source), Mapping):
-            inner = dict(disk[source])
-            for key in keys:
-                fmt = inner.get(key)
-                if isinstance(fmt, str) and not fmt.upper().startswith("DISK_FORMAT_"):
-                    inner[key] = "DISK_FORMAT_" + fmt.upper()
-            disk[source] = inner
-    return disk
 
 
 def _check_fields(value: Any, desc: _descriptor.Descriptor, path: str, fail) -> None:
@@ -270,7 +328,7 @@ def _clean_parse_error(message: str) -> str:
             break
         path.append(m.group(1))
         message = message[m.end():]
-    at = re.search(r' at "?VirtualMachine\.([\w.]+?)"?\.*$', message)
+    at = re.search(r' at "?[A-Z]\w*\.([\w.]+?)"?\.*$', message)
     if at:
         path = at.group(1).split(".")
         message = message[:at.start()]

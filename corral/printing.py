@@ -253,9 +253,19 @@ def _metadata_pairs(meta: meta_pb2.ObjectMeta, now: datetime | None) -> list[tup
         ("Resource Version", meta.resource_version),
         ("Created", _time_with_age(meta.create_time, now)),
     ]
+    if meta.annotations:
+        pairs.insert(2, ("Annotations", [f"  {k}: {_short(v)}" for k, v in sorted(meta.annotations.items())]))
+    if meta.owner.name:
+        pairs.append(("Owner", f"{meta.owner.kind}/{meta.owner.name}"))
     if _is_set(meta.delete_time):
         pairs.append(("Deletion Requested", _time_with_age(meta.delete_time, now)))
     return pairs
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """An annotation's value on one line (the last-applied one is a whole object)."""
+    line = text.replace("\n", " ")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _boot_lines(boot: vm_pb2.BootSource) -> list[str]:
