@@ -13,6 +13,8 @@ LOG_FILE = "launcher.log"
 PID_FILE = "launcher.pid"
 #: The cloud-init NoCloud seed (an ISO 9660 image, label cidata), made by the handler.
 CLOUD_INIT_SEED_FILE = "cidata.iso"
+#: Host CPUs the handler gave a run with dedicated CPUs (handler/cpus.py): "3,5", vCPU i on the i-th.
+CPUSET_FILE = "cpuset"
 
 
 def ephemeral_disk_path(run_dir: str, name: str) -> str:
@@ -23,3 +25,15 @@ def ephemeral_disk_path(run_dir: str, name: str) -> str:
 
 def cloud_init_seed_path(run_dir: str) -> str:
     return os.path.join(run_dir, CLOUD_INIT_SEED_FILE)
+
+
+def format_cpuset(cpus: tuple[int, ...]) -> str:
+    return ",".join(str(cpu) for cpu in cpus)
+
+
+def parse_cpuset(text: str) -> tuple[int, ...]:
+    """A cpuset file's CPUs; ValueError for anything but distinct non-negative numbers."""
+    cpus = tuple(int(part) for part in text.strip().split(",") if part.strip())
+    if any(cpu < 0 for cpu in cpus) or len(set(cpus)) != len(cpus):
+        raise ValueError(f"not a list of distinct CPUs: {text!r}")
+    return cpus

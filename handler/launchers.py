@@ -16,7 +16,7 @@ import grpc
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
 from corral.rundir import LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE  # noqa: F401 (VM_FILE: handler.agent, tests)
-from handler import spawn
+from handler import cpus, spawn
 from handler.vm_files import (path_identity, open_in_vm_dir, open_launcher_socket, read_in_vm_dir, run_record_path,
                               write_atomically, write_in_vm_dir)
 from handler.isolation import Cgroups, Isolation
@@ -167,6 +167,10 @@ class Launcher:
         record.parent.mkdir(mode=0o700, exist_ok=True)
         write_atomically(record, data)  # root's own directory: trusted
         write_in_vm_dir(vm_dir / VM_FILE, data)  # the launcher's copy
+        if vm.spec.dedicated_cpu_placement:
+            pinned = cpus.allocate(vm_dir, vm.spec.vcpus)
+            if pinned is not None:
+                write_in_vm_dir(vm_dir / cpus.CPUSET_FILE, cpus.format_cpuset(pinned).encode())
         if isolation is not None:
             isolation.claim_dir(vm_dir)
         return vm_dir
@@ -194,6 +198,7 @@ class Launcher:
         self.stop_libvirt_daemons()
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
         run_record_path(self.vm_dir).unlink(missing_ok=True)
+        cpus.release(self.vm_dir)
         if self.isolation is not None:
             self.isolation.remove_cgroup(self.cgroup_name)
 

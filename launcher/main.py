@@ -71,7 +71,7 @@ from concurrent import futures
 
 import grpc
 
-from corral.rundir import LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE
+from corral.rundir import CPUSET_FILE, LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE, parse_cpuset
 from corral.v1 import launcher_pb2_grpc, vm_pb2
 
 from launcher import domain_xml, privileges, reaper, session
@@ -201,6 +201,18 @@ def warm_cache(scratch: str, cache_dir: str | None, mode: str = "embed") -> int:
     return 0
 
 
+def read_cpuset(vm_dir: str) -> tuple[int, ...]:
+    """The host CPUs the handler gave a VM with dedicated CPUs (handler/cpus.py); () if none."""
+    try:
+        with open(os.path.join(vm_dir, CPUSET_FILE)) as f:
+            return parse_cpuset(f.read(256))
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as e:
+        log.error("ignoring the CPU set: %s", e)
+        return ()
+
+
 def write_pidfile(vm_dir: str) -> None:
     """So a handler (even a new one) can tell this directory has a live launcher."""
     path = os.path.join(vm_dir, PID_FILE)
@@ -288,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                                        agent_socket_path=os.path.join(vm_dir, AGENT_SOCKET),
                                        run_dir=vm_dir, block_devices=block_devices(vm),
                                        fence_file=args.fence_file or "",
-                                       fence_guard=args.fence_guard if args.fence_file else "")
+                                       fence_guard=args.fence_guard if args.fence_file else "",
+                                       cpuset=read_cpuset(vm_dir))
     supervisor = Supervisor(vm, vm_dir, host, options, args.capabilities_cache)
     if supervisor.incoming:
         log.info("incoming: waiting for the guest to arrive by live migration")

@@ -4,7 +4,9 @@ the field and write nothing, deletes refused while something names a type; and o
 booted (TCG) with a non-default preference, checked from inside through its console."""
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +15,7 @@ from controller import auth
 from corral.resources import POOLS, REVISIONS, VMS
 from corral.store import Store
 from corral.v1 import instancetype_pb2 as it_pb2, instancetype_pb2_grpc as it_grpc, pool_pb2, vm_pb2
-from tests.cluster import Cluster
+from tests.cluster import Cluster, qemu_pid_for, wait_for
 from tests.test_console import Console
 from tests.test_mtls import _ctx
 
@@ -224,3 +226,46 @@ def test_a_guest_boots_with_the_q35_preference(controller: Cluster) -> None:
         console.run(b"ls /sys/class/net", rb"eth0")
     finally:
         console.close()
+
+
+def vcpu_affinity(qemu_pid: int) -> dict[str, str]:
+    """Cpus_allowed_list of each of QEMU's vCPU threads ("CPU 0/TCG", "CPU 0/KVM"), by name."""
+    found = {}
+    for task in Path(f"/proc/{qemu_pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        if name.startswith("CPU "):
+            status = (task / "status").read_text()
+            found[name] = next(line.split(":", 1)[1].strip() for line in status.splitlines()
+                               if line.startswith("Cpus_allowed_list:"))
+    return found
+
+
+@pytest.mark.slow
+def test_dedicated_cpus_are_pinned_on_the_node(controller: Cluster) -> None:
+    """An instance type with dedicated CPUs: the node gives the run a host CPU of its own and
+    QEMU's vCPU thread runs only there; a second such VM gets another CPU."""
+    host = sorted(os.sched_getaffinity(0))
+    if len(host) < 2:
+        pytest.skip("needs two host CPUs")
+    controller.start_handler("n1", vcpus=len(host), memory_mib=2048)
+    obj = it_pb2.InstanceType(spec=it_pb2.InstanceTypeSpec(vcpus=1, memory_mib=128, dedicated_cpu_placement=True))
+    obj.metadata.name = "d1.nano"
+    types(controller).CreateInstanceType(it_pb2.CreateInstanceTypeRequest(instance_type=obj), timeout=10)
+    pins = []
+    for name in ("pinned-a", "pinned-b"):
+        vm = typed_vm(controller, name, "d1.nano")
+        vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
+        created = controller.create(vm)
+        assert created.spec.dedicated_cpu_placement
+        running = controller.wait_phase(name, RUNNING, timeout=90)
+        pid = wait_for(lambda: qemu_pid_for(running.status.instance_uid), timeout=30, what="QEMU's pid")
+        affinity = wait_for(lambda: vcpu_affinity(pid), timeout=10, what="QEMU's vCPU threads")
+        assert list(affinity) == ["CPU 0/TCG"]
+        pins.append(affinity["CPU 0/TCG"])
+    assert len(set(pins)) == 2 and all(pin.isdigit() and int(pin) in host for pin in pins), pins
+    # A third does not fit: two CPUs, both dedicated (the scheduler says why).
+    third = typed_vm(controller, "pinned-c", "d1.nano")
+    third.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
+    controller.create(third)
+    wait_for(lambda: any("Insufficient dedicated cpus" in c.message for c in controller.get("pinned-c").status.conditions),
+             timeout=30, what="pinned-c to be unschedulable for want of dedicated CPUs")

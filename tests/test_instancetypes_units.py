@@ -209,3 +209,23 @@ def test_dedicated_vcpus_take_whole_cpus_never_overcommitted() -> None:
         allocation.change(made.spec, +1)
     allocation.change(running[0].spec, -1)
     assert (allocation.vcpus, allocation.dedicated_vcpus) == (9, 0)
+
+
+def test_node_cpu_allocation(tmp_path) -> None:
+    from handler import cpus
+    vms = tmp_path / "vms"
+    for name in ("aaa", "bbb", "ccc"):
+        (vms / name).mkdir(parents=True)
+    host = [0, 1, 2, 3]
+    assert cpus.allocate(vms / "aaa", 2, host) == (2, 3)  # the highest: CPU 0 stays the host's longest
+    assert cpus.allocate(vms / "aaa", 2, host) == (2, 3)  # kept across a handler restart
+    assert cpus.allocate(vms / "bbb", 1, host) == (1,)
+    assert cpus.allocate(vms / "ccc", 2, host) is None  # only CPU 0 is free: too few
+    (vms / "aaa").rmdir()  # a run whose directory is gone holds nothing
+    assert cpus.allocate(vms / "ccc", 2, host) == (2, 3)
+    cpus.release(vms / "bbb")
+    assert not (tmp_path / "runs" / "bbb.cpuset").exists()
+    assert cpus.parse_cpuset("3, 5\n") == (3, 5)
+    for bad in ("1,1", "-1", "x"):
+        with pytest.raises(ValueError):
+            cpus.parse_cpuset(bad)
