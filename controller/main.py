@@ -12,6 +12,7 @@ import threading
 
 from controller.leader import LeaderElector
 from controller.migrations import MigrationReconciler, MigrationSettings
+from controller.pool_reconciler import PoolReconciler
 from controller.scheduler import Scheduler
 from controller.server import ApiServer
 from controller.watch_cache import WatchCache
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     migrations = MigrationReconciler(store=store, settings=MigrationSettings.from_settings(settings))
     scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds,
                           node_loss_margin_seconds=settings.node_loss_margin_seconds, migrations=migrations,
-                          cache=cache)
+                          cache=cache, pools=PoolReconciler(store=store))
     elector = LeaderElector(store=store, identity=settings.replica_id,
                             lease_seconds=settings.leader_lease_seconds, lead=scheduler.run)
     metrics.register_controller(list_vms=lambda: cache.snapshot()[2], is_leader=lambda: elector.is_leader)

@@ -20,6 +20,7 @@ import uuid
 
 from controller import lifecycle
 from controller.migrations import MigrationReconciler
+from controller.pool_reconciler import PoolReconciler
 from controller.watch_cache import WatchCache
 from corral import metrics, scheduling, status as vm_status
 from corral.logs import log_vm
@@ -53,7 +54,8 @@ def _steady(vm: vm_pb2.VirtualMachine, views: dict, lost: set[str]) -> bool:
 
 class Scheduler:
     def __init__(self, *, store: Store, resync_seconds: float, node_loss_margin_seconds: float,
-                 cache: WatchCache, migrations: MigrationReconciler | None = None) -> None:
+                 cache: WatchCache, migrations: MigrationReconciler | None = None,
+                 pools: PoolReconciler | None = None) -> None:
         self.store = store
         self.cache = cache
         self._last_full = float("-inf")  # monotonic time of the last full pass (none yet as leader)
@@ -63,6 +65,7 @@ class Scheduler:
         # Runs declared over on lost nodes, each with the instance lock that must not exist.
         self._lost_runs: list[tuple[vm_pb2.VirtualMachine, bytes]] = []
         self.migrations = migrations
+        self.pools = pools
         self.resync_seconds = resync_seconds
         self.node_loss_margin = node_loss_margin_seconds
         # When this leader first saw each node NotReady. A new leader starts counting afresh:
@@ -123,6 +126,9 @@ class Scheduler:
         self._write_lost_runs(fence)
         if self.migrations is not None:
             self.migrations.reconcile(fence, view.migrations, self.cache.vms.get, views, lost)
+        if self.pools is not None:  # the VMs it creates are placed in the next pass
+            self.pools.reconcile(fence, self.cache.pool_work(view.full),
+                                 {node.metadata.name: node for node in view.nodes})
         return view.revision
 
     def _lost_nodes(self, known: set[str], ready: set[str]) -> set[str]:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pyetcd import utils as etcd_utils
 
 from corral import scheduling
-from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, NODE_LEASES_FOLDER, NODES, VMS
+from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, NODE_LEASES_FOLDER, NODES, POOLS, VMS
 from corral.store import Compacted, Store, StoreError, decode
-from corral.v1 import migration_pb2, node_pb2, vm_pb2
+from corral.v1 import migration_pb2, node_pb2, pool_pb2, vm_pb2
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ EVERY_VM = "*"
 MAX_PENDING = 10_000
 #: VM changes kept to resume watches from a recent revision (older ones are read from etcd).
 HISTORY = 20_000
+
+
+def owning_pool(vm: vm_pb2.VirtualMachine | None) -> str | None:
+    """The name of the pool a VM names as its owner."""
+    if vm is None or vm.metadata.owner.kind != "VirtualMachinePool":
+        return None
+    return vm.metadata.owner.name
 
 
 def assigned_nodes(vm: vm_pb2.VirtualMachine | None) -> set[str]:
@@ -157,6 +164,9 @@ class WatchCache:
         self.node_leases: dict[str, int] = {}  # node -> the etcd lease its heartbeat key is bound to
         self.locked: set[str] = set()  # VMs whose instance lock exists
         self.migrations: dict[str, migration_pb2.Migration] = {}
+        self.pools: dict[str, pool_pb2.VirtualMachinePool] = {}
+        self.pool_members: dict[str, set[str]] = {}  # pool name -> VMs naming it as owner
+        self.changed_pools: set[str] = set()  # pools (or their VMs) changed since the reconciler looked
         self.allocated: dict[str, scheduling.Allocation] = {}  # node -> what its VMs take
         self.changed: set[str] = set()  # VMs changed since the scheduler's last pass
         self.nodes_generation = 0  # moves when a node record or a node's readiness changes
@@ -173,6 +183,7 @@ class WatchCache:
             "leases": store.raw_key(NODE_LEASES_FOLDER),
             "locks": store.raw_key(INSTANCE_LOCKS_FOLDER),
             "migrations": store.folder(MIGRATIONS),
+            "pools": store.folder(POOLS),
         }
 
     # -- feeding ----------------------------------------------------------------------------
@@ -205,12 +216,19 @@ class WatchCache:
         locks = self.store.range(locks_folder, etcd_utils.prefix_range_end(locks_folder), revision=revision,
                                  keys_only=True)
         migrations, _, _ = self.store.list(MIGRATIONS, revision=revision)
+        pools, _, _ = self.store.list(POOLS, revision=revision)
         with self.cond:
             self.vms = {vm.metadata.name: vm for vm in vms}
             self.allocated = scheduling.allocations(vms)
             self.changed = set(self.vms)
             self.nodes_generation += 1
             self.migrations = {m.metadata.name: m for m in migrations}
+            self.pools = {pool.metadata.name: pool for pool in pools}
+            self.pool_members = {}
+            for vm in vms:
+                if owning_pool(vm):
+                    self.pool_members.setdefault(owning_pool(vm), set()).add(vm.metadata.name)
+            self.changed_pools = set(self.pools) | set(self.pool_members)
             self.by_node = {}
             for vm in vms:
                 for node in assigned_nodes(vm):
@@ -243,8 +261,8 @@ class WatchCache:
             raw.close()
 
     def _apply(self, events, revision: int) -> None:
-        vms, nodes, leases, locks, migrations = (self._folders[name] for name in
-                                                 ("vms", "nodes", "leases", "locks", "migrations"))
+        vms, nodes, leases, locks, migrations, pools = (self._folders[name] for name in
+                                                        ("vms", "nodes", "leases", "locks", "migrations", "pools"))
         fanout: list[tuple[Subscription, Change]] = []
         with self.cond:
             for event in events:
@@ -278,6 +296,13 @@ class WatchCache:
                         self.migrations.pop(name, None)
                     else:
                         self.migrations[name] = decode(migration_pb2.Migration, event.kv.value, event.kv.mod_revision)
+                elif key.startswith(pools):
+                    name = key[len(pools):].decode()
+                    self.changed_pools.add(name)
+                    if deleted:
+                        self.pools.pop(name, None)
+                    else:
+                        self.pools[name] = decode(pool_pb2.VirtualMachinePool, event.kv.value, event.kv.mod_revision)
             self.revision = max(self.revision, revision)
             if events:
                 self._resume_from = max(self._resume_from, max(event.kv.mod_revision for event in events))
@@ -298,6 +323,12 @@ class WatchCache:
         for node in scheduling.allocated_on(vm):
             self.allocated.setdefault(node, scheduling.Allocation()).change(vm.spec, +1)
         self.changed.add(name)
+        for pool in {owning_pool(previous), owning_pool(vm)} - {None}:
+            self.changed_pools.add(pool)
+            members = self.pool_members.setdefault(pool, set())
+            (members.add if owning_pool(vm) == pool else members.discard)(name)
+            if not members:
+                del self.pool_members[pool]
         if vm is None:
             self.vms.pop(name, None)
         else:
@@ -404,6 +435,16 @@ class WatchCache:
             views = scheduling.views_from(nodes, self.ready, self.allocated)
             return SchedulingView(nodes, set(self.ready), views, vms, full,
                                   list(self.migrations.values()), self.revision, self.nodes_generation)
+
+    def pool_work(self, full: bool) -> list[tuple[str, pool_pb2.VirtualMachinePool | None,
+                                                  list[vm_pb2.VirtualMachine]]]:
+        """For the pool reconciler: (name, pool or None if gone, VMs naming it as owner) of every
+        pool (full) or of those changed since the last call (shared objects: copy to change)."""
+        with self.cond:
+            changed, self.changed_pools = self.changed_pools, set()
+            names = set(self.pools) | set(self.pool_members) if full else changed
+            return [(name, self.pools.get(name), [self.vms[vm] for vm in sorted(self.pool_members.get(name, ()))])
+                    for name in sorted(names) if name in self.pools or name in self.pool_members]
 
     def wait_newer(self, revision: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> int:
         """Block until the cache is past ``revision`` (or timeout); its revision then."""

@@ -1,0 +1,168 @@
+"""The leader's pool reconciler: applies controller/pools.py's plans to the store, each write
+guarded by the object's revision and the leader's fencing token. It runs inside the
+scheduler's pass (the scheduler then places the VMs it created in its next pass) on the pools
+the watch cache marked changed (a pool, or one of its VMs), and on every pool in a full pass.
+
+Failover safety comes from names: a pool's VMs are POOL-INDEX, so a new leader that repeats
+a half-done scale-up meets ALREADY_EXISTS instead of making a second VM; deletes and stops are
+guarded by revisions and repeat harmlessly."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from controller import lifecycle, pools
+from corral import status as vm_status
+from corral.logs import log_vm
+from corral.resources import POOLS, VMS
+from corral.store import AlreadyExists, Conflict, Fence, NotFound, Store
+from corral.v1 import pool_pb2, vm_pb2
+from corral.validation import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_spec(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool) -> None:
+    """Fill the VM's spec from its instance type and preference, as CreateVirtualMachine does."""
+    if vm.spec.HasField("instance_type") or vm.spec.HasField("preference"):
+        from controller.instancetypes import resolve  # the instance type module (issue 12)
+        resolve(store, vm, dry_run=dry_run)
+
+
+def make_vm(store: Store, pool: pool_pb2.VirtualMachinePool, index: int, revision: str) -> vm_pb2.VirtualMachine:
+    """A new pool VM as CreateVirtualMachine would store it: Pending, with a fresh uid."""
+    vm = pools.new_vm(pool, index, revision)
+    resolve_spec(store, vm, dry_run=False)
+    vm.metadata.uid = str(uuid.uuid4())
+    vm.metadata.create_time.CopyFrom(vm_status.now())
+    vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
+    vm_status.record_event(vm, "CreatedByPool", f"created by pool {pool.metadata.name} (template {revision})")
+    return vm
+
+
+def delete_vm(store: Store, vm: vm_pb2.VirtualMachine, fence: Fence) -> None:
+    """What DeleteVirtualMachine does: remove a VM that never reached a node, else mark it for
+    deletion (its node stops the guest and releases it)."""
+    if not vm.status.node_name:
+        store.delete(VMS, vm.metadata.name, resource_version=vm.metadata.resource_version, fence=fence)
+    elif not vm.metadata.HasField("delete_time"):
+        vm.metadata.delete_time.CopyFrom(vm_status.now())
+        store.update(VMS, vm, fence=fence)
+
+
+class PoolReconciler:
+    def __init__(self, *, store: Store) -> None:
+        self.store = store
+
+    def reconcile(self, fence: Fence, work: list[tuple[str, pool_pb2.VirtualMachinePool | None,
+                                                       list[vm_pb2.VirtualMachine]]],
+                  nodes: dict) -> None:
+        """``work``: (pool name, the pool or None when it no longer exists, the VMs naming it as
+        owner); ``nodes``: node records by name (for in-place rollouts' node selectors)."""
+        now = time.time()
+        for name, pool, vms in work:
+            try:
+                if pool is None:
+                    self._collect_orphans(name, vms, fence)
+                elif pool.metadata.HasField("delete_time"):
+                    self._delete_pool(pool, [vm for vm in vms if pools.owned_by(vm, pool)], fence)
+                else:
+                    owned = [vm for vm in vms if pools.owned_by(vm, pool)]
+                    self._collect_orphans(name, [vm for vm in vms if not pools.owned_by(vm, pool)], fence)
+                    self._apply(pool, owned, now, nodes, fence)
+            except (Conflict, NotFound):
+                continue  # changed meanwhile: the cache marks the pool again and the next pass retries
+
+    def _collect_orphans(self, pool_name: str, vms: list[vm_pb2.VirtualMachine], fence: Fence) -> None:
+        """VMs whose owning pool is gone (deleted, or replaced by another of the same name)."""
+        for vm in vms:
+            if vm.metadata.HasField("delete_time"):
+                continue
+            vm = _copy(vm)
+            delete_vm(self.store, vm, fence)
+            log_vm(log, vm, "vm %s deleted: its pool %s (uid %s) is gone", vm.metadata.name, pool_name,
+                   vm.metadata.owner.uid)
+
+    def _delete_pool(self, pool: pool_pb2.VirtualMachinePool, vms: list[vm_pb2.VirtualMachine],
+                     fence: Fence) -> None:
+        orphan = pool.metadata.annotations.get(ORPHAN_ANNOTATION) == "true"
+        for vm in vms:
+            vm = _copy(vm)
+            if orphan:
+                vm.metadata.ClearField("owner")
+                vm.metadata.annotations.pop(pools.REVISION_ANNOTATION, None)
+                vm.metadata.annotations.pop(pools.ROLLOUT_ANNOTATION, None)
+                self.store.update(VMS, vm, fence=fence)
+                log_vm(log, vm, "vm %s orphaned: pool %s deleted", vm.metadata.name, pool.metadata.name)
+            elif not vm.metadata.HasField("delete_time"):
+                delete_vm(self.store, vm, fence)
+        if orphan or not vms:
+            self.store.delete(POOLS, pool.metadata.name, resource_version=pool.metadata.resource_version,
+                              fence=fence)
+            log.info("pool %s deleted%s", pool.metadata.name, " (its VMs orphaned)" if orphan else "")
+
+    def _apply(self, pool: pool_pb2.VirtualMachinePool, vms: list[vm_pb2.VirtualMachine], now: float,
+               nodes: dict, fence: Fence) -> None:
+        revision = pools.template_revision(pool)
+        failures: list[str] = []
+
+        def wanted_spec(name: str) -> vm_pb2.VirtualMachineSpec:
+            vm = vm_pb2.VirtualMachine(spec=pools.spec_for(pool, name))
+            vm.metadata.name = name
+            resolve_spec(self.store, vm, dry_run=False)
+            return vm.spec
+
+        def node_labels(name: str) -> dict | None:
+            node = nodes.get(name)
+            return dict(node.metadata.labels) if node is not None else None
+
+        plan = pools.plan(pool, vms, now_seconds=now, wanted_spec=wanted_spec, node_labels=node_labels)
+        for vm in plan.delete:
+            delete_vm(self.store, vm, fence)
+            why = "replaced: its runs kept failing" if vm.metadata.name in plan.healed else "scaled in"
+            log_vm(log, vm, "pool %s: vm %s %s", pool.metadata.name, vm.metadata.name, why)
+        for index in plan.create:
+            try:
+                vm = self.store.create(VMS, make_vm(self.store, pool, index, revision), fence=fence)
+                log_vm(log, vm, "pool %s: created vm %s", pool.metadata.name, vm.metadata.name)
+            except AlreadyExists:
+                continue  # a VM of that name appeared since the cache was read: the next pass sees it
+            except ValidationError as exc:
+                failures.append(str(exc))
+        for vm in plan.update:
+            if vm.metadata.name in plan.restart and lifecycle.strategy(vm) != vm_pb2.RUN_STRATEGY_HALTED:
+                try:
+                    lifecycle.start(vm, now_seconds=now)  # the run the rollout stopped comes back
+                except lifecycle.Refused as exc:
+                    failures.append(str(exc))
+            self.store.update(VMS, vm, fence=fence)
+            log_vm(log, vm, "pool %s: vm %s updated to template %s", pool.metadata.name, vm.metadata.name, revision)
+        for vm in plan.stop:
+            lifecycle.stop(vm, grace_period_seconds=None, force=False)
+            vm_status.record_event(vm, "RollingOut", f"stopped by pool {pool.metadata.name} to apply template "
+                                                     f"{revision}")
+            self.store.update(VMS, vm, fence=fence)
+            log_vm(log, vm, "pool %s: stopping vm %s to apply template %s", pool.metadata.name,
+                   vm.metadata.name, revision)
+        status = plan.status
+        if failures:
+            pools.set_condition(status, "ReplicaFailure", True, "CreateFailed", failures[0])
+        # Compared without observed_resource_version: a status write moves the pool's revision,
+        # and must not by itself call for another write.
+        status.observed_resource_version = pool.status.observed_resource_version
+        if status != pool.status:
+            updated = pool_pb2.VirtualMachinePool()
+            updated.CopyFrom(pool)
+            updated.status.CopyFrom(status)
+            updated.status.observed_resource_version = pool.metadata.resource_version
+            self.store.update(POOLS, updated, fence=fence)
+
+
+#: A pool deleted with orphan=true: its VMs stay, without owner.
+ORPHAN_ANNOTATION = "corral.dev/delete-orphan"
+
+def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
+    copy = vm_pb2.VirtualMachine()
+    copy.CopyFrom(vm)
+    return copy
