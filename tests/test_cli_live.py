@@ -114,7 +114,7 @@ def test_kubectl_habits_on_real_guests_and_a_grace_0_delete(cluster):
     unpaused = corral(cluster, "unpause", *listed)
     assert unpaused.stdout.splitlines() == [f"virtualmachine/{name} unpaused (Running)" for name in names]
     mixed = corral(cluster, "delete", "vm/habit-a", "node/n1")
-    assert mixed.returncode != 0 and "one type at a time" in mixed.stderr
+    assert mixed.returncode != 0 and "nodes cannot be deleted" in mixed.stderr
 
     qemus = [qemu_pid_for(vm.status.instance_uid) for vm in vms]
     gone_at: dict[int, float] = {}

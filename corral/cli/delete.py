@@ -6,7 +6,7 @@ import click
 import grpc
 
 from corral.cli.base import Duration, cli, client_of, rpc_message
-from corral.cli.kinds import POOL, VM, resource_args, selected_names
+from corral.cli.kinds import POOL, VM, resource_groups, selected_names
 from corral.client import WaitTimeout
 
 
@@ -29,23 +29,27 @@ def delete(ctx: click.Context, resource: str | None, names: tuple[str, ...], sel
     if resource is None:
         raise click.UsageError("a type is required: corral delete TYPE NAME... | -l SELECTOR | --all"
                                if every or selector else "a type and a name are required: corral delete vm NAME")
-    kind, name_list = resource_args(resource, names)
-    if not kind.deletable:
-        raise click.UsageError(f"{kind.plural} cannot be deleted")
+    groups = resource_groups(resource, names)
+    if len(groups) > 1 and (selector or every):
+        raise click.UsageError("-l/--selector and --all take one type: corral delete TYPE -l SELECTOR")
     orphan = orphan or cascade == "orphan"
-    if orphan and kind.key != POOL:
-        raise click.UsageError("--cascade=orphan applies to pools only")
-    if wait and kind.key != VM:
-        raise click.UsageError("--wait applies to virtual machines only")
+    for kind, _ in groups:
+        if not kind.deletable:
+            raise click.UsageError(f"{kind.plural} cannot be deleted")
+        if orphan and kind.key != POOL:
+            raise click.UsageError("--cascade=orphan applies to pools only")
+        if wait and kind.key != VM:
+            raise click.UsageError("--wait applies to virtual machines only")
     client = client_of(ctx)
-    targets = selected_names(client, kind, name_list, selector, every, command="delete")
+    targets = [(kind, name) for kind, name_list in groups
+               for name in selected_names(client, kind, name_list, selector, every, command="delete")]
     if not targets:
         click.echo("No resources found.", err=True)
         return 0
     fields = {"orphan": True} if orphan else {}
     failed = 0
     pending: list[tuple[str, str]] = []
-    for name in targets:
+    for kind, name in targets:
         try:
             deleted = client.delete_object(kind.kind, name, **fields)
         except grpc.RpcError as err:
@@ -63,5 +67,5 @@ def delete(ctx: click.Context, resource: str | None, names: tuple[str, ...], sel
             click.echo(f"error: {err}", err=True)
             failed += 1
             continue
-        click.echo(f"{kind.key}/{name} deleted")
+        click.echo(f"{VM}/{name} deleted")
     return 1 if failed else 0

@@ -103,6 +103,24 @@ def resource_args(first: str, names: Sequence[str]) -> tuple[ResourceKind, list[
     return kind, found
 
 
+def resource_groups(first: str, names: Sequence[str]) -> list[tuple[ResourceKind, list[str]]]:
+    """Like resource_args, but TYPE/NAME arguments may name several types (kubectl's
+    ``delete vm/a pool/b``): [(kind, names)] in the order the types first appear. A bare name
+    belongs to the type before it."""
+    groups: dict[str, tuple[ResourceKind, list[str]]] = {}
+    kind, name = split_name(first)
+    if kind is None:
+        kind = kind_named(first)
+        groups[kind.key] = (kind, [])
+    else:
+        groups[kind.key] = (kind, [name])
+    for arg in names:
+        other, name = split_name(arg)
+        kind = other or kind
+        groups.setdefault(kind.key, (kind, []))[1].append(name)
+    return list(groups.values())
+
+
 def names_of(key: str, args: Sequence[str]) -> list[str]:
     """Names for commands that take one type (verbs: VMs; cordon: nodes), bare or TYPE/NAME."""
     kind = BY_KEY[key]
