@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
           etcd-server etcd-client busybox-static cpio e2fsprogs genisoimage python3-venv python3-dev gcc iproute2
-          qemu-guest-agent libnss-wrapper)
+          qemu-guest-agent libnss-wrapper ovmf)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -269,3 +269,23 @@ def test_dedicated_cpus_are_pinned_on_the_node(controller: Cluster) -> None:
     controller.create(third)
     wait_for(lambda: any("Insufficient dedicated cpus" in c.message for c in controller.get("pinned-c").status.conditions),
              timeout=30, what="pinned-c to be unschedulable for want of dedicated CPUs")
+
+
+@pytest.mark.slow
+def test_a_guest_boots_with_uefi(controller: Cluster) -> None:
+    """A preference with UEFI firmware (OVMF, no secure boot): the guest kernel sees EFI."""
+    if not Path("/usr/share/qemu/firmware/60-edk2-x86_64.json").exists():
+        pytest.skip("OVMF is not installed (apt-get install ovmf)")
+    controller.start_handler("n1", vcpus=4, memory_mib=2048)
+    make_type(controller, "u1.small", vcpus=1, memory_mib=256)
+    make_preference(controller, "linux.efi", it_pb2.PreferenceSpec(firmware=vm_pb2.FIRMWARE_UEFI))
+    vm = typed_vm(controller, "efi", "u1.small", "linux.efi")
+    vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
+    assert controller.create(vm).spec.firmware == vm_pb2.FIRMWARE_UEFI
+    controller.wait_phase("efi", RUNNING, timeout=90)
+    console = Console(controller.vms, "efi")
+    try:
+        # (the answer must not be in the echoed command line: "efi-" + the count)
+        console.run(b"echo efi-$(ls /sys/firmware | grep -c '^efi$')", rb"efi-1\r?\n")
+    finally:
+        console.close()
