@@ -289,3 +289,23 @@ def test_a_guest_boots_with_uefi(controller: Cluster) -> None:
         console.run(b"echo efi-$(ls /sys/firmware | grep -c '^efi$')", rb"efi-1\r?\n")
     finally:
         console.close()
+
+
+def test_the_example_catalogue_is_accepted_and_sizes_the_example_vm(controller: Cluster) -> None:
+    from corral.manifest import parse_objects  # noqa: PLC0415
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for file in ("instancetypes.yaml", "preferences.yaml"):
+        for obj in parse_objects((examples / file).read_text(), file):
+            if isinstance(obj, it_pb2.InstanceType):
+                types(controller).CreateInstanceType(it_pb2.CreateInstanceTypeRequest(instance_type=obj), timeout=10)
+            else:
+                preferences(controller).CreatePreference(it_pb2.CreatePreferenceRequest(preference=obj), timeout=10)
+    listed = types(controller).ListInstanceTypes(it_pb2.ListInstanceTypesRequest(label_selector="series=u1"),
+                                                 timeout=10).instance_types
+    assert [t.metadata.name for t in listed] == ["u1.large", "u1.medium", "u1.micro", "u1.nano", "u1.small"]
+    assert all(t.spec.memory_mib >= 128 for t in listed)
+    [vm] = parse_objects((examples / "vm-instancetype.yaml").read_text(), "vm-instancetype.yaml")
+    created = controller.create(vm)
+    assert (created.spec.vcpus, created.spec.memory_mib) == (1, 512)
+    assert created.spec.termination_grace_period_seconds == 30  # from the preference "linux"
+    assert created.spec.machine_type == "pc" and created.spec.preference.revision_name.startswith("preference-linux-")
