@@ -251,3 +251,68 @@ def test_edit_writes_back_with_the_version_read(cluster, api, tmp_path):
                      env=editor(tmp_path, "path.write_text(path.read_text().replace('name: ed', 'name: other'))\n"))
     assert renamed.returncode == 1 and "name cannot change" in renamed.stderr
     assert api.get_vm("ed").metadata.resource_version == current.metadata.resource_version
+
+
+POOL = """\
+apiVersion: corral.dev/v1
+kind: VirtualMachinePool
+metadata: {{name: web, labels: {{tier: {tier}}}}}
+spec:
+  replicas: 2
+  selector: app=web
+  virtualMachineTemplate:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      vcpus: 1
+      memoryMib: 128
+      boot: {{kernel: {{kernelPath: /boot/vmlinuz}}}}
+"""
+
+
+def members(api: Client) -> list[str]:
+    return sorted(vm.metadata.name for vm in api.list_vms("app=web") if not vm.metadata.HasField("delete_time"))
+
+
+def test_pools_apply_get_scale_edit_and_orphan(cluster, api, tmp_path):
+    from tests.cluster import wait_for
+
+    path = tmp_path / "pool.yaml"
+    path.write_text(POOL.format(tier="front"))
+    created = corral(cluster, "apply", "-f", str(path))
+    assert created.returncode == 0, created.stderr
+    assert lines(created) == ["virtualmachinepool/web created"]
+    wait_for(lambda: members(api) == ["web-0", "web-1"], timeout=20, what="the pool's two VMs")
+    wait_for(lambda: lines(corral(cluster, "get", "pools"))[1].split()[:3] == ["web", "2", "2"], timeout=20,
+             what="get pools to show 2 of 2")
+    assert lines(corral(cluster, "get", "pools"))[0].split() == ["NAME", "DESIRED", "CURRENT", "READY", "UPDATED", "AGE"]
+    assert lines(corral(cluster, "get", "vmpool", "-o", "name")) == ["virtualmachinepool/web"]
+    shown = manifest.load_documents(corral(cluster, "get", "pool/web", "-o", "yaml").stdout)[0]
+    assert shown["kind"] == "VirtualMachinePool" and shown["spec"]["replicas"] == 2
+    assert "Max Unavailable:" in corral(cluster, "describe", "pool", "web").stdout
+
+    scaled = corral(cluster, "scale", "pool", "web", "--replicas", "3")
+    assert scaled.returncode == 0, scaled.stderr
+    assert lines(scaled) == ["virtualmachinepool/web scaled"]
+    wait_for(lambda: members(api) == ["web-0", "web-1", "web-2"], timeout=20, what="a third VM")
+    stale = corral(cluster, "scale", "pool/web", "--replicas", "1", "--resource-version", "1")
+    assert stale.returncode == 1 and "ABORTED" in stale.stderr
+    assert api.get_pool("web").spec.replicas == 3
+
+    # The file did not change since it was applied: nothing is written, the scale stays.
+    assert lines(corral(cluster, "apply", "-f", str(path))) == ["virtualmachinepool/web unchanged"]
+    # Only the pool's labels changed in the file: they are written, and its spec (scaled) is kept.
+    path.write_text(POOL.format(tier="back"))
+    assert lines(corral(cluster, "apply", "-f", str(path))) == ["virtualmachinepool/web configured"]
+    pool = api.get_pool("web")
+    assert pool.metadata.labels["tier"] == "back" and pool.spec.replicas == 3
+
+    edit = "path.write_text(path.read_text().replace('replicas: 3', 'replicas: 1'))\n"
+    edited = corral(cluster, "edit", "pool", "web", env=editor(tmp_path, edit))
+    assert edited.returncode == 0, edited.stderr
+    wait_for(lambda: members(api) == ["web-0"], timeout=20, what="the pool to shrink to one VM")
+
+    orphaned = corral(cluster, "delete", "pool", "web", "--cascade=orphan")
+    assert orphaned.returncode == 0, orphaned.stderr
+    assert lines(orphaned) == ["virtualmachinepool/web deleted (its VMs orphaned)"]
+    wait_for(lambda: corral(cluster, "get", "pools", "-o", "name").stdout == "", timeout=20, what="the pool to go")
+    assert members(api) == ["web-0"]
