@@ -13,6 +13,7 @@ import time
 import uuid
 
 from controller import lifecycle, pools
+from controller.errors import RequestError
 from corral import status as vm_status
 from corral.logs import log_vm
 from corral.resources import POOLS, VMS
@@ -117,7 +118,14 @@ class PoolReconciler:
             node = nodes.get(name)
             return dict(node.metadata.labels) if node is not None else None
 
-        plan = pools.plan(pool, vms, now_seconds=now, wanted_spec=wanted_spec, node_labels=node_labels)
+        try:
+            plan = pools.plan(pool, vms, now_seconds=now, wanted_spec=wanted_spec, node_labels=node_labels)
+        except (ValidationError, RequestError) as exc:  # its template no longer resolves
+            status = pool_pb2.VirtualMachinePoolStatus()
+            status.CopyFrom(pool.status)
+            pools.set_condition(status, "ReplicaFailure", True, "TemplateInvalid", str(exc))
+            self._write_status(pool, status, fence)
+            return
         for vm in plan.delete:
             delete_vm(self.store, vm, fence)
             why = "replaced: its runs kept failing" if vm.metadata.name in plan.healed else "scaled in"
@@ -127,8 +135,17 @@ class PoolReconciler:
                 vm = self.store.create(VMS, make_vm(self.store, pool, index, revision), fence=fence)
                 log_vm(log, vm, "pool %s: created vm %s", pool.metadata.name, vm.metadata.name)
             except AlreadyExists:
-                continue  # a VM of that name appeared since the cache was read: the next pass sees it
-            except ValidationError as exc:
+                # Ours but not in the cache yet (the next pass sees it), or a VM someone made
+                # under the pool's name: reported, never adopted or deleted.
+                name = pools.vm_name(pool.metadata.name, index)
+                try:
+                    other = self.store.get(VMS, name)
+                except NotFound:
+                    continue
+                if not pools.owned_by(other, pool):
+                    failures.append(f"VirtualMachine {name} exists and is not the pool's: delete or rename it "
+                                    f"so the pool can make its VM {index}")
+            except (ValidationError, RequestError) as exc:
                 failures.append(str(exc))
         for vm in plan.update:
             if vm.metadata.name in plan.restart and lifecycle.strategy(vm) != vm_pb2.RUN_STRATEGY_HALTED:
@@ -148,6 +165,10 @@ class PoolReconciler:
         status = plan.status
         if failures:
             pools.set_condition(status, "ReplicaFailure", True, "CreateFailed", failures[0])
+        self._write_status(pool, status, fence)
+
+    def _write_status(self, pool: pool_pb2.VirtualMachinePool, status: pool_pb2.VirtualMachinePoolStatus,
+                      fence: Fence) -> None:
         # Compared without observed_resource_version: a status write moves the pool's revision,
         # and must not by itself call for another write.
         status.observed_resource_version = pool.status.observed_resource_version

@@ -259,3 +259,41 @@ def test_a_stale_update_is_aborted(cluster):
 
 def condition(cluster, name: str, type_: str):
     return next(c for c in get_pool(cluster, name).status.conditions if c.type == type_)
+
+
+def test_a_pool_template_naming_an_instance_type_makes_sized_vms(cluster):
+    from tests.test_instancetypes import make_type
+    cluster.start_controller()
+    make_type(cluster, "u1.pool", vcpus=2, memory_mib=192)
+    pool = pool_of(cluster, "sized", 2)
+    template = pool.spec.virtual_machine_template.spec
+    template.ClearField("vcpus")
+    template.ClearField("memory_mib")
+    template.instance_type.name = "u1.pool"
+    create_pool(cluster, pool)
+    vms = wait_for(lambda: len(m := members(cluster, "sized")) == 2 and m, timeout=20, what="2 VMs")
+    for vm in vms.values():
+        assert (vm.spec.vcpus, vm.spec.memory_mib) == (2, 192)
+        assert vm.spec.instance_type.revision_name
+    # A template whose instance type does not exist is refused, and nothing changes.
+    pool = get_pool(cluster, "sized")
+    pool.spec.virtual_machine_template.spec.instance_type.name = "u1.missing"
+    with pytest.raises(grpc.RpcError) as err:
+        pools(cluster).UpdateVirtualMachinePool(P.UpdateVirtualMachinePoolRequest(virtual_machine_pool=pool),
+                                                timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "u1.missing" in err.value.details()
+    assert get_pool(cluster, "sized").spec.virtual_machine_template.spec.instance_type.name == "u1.pool"
+
+
+def test_a_foreign_vm_holding_an_index_is_reported(cluster):
+    cluster.start_controller()
+    squatter = cluster.guest_vm("held-0")
+    squatter.metadata.labels["pool"] = "held"
+    cluster.create(squatter)
+    create_pool(cluster, pool_of(cluster, "held", 2))
+    failure = wait_for(lambda: (c := condition(cluster, "held", "ReplicaFailure")).status and c, timeout=20,
+                       what="a ReplicaFailure condition")
+    assert "held-0" in failure.message and "not the pool's" in failure.message
+    vms = members(cluster, "held")
+    assert not vms["held-0"].metadata.HasField("owner")  # left alone, not adopted or deleted
+    assert "held-1" in vms
