@@ -136,3 +136,17 @@ def test_usage_errors_send_nothing(args, capsys):
     # Port 1 is closed: a command that sent anything would report UNAVAILABLE with exit code 1.
     assert main(["--server", "127.0.0.1:1", *args]) == 2
     assert "UNAVAILABLE" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("document, words", [
+    ("apiVersion: corral.dev/v1\nkind: InstanceType\nmetadata: {name: U1_small}\nspec: {vcpus: 1, memoryMib: 64}\n",
+     "instancetype/U1_small: INVALID_ARGUMENT: metadata.name 'U1_small' is not a DNS-1123 subdomain"),
+    (POOL.replace("memoryMib: 128", "memoryMib: 1"), "virtualmachinepool/web: INVALID_ARGUMENT: "
+     "spec.virtualMachineTemplate: spec.memory_mib"),
+])
+def test_apply_checks_before_sending(tmp_path, capsys, document, words):
+    path = tmp_path / "all.yaml"
+    path.write_text(POOL.replace("name: web", "name: fine") + "---\n" + document)
+    assert main(["--server", "127.0.0.1:1", "apply", "-f", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "UNAVAILABLE" not in err

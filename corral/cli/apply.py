@@ -20,7 +20,8 @@ from corral import manifest
 from corral.cli.base import CommandError, cli, client_of, read_source, rpc_code, rpc_message
 from corral.cli.kinds import kind_of
 from corral.client import Client
-from corral.validation import ValidationError, validate_new_vm
+from corral.validation import (ValidationError, label_problems, name_problem, spec_problems, subdomain_problem,
+                               validate_new_vm)
 
 #: What must exist before what names it: instance types and preferences before VMs and pools.
 _ORDER = {manifest.INSTANCE_TYPE_KIND: 0, manifest.PREFERENCE_KIND: 1}
@@ -43,16 +44,32 @@ def load_objects(filenames: Sequence[str]) -> list[tuple[str, Any]]:
 
 
 def _check_locally(source: str, obj: Any) -> None:
-    """The server's own checks of a VM, run before sending anything. A VM sized from an
-    instance type or a preference is left to the server, which fills it in first."""
-    if manifest.kind_of(obj) != manifest.VM_KIND:
-        return
-    if obj.spec.HasField("instance_type") or obj.spec.HasField("preference"):
-        return
-    try:
-        validate_new_vm(obj)
-    except ValidationError as err:
-        raise CommandError(f"{source}: {kind_of(obj).key}/{obj.metadata.name}: INVALID_ARGUMENT: {err}") from None
+    """The server's own checks that need nothing but the object, run before anything is sent:
+    names, labels, and the spec of a VM (or a pool's template) not sized from an instance type
+    or a preference (the server fills those in first, so it alone can judge them)."""
+    problems: list[str] = []
+    kind = manifest.kind_of(obj)
+    if kind in (manifest.INSTANCE_TYPE_KIND, manifest.PREFERENCE_KIND):
+        problem = subdomain_problem(obj.metadata.name)
+        problems += ([problem] if problem else []) + label_problems(obj.metadata.labels, "metadata.labels")
+    elif kind == manifest.VM_KIND and not _sized(obj.spec):
+        try:
+            validate_new_vm(obj)
+        except ValidationError as err:
+            problems.append(str(err))
+    elif kind == manifest.POOL_KIND:
+        problem = name_problem(obj.metadata.name)
+        problems += ([problem] if problem else []) + label_problems(obj.metadata.labels, "metadata.labels")
+        template = obj.spec.virtual_machine_template
+        if not _sized(template.spec):
+            problems += [f"spec.virtualMachineTemplate: {p}" for p in spec_problems(template.spec)]
+    if problems:
+        raise CommandError(f"{source}: {kind_of(obj).key}/{obj.metadata.name}: INVALID_ARGUMENT: "
+                           f"{ValidationError(problems)}")
+
+
+def _sized(spec: Any) -> bool:
+    return spec.HasField("instance_type") or spec.HasField("preference")
 
 
 def _filename_option(func):
