@@ -337,7 +337,8 @@ def test_describe_node():
 def test_every_example_manifest_parses_and_validates():
     """Every kind in examples/ parses and passes the checks apply makes before sending."""
     from corral.cli.apply import load_objects
-    objects = load_objects([str(EXAMPLE.parent)])
+    folders = sorted({str(path.parent) for path in EXAMPLE.parent.rglob("*.yaml")})
+    objects = load_objects(folders)
     kinds = {manifest.kind_of(obj) for _, obj in objects}
     assert len(objects) >= 5 and {"VirtualMachine", "InstanceType", "Preference"} <= kinds
 
