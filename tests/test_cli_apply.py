@@ -143,10 +143,16 @@ def test_apply_a_directory_of_several_kinds(cluster, api, tmp_path):
             api.get_preference("linux.q35").metadata.resource_version,
             api.get_vm("typed").metadata.resource_version] == versions
 
+    # A refused update is reported for its object; the others are applied, the exit code is 1.
+    (tmp_path / "a-vm.yaml").write_text(TYPED_VM.replace("  instanceType:", "  vcpus: 4\n  instanceType:"))
     (tmp_path / "b-sizes.yml").write_text(INSTANCE_TYPE.format(memory=512))
     changed = corral(cluster, "apply", "-f", str(tmp_path))
-    assert lines(changed) == ["instancetype/u1.small configured", "preference/linux.q35 unchanged",
-                              "virtualmachine/typed unchanged"]
+    assert changed.returncode == 1
+    assert lines(changed) == ["instancetype/u1.small configured", "preference/linux.q35 unchanged"]
+    assert "virtualmachine/typed: INVALID_ARGUMENT" in changed.stderr and "vcpus" in changed.stderr
+    assert api.get_vm("typed").metadata.resource_version == versions[2]
+    (tmp_path / "a-vm.yaml").write_text(TYPED_VM)
+    assert lines(corral(cluster, "apply", "-f", str(tmp_path)))[2] == "virtualmachine/typed unchanged"
     assert api.get_instance_type("u1.small").spec.memory_mib == 512
 
     table = corral(cluster, "get", "instancetypes")
