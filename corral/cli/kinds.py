@@ -72,6 +72,11 @@ def kind_named(text: str) -> ResourceKind:
     return kind
 
 
+def is_type_word(text: str) -> bool:
+    """Whether ``text`` names a type ("vms", "pool") rather than an object."""
+    return text.lower() in _ALIASES
+
+
 def kind_of(obj: Any) -> ResourceKind:
     """The ResourceKind of a message (by its proto name)."""
     return BY_KIND[obj.DESCRIPTOR.name]

@@ -15,7 +15,7 @@ import grpc
 
 from corral import printing
 from corral.cli.base import Duration, cli, client_of, rpc_message
-from corral.cli.kinds import BY_KEY, POOL, VM, kind_named, names_of, resource_args, selected_names
+from corral.cli.kinds import BY_KEY, POOL, VM, is_type_word, kind_named, names_of, resource_args, selected_names
 from corral.client import UnexpectedPhase, VirtualMachineGone, WaitTimeout
 
 #: command -> (API verb, what the command says it did, help)
@@ -44,8 +44,8 @@ def _selection_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _vm_names(ctx: click.Context, args: Sequence[str], selector: str, every: bool, command: str) -> list[str]:
     """The VMs a verb acts on. With -l/--all a lone type word ("vms") may name the type."""
-    if (selector or every) and len(args) == 1 and "/" not in args[0]:
-        if kind_named(args[0]).key != VM:  # `corral stop vms --all`
+    if (selector or every) and len(args) == 1 and is_type_word(args[0]):  # `corral stop vms --all`
+        if kind_named(args[0]).key != VM:
             raise click.UsageError(f"{command} acts on virtual machines, not {args[0]}")
         args = ()
     names = names_of(VM, args)
