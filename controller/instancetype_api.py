@@ -20,7 +20,7 @@ from corral.resources import INSTANCE_TYPES, POOLS, PREFERENCES, VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Conflict, Kind, Store
 from corral.v1 import instancetype_pb2, instancetype_pb2_grpc, vm_pb2
-from corral.validation import ValidationError, label_problems, subdomain_problem
+from corral.validation import MAX_CATALOGUE_NAME_LENGTH, ValidationError, label_problems, subdomain_problem
 
 #: Referrers named in a refused delete's message.
 REFERRERS_SHOWN = 5
@@ -47,7 +47,8 @@ def _check_name(name: str) -> None:
 
 
 def _validate(obj, catalogue: Catalogue) -> None:
-    problems = [problem for problem in [subdomain_problem(obj.metadata.name)] if problem]
+    problem = subdomain_problem(obj.metadata.name, limit=MAX_CATALOGUE_NAME_LENGTH)
+    problems = [problem] if problem else []
     problems += label_problems(obj.metadata.labels, "metadata.labels")
     problems += catalogue.problems(obj.spec)
     if problems:

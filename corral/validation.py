@@ -16,6 +16,8 @@ LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
 #: Instance types' and preferences' names ("u1.small"): DNS-1123 labels joined by '.'.
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 MAX_SUBDOMAIN_LENGTH = 253
+#: Instance types' and preferences' names leave room for their revisions' ("instancetype-NAME-RV").
+MAX_CATALOGUE_NAME_LENGTH = 200
 #: QEMU machine types a VM may ask for: the aliases and their versioned names, nothing else
 #: (the string reaches libvirt and QEMU).
 MACHINE_TYPE = re.compile(r"^(pc|q35|pc-i440fx-[0-9]{1,2}\.[0-9]{1,2}|pc-q35-[0-9]{1,2}\.[0-9]{1,2})\Z")
@@ -73,12 +75,12 @@ def name_problem(name: str, field: str = "metadata.name") -> str | None:
     return None
 
 
-def subdomain_problem(name: str, field: str = "metadata.name") -> str | None:
+def subdomain_problem(name: str, field: str = "metadata.name", limit: int = MAX_SUBDOMAIN_LENGTH) -> str | None:
     """Names of cluster-wide catalogue objects (instance types, preferences, revisions)."""
     if not name:
         return f"{field} is required"
-    if len(name) > MAX_SUBDOMAIN_LENGTH or not DNS1123_SUBDOMAIN.match(name):
-        return (f"{field} {shown(name)} is not a DNS-1123 subdomain: use at most {MAX_SUBDOMAIN_LENGTH} "
+    if len(name) > limit or not DNS1123_SUBDOMAIN.match(name):
+        return (f"{field} {shown(name)} is not a DNS-1123 subdomain: use at most {limit} "
                 "lower-case letters, digits, '-' and '.', each '.'-separated part starting and ending "
                 "with a letter or digit (for example 'u1.small')")
     return None

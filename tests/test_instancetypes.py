@@ -149,7 +149,8 @@ def test_delete_is_refused_while_named_then_allowed(controller: Cluster) -> None
         assert "vm user" in details and "pool web" in details
         store.delete(POOLS, "web")
         controller.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="user"), timeout=10)
-        stale = it_pb2.DeleteInstanceTypeRequest(name="u1.micro", resource_version=created.metadata.resource_version - 1)
+        stale = it_pb2.DeleteInstanceTypeRequest(name="u1.micro",
+                                                 resource_version=created.metadata.resource_version - 1)
         code, _ = code_and_details(lambda: types(controller).DeleteInstanceType(stale, timeout=10))
         assert code == grpc.StatusCode.ABORTED
         types(controller).DeleteInstanceType(request, timeout=10)
@@ -168,7 +169,7 @@ def test_update_etag_names_and_listing(controller: Cluster) -> None:
         it_pb2.UpdateInstanceTypeRequest(instance_type=created), timeout=10))  # the old resource_version
     assert code == grpc.StatusCode.ABORTED and "read it again" in details
     assert first.instance_type.spec.memory_mib == 1024
-    for bad in ("U1.Medium", "u1..x", "u1_x", ""):
+    for bad in ("U1.Medium", "u1..x", "u1_x", "", "a" * 201):
         code, details = code_and_details(lambda: make_type(controller, bad))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "metadata.name" in details
     code, details = code_and_details(lambda: make_type(controller, "u1.zero", vcpus=0))
@@ -267,7 +268,8 @@ def test_dedicated_cpus_are_pinned_on_the_node(controller: Cluster) -> None:
     third = typed_vm(controller, "pinned-c", "d1.nano")
     third.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
     controller.create(third)
-    wait_for(lambda: any("Insufficient dedicated cpus" in c.message for c in controller.get("pinned-c").status.conditions),
+    wait_for(lambda: any("Insufficient dedicated cpus" in c.message
+                         for c in controller.get("pinned-c").status.conditions),
              timeout=30, what="pinned-c to be unschedulable for want of dedicated CPUs")
 
 

@@ -110,8 +110,12 @@ def test_strip_undoes_apply_but_keeps_changes() -> None:
 
 
 def test_revision_names() -> None:
+    from corral.validation import MAX_CATALOGUE_NAME_LENGTH
     assert it.revision_name(it.INSTANCE_TYPE_KIND, "u1.small", 42) == "instancetype-u1.small-42"
     assert subdomain_problem(it.revision_name(it.PREFERENCE_KIND, "linux.q35", 7)) is None
+    # The longest name a type may have still makes a valid revision name at etcd's largest revision.
+    longest = "a" * MAX_CATALOGUE_NAME_LENGTH
+    assert subdomain_problem(it.revision_name(it.INSTANCE_TYPE_KIND, longest, 2 ** 63 - 1)) is None
 
 
 @pytest.mark.parametrize("name,ok", [("u1.small", True), ("linux", True), ("a-b.c-d.e", True),
