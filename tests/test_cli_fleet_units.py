@@ -150,3 +150,27 @@ def test_apply_checks_before_sending(tmp_path, capsys, document, words):
     assert main(["--server", "127.0.0.1:1", "apply", "-f", str(path)]) == 1
     err = capsys.readouterr().err
     assert words in err and "UNAVAILABLE" not in err
+
+
+def test_apply_update_keeps_what_apply_did_not_set():
+    from corral.cli.apply import applied_update
+    [live] = manifest.parse_objects(POOL)
+    live.metadata.annotations["controller.example/note"] = "kept"
+    live.metadata.annotations["mine"] = "old"
+    live.metadata.resource_version = 9
+    live.status.replicas = 3
+    [wanted] = manifest.parse_objects(POOL.replace("tier: front", "tier: back"))
+    desired = manifest.applied_state(wanted)
+    # Without a record none of the annotations were apply's: all stay; the spec is unchanged.
+    update = applied_update(live, wanted, None, desired)
+    assert dict(update.metadata.annotations) == {"controller.example/note": "kept", "mine": "old",
+                                                manifest.LAST_APPLIED: desired}
+    assert update.metadata.resource_version == 9 and not update.HasField("status")
+    assert update.metadata.labels["tier"] == "back" and update.spec == live.spec
+    # With a record, what apply set and the file dropped goes; a changed spec is the file's.
+    live.metadata.annotations[manifest.LAST_APPLIED] = manifest.applied_state(live)
+    wanted.spec.replicas = 5
+    update = applied_update(live, wanted, live.metadata.annotations[manifest.LAST_APPLIED],
+                            manifest.applied_state(wanted))
+    assert "mine" not in update.metadata.annotations and "controller.example/note" not in update.metadata.annotations
+    assert update.spec.replicas == 5

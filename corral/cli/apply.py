@@ -114,14 +114,28 @@ def apply_one(client: Client, obj: Any) -> str:
         return "created"
     # Without a record (made by `create`, or by a server that keeps no annotations) the
     # object itself is compared: what the manifest says against what is stored.
-    recorded = live.metadata.annotations.get(manifest.LAST_APPLIED) or manifest.applied_state(live)
-    if recorded == desired:
+    record = live.metadata.annotations.get(manifest.LAST_APPLIED)
+    if (record or manifest.applied_state(live)) == desired:
         return "unchanged"
-    client.update_object(applied_update(live, obj, recorded, desired))
+    client.update_object(applied_update(live, obj, record, desired))
     return "configured"
 
 
-def applied_update(live: Any, obj: Any, recorded: str, desired: str) -> Any:
+def _previous(live: Any, record: str | None) -> dict[str, Any]:
+    """What the last apply set ({} of annotations without a record: none were apply's), and
+    the spec to compare the manifest's with (the stored one without a record)."""
+    try:
+        previous = json.loads(record) if record else {}
+    except ValueError:
+        previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
+    if not record:
+        previous["spec"] = json.loads(manifest.applied_state(live))["spec"]
+    return previous
+
+
+def applied_update(live: Any, obj: Any, record: str | None, desired: str) -> Any:
     """The update request: the live object with the manifest's labels and spec, its
     annotations (those the last apply set and the manifest dropped are removed; others, set by
     people or controllers, stay), the new record, and the resource_version that was read."""
@@ -131,11 +145,8 @@ def applied_update(live: Any, obj: Any, recorded: str, desired: str) -> Any:
         update.ClearField("status")
     update.metadata.labels.clear()
     update.metadata.labels.update(obj.metadata.labels)
-    try:
-        previous = json.loads(recorded)
-    except ValueError:
-        previous = {}
-    for key in previous.get("annotations", {}):
+    previous = _previous(live, record)
+    for key in previous.get("annotations") or {}:
         if key not in obj.metadata.annotations:
             update.metadata.annotations.pop(key, None)
     update.metadata.annotations.update(obj.metadata.annotations)
