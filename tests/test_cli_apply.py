@@ -13,7 +13,7 @@ import pytest
 
 from corral import manifest
 from corral.client import Client
-from tests.cluster import REPO
+from tests.cluster import REPO, wait_for
 
 VM = """\
 apiVersion: corral.dev/v1
@@ -63,6 +63,14 @@ def lines(result: subprocess.CompletedProcess) -> list[str]:
     return result.stdout.splitlines()
 
 
+def settled(api: Client, *names: str) -> None:
+    """Waits for the leader's one status write to each new VM (no node: Unschedulable), so
+    that resource versions compared afterwards move only by what the test does."""
+    for name in names:
+        wait_for(lambda: any(c.reason == "Unschedulable" for c in api.get_vm(name).status.conditions),
+                 timeout=20, what=f"vm {name} to be marked Unschedulable")
+
+
 @pytest.fixture
 def api(cluster):
     cluster.start_controller()
@@ -80,6 +88,7 @@ def test_apply_created_unchanged_configured(cluster, api, tmp_path):
     assert json.loads(a.metadata.annotations[manifest.LAST_APPLIED])["labels"] == {"app": "one"}
 
     # Applying the same file again writes nothing: the resource versions do not move.
+    settled(api, "ap-a", "ap-b")
     versions = {name: api.get_vm(name).metadata.resource_version for name in ("ap-a", "ap-b")}
     again = corral(cluster, "apply", "-f", str(path))
     assert again.returncode == 0, again.stderr
@@ -130,6 +139,7 @@ def test_apply_a_directory_of_several_kinds(cluster, api, tmp_path):
     assert first.returncode == 0, first.stderr
     assert lines(first) == ["instancetype/u1.small created", "preference/linux.q35 created",
                             "virtualmachine/typed created"]
+    settled(api, "typed")
     vm = api.get_vm("typed")
     assert (vm.spec.vcpus, vm.spec.memory_mib, vm.spec.machine_type) == (2, 256, "q35")
 
@@ -218,6 +228,7 @@ def editor(tmp_path: Path, body: str) -> dict[str, str]:
 
 def test_edit_writes_back_with_the_version_read(cluster, api, tmp_path):
     assert corral(cluster, "create", "-f", "-", stdin=VM.format(name="ed", app="one", vcpus=1)).returncode == 0
+    settled(api, "ed")
     before = api.get_vm("ed")
 
     cancelled = corral(cluster, "edit", "vm", "ed", env=editor(tmp_path, "pass\n"))
@@ -280,8 +291,6 @@ def members(api: Client) -> list[str]:
 
 
 def test_pools_apply_get_scale_edit_and_orphan(cluster, api, tmp_path):
-    from tests.cluster import wait_for
-
     path = tmp_path / "pool.yaml"
     path.write_text(POOL.format(tier="front"))
     created = corral(cluster, "apply", "-f", str(path))
