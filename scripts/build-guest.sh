@@ -12,7 +12,9 @@ set -euo pipefail
 # virtio_pci + virtio_blk: disks (vdX, serial = Corral's disk name); isofs: the cidata seed.
 # virtio_net + virtio_console: network interfaces (ethN) and the guest agent's virtio-serial port.
 # button + evdev: the ACPI power button as an input device, for acpid (graceful stop, soft reboot).
-MODULES="virtio_pci virtio_blk isofs virtio_net virtio_console button evdev"
+# virtio_scsi + sd_mod: disks on a virtio-scsi bus (a preference's disk bus), as sdX. (The cloud
+# kernel has no AHCI driver: a SATA disk is attached but this guest cannot see it.)
+MODULES="virtio_pci virtio_blk isofs virtio_net virtio_console button evdev virtio_scsi sd_mod"
 out=${1:?usage: build-guest.sh OUTDIR}
 stamp=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 mkdir -p "$out"
