@@ -168,6 +168,10 @@ def test_apply_a_directory_of_several_kinds(cluster, api, tmp_path):
     table = corral(cluster, "get", "instancetypes")
     assert table.returncode == 0, table.stderr
     assert [line.split()[:3] for line in lines(table)] == [["NAME", "VCPUS", "MEMORY"], ["u1.small", "2", "512Mi"]]
+    described = corral(cluster, "describe", "instancetype/u1.small").stdout
+    assert "Name:" in described and "memoryMib: '512'" in described and manifest.LAST_APPLIED in described
+    pref_table = lines(corral(cluster, "get", "preferences"))
+    assert pref_table[1].split()[:5] == ["linux.q35", "q35", "<none>", "Sata", "Cores"]
     prefs = corral(cluster, "get", "pref", "-o", "name")
     assert lines(prefs) == ["preference/linux.q35"]
     shown = manifest.load_documents(corral(cluster, "get", "it", "u1.small", "-o", "yaml").stdout)[0]
