@@ -59,6 +59,21 @@ def store_of(cluster: Cluster) -> Store:
     return Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
 
 
+def update_vm(cluster: Cluster, name: str, change) -> vm_pb2.VirtualMachine:
+    """The VM as Get returns it, changed by ``change(vm)``, sent back (read and sent again when
+    the leader wrote its status in between: ABORTED)."""
+    for _ in range(5):
+        current = cluster.get(name)
+        change(current)
+        try:
+            return cluster.vms.UpdateVirtualMachine(vm_pb2.UpdateVirtualMachineRequest(virtual_machine=current),
+                                                    timeout=10).virtual_machine
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ABORTED:
+                raise
+    raise AssertionError(f"vm {name} kept changing")
+
+
 def code_and_details(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as caught:
         call()
@@ -96,14 +111,11 @@ def test_values_are_copied_and_kept_when_the_type_changes(controller: Cluster) -
         other = controller.create(typed_vm(controller, "sized-later", "u1.small"))
         assert other.spec.vcpus == 4 and other.spec.instance_type.revision_name != revision
         # An update that sends the resolved spec back (labels changed) keeps the old revision.
-        again.metadata.labels["touched"] = "yes"
-        kept = controller.vms.UpdateVirtualMachine(vm_pb2.UpdateVirtualMachineRequest(virtual_machine=again),
-                                                   timeout=10).virtual_machine
+        kept = update_vm(controller, "sized", lambda vm: vm.metadata.labels.update(touched="yes"))
         assert kept.spec.vcpus == 2 and kept.spec.instance_type.revision_name == revision
         # ... but one that changes a fixed value is refused, naming it.
-        kept.spec.vcpus = 3
-        code, details = code_and_details(lambda: controller.vms.UpdateVirtualMachine(
-            vm_pb2.UpdateVirtualMachineRequest(virtual_machine=kept), timeout=10))
+        code, details = code_and_details(lambda: update_vm(controller, "sized",
+                                                           lambda vm: setattr(vm.spec, "vcpus", 3)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "spec.vcpus is fixed by instance type u1.small" in details
     finally:
         store.close()
@@ -346,3 +358,26 @@ def test_a_guest_runs_with_its_disk_on_the_preferred_bus(controller: Cluster, ma
         assert not any(name.startswith("vd") for name in seen), seen  # nothing on virtio-blk
     finally:
         console.close()
+
+
+def test_an_update_naming_another_type_resizes_a_stopped_vm(controller: Cluster) -> None:
+    make_type(controller, "u1.nano", vcpus=1, memory_mib=128)
+    make_type(controller, "u1.medium", vcpus=2, memory_mib=1024)
+    make_preference(controller, "linux", it_pb2.PreferenceSpec(machine_type="pc", disk_bus=vm_pb2.DISK_BUS_VIRTIO))
+    make_preference(controller, "linux.q35", it_pb2.PreferenceSpec(machine_type="q35"))
+    vm = controller.create(typed_vm(controller, "grow", "u1.nano", "linux"))  # Halted: no run
+    assert (vm.spec.vcpus, vm.spec.machine_type) == (1, "pc")
+
+    def to_medium_q35(vm: vm_pb2.VirtualMachine) -> None:
+        vm.spec.instance_type.name = "u1.medium"
+        vm.spec.preference.name = "linux.q35"
+
+    vm = update_vm(controller, "grow", to_medium_q35)
+    assert (vm.spec.vcpus, vm.spec.memory_mib) == (2, 1024)
+    assert vm.spec.instance_type.revision_name.startswith("instancetype-u1.medium-")
+    assert vm.spec.machine_type == "q35"  # the old preference's default gave way to the new one's
+    assert vm.spec.disk_bus == vm_pb2.DISK_BUS_UNSPECIFIED
+    # No longer sized by a type: the values become the VM's own, and may change.
+    vm = update_vm(controller, "grow", lambda vm: vm.spec.ClearField("instance_type"))
+    assert (vm.spec.vcpus, vm.spec.memory_mib) == (2, 1024) and not vm.spec.HasField("instance_type")
+    assert update_vm(controller, "grow", lambda vm: setattr(vm.spec, "vcpus", 1)).spec.vcpus == 1
