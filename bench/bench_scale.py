@@ -158,8 +158,7 @@ class Bench:
         with open(self.work / f"{name}.log", "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "handler.simnodes", "--count", str(count), "--first-index", str(first),
-                 "--servers", self.cluster.servers, "--etcd-endpoints", self.etcd.endpoint,
-                 "--etcd-prefix", PREFIX, "--vcpus", str(vcpus), "--log-level", "WARNING",
+                 "--servers", self.cluster.servers, "--vcpus", str(vcpus), "--log-level", "WARNING",
                  "--heartbeat-seconds", str(self.args.node_heartbeat_seconds),
                  "--record", str(self.work / f"{name}.starts")],
                 cwd=REPO, env=self.cluster.env(), stdout=log, stderr=subprocess.STDOUT)

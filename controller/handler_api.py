@@ -14,6 +14,7 @@ from controller import auth
 from controller.errors import RequestError, grpc_errors
 from controller.limits import StreamLimits
 from controller.migrations import clear_target, fail, progress_message, set_phase
+from controller.node_control import NodeControlMethods
 from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
 from corral.logs import log_vm
@@ -150,7 +151,7 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
     return False, False
 
 
-class HandlerService(handler_pb2_grpc.HandlerServiceServicer):
+class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer):
     def __init__(self, *, store: Store, cache: WatchCache, limits: StreamLimits | None = None) -> None:
         self.store = store
         self.cache = cache

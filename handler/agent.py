@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from corral import status as vm_status
 from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
+from handler.control import KEEPALIVE_OPTIONS
 from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
 from handler.devices import DeviceError, Roots, RunDevices
@@ -546,15 +547,6 @@ class NodeAgent:
                 self.wake.set()
 
         self.pool.submit(run)
-
-
-#: Notice a controller that vanished without closing its connections (power loss, partition).
-KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 5000),
-    ("grpc.keepalive_timeout_ms", 5000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 
 
 class ControllerStubs:

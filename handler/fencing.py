@@ -11,8 +11,8 @@ the deadline is pushed OUTAGE_GRACE_SECONDS ahead only if every configured contr
 that it cannot reach the store either. No leader can then restart anything (restarting needs
 a store write), and the controllers' node-loss margin is longer than the grace.
 
-Instance locks: before a run of a VM starts, the handler takes /corral/instance-locks/NAME
-bound to its node lease. A second run cannot start on any node while the lock is held,
+Instance locks: before a run of a VM starts, the handler has a controller take
+/corral/instance-locks/NAME bound to its node lease. A second run cannot start on any node while the lock is held,
 whatever the controller believes, and the lock goes when the node's lease goes.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import grpc
-from pyetcd import transactions as T
 
-from corral.resources import INSTANCE_LOCKS_FOLDER, VMS, instance_lock_value
-from corral.store import Store, StoreError
+from corral.store import StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc
+from handler.control import NodeControl
 
 log = logging.getLogger(__name__)
 
@@ -105,65 +105,43 @@ def store_down_everywhere(servers: list[str], *, node_name: str, timeout: float 
 
 
 class InstanceLocks:
-    """Locks held by this node's lease, one per running VM (by VM name)."""
+    """Locks held by this node's lease, one per running VM (by VM name), taken and released by
+    a controller for the node (handler/control.py)."""
 
-    def __init__(self, *, store: Store, node_name: str, lease_id: "callable") -> None:
-        self.store = store
+    def __init__(self, *, control: NodeControl, node_name: str, lease_id: Callable[[], int | None]) -> None:
+        self.control = control
         self.node_name = node_name
         self.lease_id = lease_id
-
-    def _key(self, vm_name: str) -> bytes:
-        return self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
-
-    def _value(self, instance_uid: str) -> bytes:
-        return instance_lock_value(self.node_name, instance_uid)
 
     def acquire(self, vm_name: str, instance_uid: str) -> bool:
         """Take (or keep, re-binding to the current lease) the lock; False if another holds it."""
         lease = self.lease_id()
         if not lease:
             return False
-        key, value = self._key(vm_name), self._value(instance_uid)
         try:
-            response = self.store.txn([T.Version(key) == 0], [T.Put(key, value, lease=lease)],
-                                      [T.Get(key)])
-            if response.succeeded:
-                return True
-            held = response.responses[0].response_range.kvs
-            if held and held[0].value == value:
-                if held[0].lease != lease:
-                    self.store.txn([T.Value(key) == value], [T.Put(key, value, lease=lease)])
-                return True
-            holder = held[0].value.decode() if held else "?"
-            log.warning("vm %s: run %s waits: the instance lock is held by %s", vm_name, instance_uid, holder)
-            return False
+            acquired, holder = self.control.acquire_lock(vm_name, instance_uid, lease)
         except StoreError as exc:
             log.warning("vm %s: cannot take the instance lock: %s", vm_name, exc)
             return False
+        if not acquired:
+            log.warning("vm %s: run %s waits: the instance lock is held by %s", vm_name, instance_uid, holder or "?")
+        return acquired
 
     def reclaim(self, vm_name: str, instance_uid: str) -> bool:
         """After the node's lease was lost: take the lock again for a run that is still this
         node's, atomically with checking that the VM did not change meanwhile. The leader marks
         a run lost only while its lock is absent, so exactly one of the two can happen."""
         lease = self.lease_id()
+        if not lease:
+            return False
         try:
-            vm = self.store.get(VMS, vm_name)
-        except StoreError:
+            return self.control.reclaim_lock(vm_name, instance_uid, lease)
+        except StoreError as exc:
+            log.warning("vm %s: cannot reclaim the instance lock: %s", vm_name, exc)
             return False
-        if vm.status.node_name != self.node_name or vm.status.instance_uid != instance_uid:
-            return False
-        key, value = self._key(vm_name), self._value(instance_uid)
-        vm_key = self.store.key(VMS, vm_name)
-        response = self.store.txn([T.Mod(vm_key) == vm.metadata.resource_version, T.Version(key) == 0],
-                                  [T.Put(key, value, lease=lease)], [T.Get(key)])
-        if response.succeeded:
-            return True
-        held = response.responses[0].response_range.kvs
-        return bool(held) and held[0].value == value and self.acquire(vm_name, instance_uid)
 
     def release(self, vm_name: str, instance_uid: str) -> None:
-        key = self._key(vm_name)
         try:
-            self.store.txn([T.Value(key) == self._value(instance_uid)], [T.Delete(key)])
+            self.control.release_lock(vm_name, instance_uid)
         except StoreError as exc:
             log.warning("vm %s: cannot release the instance lock (it goes with the node lease): %s", vm_name, exc)

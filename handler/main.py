@@ -17,14 +17,15 @@ from pathlib import Path
 from corral import fence_guard, logs, metrics, tls
 from corral.sdnotify import Watchdog, notify
 from corral.settings import HandlerSettings, add_common_arguments, parse_daemon_settings
-from corral.store import Store, StoreError
+from corral.store import StoreError
 from handler.isolation import setup as setup_isolation
 from handler.agent import ControllerStubs, NodeAgent
 from handler.devices import Roots
 from handler.assignments import AssignmentFollower
+from handler.control import NodeControl, Refused
 from handler.fencing import FenceDeadline, InstanceLocks, WatchdogDevice, store_down_everywhere
 from handler.launchers import state_dir_problem
-from handler.node import Heartbeat, node_record, register
+from handler.node import Heartbeat, node_record
 from handler.server import AgentServer
 
 log = logging.getLogger("corral.handler")
@@ -121,10 +122,9 @@ def main(argv: list[str] | None = None) -> int:
               "per-VM isolation (isolation on or auto, as root)", file=sys.stderr)
         return 2
     try:
-        store = Store.from_settings(settings)
         credentials = (tls.channel_credentials(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
                        if settings.uses_tls() else None)
-    except (StoreError, tls.TLSConfigError) as exc:
+    except tls.TLSConfigError as exc:
         print(f"corral-handler: {exc}", file=sys.stderr)
         return 2
     if credentials is None:
@@ -143,10 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    # Nodes hold no store credentials: a controller writes the node's record, lease and locks.
+    control = NodeControl(settings.servers, node_name=settings.node_name, credentials=credentials)
     while not stop.is_set():
         try:
-            register(store, record)
+            control.register(record)
             break
+        except Refused as exc:
+            print(f"corral-handler: the controllers refused node {settings.node_name}: {exc}", file=sys.stderr)
+            return 2
         except StoreError as exc:
             log.warning("cannot register node %s yet: %s", settings.node_name, exc)
             stop.wait(1.0)
@@ -156,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     stubs = ControllerStubs(settings.servers, credentials=credentials)
     agent_holder: list[NodeAgent] = []
     heartbeat = Heartbeat(
-        store=store, node_name=settings.node_name, ttl_seconds=settings.heartbeat_seconds, deadline=deadline,
+        control=control, node_name=settings.node_name, ttl_seconds=settings.heartbeat_seconds, deadline=deadline,
         outage_confirmed=lambda: store_down_everywhere(settings.servers, node_name=settings.node_name,
                                                        credentials=credentials),
         reclaim_guests=lambda: agent_holder and agent_holder[0].reclaim_guests())
-    locks = InstanceLocks(store=store, node_name=settings.node_name, lease_id=lambda: heartbeat.lease_id)
+    locks = InstanceLocks(control=control, node_name=settings.node_name, lease_id=lambda: heartbeat.lease_id)
     agent = NodeAgent(node_name=settings.node_name, state_dir=state_dir,
                       launcher_command=launcher_command(settings, state_dir, isolate=isolation is not None),
                       isolation=isolation, stubs=stubs,
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         watchdog_device.disarm()  # no guests here: nothing to fence, a stopped handler must not reset the node
     # The lease is NOT revoked: guests keep running while a restarted handler takes over in
     # time; if none does, they are fenced when the lease runs out.
-    store.close()
+    control.close()
     return 0
 
 

@@ -1,21 +1,19 @@
-"""The node's record in the store and its heartbeat: a key bound to an etcd lease. While the
-key exists the node is Ready; if the handler stops renewing, etcd removes it by itself."""
+"""The node's record and its heartbeat: a key bound to an etcd lease, both written by a
+controller for the node (handler/control.py). While the key exists the node is Ready; if the
+handler stops renewing, etcd removes it by itself."""
 from __future__ import annotations
 
 import logging
 import os
 import random
 import threading
-import uuid
 import time
 from collections.abc import Callable
 
-from pyetcd import transactions as T
-
 from corral import status as vm_status
-from corral.resources import NODE_LEASES_FOLDER, NODES
-from corral.store import NotFound, Store, StoreError
+from corral.store import StoreError
 from corral.v1 import node_pb2
+from handler.control import NodeControl
 from handler.fencing import FenceDeadline
 
 log = logging.getLogger(__name__)
@@ -47,29 +45,16 @@ def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: in
     return node
 
 
-def register(store: Store, node: node_pb2.Node) -> node_pb2.Node:
-    """Write the node's record, keeping what operators set on it (cordon)."""
-    try:
-        existing = store.get(NODES, node.metadata.name)
-        node.spec.CopyFrom(existing.spec)
-        node.metadata.uid = existing.metadata.uid
-    except NotFound:
-        node.metadata.uid = str(uuid.uuid4())
-        node.metadata.create_time.CopyFrom(vm_status.now())
-    return store.put(NODES, node)
-
-
 class Heartbeat:
     """Keeps the node's lease key alive and, with it, the fencing deadline its launchers obey.
 
     A lease that expired means the controller may restart this node's VMs elsewhere: a guest
     is kept only if its run's instance lock is reclaimed first (see handler/fencing.py)."""
 
-    def __init__(self, *, store: Store, node_name: str, ttl_seconds: int, deadline: FenceDeadline,
+    def __init__(self, *, control: NodeControl, node_name: str, ttl_seconds: int, deadline: FenceDeadline,
                  outage_confirmed: Callable[[], bool], reclaim_guests: Callable[[], None]) -> None:
-        self.store = store
+        self.control = control
         self.ttl = ttl_seconds
-        self.key = store.raw_key(NODE_LEASES_FOLDER + node_name)
         self.node_name = node_name
         self.deadline = deadline
         self.outage_confirmed = outage_confirmed
@@ -80,11 +65,10 @@ class Heartbeat:
         """Take a new lease; when an old one was lost, reclaim this node's runs under it before
         the node turns Ready again and the deadline moves on."""
         self.lease_id = None
-        lease_id = self.store.grant_lease(self.ttl)
+        lease_id = self.control.grant_lease(self.ttl)  # the node's lease key now names it: Ready
         self.lease_id = lease_id
         if reclaim:
             self.reclaim_guests()
-        self.store.txn([], [T.Put(self.key, self.node_name.encode(), lease=lease_id)])
         self.deadline.renewed(sent=sent, ttl=self.ttl)
         log.info("node %s heartbeat lease %x (ttl %ds)", self.node_name, lease_id, self.ttl)
 
@@ -93,7 +77,7 @@ class Heartbeat:
         if self.lease_id is None:
             self._grant(sent=sent)
             return
-        if self.store.refresh_lease(self.lease_id, timeout=min(self.ttl / 3, 2.0)) > 0:
+        if self.control.renew_lease(self.lease_id, timeout=min(self.ttl / 3, 2.0)) > 0:
             self.deadline.renewed(sent=sent, ttl=self.ttl)
             return
         # The lease expired (a long store outage, or this node was cut off or hung). Its guests

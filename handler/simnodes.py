@@ -1,8 +1,9 @@
 """corral-simnodes: many simulated nodes in one process, for scale tests, benchmarks and for
 trying Corral at size on one machine. SIMULATED: no launcher process, no QEMU, no guest boots.
 
-Each simulated node speaks the real handler protocol: it registers its node record and keeps
-its heartbeat lease in etcd (as corral-handler does), follows WatchAssignments from the
+Each simulated node speaks the real handler protocol (and, like corral-handler, holds no store
+credentials): it registers its node record and keeps its heartbeat lease through the
+controllers' HandlerService, follows WatchAssignments from the
 controllers (reconnecting, rotating through them), takes the run's instance lock before a
 start, runs each assigned VM as a domain of libvirt's test driver (``test:///default``: real
 libvirt calls, kept in memory), reports phases with ReportVirtualMachineStatus, ends runs it is
@@ -15,9 +16,9 @@ line ``NODE VM INSTANCE_UID`` per run started, written out at once so that it su
 SIGKILL: a VM started twice, or on two nodes, shows there.
 
 All nodes share one asyncio loop and a few gRPC channels (thousands of streams, a handful of
-threads); etcd calls run in a small thread pool.
+threads).
 
-    corral-simnodes --count 100 --servers 127.0.0.1:7100 --etcd-endpoints http://127.0.0.1:2379
+    corral-simnodes --count 100 --servers 127.0.0.1:7100
     corral-simnodes --count 10 --first-index 100 --record /tmp/starts.txt ...   (sim-00100 to sim-00109)
 """
 from __future__ import annotations
@@ -28,19 +29,15 @@ import logging
 import random
 import signal
 import sys
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import TextIO
 
 import grpc
 import libvirt
-from pyetcd import transactions as T
 
 from corral import logs
-from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER, instance_lock_value
-from corral.store import Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
-from handler.node import node_record, register
+from handler.node import node_record
 
 log = logging.getLogger("corral.simnodes")
 
@@ -100,31 +97,34 @@ class SimNode:
         # when one fails and stays there, as a handler's channel does (ControllerStubs.rotate).
         self.server = 0
 
-    async def etcd(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.sim.pool, fn, *args)
-
     # -- registration and heartbeat ------------------------------------------------------------
     async def register(self) -> None:
         record = node_record(name=self.name, labels={"corral.dev/simulated": "true", **self.sim.labels},
                              vcpus=self.sim.vcpus, memory_mib=self.sim.memory_mib, hypervisor="test",
                              cpu_allocation_ratio=self.sim.cpu_allocation_ratio)
-        await self.etcd(register, self.sim.store, record)
-        await self.grant()
+        status = record.status
+        while await self.call("RegisterNode", handler_pb2.RegisterNodeRequest(
+                node_name=self.name, labels=record.metadata.labels, capacity=status.capacity,
+                cpu_allocation_ratio=status.cpu_allocation_ratio, hypervisor=status.hypervisor)) is None:
+            await asyncio.sleep(1.0)
+        while not await self.grant():
+            await asyncio.sleep(1.0)
 
-    async def grant(self) -> None:
-        self.lease = await self.etcd(self.sim.store.grant_lease, self.sim.ttl)
-        key = self.sim.store.raw_key(NODE_LEASES_FOLDER + self.name)
-        await self.etcd(self.sim.store.txn, [], [T.Put(key, self.name.encode(), lease=self.lease)])
+    async def grant(self) -> bool:
+        answer = await self.call("GrantNodeLease", handler_pb2.GrantNodeLeaseRequest(
+            node_name=self.name, ttl_seconds=self.sim.ttl))
+        if answer is not None:
+            self.lease = answer.lease_id
+        return answer is not None
 
     async def heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.sim.ttl / 4 * (0.9 + random.random() * 0.2))
-            try:
-                if await self.etcd(self.sim.store.refresh_lease, self.lease) <= 0:
-                    log.warning("node %s lost its lease: taking a new one", self.name)
-                    await self.grant()
-            except StoreError as exc:
-                log.warning("node %s: heartbeat failed: %s", self.name, exc)
+            answer = await self.call("RenewNodeLease", handler_pb2.RenewNodeLeaseRequest(
+                node_name=self.name, lease_id=self.lease))
+            if answer is not None and answer.ttl_seconds <= 0:
+                log.warning("node %s lost its lease: taking a new one", self.name)
+                await self.grant()
 
     # -- assignments ---------------------------------------------------------------------------
     async def follow(self) -> None:
@@ -204,55 +204,42 @@ class SimNode:
             await self.report(vm, uid, RUNNING, "Running", "")
 
     async def lock(self, vm_name: str, uid: str) -> bool:
-        key = self.sim.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
-        value = instance_lock_value(self.name, uid)
-        try:
-            answer = await self.etcd(self.sim.store.txn, [T.Version(key) == 0], [T.Put(key, value, lease=self.lease)],
-                                     [T.Get(key)])
-        except StoreError as exc:
-            log.warning("vm %s: cannot take the instance lock: %s", vm_name, exc)
-            return False
-        if answer.succeeded:
-            return True
-        held = answer.responses[0].response_range.kvs
-        return bool(held) and held[0].value == value
+        answer = await self.call("AcquireInstanceLock", handler_pb2.AcquireInstanceLockRequest(
+            node_name=self.name, vm_name=vm_name, instance_uid=uid, lease_id=self.lease))
+        return answer is not None and answer.acquired
 
     async def unlock(self, vm_name: str, uid: str) -> None:
-        key = self.sim.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
-        try:
-            await self.etcd(self.sim.store.txn, [T.Value(key) == instance_lock_value(self.name, uid)], [T.Delete(key)])
-        except StoreError:
-            pass  # it goes with the lease
+        await self.call("ReleaseInstanceLock", handler_pb2.ReleaseInstanceLockRequest(
+            node_name=self.name, vm_name=vm_name, instance_uid=uid))  # else it goes with the lease
 
     async def report(self, vm: vm_pb2.VirtualMachine, uid: str, phase: int, reason: str, message: str) -> None:
         if await self.call("ReportVirtualMachineStatus", handler_pb2.ReportVirtualMachineStatusRequest(
                 node_name=self.name, name=vm.metadata.name, uid=vm.metadata.uid, phase=phase, reason=reason,
-                message=message, instance_uid=uid)):
+                message=message, instance_uid=uid)) is not None:
             self.reported[uid] = phase
 
-    async def call(self, method: str, request) -> bool:
+    async def call(self, method: str, request):
+        """The controller's answer, None when it refused or none answered."""
         for _ in range(len(self.sim.servers) * 2):
             try:
-                await getattr(self.sim.stub_for(self.name, self.server), method)(request, timeout=10)
-                return True
+                return await getattr(self.sim.stub_for(self.name, self.server), method)(request, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    log.info("node %s: %s %s: %s", self.name, method, request.name, exc.details())
-                    return False
+                    log.info("node %s: %s: %s", self.name, method, exc.details())
+                    return None
                 self.server += 1
                 await asyncio.sleep(0.2)
-        return False
+        return None
 
 
 class SimCluster:
     """The process's simulated nodes and what they share."""
 
-    def __init__(self, *, store: Store, servers: list[str], count: int, prefix: str, vcpus: int,
+    def __init__(self, *, servers: list[str], count: int, prefix: str, vcpus: int,
                  memory_mib: int, cpu_allocation_ratio: int, ttl: int, labels: dict[str, str],
                  first_index: int = 0, record: TextIO | None = None) -> None:
-        self.store, self.servers, self.ttl, self.labels = store, servers, ttl, labels
+        self.servers, self.ttl, self.labels = servers, ttl, labels
         self.vcpus, self.memory_mib, self.cpu_allocation_ratio = vcpus, memory_mib, cpu_allocation_ratio
-        self.pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="etcd")
         self.hypervisor = Hypervisor()
         self.nodes = [SimNode(name=f"{prefix}{index:05d}", sim=self)
                       for index in range(first_index, first_index + count)]
@@ -291,8 +278,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="number of the first node (another process may host the ones before)")
     parser.add_argument("--record", default="", help="append 'NODE VM INSTANCE_UID' to this file per run started")
     parser.add_argument("--servers", default="127.0.0.1:7100", help="controller HOST:PORT list")
-    parser.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379")
-    parser.add_argument("--etcd-prefix", default="/corral/")
     parser.add_argument("--vcpus", type=int, default=32, help="host CPUs of each node")
     parser.add_argument("--memory-mib", type=int, default=262144, help="memory of each node")
     parser.add_argument("--cpu-allocation-ratio", type=int, default=10)
@@ -308,9 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = dict(item.split("=", 1) for item in args.labels.split(",") if "=" in item)
     if args.first_index < 0 or args.first_index + args.count > 100000:
         raise SystemExit("corral-simnodes: node numbers go from 0 to 99999 (five digits)")
-    store = Store(endpoints=args.etcd_endpoints.split(","), prefix=args.etcd_prefix)
     record = open(args.record, "a", encoding="utf-8") if args.record else None
-    sim = SimCluster(store=store, servers=args.servers.split(","), count=args.count, prefix=args.name_prefix,
+    sim = SimCluster(servers=args.servers.split(","), count=args.count, prefix=args.name_prefix,
                      vcpus=args.vcpus, memory_mib=args.memory_mib, cpu_allocation_ratio=args.cpu_allocation_ratio,
                      ttl=args.heartbeat_seconds, labels=labels, first_index=args.first_index, record=record)
     loop = asyncio.new_event_loop()
@@ -322,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     except asyncio.CancelledError:
         log.info("stopping %d simulated nodes (their leases run out)", len(sim.nodes))
     finally:
-        store.close()
         if record is not None:
             record.close()
     return 0

@@ -169,9 +169,12 @@ class Cluster:
             *(extra or [])]
         self.handler_args[node] = args
         log = open(self.base / f"handler-{node}.log", "ab")
+        env = self.env()
+        # Nodes hold no store credentials: a handler that still needed etcd would fail here.
+        env["CORRAL_ETCD_ENDPOINTS"] = "http://127.0.0.1:9"
         self.handlers[node] = subprocess.Popen(
             [*(wrapper or []), sys.executable, "-m", "handler.main", *args],
-            env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.node_ready(node), timeout=20, what=f"node {node} to be Ready")
 
     def kill_handler(self, node: str) -> None:

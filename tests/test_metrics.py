@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyetcd import transactions as T
 
 from corral import logs, metrics
-from corral.resources import NODE_LEASES_FOLDER
+from corral.resources import NODE_LEASES_FOLDER, NODES
 from corral.store import Store
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
-from handler.node import node_record, register
+from handler.node import node_record
 from tests.cluster import Cluster, free_port, wait_for
 
 
@@ -68,8 +68,8 @@ def fake_node(bare_cluster):
     """A Ready node (record + lease key) kept alive by this test: the scheduler places VMs on
     it, nothing runs them."""
     store = Store(endpoints=[bare_cluster.etcd.endpoint], prefix=bare_cluster.prefix)
-    register(store, node_record(name="fake1", labels={"corral.dev/test": "fake"}, vcpus=8,
-                                memory_mib=8192, hypervisor="qemu"))
+    store.put(NODES, node_record(name="fake1", labels={"corral.dev/test": "fake"}, vcpus=8,
+                                 memory_mib=8192, hypervisor="qemu"))
     lease = store.grant_lease(10)
     store.txn([], [T.Put(store.raw_key(NODE_LEASES_FOLDER + "fake1"), b"fake1", lease=lease)])
     stop = threading.Event()

@@ -65,7 +65,6 @@ def test_200_vms_on_50_simulated_nodes_survive_a_leader_kill(cluster):
     with open(log_path, "ab") as log:
         sim = subprocess.Popen(
             [sys.executable, "-m", "handler.simnodes", "--count", str(NODES), "--servers", cluster.servers,
-             "--etcd-endpoints", cluster.etcd.endpoint, "--etcd-prefix", cluster.prefix,
              "--heartbeat-seconds", "10"],
             cwd=REPO, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -23,40 +23,69 @@ _sym_db = _symbol_database.Default()
 
 
 from corral.v1 import migration_pb2 as corral_dot_v1_dot_migration__pb2
+from corral.v1 import node_pb2 as corral_dot_v1_dot_node__pb2
 from corral.v1 import vm_pb2 as corral_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/handler.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/migration.proto\x1a\x12\x63orral/v1/vm.proto\"\xba\x03\n\x1cReportMigrationStatusRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07vm_name\x18\x02 \x01(\t\x12\x0e\n\x06vm_uid\x18\x03 \x01(\t\x12\x16\n\x0emigration_name\x18\x04 \x01(\t\x12&\n\x04role\x18\x05 \x01(\x0e\x32\x18.corral.v1.MigrationRole\x12(\n\x05phase\x18\x06 \x01(\x0e\x32\x19.corral.v1.MigrationPhase\x12\x16\n\x0etarget_address\x18\x07 \x01(\t\x12\x19\n\x11target_domain_xml\x18\x08 \x01(\t\x12&\n\x04mode\x18\t \x01(\x0e\x32\x18.corral.v1.MigrationMode\x12\x18\n\x10\x64\x61ta_total_bytes\x18\n \x01(\x03\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x0b \x01(\x03\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\x0c \x01(\x03\x12\x13\n\x0b\x64owntime_ms\x18\r \x01(\x03\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x0f\n\x07message\x18\x0f \x01(\t\x12\x15\n\rmigration_uri\x18\x10 \x01(\t\"\x1f\n\x1dReportMigrationStatusResponse\",\n\x17WatchAssignmentsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"\x96\x01\n\x18WatchAssignmentsResponse\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.corral.v1.AssignmentEventType\x12\x32\n\x0fvirtual_machine\x18\x02 \x01(\x0b\x32\x19.corral.v1.VirtualMachine\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"\x9f\x02\n!ReportVirtualMachineStatusRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12-\n\x05phase\x18\x04 \x01(\x0e\x32\x1e.corral.v1.VirtualMachinePhase\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x17\n\x0fserial_log_path\x18\x07 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x08 \x01(\t\x12\x0e\n\x06paused\x18\t \x01(\x08\x12#\n\x05guest\x18\n \x01(\x0b\x32\x14.corral.v1.GuestInfo\x12\x18\n\x10saved_state_path\x18\x0b \x01(\t\"X\n\"ReportVirtualMachineStatusResponse\x12\x32\n\x0fvirtual_machine\x18\x01 \x01(\x0b\x32\x19.corral.v1.VirtualMachine\"L\n\x1cReleaseVirtualMachineRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\"\x1f\n\x1dReleaseVirtualMachineResponse\"*\n\x15GetStoreHealthRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"B\n\x16GetStoreHealthResponse\x12\x17\n\x0fstore_reachable\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*e\n\rMigrationRole\x12\x1e\n\x1aMIGRATION_ROLE_UNSPECIFIED\x10\x00\x12\x19\n\x15MIGRATION_ROLE_SOURCE\x10\x01\x12\x19\n\x15MIGRATION_ROLE_TARGET\x10\x02*\xa2\x01\n\x13\x41ssignmentEventType\x12%\n!ASSIGNMENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x41SSIGNMENT_EVENT_TYPE_UPSERT\x10\x01\x12 \n\x1c\x41SSIGNMENT_EVENT_TYPE_REMOVE\x10\x02\x12 \n\x1c\x41SSIGNMENT_EVENT_TYPE_SYNCED\x10\x03\x32\x99\x04\n\x0eHandlerService\x12]\n\x10WatchAssignments\x12\".corral.v1.WatchAssignmentsRequest\x1a#.corral.v1.WatchAssignmentsResponse0\x01\x12y\n\x1aReportVirtualMachineStatus\x12,.corral.v1.ReportVirtualMachineStatusRequest\x1a-.corral.v1.ReportVirtualMachineStatusResponse\x12j\n\x15ReleaseVirtualMachine\x12\'.corral.v1.ReleaseVirtualMachineRequest\x1a(.corral.v1.ReleaseVirtualMachineResponse\x12U\n\x0eGetStoreHealth\x12 .corral.v1.GetStoreHealthRequest\x1a!.corral.v1.GetStoreHealthResponse\x12j\n\x15ReportMigrationStatus\x12\'.corral.v1.ReportMigrationStatusRequest\x1a(.corral.v1.ReportMigrationStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/handler.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/migration.proto\x1a\x14\x63orral/v1/node.proto\x1a\x12\x63orral/v1/vm.proto\"\xfe\x01\n\x13RegisterNodeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.corral.v1.RegisterNodeRequest.LabelsEntry\x12&\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x1c\n\x14\x63pu_allocation_ratio\x18\x04 \x01(\x05\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x14RegisterNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node\"?\n\x15GrantNodeLeaseRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"?\n\x16GrantNodeLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"<\n\x15RenewNodeLeaseRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x03\"-\n\x16RenewNodeLeaseResponse\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x05\"h\n\x1a\x41\x63quireInstanceLockRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07vm_name\x18\x02 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x03 \x01(\t\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\"?\n\x1b\x41\x63quireInstanceLockResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12\x0e\n\x06holder\x18\x02 \x01(\t\"h\n\x1aReclaimInstanceLockRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07vm_name\x18\x02 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x03 \x01(\t\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\"0\n\x1bReclaimInstanceLockResponse\x12\x11\n\treclaimed\x18\x01 \x01(\x08\"V\n\x1aReleaseInstanceLockRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07vm_name\x18\x02 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x03 \x01(\t\"\x1d\n\x1bReleaseInstanceLockResponse\"\xba\x03\n\x1cReportMigrationStatusRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07vm_name\x18\x02 \x01(\t\x12\x0e\n\x06vm_uid\x18\x03 \x01(\t\x12\x16\n\x0emigration_name\x18\x04 \x01(\t\x12&\n\x04role\x18\x05 \x01(\x0e\x32\x18.corral.v1.MigrationRole\x12(\n\x05phase\x18\x06 \x01(\x0e\x32\x19.corral.v1.MigrationPhase\x12\x16\n\x0etarget_address\x18\x07 \x01(\t\x12\x19\n\x11target_domain_xml\x18\x08 \x01(\t\x12&\n\x04mode\x18\t \x01(\x0e\x32\x18.corral.v1.MigrationMode\x12\x18\n\x10\x64\x61ta_total_bytes\x18\n \x01(\x03\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x0b \x01(\x03\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\x0c \x01(\x03\x12\x13\n\x0b\x64owntime_ms\x18\r \x01(\x03\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x0f\n\x07message\x18\x0f \x01(\t\x12\x15\n\rmigration_uri\x18\x10 \x01(\t\"\x1f\n\x1dReportMigrationStatusResponse\",\n\x17WatchAssignmentsRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"\x96\x01\n\x18WatchAssignmentsResponse\x12,\n\x04type\x18\x01 \x01(\x0e\x32\x1e.corral.v1.AssignmentEventType\x12\x32\n\x0fvirtual_machine\x18\x02 \x01(\x0b\x32\x19.corral.v1.VirtualMachine\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"\x9f\x02\n!ReportVirtualMachineStatusRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\x12-\n\x05phase\x18\x04 \x01(\x0e\x32\x1e.corral.v1.VirtualMachinePhase\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x17\n\x0fserial_log_path\x18\x07 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x08 \x01(\t\x12\x0e\n\x06paused\x18\t \x01(\x08\x12#\n\x05guest\x18\n \x01(\x0b\x32\x14.corral.v1.GuestInfo\x12\x18\n\x10saved_state_path\x18\x0b \x01(\t\"X\n\"ReportVirtualMachineStatusResponse\x12\x32\n\x0fvirtual_machine\x18\x01 \x01(\x0b\x32\x19.corral.v1.VirtualMachine\"L\n\x1cReleaseVirtualMachineRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03uid\x18\x03 \x01(\t\"\x1f\n\x1dReleaseVirtualMachineResponse\"*\n\x15GetStoreHealthRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"B\n\x16GetStoreHealthResponse\x12\x17\n\x0fstore_reachable\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*e\n\rMigrationRole\x12\x1e\n\x1aMIGRATION_ROLE_UNSPECIFIED\x10\x00\x12\x19\n\x15MIGRATION_ROLE_SOURCE\x10\x01\x12\x19\n\x15MIGRATION_ROLE_TARGET\x10\x02*\xa2\x01\n\x13\x41ssignmentEventType\x12%\n!ASSIGNMENT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x41SSIGNMENT_EVENT_TYPE_UPSERT\x10\x01\x12 \n\x1c\x41SSIGNMENT_EVENT_TYPE_REMOVE\x10\x02\x12 \n\x1c\x41SSIGNMENT_EVENT_TYPE_SYNCED\x10\x03\x32\xca\x08\n\x0eHandlerService\x12]\n\x10WatchAssignments\x12\".corral.v1.WatchAssignmentsRequest\x1a#.corral.v1.WatchAssignmentsResponse0\x01\x12y\n\x1aReportVirtualMachineStatus\x12,.corral.v1.ReportVirtualMachineStatusRequest\x1a-.corral.v1.ReportVirtualMachineStatusResponse\x12j\n\x15ReleaseVirtualMachine\x12\'.corral.v1.ReleaseVirtualMachineRequest\x1a(.corral.v1.ReleaseVirtualMachineResponse\x12U\n\x0eGetStoreHealth\x12 .corral.v1.GetStoreHealthRequest\x1a!.corral.v1.GetStoreHealthResponse\x12j\n\x15ReportMigrationStatus\x12\'.corral.v1.ReportMigrationStatusRequest\x1a(.corral.v1.ReportMigrationStatusResponse\x12O\n\x0cRegisterNode\x12\x1e.corral.v1.RegisterNodeRequest\x1a\x1f.corral.v1.RegisterNodeResponse\x12U\n\x0eGrantNodeLease\x12 .corral.v1.GrantNodeLeaseRequest\x1a!.corral.v1.GrantNodeLeaseResponse\x12U\n\x0eRenewNodeLease\x12 .corral.v1.RenewNodeLeaseRequest\x1a!.corral.v1.RenewNodeLeaseResponse\x12\x64\n\x13\x41\x63quireInstanceLock\x12%.corral.v1.AcquireInstanceLockRequest\x1a&.corral.v1.AcquireInstanceLockResponse\x12\x64\n\x13ReclaimInstanceLock\x12%.corral.v1.ReclaimInstanceLockRequest\x1a&.corral.v1.ReclaimInstanceLockResponse\x12\x64\n\x13ReleaseInstanceLock\x12%.corral.v1.ReleaseInstanceLockRequest\x1a&.corral.v1.ReleaseInstanceLockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.handler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MIGRATIONROLE']._serialized_start=1365
-  _globals['_MIGRATIONROLE']._serialized_end=1466
-  _globals['_ASSIGNMENTEVENTTYPE']._serialized_start=1469
-  _globals['_ASSIGNMENTEVENTTYPE']._serialized_end=1631
-  _globals['_REPORTMIGRATIONSTATUSREQUEST']._serialized_start=86
-  _globals['_REPORTMIGRATIONSTATUSREQUEST']._serialized_end=528
-  _globals['_REPORTMIGRATIONSTATUSRESPONSE']._serialized_start=530
-  _globals['_REPORTMIGRATIONSTATUSRESPONSE']._serialized_end=561
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=563
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=607
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=610
-  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=760
-  _globals['_REPORTVIRTUALMACHINESTATUSREQUEST']._serialized_start=763
-  _globals['_REPORTVIRTUALMACHINESTATUSREQUEST']._serialized_end=1050
-  _globals['_REPORTVIRTUALMACHINESTATUSRESPONSE']._serialized_start=1052
-  _globals['_REPORTVIRTUALMACHINESTATUSRESPONSE']._serialized_end=1140
-  _globals['_RELEASEVIRTUALMACHINEREQUEST']._serialized_start=1142
-  _globals['_RELEASEVIRTUALMACHINEREQUEST']._serialized_end=1218
-  _globals['_RELEASEVIRTUALMACHINERESPONSE']._serialized_start=1220
-  _globals['_RELEASEVIRTUALMACHINERESPONSE']._serialized_end=1251
-  _globals['_GETSTOREHEALTHREQUEST']._serialized_start=1253
-  _globals['_GETSTOREHEALTHREQUEST']._serialized_end=1295
-  _globals['_GETSTOREHEALTHRESPONSE']._serialized_start=1297
-  _globals['_GETSTOREHEALTHRESPONSE']._serialized_end=1363
-  _globals['_HANDLERSERVICE']._serialized_start=1634
-  _globals['_HANDLERSERVICE']._serialized_end=2171
+  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_MIGRATIONROLE']._serialized_start=2384
+  _globals['_MIGRATIONROLE']._serialized_end=2485
+  _globals['_ASSIGNMENTEVENTTYPE']._serialized_start=2488
+  _globals['_ASSIGNMENTEVENTTYPE']._serialized_end=2650
+  _globals['_REGISTERNODEREQUEST']._serialized_start=108
+  _globals['_REGISTERNODEREQUEST']._serialized_end=362
+  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_start=317
+  _globals['_REGISTERNODEREQUEST_LABELSENTRY']._serialized_end=362
+  _globals['_REGISTERNODERESPONSE']._serialized_start=364
+  _globals['_REGISTERNODERESPONSE']._serialized_end=417
+  _globals['_GRANTNODELEASEREQUEST']._serialized_start=419
+  _globals['_GRANTNODELEASEREQUEST']._serialized_end=482
+  _globals['_GRANTNODELEASERESPONSE']._serialized_start=484
+  _globals['_GRANTNODELEASERESPONSE']._serialized_end=547
+  _globals['_RENEWNODELEASEREQUEST']._serialized_start=549
+  _globals['_RENEWNODELEASEREQUEST']._serialized_end=609
+  _globals['_RENEWNODELEASERESPONSE']._serialized_start=611
+  _globals['_RENEWNODELEASERESPONSE']._serialized_end=656
+  _globals['_ACQUIREINSTANCELOCKREQUEST']._serialized_start=658
+  _globals['_ACQUIREINSTANCELOCKREQUEST']._serialized_end=762
+  _globals['_ACQUIREINSTANCELOCKRESPONSE']._serialized_start=764
+  _globals['_ACQUIREINSTANCELOCKRESPONSE']._serialized_end=827
+  _globals['_RECLAIMINSTANCELOCKREQUEST']._serialized_start=829
+  _globals['_RECLAIMINSTANCELOCKREQUEST']._serialized_end=933
+  _globals['_RECLAIMINSTANCELOCKRESPONSE']._serialized_start=935
+  _globals['_RECLAIMINSTANCELOCKRESPONSE']._serialized_end=983
+  _globals['_RELEASEINSTANCELOCKREQUEST']._serialized_start=985
+  _globals['_RELEASEINSTANCELOCKREQUEST']._serialized_end=1071
+  _globals['_RELEASEINSTANCELOCKRESPONSE']._serialized_start=1073
+  _globals['_RELEASEINSTANCELOCKRESPONSE']._serialized_end=1102
+  _globals['_REPORTMIGRATIONSTATUSREQUEST']._serialized_start=1105
+  _globals['_REPORTMIGRATIONSTATUSREQUEST']._serialized_end=1547
+  _globals['_REPORTMIGRATIONSTATUSRESPONSE']._serialized_start=1549
+  _globals['_REPORTMIGRATIONSTATUSRESPONSE']._serialized_end=1580
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=1582
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=1626
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_start=1629
+  _globals['_WATCHASSIGNMENTSRESPONSE']._serialized_end=1779
+  _globals['_REPORTVIRTUALMACHINESTATUSREQUEST']._serialized_start=1782
+  _globals['_REPORTVIRTUALMACHINESTATUSREQUEST']._serialized_end=2069
+  _globals['_REPORTVIRTUALMACHINESTATUSRESPONSE']._serialized_start=2071
+  _globals['_REPORTVIRTUALMACHINESTATUSRESPONSE']._serialized_end=2159
+  _globals['_RELEASEVIRTUALMACHINEREQUEST']._serialized_start=2161
+  _globals['_RELEASEVIRTUALMACHINEREQUEST']._serialized_end=2237
+  _globals['_RELEASEVIRTUALMACHINERESPONSE']._serialized_start=2239
+  _globals['_RELEASEVIRTUALMACHINERESPONSE']._serialized_end=2270
+  _globals['_GETSTOREHEALTHREQUEST']._serialized_start=2272
+  _globals['_GETSTOREHEALTHREQUEST']._serialized_end=2314
+  _globals['_GETSTOREHEALTHRESPONSE']._serialized_start=2316
+  _globals['_GETSTOREHEALTHRESPONSE']._serialized_end=2382
+  _globals['_HANDLERSERVICE']._serialized_start=2653
+  _globals['_HANDLERSERVICE']._serialized_end=3751
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,7 @@
 from corral.v1 import migration_pb2 as _migration_pb2
+from corral.v1 import node_pb2 as _node_pb2
 from corral.v1 import vm_pb2 as _vm_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -27,6 +29,117 @@ ASSIGNMENT_EVENT_TYPE_UNSPECIFIED: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_UPSERT: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_REMOVE: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_SYNCED: AssignmentEventType
+
+class RegisterNodeRequest(_message.Message):
+    __slots__ = ("node_name", "labels", "capacity", "cpu_allocation_ratio", "hypervisor", "address")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    CPU_ALLOCATION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    labels: _containers.ScalarMap[str, str]
+    capacity: _node_pb2.Resources
+    cpu_allocation_ratio: int
+    hypervisor: str
+    address: str
+    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_node_pb2.Resources, _Mapping]] = ..., cpu_allocation_ratio: _Optional[int] = ..., hypervisor: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class RegisterNodeResponse(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: _node_pb2.Node
+    def __init__(self, node: _Optional[_Union[_node_pb2.Node, _Mapping]] = ...) -> None: ...
+
+class GrantNodeLeaseRequest(_message.Message):
+    __slots__ = ("node_name", "ttl_seconds")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    ttl_seconds: int
+    def __init__(self, node_name: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class GrantNodeLeaseResponse(_message.Message):
+    __slots__ = ("lease_id", "ttl_seconds")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    ttl_seconds: int
+    def __init__(self, lease_id: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class RenewNodeLeaseRequest(_message.Message):
+    __slots__ = ("node_name", "lease_id")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    lease_id: int
+    def __init__(self, node_name: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+
+class RenewNodeLeaseResponse(_message.Message):
+    __slots__ = ("ttl_seconds",)
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ttl_seconds: int
+    def __init__(self, ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class AcquireInstanceLockRequest(_message.Message):
+    __slots__ = ("node_name", "vm_name", "instance_uid", "lease_id")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    VM_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    vm_name: str
+    instance_uid: str
+    lease_id: int
+    def __init__(self, node_name: _Optional[str] = ..., vm_name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+
+class AcquireInstanceLockResponse(_message.Message):
+    __slots__ = ("acquired", "holder")
+    ACQUIRED_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    acquired: bool
+    holder: str
+    def __init__(self, acquired: _Optional[bool] = ..., holder: _Optional[str] = ...) -> None: ...
+
+class ReclaimInstanceLockRequest(_message.Message):
+    __slots__ = ("node_name", "vm_name", "instance_uid", "lease_id")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    VM_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    vm_name: str
+    instance_uid: str
+    lease_id: int
+    def __init__(self, node_name: _Optional[str] = ..., vm_name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+
+class ReclaimInstanceLockResponse(_message.Message):
+    __slots__ = ("reclaimed",)
+    RECLAIMED_FIELD_NUMBER: _ClassVar[int]
+    reclaimed: bool
+    def __init__(self, reclaimed: _Optional[bool] = ...) -> None: ...
+
+class ReleaseInstanceLockRequest(_message.Message):
+    __slots__ = ("node_name", "vm_name", "instance_uid")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    VM_NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    vm_name: str
+    instance_uid: str
+    def __init__(self, node_name: _Optional[str] = ..., vm_name: _Optional[str] = ..., instance_uid: _Optional[str] = ...) -> None: ...
+
+class ReleaseInstanceLockResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ReportMigrationStatusRequest(_message.Message):
     __slots__ = ("node_name", "vm_name", "vm_uid", "migration_name", "role", "phase", "target_address", "target_domain_xml", "mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "downtime_ms", "reason", "message", "migration_uri")

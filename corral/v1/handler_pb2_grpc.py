@@ -61,6 +61,36 @@ class HandlerServiceStub:
                 request_serializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusResponse.FromString,
                 _registered_method=True)
+        self.RegisterNode = channel.unary_unary(
+                '/corral.v1.HandlerService/RegisterNode',
+                request_serializer=corral_dot_v1_dot_handler__pb2.RegisterNodeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.RegisterNodeResponse.FromString,
+                _registered_method=True)
+        self.GrantNodeLease = channel.unary_unary(
+                '/corral.v1.HandlerService/GrantNodeLease',
+                request_serializer=corral_dot_v1_dot_handler__pb2.GrantNodeLeaseRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.GrantNodeLeaseResponse.FromString,
+                _registered_method=True)
+        self.RenewNodeLease = channel.unary_unary(
+                '/corral.v1.HandlerService/RenewNodeLease',
+                request_serializer=corral_dot_v1_dot_handler__pb2.RenewNodeLeaseRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.RenewNodeLeaseResponse.FromString,
+                _registered_method=True)
+        self.AcquireInstanceLock = channel.unary_unary(
+                '/corral.v1.HandlerService/AcquireInstanceLock',
+                request_serializer=corral_dot_v1_dot_handler__pb2.AcquireInstanceLockRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.AcquireInstanceLockResponse.FromString,
+                _registered_method=True)
+        self.ReclaimInstanceLock = channel.unary_unary(
+                '/corral.v1.HandlerService/ReclaimInstanceLock',
+                request_serializer=corral_dot_v1_dot_handler__pb2.ReclaimInstanceLockRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.ReclaimInstanceLockResponse.FromString,
+                _registered_method=True)
+        self.ReleaseInstanceLock = channel.unary_unary(
+                '/corral.v1.HandlerService/ReleaseInstanceLock',
+                request_serializer=corral_dot_v1_dot_handler__pb2.ReleaseInstanceLockRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_handler__pb2.ReleaseInstanceLockResponse.FromString,
+                _registered_method=True)
 
 
 class HandlerServiceServicer:
@@ -105,6 +135,57 @@ class HandlerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterNode(self, request, context):
+        """Nodes hold no store credentials: what a handler needs written, a controller writes for
+        it, checked against the caller's node identity (a node acts only for itself).
+
+        Writes the node's record from what the handler reports (capacity, labels, address),
+        keeping what operators set (cordon). Labels under corral.dev/ are refused, except the
+        node's own corral.dev/hostname.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantNodeLease(self, request, context):
+        """A new heartbeat lease for the node, its lease key bound to it: the node is Ready while
+        the lease lives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewNodeLease(self, request, context):
+        """Renews the node's current lease; ttl_seconds is 0 when it expired (or is not the node's
+        current one): the handler then takes a new lease and reclaims its runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireInstanceLock(self, request, context):
+        """Takes (or keeps, bound to the node's current lease) the instance lock of a run assigned to
+        the node (or migrating to it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReclaimInstanceLock(self, request, context):
+        """After the node's lease was lost: takes the run's lock again, atomically with checking the
+        run is still the node's (the leader declares a run lost only while its lock is absent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseInstanceLock(self, request, context):
+        """Gives up the lock of one of the node's runs (no-op when it holds none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HandlerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +213,36 @@ def add_HandlerServiceServicer_to_server(servicer, server):
                     servicer.ReportMigrationStatus,
                     request_deserializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusRequest.FromString,
                     response_serializer=corral_dot_v1_dot_handler__pb2.ReportMigrationStatusResponse.SerializeToString,
+            ),
+            'RegisterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterNode,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.RegisterNodeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.RegisterNodeResponse.SerializeToString,
+            ),
+            'GrantNodeLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantNodeLease,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.GrantNodeLeaseRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.GrantNodeLeaseResponse.SerializeToString,
+            ),
+            'RenewNodeLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewNodeLease,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.RenewNodeLeaseRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.RenewNodeLeaseResponse.SerializeToString,
+            ),
+            'AcquireInstanceLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireInstanceLock,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.AcquireInstanceLockRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.AcquireInstanceLockResponse.SerializeToString,
+            ),
+            'ReclaimInstanceLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReclaimInstanceLock,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.ReclaimInstanceLockRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.ReclaimInstanceLockResponse.SerializeToString,
+            ),
+            'ReleaseInstanceLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseInstanceLock,
+                    request_deserializer=corral_dot_v1_dot_handler__pb2.ReleaseInstanceLockRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_handler__pb2.ReleaseInstanceLockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +382,168 @@ class HandlerService:
             '/corral.v1.HandlerService/ReportMigrationStatus',
             corral_dot_v1_dot_handler__pb2.ReportMigrationStatusRequest.SerializeToString,
             corral_dot_v1_dot_handler__pb2.ReportMigrationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/RegisterNode',
+            corral_dot_v1_dot_handler__pb2.RegisterNodeRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.RegisterNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantNodeLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/GrantNodeLease',
+            corral_dot_v1_dot_handler__pb2.GrantNodeLeaseRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.GrantNodeLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewNodeLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/RenewNodeLease',
+            corral_dot_v1_dot_handler__pb2.RenewNodeLeaseRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.RenewNodeLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireInstanceLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/AcquireInstanceLock',
+            corral_dot_v1_dot_handler__pb2.AcquireInstanceLockRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.AcquireInstanceLockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReclaimInstanceLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/ReclaimInstanceLock',
+            corral_dot_v1_dot_handler__pb2.ReclaimInstanceLockRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.ReclaimInstanceLockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseInstanceLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.HandlerService/ReleaseInstanceLock',
+            corral_dot_v1_dot_handler__pb2.ReleaseInstanceLockRequest.SerializeToString,
+            corral_dot_v1_dot_handler__pb2.ReleaseInstanceLockResponse.FromString,
             options,
             channel_credentials,
             insecure,
