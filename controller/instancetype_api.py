@@ -20,7 +20,8 @@ from corral.resources import INSTANCE_TYPES, POOLS, PREFERENCES, VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Conflict, Kind, Store
 from corral.v1 import instancetype_pb2, instancetype_pb2_grpc, vm_pb2
-from corral.validation import MAX_CATALOGUE_NAME_LENGTH, ValidationError, label_problems, subdomain_problem
+from corral.validation import (MAX_CATALOGUE_NAME_LENGTH, ValidationError, annotation_problems, label_problems,
+                               subdomain_problem)
 
 #: Referrers named in a refused delete's message.
 REFERRERS_SHOWN = 5
@@ -50,6 +51,7 @@ def _validate(obj, catalogue: Catalogue) -> None:
     problem = subdomain_problem(obj.metadata.name, limit=MAX_CATALOGUE_NAME_LENGTH)
     problems = [problem] if problem else []
     problems += label_problems(obj.metadata.labels, "metadata.labels")
+    problems += annotation_problems(obj.metadata.annotations, "metadata.annotations")
     problems += catalogue.problems(obj.spec)
     if problems:
         raise ValidationError(problems)

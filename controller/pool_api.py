@@ -19,7 +19,8 @@ from corral.selectors import matches, parse_selector
 from corral.store import Conflict, Store
 from corral.v1 import pool_pb2 as P
 from corral.v1 import pool_pb2_grpc
-from corral.validation import ValidationError, label_problems, name_problem, validate_new_vm
+from corral.validation import (ValidationError, annotation_problems, label_problems, name_problem,
+                               validate_new_vm)
 
 KIND = "VirtualMachinePool"
 
@@ -48,8 +49,8 @@ def spec_problems(pool: P.VirtualMachinePool, store: Store) -> list[str]:
         problems.append(f"spec.replicas {spec.replicas} is out of range: 0 to {pools.MAX_REPLICAS}")
     template = spec.virtual_machine_template
     problems.extend(label_problems(template.metadata.labels, "spec.virtual_machine_template.metadata.labels"))
-    problems.extend(label_problems(template.metadata.annotations,
-                                   "spec.virtual_machine_template.metadata.annotations"))
+    problems.extend(annotation_problems(template.metadata.annotations,
+                                        "spec.virtual_machine_template.metadata.annotations"))
     if template.metadata.name:
         problems.append("spec.virtual_machine_template.metadata.name must be empty: the pool names its VMs "
                         "NAME-INDEX")
@@ -97,6 +98,7 @@ def spec_problems(pool: P.VirtualMachinePool, store: Store) -> list[str]:
 def _validate(pool: P.VirtualMachinePool, store: Store) -> None:
     problems = _name_problems(pool.metadata.name)
     problems += label_problems(pool.metadata.labels, "metadata.labels")
+    problems += annotation_problems(pool.metadata.annotations, "metadata.annotations")
     problems += spec_problems(pool, store)
     if problems:
         raise ValidationError(problems)

@@ -338,6 +338,26 @@ def sizing_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     return problems
 
 
+#: All of an object's annotations together (Kubernetes' limit): they live in the object's key.
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+
+
+def annotation_problems(annotations: dict[str, str] | object, field: str) -> list[str]:
+    """Keys as label keys; values free text, but all of them together bounded (``corral apply``
+    keeps a copy of what it applied there, and a VM's key must stay far below etcd's limit)."""
+    problems: list[str] = []
+    items = dict(annotations)  # type: ignore[arg-type]
+    for key in items:
+        prefix, slash, name = key.rpartition("/")
+        if not LABEL_NAME.match(name) or (slash and not LABEL_PREFIX.match(prefix)):
+            problems.append(f"{field} key {shown(key)} is not a valid key (optional DNS prefix + '/', "
+                            "then at most 63 letters, digits, '-', '_' or '.')")
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in items.items())
+    if size > MAX_ANNOTATIONS_BYTES:
+        problems.append(f"{field} take {size} bytes; at most {MAX_ANNOTATIONS_BYTES} are allowed")
+    return problems
+
+
 def validate_new_vm(vm: vm_pb2.VirtualMachine) -> None:
     """What CreateVirtualMachine accepts."""
     problems: list[str] = []
@@ -345,6 +365,7 @@ def validate_new_vm(vm: vm_pb2.VirtualMachine) -> None:
     if problem:
         problems.append(problem)
     problems.extend(label_problems(vm.metadata.labels, "metadata.labels"))
+    problems.extend(annotation_problems(vm.metadata.annotations, "metadata.annotations"))
     if not vm.HasField("spec"):
         problems.append("spec is required")
     else:

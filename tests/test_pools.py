@@ -216,6 +216,8 @@ def test_orphaned_vms_stay_without_owner(cluster):
      "spec.virtual_machine_template"),
     (lambda p: setattr(p.spec, "max_unavailable", "150%"), grpc.StatusCode.INVALID_ARGUMENT, "max_unavailable"),
     (lambda p: setattr(p.metadata, "name", "x" * 60), grpc.StatusCode.INVALID_ARGUMENT, "longer than 58"),
+    (lambda p: p.spec.virtual_machine_template.metadata.annotations.update(big="x" * 300_000),
+     grpc.StatusCode.INVALID_ARGUMENT, "at most 262144"),
 ])
 def test_bad_pools_are_refused_and_nothing_is_created(cluster, change, code, words):
     cluster.start_controller()

@@ -149,3 +149,11 @@ def test_status_counts_ready_and_updated():
     assert (status.replicas, status.ready_replicas, status.updated_replicas) == (3, 2, 2)
     ready = {c.type: c for c in status.conditions}["Ready"]
     assert not ready.status and ready.message == "2 of 3 VMs Running"
+
+
+def test_annotations_are_bounded_but_free_text():
+    from corral.validation import MAX_ANNOTATIONS_BYTES, annotation_problems
+    assert annotation_problems({"corral.dev/last-applied": '{"spec": {"x": "<&> ü"}}'}, "a") == []
+    assert "is not a valid key" in annotation_problems({"bad key": "v"}, "a")[0]
+    too_big = {"corral.dev/last-applied": "x" * MAX_ANNOTATIONS_BYTES}
+    assert "at most 262144" in annotation_problems(too_big, "metadata.annotations")[0]
