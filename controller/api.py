@@ -8,7 +8,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import grpc
@@ -20,6 +19,7 @@ from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
 from controller.limits import StreamLimits
 from controller.nodes import list_node_views, present_nodes, ready_node_names
+from controller.objects import new_metadata
 from controller.watch_cache import WatchCache
 from corral import history, status as vm_status
 from corral.logs import log_vm
@@ -118,11 +118,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         given = request.virtual_machine
         validate_new_vm(given)
         vm = vm_pb2.VirtualMachine()
-        vm.metadata.name = given.metadata.name
-        vm.metadata.labels.update(given.metadata.labels)
-        vm.metadata.annotations.update(given.metadata.annotations)
-        vm.metadata.uid = str(uuid.uuid4())
-        vm.metadata.create_time.CopyFrom(vm_status.now())
+        new_metadata(vm.metadata, given.metadata)
         vm.spec.CopyFrom(given.spec)
         instancetypes.resolve(self.store, vm)  # refused: nothing written
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)

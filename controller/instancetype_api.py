@@ -4,7 +4,6 @@ change); one generic body serves both. A type or preference that a VM or a pool 
 names cannot be deleted (the VM keeps its revision either way, but the name would dangle)."""
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +13,8 @@ from controller import pagination
 from controller.api import list_page
 from controller.errors import RequestError, grpc_errors
 from controller.instancetypes import instance_type_problems, preference_problems
+from controller.objects import new_metadata
 from controller.watch_cache import WatchCache
-from corral import status as vm_status
 from corral.resources import INSTANCE_TYPES, POOLS, PREFERENCES, VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Conflict, Kind, Store
@@ -75,11 +74,7 @@ class _CatalogueService:
     def create(self, given):
         _validate(given, self.catalogue)
         obj = type(given)()
-        obj.metadata.name = given.metadata.name
-        obj.metadata.labels.update(given.metadata.labels)
-        obj.metadata.annotations.update(given.metadata.annotations)
-        obj.metadata.uid = str(uuid.uuid4())
-        obj.metadata.create_time.CopyFrom(vm_status.now())
+        new_metadata(obj.metadata, given.metadata)
         obj.spec.CopyFrom(given.spec)
         return self.store.create(self.catalogue.kind, obj)
 

@@ -16,7 +16,7 @@ import grpc
 
 from controller.errors import RequestError
 from corral.resources import INSTANCE_TYPES, PREFERENCES, REVISIONS
-from corral.store import AlreadyExists, NotFound, Store
+from corral.store import AlreadyExists, Kind, NotFound, Store
 from corral.v1 import instancetype_pb2, vm_pb2
 from corral.validation import (MAX_GRACE_SECONDS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MACHINE_TYPE,
                                ValidationError, enum_problem, hugepages_problems, label_problems, shown,
@@ -200,42 +200,36 @@ def _revision(kind: str, obj, field: str) -> instancetype_pb2.Revision:
     return revision
 
 
+def _fetch_one(store: Store, ref, kind: Kind, source_kind: str, noun: str, field: str, listing: str,
+               sources: Sources) -> tuple[object, str]:
+    """(the spec, its revision name) of what ``ref`` names: a pinned revision when it gives
+    revision_name, else the current object (whose revision is added to sources.new)."""
+    if ref.revision_name:
+        return _pinned(store, ref, noun, field), ref.revision_name
+    try:
+        found = store.get(kind, ref.name)
+    except NotFound:
+        raise Unresolvable(f"{noun} {ref.name!r} not found (spec.{field}.name): create it, or name one that "
+                           f"exists ({listing})") from None
+    revision = _revision(source_kind, found, field)
+    sources.new.append(revision)
+    return found.spec, revision.metadata.name
+
+
 def fetch(store: Store, spec: vm_pb2.VirtualMachineSpec) -> Sources:
     """Read what ``spec`` names: a pinned revision when it gives revision_name, else the current
     instance type or preference (whose revision is then still to write)."""
     sources = Sources()
-    ref = spec.instance_type
-    if ref.name:
-        sources.instance_type_name = ref.name
-        if ref.revision_name:
-            sources.instance_type = _pinned(store, ref, "instance type", "instance_type")
-            sources.instance_type_revision = ref.revision_name
-        else:
-            try:
-                found = store.get(INSTANCE_TYPES, ref.name)
-            except NotFound:
-                raise Unresolvable(f"instance type {ref.name!r} not found (spec.instance_type.name): create it, "
-                                   "or name one that exists (InstanceTypeService.ListInstanceTypes, "
-                                   "`corral get instancetypes`)") from None
-            revision = _revision(INSTANCE_TYPE_KIND, found, "instance_type")
-            sources.instance_type, sources.instance_type_revision = found.spec, revision.metadata.name
-            sources.new.append(revision)
-    ref = spec.preference
-    if ref.name:
-        sources.preference_name = ref.name
-        if ref.revision_name:
-            sources.preference = _pinned(store, ref, "preference", "preference")
-            sources.preference_revision = ref.revision_name
-        else:
-            try:
-                found = store.get(PREFERENCES, ref.name)
-            except NotFound:
-                raise Unresolvable(f"preference {ref.name!r} not found (spec.preference.name): create it, "
-                                   "or name one that exists (PreferenceService.ListPreferences, "
-                                   "`corral get preferences`)") from None
-            revision = _revision(PREFERENCE_KIND, found, "preference")
-            sources.preference, sources.preference_revision = found.spec, revision.metadata.name
-            sources.new.append(revision)
+    if spec.instance_type.name:
+        sources.instance_type_name = spec.instance_type.name
+        sources.instance_type, sources.instance_type_revision = _fetch_one(
+            store, spec.instance_type, INSTANCE_TYPES, INSTANCE_TYPE_KIND, "instance type", "instance_type",
+            "InstanceTypeService.ListInstanceTypes, `corral get instancetypes`", sources)
+    if spec.preference.name:
+        sources.preference_name = spec.preference.name
+        sources.preference, sources.preference_revision = _fetch_one(
+            store, spec.preference, PREFERENCES, PREFERENCE_KIND, "preference", "preference",
+            "PreferenceService.ListPreferences, `corral get preferences`", sources)
     return sources
 
 

@@ -4,7 +4,6 @@ makes the VMs follow. Deleting a pool marks it; the reconciler deletes (or orpha
 then the pool."""
 from __future__ import annotations
 
-import uuid
 
 import grpc
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
@@ -12,6 +11,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from controller import pagination, pools
 from controller.api import list_page, watch_objects
 from controller.errors import RequestError, grpc_errors
+from controller.objects import new_metadata
 from controller.pool_reconciler import ORPHAN_ANNOTATION, resolve_spec
 from corral import status as vm_status
 from corral.resources import POOLS
@@ -120,11 +120,7 @@ class VirtualMachinePoolService(pool_pb2_grpc.VirtualMachinePoolServiceServicer)
         given = request.virtual_machine_pool
         _validate(given, self.store)
         pool = P.VirtualMachinePool()
-        pool.metadata.name = given.metadata.name
-        pool.metadata.labels.update(given.metadata.labels)
-        pool.metadata.annotations.update(given.metadata.annotations)
-        pool.metadata.uid = str(uuid.uuid4())
-        pool.metadata.create_time.CopyFrom(vm_status.now())
+        new_metadata(pool.metadata, given.metadata)
         pool.spec.CopyFrom(given.spec)
         pool.status.template_revision = pools.template_revision(pool)
         return P.CreateVirtualMachinePoolResponse(virtual_machine_pool=self.store.create(POOLS, pool))
