@@ -14,6 +14,10 @@ import pytest
 
 from tests.cluster import REPO, Cluster, Etcd
 
+# The CLI reads its user's client config (~/.config/corral/config: after scripts/local-cluster.sh
+# it names the demo's admin context, with TLS): tests, and the CLIs they start, begin from none.
+os.environ["CORRAL_CLIENT_CONFIG"] = os.devnull
+
 
 def pytest_collection_modifyitems(config, items):
     """Slow tests first, so that with parallel workers the longest ones do not start last."""

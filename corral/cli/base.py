@@ -13,6 +13,7 @@ import grpc
 
 from corral.client import (DEFAULT_SERVER, ENV_SERVER, ENV_TLS_CA_FILE, ENV_TLS_CERT_FILE, ENV_TLS_KEY_FILE,
                            Client, parse_servers, tls_credentials)
+from corral.client_config import ENV_CLIENT_CONFIG, ClientConfigError, resolve
 from corral.tls import TLSConfigError
 
 OUTPUT_FORMATS = ("wide", "json", "yaml", "name")
@@ -43,10 +44,29 @@ def client_of(ctx: click.Context) -> Client:
     """The invocation's client, made on first use and closed when the command ends."""
     obj = ctx.find_root().obj
     if obj.get("client") is None:
-        obj["client"] = Client(obj["servers"], timeout=obj["request_timeout"],
-                               credentials=obj.get("credentials"))
+        servers, credentials = _connection(obj)
+        obj["client"] = Client(servers, timeout=obj["request_timeout"], credentials=credentials)
         ctx.find_root().call_on_close(obj["client"].close)
     return obj["client"]
+
+
+def _connection(obj: dict[str, Any]) -> tuple[list[str], grpc.ChannelCredentials | None]:
+    """Servers and TLS credentials from the flags, the environment and the client config,
+    resolved only when a command calls the API (``corral config`` works with a broken one)."""
+    try:
+        connection = resolve(obj["flags"], config_file=obj["client_config"], context=obj["context"])
+    except ClientConfigError as err:
+        raise CommandError(str(err)) from None
+    try:
+        servers = parse_servers(connection.server)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--server") from None
+    try:
+        credentials = tls_credentials(connection.ca_file, connection.cert_file, connection.key_file)
+    except TLSConfigError as err:
+        where = f" (context {connection.context!r})" if connection.context else ""
+        raise CommandError(f"{err}{where}") from None
+    return servers, credentials
 
 
 def _parse_duration(text: str) -> float:
@@ -95,28 +115,24 @@ def read_source(path: str) -> list[tuple[str, str]]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--server", "-s", envvar=ENV_SERVER, default=DEFAULT_SERVER, show_default=True,
-              metavar="HOST:PORT[,HOST:PORT]",
-              help=f"Controller address(es), tried in turn (env {ENV_SERVER}).")
+@click.option("--server", "-s", metavar="HOST:PORT[,HOST:PORT]",
+              help=f"Controller address(es), tried in turn (env {ENV_SERVER}; else the context's; "
+                   f"else {DEFAULT_SERVER}).")
 @click.option("--request-timeout", type=Duration(), default=10.0, show_default=True,
               help="Deadline of each API call, in seconds (or 30s, 1m).")
-@click.option("--ca-file", envvar=ENV_TLS_CA_FILE, metavar="PEM",
-              help=f"Use TLS, trusting this CA for the controllers (env {ENV_TLS_CA_FILE}).")
-@click.option("--cert-file", envvar=ENV_TLS_CERT_FILE, metavar="PEM",
-              help=f"Client certificate for mutual TLS (env {ENV_TLS_CERT_FILE}).")
-@click.option("--key-file", envvar=ENV_TLS_KEY_FILE, metavar="PEM",
-              help=f"Key of --cert-file (env {ENV_TLS_KEY_FILE}).")
+@click.option("--ca-file", metavar="PEM",
+              help=f"Use TLS, trusting this CA for the controllers (env {ENV_TLS_CA_FILE}; else the context's).")
+@click.option("--cert-file", metavar="PEM",
+              help=f"Client certificate for mutual TLS (env {ENV_TLS_CERT_FILE}; else the context's).")
+@click.option("--key-file", metavar="PEM",
+              help=f"Key of --cert-file (env {ENV_TLS_KEY_FILE}; else the context's).")
+@click.option("--context", metavar="NAME", help="Use this context of the client config, not its current one.")
+@click.option("--client-config", metavar="FILE",
+              help=f"Client config file (env {ENV_CLIENT_CONFIG}; default ~/.config/corral/config).")
 @click.pass_context
-def cli(ctx: click.Context, server: str, request_timeout: float, ca_file: str | None,
-        cert_file: str | None, key_file: str | None) -> None:
+def cli(ctx: click.Context, server: str | None, request_timeout: float, ca_file: str | None,
+        cert_file: str | None, key_file: str | None, context: str | None, client_config: str | None) -> None:
     """Run virtual machines on Corral nodes."""
-    try:
-        servers = parse_servers(server)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--server") from None
-    try:
-        credentials = tls_credentials(ca_file, cert_file, key_file)
-    except TLSConfigError as err:
-        raise CommandError(str(err)) from None
-    ctx.obj = {"servers": servers, "request_timeout": request_timeout, "client": None,
-               "credentials": credentials}
+    ctx.obj = {"flags": {"server": server, "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file},
+               "context": context, "client_config": client_config, "request_timeout": request_timeout,
+               "client": None}
