@@ -130,6 +130,15 @@ class PoolReconciler:
             delete_vm(self.store, vm, fence)
             why = "replaced: its runs kept failing" if vm.metadata.name in plan.healed else "scaled in"
             log_vm(log, vm, "pool %s: vm %s %s", pool.metadata.name, vm.metadata.name, why)
+        for vm in plan.park:
+            vm.metadata.annotations[pools.PARKED_ANNOTATION] = "true"
+            lifecycle.stop(vm, grace_period_seconds=None, force=False)
+            vm_status.record_event(vm, "ScaledIn", f"pool {pool.metadata.name} scaled in: stopped and kept "
+                                                  "(state preservation Offline)")
+            self.store.update(VMS, vm, fence=fence)
+            log_vm(log, vm, "pool %s: vm %s scaled in, kept stopped", pool.metadata.name, vm.metadata.name)
+        for vm in plan.revive:
+            self._revive(pool, vm, revision, wanted_spec(vm.metadata.name), now, fence, failures)
         for index in plan.create:
             try:
                 vm = self.store.create(VMS, make_vm(self.store, pool, index, revision), fence=fence)
@@ -166,6 +175,23 @@ class PoolReconciler:
         if failures:
             pools.set_condition(status, "ReplicaFailure", True, "CreateFailed", failures[0])
         self._write_status(pool, status, fence)
+
+    def _revive(self, pool: pool_pb2.VirtualMachinePool, vm: vm_pb2.VirtualMachine, revision: str,
+                wanted: vm_pb2.VirtualMachineSpec, now: float, fence: Fence, failures: list[str]) -> None:
+        """A parked VM the pool needs again: the current template (it has no run), then a new run."""
+        if vm.metadata.annotations.get(pools.REVISION_ANNOTATION) != revision:
+            pools.set_template_metadata(vm, pool, revision)
+            vm.spec.CopyFrom(wanted)
+        else:
+            vm.metadata.annotations.pop(pools.PARKED_ANNOTATION, None)
+            vm.spec.run_strategy = wanted.run_strategy  # the scale-in's stop made it Halted
+        try:
+            lifecycle.start(vm, now_seconds=now)
+        except lifecycle.Refused as exc:
+            failures.append(str(exc))
+            return
+        self.store.update(VMS, vm, fence=fence)
+        log_vm(log, vm, "pool %s: vm %s scaled out again", pool.metadata.name, vm.metadata.name)
 
     def _write_status(self, pool: pool_pb2.VirtualMachinePool, status: pool_pb2.VirtualMachinePoolStatus,
                       fence: Fence) -> None:

@@ -22,6 +22,8 @@ POOL_KIND = "VirtualMachinePool"
 REVISION_ANNOTATION = "corral.dev/pool-template-revision"
 #: A VM whose run the rollout stopped, to replace its spec once the run ended.
 ROLLOUT_ANNOTATION = "corral.dev/pool-rollout"
+#: A VM scaled in with state preservation: stopped and kept, started again when the pool grows.
+PARKED_ANNOTATION = "corral.dev/pool-scaled-in"
 #: In a template's persistent disk paths: replaced by each VM's name.
 VM_NAME_PLACEHOLDER = "$(VM_NAME)"
 MAX_REPLICAS = 1000
@@ -112,6 +114,8 @@ class Plan:
     stop: list[vm_pb2.VirtualMachine] = field(default_factory=list)  # rollout: end the run first
     healed: list[str] = field(default_factory=list)  # names of VMs replaced for failing
     restart: set[str] = field(default_factory=set)  # updated VMs whose run the rollout stopped: start again
+    park: list[vm_pb2.VirtualMachine] = field(default_factory=list)  # scaled in, kept stopped
+    revive: list[vm_pb2.VirtualMachine] = field(default_factory=list)  # parked ones needed again
     status: pool_pb2.VirtualMachinePoolStatus = field(default_factory=pool_pb2.VirtualMachinePoolStatus)
 
 
@@ -123,6 +127,10 @@ def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
 
 def _deleting(vm: vm_pb2.VirtualMachine) -> bool:
     return vm.metadata.HasField("delete_time")
+
+
+def parked(vm: vm_pb2.VirtualMachine) -> bool:
+    return PARKED_ANNOTATION in vm.metadata.annotations
 
 
 def failing(vm: vm_pb2.VirtualMachine, healing: pool_pb2.AutoHealing, now_seconds: float) -> bool:
@@ -184,7 +192,8 @@ def plan(pool: pool_pb2.VirtualMachinePool, vms: list[vm_pb2.VirtualMachine], *,
     ``node_labels(name)`` a node's labels (None: unknown node)."""
     result = Plan()
     revision = template_revision(pool)
-    active = [vm for vm in vms if not _deleting(vm)]
+    name = pool.metadata.name
+    active = [vm for vm in vms if not _deleting(vm) and not parked(vm)]
     if not pool.spec.paused:
         healthy = []
         for vm in active:
@@ -193,11 +202,19 @@ def plan(pool: pool_pb2.VirtualMachinePool, vms: list[vm_pb2.VirtualMachine], *,
                 result.healed.append(vm.metadata.name)
             else:
                 healthy.append(vm)
-        # Indices stay stable: an index whose VM is going (replaced, or deleted by a person)
-        # is made again once that VM is gone, not at another index meanwhile.
-        serving = {index_of(pool.metadata.name, vm.metadata.name) for vm in healthy}
-        going = {index_of(pool.metadata.name, vm.metadata.name) for vm in vms} - serving
         missing = pool.spec.replicas - len(healthy)
+        # Parked VMs come back first, lowest index first, once their last run has ended (the
+        # index of one still stopping is held below, as a going VM's is).
+        waiting = sorted((vm for vm in vms if parked(vm) and not _deleting(vm)),
+                         key=lambda vm: index_of(name, vm.metadata.name) or 0)
+        stopped = [vm for vm in waiting if vm.status.phase not in vm_status.LIVE_PHASES]
+        result.revive = [_copy(vm) for vm in stopped[:max(missing, 0)]]
+        missing -= len(result.revive)
+        # Indices stay stable: an index whose VM is going (replaced, or deleted by a person)
+        # is made again once that VM is gone, not at another index meanwhile; a parked VM
+        # keeps its index.
+        serving = {index_of(name, vm.metadata.name) for vm in healthy + result.revive}
+        going = {index_of(name, vm.metadata.name) for vm in vms} - serving
         index = 0
         while missing > 0:
             if index not in serving:
@@ -206,8 +223,12 @@ def plan(pool: pool_pb2.VirtualMachinePool, vms: list[vm_pb2.VirtualMachine], *,
                 missing -= 1
             index += 1
         if missing < 0:
-            result.delete.extend(_copy(vm) for vm in scale_in_victims(pool, healthy, -missing))
-        going = {vm.metadata.name for vm in result.delete}
+            victims = [_copy(vm) for vm in scale_in_victims(pool, healthy, -missing)]
+            if pool.spec.scale_in_policy.state_preservation == pool_pb2.STATE_PRESERVATION_OFFLINE:
+                result.park.extend(victims)
+            else:
+                result.delete.extend(victims)
+        going = {vm.metadata.name for vm in result.delete + result.park}
         _roll_out(pool, [vm for vm in healthy if vm.metadata.name not in going], revision, result,
                   wanted_spec, node_labels)
     _status(pool, active, revision, result)

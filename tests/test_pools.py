@@ -9,7 +9,7 @@ import pytest
 
 from corral.v1 import pool_pb2 as P
 from corral.v1 import pool_pb2_grpc, vm_pb2
-from tests.cluster import wait_for
+from tests.cluster import qemu_pid_for, wait_for
 from tests.test_failover import leader_of
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -299,3 +299,27 @@ def test_a_foreign_vm_holding_an_index_is_reported(cluster):
     vms = members(cluster, "held")
     assert not vms["held-0"].metadata.HasField("owner")  # left alone, not adopted or deleted
     assert "held-1" in vms
+
+
+def test_scale_in_with_state_preservation_keeps_the_vm_stopped_and_brings_it_back(cluster):
+    cluster.start_controller()
+    cluster.start_handler("n1", vcpus=8, memory_mib=4096)
+    pool = pool_of(cluster, "kept", 2)
+    pool.spec.scale_in_policy.state_preservation = P.STATE_PRESERVATION_OFFLINE
+    create_pool(cluster, pool)
+    wait_for(lambda: running(cluster, "kept") == {"kept-0", "kept-1"}, timeout=90, what="2 VMs Running")
+    kept = members(cluster, "kept")["kept-1"]
+
+    scale(cluster, "kept", 1)
+    parked = wait_for(lambda: (vm := members(cluster, "kept")["kept-1"]).status.printable_status == "Stopped"
+                      and vm, timeout=60, what="kept-1 stopped")
+    assert parked.metadata.uid == kept.metadata.uid and not parked.metadata.HasField("delete_time")
+    assert qemu_pid_for(kept.status.instance_uid) is None
+    wait_for(lambda: get_pool(cluster, "kept").status.replicas == 1, timeout=20, what="pool status: 1 replica")
+
+    scale(cluster, "kept", 2)
+    back = wait_for(lambda: (vm := members(cluster, "kept")["kept-1"]).status.phase == RUNNING and vm,
+                    timeout=60, what="kept-1 running again")
+    assert back.metadata.uid == kept.metadata.uid  # the same VM (its MACs and disks), a new run
+    assert back.status.instance_uid != kept.status.instance_uid
+    assert set(members(cluster, "kept")) == {"kept-0", "kept-1"}

@@ -157,3 +157,20 @@ def test_annotations_are_bounded_but_free_text():
     assert "is not a valid key" in annotation_problems({"bad key": "v"}, "a")[0]
     too_big = {"corral.dev/last-applied": "x" * MAX_ANNOTATIONS_BYTES}
     assert "at most 262144" in annotation_problems(too_big, "metadata.annotations")[0]
+
+
+def test_offline_state_preservation_parks_victims_and_revives_them_first():
+    pool = a_pool(1)
+    pool.spec.scale_in_policy.state_preservation = P.STATE_PRESERVATION_OFFLINE
+    vms = members(pool, 0, 1)
+    result = plan(pool, vms)
+    assert [vm.metadata.name for vm in result.park] == ["web-1"] and not result.delete
+    vms[1].metadata.annotations[pools.PARKED_ANNOTATION] = "true"
+    assert plan(pool, vms).status.replicas == 1  # a parked VM is not one of the replicas
+    # Scaling up while web-1 is still stopping: wait for it, make nothing else.
+    pool.spec.replicas = 3
+    result = plan(pool, vms)
+    assert not result.revive and result.create == [2]
+    vms[1].status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED
+    result = plan(pool, vms)
+    assert [vm.metadata.name for vm in result.revive] == ["web-1"] and result.create == [2]

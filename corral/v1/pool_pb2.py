@@ -26,55 +26,57 @@ from corral.v1 import meta_pb2 as corral_dot_v1_dot_meta__pb2
 from corral.v1 import vm_pb2 as corral_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/pool.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/meta.proto\x1a\x12\x63orral/v1/vm.proto\"\xa3\x01\n\x12VirtualMachinePool\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12/\n\x04spec\x18\x02 \x01(\x0b\x32!.corral.v1.VirtualMachinePoolSpec\x12\x33\n\x06status\x18\x03 \x01(\x0b\x32#.corral.v1.VirtualMachinePoolStatus\"\x8b\x02\n\x16VirtualMachinePoolSpec\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x43\n\x18virtual_machine_template\x18\x03 \x01(\x0b\x32!.corral.v1.VirtualMachineTemplate\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x17\n\x0fmax_unavailable\x18\x05 \x01(\t\x12\x31\n\x0fscale_in_policy\x18\x06 \x01(\x0b\x32\x18.corral.v1.ScaleInPolicy\x12,\n\x0c\x61uto_healing\x18\x07 \x01(\x0b\x32\x16.corral.v1.AutoHealing\"n\n\x16VirtualMachineTemplate\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.corral.v1.VirtualMachineSpec\"V\n\rScaleInPolicy\x12&\n\x05order\x18\x01 \x01(\x0e\x32\x17.corral.v1.ScaleInOrder\x12\x1d\n\x15prefer_label_selector\x18\x02 \x01(\t\"L\n\x0b\x41utoHealing\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x13\n\x0b\x66\x61iled_runs\x18\x02 \x01(\x05\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\x05\"\xc6\x01\n\x18VirtualMachinePoolStatus\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x02 \x01(\x05\x12\x18\n\x10updated_replicas\x18\x03 \x01(\x05\x12\x19\n\x11template_revision\x18\x04 \x01(\t\x12(\n\nconditions\x18\x05 \x03(\x0b\x32\x14.corral.v1.Condition\x12!\n\x19observed_resource_version\x18\x06 \x01(\x03\"^\n\x1f\x43reateVirtualMachinePoolRequest\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"_\n CreateVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\",\n\x1cGetVirtualMachinePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x1dGetVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"_\n\x1eListVirtualMachinePoolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"\x92\x01\n\x1fListVirtualMachinePoolsResponse\x12<\n\x15virtual_machine_pools\x18\x01 \x03(\x0b\x32\x1d.corral.v1.VirtualMachinePool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"^\n\x1fUpdateVirtualMachinePoolRequest\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"_\n UpdateVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"Y\n\x1f\x44\x65leteVirtualMachinePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x0e\n\x06orphan\x18\x03 \x01(\x08\"\"\n DeleteVirtualMachinePoolResponse\"S\n\x1fWatchVirtualMachinePoolsRequest\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\"\xa2\x01\n WatchVirtualMachinePoolsResponse\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.corral.v1.WatchEventType\x12;\n\x14virtual_machine_pool\x18\x02 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"Z\n\x1eScaleVirtualMachinePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"^\n\x1fScaleVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool*\x86\x01\n\x0cScaleInOrder\x12\x1e\n\x1aSCALE_IN_ORDER_UNSPECIFIED\x10\x00\x12 \n\x1cSCALE_IN_ORDER_HIGHEST_INDEX\x10\x01\x12\x19\n\x15SCALE_IN_ORDER_NEWEST\x10\x02\x12\x19\n\x15SCALE_IN_ORDER_OLDEST\x10\x03\x32\xc1\x06\n\x19VirtualMachinePoolService\x12s\n\x18\x43reateVirtualMachinePool\x12*.corral.v1.CreateVirtualMachinePoolRequest\x1a+.corral.v1.CreateVirtualMachinePoolResponse\x12j\n\x15GetVirtualMachinePool\x12\'.corral.v1.GetVirtualMachinePoolRequest\x1a(.corral.v1.GetVirtualMachinePoolResponse\x12p\n\x17ListVirtualMachinePools\x12).corral.v1.ListVirtualMachinePoolsRequest\x1a*.corral.v1.ListVirtualMachinePoolsResponse\x12s\n\x18UpdateVirtualMachinePool\x12*.corral.v1.UpdateVirtualMachinePoolRequest\x1a+.corral.v1.UpdateVirtualMachinePoolResponse\x12s\n\x18\x44\x65leteVirtualMachinePool\x12*.corral.v1.DeleteVirtualMachinePoolRequest\x1a+.corral.v1.DeleteVirtualMachinePoolResponse\x12u\n\x18WatchVirtualMachinePools\x12*.corral.v1.WatchVirtualMachinePoolsRequest\x1a+.corral.v1.WatchVirtualMachinePoolsResponse0\x01\x12p\n\x17ScaleVirtualMachinePool\x12).corral.v1.ScaleVirtualMachinePoolRequest\x1a*.corral.v1.ScaleVirtualMachinePoolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/pool.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/meta.proto\x1a\x12\x63orral/v1/vm.proto\"\xa3\x01\n\x12VirtualMachinePool\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12/\n\x04spec\x18\x02 \x01(\x0b\x32!.corral.v1.VirtualMachinePoolSpec\x12\x33\n\x06status\x18\x03 \x01(\x0b\x32#.corral.v1.VirtualMachinePoolStatus\"\x8b\x02\n\x16VirtualMachinePoolSpec\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x43\n\x18virtual_machine_template\x18\x03 \x01(\x0b\x32!.corral.v1.VirtualMachineTemplate\x12\x0e\n\x06paused\x18\x04 \x01(\x08\x12\x17\n\x0fmax_unavailable\x18\x05 \x01(\t\x12\x31\n\x0fscale_in_policy\x18\x06 \x01(\x0b\x32\x18.corral.v1.ScaleInPolicy\x12,\n\x0c\x61uto_healing\x18\x07 \x01(\x0b\x32\x16.corral.v1.AutoHealing\"n\n\x16VirtualMachineTemplate\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.corral.v1.VirtualMachineSpec\"\x90\x01\n\rScaleInPolicy\x12&\n\x05order\x18\x01 \x01(\x0e\x32\x17.corral.v1.ScaleInOrder\x12\x1d\n\x15prefer_label_selector\x18\x02 \x01(\t\x12\x38\n\x12state_preservation\x18\x03 \x01(\x0e\x32\x1c.corral.v1.StatePreservation\"L\n\x0b\x41utoHealing\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x13\n\x0b\x66\x61iled_runs\x18\x02 \x01(\x05\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\x05\"\xc6\x01\n\x18VirtualMachinePoolStatus\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x16\n\x0eready_replicas\x18\x02 \x01(\x05\x12\x18\n\x10updated_replicas\x18\x03 \x01(\x05\x12\x19\n\x11template_revision\x18\x04 \x01(\t\x12(\n\nconditions\x18\x05 \x03(\x0b\x32\x14.corral.v1.Condition\x12!\n\x19observed_resource_version\x18\x06 \x01(\x03\"^\n\x1f\x43reateVirtualMachinePoolRequest\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"_\n CreateVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\",\n\x1cGetVirtualMachinePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\\\n\x1dGetVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"_\n\x1eListVirtualMachinePoolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"\x92\x01\n\x1fListVirtualMachinePoolsResponse\x12<\n\x15virtual_machine_pools\x18\x01 \x03(\x0b\x32\x1d.corral.v1.VirtualMachinePool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"^\n\x1fUpdateVirtualMachinePoolRequest\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"_\n UpdateVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\"Y\n\x1f\x44\x65leteVirtualMachinePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\x03\x12\x0e\n\x06orphan\x18\x03 \x01(\x08\"\"\n DeleteVirtualMachinePoolResponse\"S\n\x1fWatchVirtualMachinePoolsRequest\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\"\xa2\x01\n WatchVirtualMachinePoolsResponse\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.corral.v1.WatchEventType\x12;\n\x14virtual_machine_pool\x18\x02 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"Z\n\x1eScaleVirtualMachinePoolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"^\n\x1fScaleVirtualMachinePoolResponse\x12;\n\x14virtual_machine_pool\x18\x01 \x01(\x0b\x32\x1d.corral.v1.VirtualMachinePool*x\n\x11StatePreservation\x12\"\n\x1eSTATE_PRESERVATION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTATE_PRESERVATION_DISABLED\x10\x01\x12\x1e\n\x1aSTATE_PRESERVATION_OFFLINE\x10\x02*\x86\x01\n\x0cScaleInOrder\x12\x1e\n\x1aSCALE_IN_ORDER_UNSPECIFIED\x10\x00\x12 \n\x1cSCALE_IN_ORDER_HIGHEST_INDEX\x10\x01\x12\x19\n\x15SCALE_IN_ORDER_NEWEST\x10\x02\x12\x19\n\x15SCALE_IN_ORDER_OLDEST\x10\x03\x32\xc1\x06\n\x19VirtualMachinePoolService\x12s\n\x18\x43reateVirtualMachinePool\x12*.corral.v1.CreateVirtualMachinePoolRequest\x1a+.corral.v1.CreateVirtualMachinePoolResponse\x12j\n\x15GetVirtualMachinePool\x12\'.corral.v1.GetVirtualMachinePoolRequest\x1a(.corral.v1.GetVirtualMachinePoolResponse\x12p\n\x17ListVirtualMachinePools\x12).corral.v1.ListVirtualMachinePoolsRequest\x1a*.corral.v1.ListVirtualMachinePoolsResponse\x12s\n\x18UpdateVirtualMachinePool\x12*.corral.v1.UpdateVirtualMachinePoolRequest\x1a+.corral.v1.UpdateVirtualMachinePoolResponse\x12s\n\x18\x44\x65leteVirtualMachinePool\x12*.corral.v1.DeleteVirtualMachinePoolRequest\x1a+.corral.v1.DeleteVirtualMachinePoolResponse\x12u\n\x18WatchVirtualMachinePools\x12*.corral.v1.WatchVirtualMachinePoolsRequest\x1a+.corral.v1.WatchVirtualMachinePoolsResponse0\x01\x12p\n\x17ScaleVirtualMachinePool\x12).corral.v1.ScaleVirtualMachinePoolRequest\x1a*.corral.v1.ScaleVirtualMachinePoolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.pool_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCALEINORDER']._serialized_start=2330
-  _globals['_SCALEINORDER']._serialized_end=2464
+  _globals['_STATEPRESERVATION']._serialized_start=2388
+  _globals['_STATEPRESERVATION']._serialized_end=2508
+  _globals['_SCALEINORDER']._serialized_start=2511
+  _globals['_SCALEINORDER']._serialized_end=2645
   _globals['_VIRTUALMACHINEPOOL']._serialized_start=78
   _globals['_VIRTUALMACHINEPOOL']._serialized_end=241
   _globals['_VIRTUALMACHINEPOOLSPEC']._serialized_start=244
   _globals['_VIRTUALMACHINEPOOLSPEC']._serialized_end=511
   _globals['_VIRTUALMACHINETEMPLATE']._serialized_start=513
   _globals['_VIRTUALMACHINETEMPLATE']._serialized_end=623
-  _globals['_SCALEINPOLICY']._serialized_start=625
-  _globals['_SCALEINPOLICY']._serialized_end=711
-  _globals['_AUTOHEALING']._serialized_start=713
-  _globals['_AUTOHEALING']._serialized_end=789
-  _globals['_VIRTUALMACHINEPOOLSTATUS']._serialized_start=792
-  _globals['_VIRTUALMACHINEPOOLSTATUS']._serialized_end=990
-  _globals['_CREATEVIRTUALMACHINEPOOLREQUEST']._serialized_start=992
-  _globals['_CREATEVIRTUALMACHINEPOOLREQUEST']._serialized_end=1086
-  _globals['_CREATEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1088
-  _globals['_CREATEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1183
-  _globals['_GETVIRTUALMACHINEPOOLREQUEST']._serialized_start=1185
-  _globals['_GETVIRTUALMACHINEPOOLREQUEST']._serialized_end=1229
-  _globals['_GETVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1231
-  _globals['_GETVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1323
-  _globals['_LISTVIRTUALMACHINEPOOLSREQUEST']._serialized_start=1325
-  _globals['_LISTVIRTUALMACHINEPOOLSREQUEST']._serialized_end=1420
-  _globals['_LISTVIRTUALMACHINEPOOLSRESPONSE']._serialized_start=1423
-  _globals['_LISTVIRTUALMACHINEPOOLSRESPONSE']._serialized_end=1569
-  _globals['_UPDATEVIRTUALMACHINEPOOLREQUEST']._serialized_start=1571
-  _globals['_UPDATEVIRTUALMACHINEPOOLREQUEST']._serialized_end=1665
-  _globals['_UPDATEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1667
-  _globals['_UPDATEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1762
-  _globals['_DELETEVIRTUALMACHINEPOOLREQUEST']._serialized_start=1764
-  _globals['_DELETEVIRTUALMACHINEPOOLREQUEST']._serialized_end=1853
-  _globals['_DELETEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1855
-  _globals['_DELETEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1889
-  _globals['_WATCHVIRTUALMACHINEPOOLSREQUEST']._serialized_start=1891
-  _globals['_WATCHVIRTUALMACHINEPOOLSREQUEST']._serialized_end=1974
-  _globals['_WATCHVIRTUALMACHINEPOOLSRESPONSE']._serialized_start=1977
-  _globals['_WATCHVIRTUALMACHINEPOOLSRESPONSE']._serialized_end=2139
-  _globals['_SCALEVIRTUALMACHINEPOOLREQUEST']._serialized_start=2141
-  _globals['_SCALEVIRTUALMACHINEPOOLREQUEST']._serialized_end=2231
-  _globals['_SCALEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=2233
-  _globals['_SCALEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=2327
-  _globals['_VIRTUALMACHINEPOOLSERVICE']._serialized_start=2467
-  _globals['_VIRTUALMACHINEPOOLSERVICE']._serialized_end=3300
+  _globals['_SCALEINPOLICY']._serialized_start=626
+  _globals['_SCALEINPOLICY']._serialized_end=770
+  _globals['_AUTOHEALING']._serialized_start=772
+  _globals['_AUTOHEALING']._serialized_end=848
+  _globals['_VIRTUALMACHINEPOOLSTATUS']._serialized_start=851
+  _globals['_VIRTUALMACHINEPOOLSTATUS']._serialized_end=1049
+  _globals['_CREATEVIRTUALMACHINEPOOLREQUEST']._serialized_start=1051
+  _globals['_CREATEVIRTUALMACHINEPOOLREQUEST']._serialized_end=1145
+  _globals['_CREATEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1147
+  _globals['_CREATEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1242
+  _globals['_GETVIRTUALMACHINEPOOLREQUEST']._serialized_start=1244
+  _globals['_GETVIRTUALMACHINEPOOLREQUEST']._serialized_end=1288
+  _globals['_GETVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1290
+  _globals['_GETVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1382
+  _globals['_LISTVIRTUALMACHINEPOOLSREQUEST']._serialized_start=1384
+  _globals['_LISTVIRTUALMACHINEPOOLSREQUEST']._serialized_end=1479
+  _globals['_LISTVIRTUALMACHINEPOOLSRESPONSE']._serialized_start=1482
+  _globals['_LISTVIRTUALMACHINEPOOLSRESPONSE']._serialized_end=1628
+  _globals['_UPDATEVIRTUALMACHINEPOOLREQUEST']._serialized_start=1630
+  _globals['_UPDATEVIRTUALMACHINEPOOLREQUEST']._serialized_end=1724
+  _globals['_UPDATEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1726
+  _globals['_UPDATEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1821
+  _globals['_DELETEVIRTUALMACHINEPOOLREQUEST']._serialized_start=1823
+  _globals['_DELETEVIRTUALMACHINEPOOLREQUEST']._serialized_end=1912
+  _globals['_DELETEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=1914
+  _globals['_DELETEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=1948
+  _globals['_WATCHVIRTUALMACHINEPOOLSREQUEST']._serialized_start=1950
+  _globals['_WATCHVIRTUALMACHINEPOOLSREQUEST']._serialized_end=2033
+  _globals['_WATCHVIRTUALMACHINEPOOLSRESPONSE']._serialized_start=2036
+  _globals['_WATCHVIRTUALMACHINEPOOLSRESPONSE']._serialized_end=2198
+  _globals['_SCALEVIRTUALMACHINEPOOLREQUEST']._serialized_start=2200
+  _globals['_SCALEVIRTUALMACHINEPOOLREQUEST']._serialized_end=2290
+  _globals['_SCALEVIRTUALMACHINEPOOLRESPONSE']._serialized_start=2292
+  _globals['_SCALEVIRTUALMACHINEPOOLRESPONSE']._serialized_end=2386
+  _globals['_VIRTUALMACHINEPOOLSERVICE']._serialized_start=2648
+  _globals['_VIRTUALMACHINEPOOLSERVICE']._serialized_end=3481
 # @@protoc_insertion_point(module_scope)

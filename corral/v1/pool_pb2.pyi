@@ -9,12 +9,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class StatePreservation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATE_PRESERVATION_UNSPECIFIED: _ClassVar[StatePreservation]
+    STATE_PRESERVATION_DISABLED: _ClassVar[StatePreservation]
+    STATE_PRESERVATION_OFFLINE: _ClassVar[StatePreservation]
+
 class ScaleInOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SCALE_IN_ORDER_UNSPECIFIED: _ClassVar[ScaleInOrder]
     SCALE_IN_ORDER_HIGHEST_INDEX: _ClassVar[ScaleInOrder]
     SCALE_IN_ORDER_NEWEST: _ClassVar[ScaleInOrder]
     SCALE_IN_ORDER_OLDEST: _ClassVar[ScaleInOrder]
+STATE_PRESERVATION_UNSPECIFIED: StatePreservation
+STATE_PRESERVATION_DISABLED: StatePreservation
+STATE_PRESERVATION_OFFLINE: StatePreservation
 SCALE_IN_ORDER_UNSPECIFIED: ScaleInOrder
 SCALE_IN_ORDER_HIGHEST_INDEX: ScaleInOrder
 SCALE_IN_ORDER_NEWEST: ScaleInOrder
@@ -57,12 +66,14 @@ class VirtualMachineTemplate(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[_vm_pb2.VirtualMachineSpec, _Mapping]] = ...) -> None: ...
 
 class ScaleInPolicy(_message.Message):
-    __slots__ = ("order", "prefer_label_selector")
+    __slots__ = ("order", "prefer_label_selector", "state_preservation")
     ORDER_FIELD_NUMBER: _ClassVar[int]
     PREFER_LABEL_SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    STATE_PRESERVATION_FIELD_NUMBER: _ClassVar[int]
     order: ScaleInOrder
     prefer_label_selector: str
-    def __init__(self, order: _Optional[_Union[ScaleInOrder, str]] = ..., prefer_label_selector: _Optional[str] = ...) -> None: ...
+    state_preservation: StatePreservation
+    def __init__(self, order: _Optional[_Union[ScaleInOrder, str]] = ..., prefer_label_selector: _Optional[str] = ..., state_preservation: _Optional[_Union[StatePreservation, str]] = ...) -> None: ...
 
 class AutoHealing(_message.Message):
     __slots__ = ("disabled", "failed_runs", "window_seconds")
