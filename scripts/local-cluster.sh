@@ -2,6 +2,9 @@
 # Installs Corral and starts a local one-node cluster on this machine: etcd (unless
 # CORRAL_ETCD_ENDPOINTS names an existing cluster), a controller and a handler, then boots the
 # demo VM from examples/vm.yaml and shows it Running with its guest's readiness line.
+# Mutual TLS from the start: a cluster CA in $CORRAL_LOCAL_DIR/pki (corral-ca) signs the
+# controller's, this node's and an admin user's certificates, and the CLI's client config
+# (~/.config/corral/config, or $CORRAL_CLIENT_CONFIG) gets a context "local" for that admin.
 #   scripts/local-cluster.sh        start (idempotent)
 #   scripts/local-cluster.sh down   stop the daemons and the demo guest
 # Guests run under TCG emulation unless CORRAL_EMULATION=auto or off (KVM) is set.
@@ -13,7 +16,8 @@ state_dir=${CORRAL_STATE_DIR:-/var/lib/corral}
 server=${CORRAL_SERVER:-127.0.0.1:7100}
 node=${CORRAL_NODE_NAME:-$(hostname -s | tr '[:upper:]_' '[:lower:]-')}
 export CORRAL_ETCD_PREFIX=${CORRAL_ETCD_PREFIX:-/corral/}
-export CORRAL_SERVER=$server
+pki=$run_dir/pki
+corral=(.venv/bin/corral --context local)
 
 stop_pidfile() {
     local pidfile=$run_dir/$1.pid
@@ -34,7 +38,7 @@ start_daemon() {  # name, command...
 }
 
 if [[ ${1:-up} == down ]]; then
-    .venv/bin/corral delete vm demo --wait --timeout 60 2>/dev/null || true
+    "${corral[@]}" delete vm demo --wait --timeout 60 2>/dev/null || true
     for name in handler controller etcd; do stop_pidfile "$name"; done
     echo "local cluster stopped"
     exit 0
@@ -55,23 +59,50 @@ else
 fi
 export CORRAL_ETCD_ENDPOINTS
 
-start_daemon controller .venv/bin/corral-controller --listen "$server"
-# One machine: the handler's node agent and migration proxy listen on loopback only (without
-# TLS the daemons refuse to serve anything else unless told --insecure).
-start_daemon handler .venv/bin/corral-handler --node-name "$node" --servers "$server" \
+# The cluster CA and the certificates (each made once; corral-ca never overwrites one).
+issue() {  # kind, name, corral-ca options...
+    [[ -f $pki/$1-$2.pem ]] || .venv/bin/corral-ca issue "$1" "$2" --ca-dir "$pki" "${@:3}"
+}
+[[ -f $pki/ca.pem ]] || .venv/bin/corral-ca init "$pki"
+server_host=${server%:*}
+server_sans=(--ip 127.0.0.1 --dns localhost)
+if [[ $server_host =~ ^[0-9.]+$ ]]; then
+    [[ $server_host == 127.0.0.1 ]] || server_sans+=(--ip "$server_host")
+elif [[ $server_host != localhost ]]; then
+    server_sans+=(--dns "$server_host")
+fi
+issue controller local "${server_sans[@]}"
+issue node "$node" --ip 127.0.0.1
+issue user admin --role admin
+"${corral[@]}" config set-cluster local --server "$server" --ca-file "$pki/ca.pem" >/dev/null
+"${corral[@]}" config set-credentials local-admin --cert-file "$pki/user-admin.pem" \
+    --key-file "$pki/user-admin-key.pem" >/dev/null
+"${corral[@]}" config set-context local --cluster local --user local-admin >/dev/null
+"${corral[@]}" config use-context local
+
+start_daemon controller env CORRAL_TLS_CERT_FILE="$pki/controller-local.pem" \
+    CORRAL_TLS_KEY_FILE="$pki/controller-local-key.pem" CORRAL_TLS_CLIENT_CA_FILE="$pki/ca.pem" \
+    .venv/bin/corral-controller --listen "$server"
+# The handler presents this node's certificate; one machine, so its node agent and migration
+# proxy listen on loopback. The demo's kernel and initrd are in the guest directory, which must
+# then be one of the node's image roots.
+start_daemon handler env CORRAL_TLS_CA_FILE="$pki/ca.pem" CORRAL_TLS_CERT_FILE="$pki/node-$node.pem" \
+    CORRAL_TLS_KEY_FILE="$pki/node-$node-key.pem" \
+    .venv/bin/corral-handler --node-name "$node" --servers "$server" \
     --state-dir "$state_dir" --emulation "${CORRAL_EMULATION:-on}" --shutdown-grace-seconds 5 \
-    --listen 127.0.0.1:7101 --migration-listen 127.0.0.1:7102
+    --listen 127.0.0.1:7101 --migration-listen 127.0.0.1:7102 \
+    --image-roots "$state_dir/images,$state_dir/guest"
 
 for _ in $(seq 100); do
-    .venv/bin/corral get node "$node" 2>/dev/null | grep -q " Ready" && break
+    "${corral[@]}" get node "$node" 2>/dev/null | grep -q " Ready" && break
     sleep 0.2
 done
-.venv/bin/corral get nodes
+"${corral[@]}" get nodes
 
-.venv/bin/corral get vm demo >/dev/null 2>&1 || .venv/bin/corral create -f examples/vm.yaml
-.venv/bin/corral wait vm demo --for phase=Running --timeout 120
-.venv/bin/corral get vms -o wide
-serial=$(.venv/bin/corral get vm demo -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["status"].get("serialLogPath",""))')
+"${corral[@]}" get vm demo >/dev/null 2>&1 || "${corral[@]}" create -f examples/vm.yaml
+"${corral[@]}" wait vm demo --for phase=Running --timeout 120
+"${corral[@]}" get vms -o wide
+serial=$("${corral[@]}" get vm demo -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["status"].get("serialLogPath",""))')
 for _ in $(seq 120); do
     grep -q CORRAL-GUEST-READY "$serial" 2>/dev/null && break
     sleep 0.5
@@ -79,4 +110,5 @@ done
 echo "guest serial console ($serial):"
 grep -a CORRAL-GUEST-READY "$serial"
 echo
+echo "Mutual TLS: CA and certificates in $pki; the CLI's context \"local\" (admin) is in ${CORRAL_CLIENT_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/corral/config}"
 echo "Try: .venv/bin/corral describe vm demo   |   stop everything: scripts/local-cluster.sh down"
