@@ -261,10 +261,12 @@ class HandlerSettings(CommonSettings):
         if not (self.tls_cert_file and self.tls_ca_file) and not loopback(self.listen):
             problems.append(plaintext_problem("listen", self.listen, "give tls_ca_file, tls_cert_file and "
                                               "tls_key_file (the node agent then serves mutual TLS)"))
-        if self.migration_listen and not loopback(self.migration_listen):
+        if self.migration_listen and not (self.tls_cert_file and self.tls_ca_file) \
+                and not loopback(self.migration_listen):
             problems.append(plaintext_problem("migration_listen", self.migration_listen,
-                                              "the migration proxy has no TLS yet: set it empty (this node "
-                                              "takes no incoming migrations)"))
+                                              "give tls_ca_file, tls_cert_file and tls_key_file (the migration "
+                                              "proxy then serves mutual TLS and carries QEMU's stream), or set "
+                                              "it empty (this node takes no incoming migrations)"))
         return problems
 
     listen: str = Field("0.0.0.0:7101", description="HOST:PORT of the handler's NodeAgentService (consoles, "

@@ -28,6 +28,7 @@ from handler.isolation import Isolation
 from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
 from handler.vm_files import run_record_path
 from handler.migration import Migrations, is_migrated_away
+from handler.migration_proxy import MigrationTLS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class NodeAgent:
                  stubs: "ControllerStubs", grace_seconds: int, locks: InstanceLocks,
                  deadline: FenceDeadline, isolation: Isolation | None = None,
                  save_dir: Path | None = None, device_roots: Roots | None = None,
-                 migration_listen: str = "", advertise_host: str = "") -> None:
+                 migration_listen: str = "", advertise_host: str = "",
+                 migration_tls: MigrationTLS | None = None) -> None:
         self.node_name = node_name
         self.device_roots = device_roots or Roots(images=(), disks=())  # where VMs' disks may be
         self.save_dir = save_dir or state_dir / "saved"  # shared storage in real clusters
@@ -84,7 +86,8 @@ class NodeAgent:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
         self.spares = SparePool(command=launcher_command, log_path=state_dir / "spare-launcher.log")
         # Live migration (handler/migration.py); its proxy listens when migration_listen is set.
-        self.migrations = Migrations(self, listen=migration_listen, advertise_host=advertise_host)
+        self.migrations = Migrations(self, listen=migration_listen, advertise_host=advertise_host,
+                                     tls=migration_tls)
 
     # -- inputs -----------------------------------------------------------------------------
     def set_assignments(self, vms: dict[str, vm_pb2.VirtualMachine]) -> None:

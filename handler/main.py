@@ -25,6 +25,7 @@ from handler.assignments import AssignmentFollower
 from handler.control import NodeControl, Refused
 from handler.fencing import FenceDeadline, InstanceLocks, WatchdogDevice, store_down_everywhere
 from handler.launchers import state_dir_problem
+from handler.migration_proxy import MigrationTLS
 from handler.node import Heartbeat, node_record
 from handler.server import AgentServer
 
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if credentials is None:
         log.warning("talking to the controllers WITHOUT TLS: use only on a trusted network")
+    try:  # the migration proxy speaks mutual TLS with the node's certificate, as the node agent
+        migration_tls = (MigrationTLS.from_files(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+                         if settings.tls_cert_file and settings.tls_ca_file else None)
+    except tls.TLSConfigError as exc:
+        print(f"corral-handler: {exc}", file=sys.stderr)
+        return 2
     agent_server = AgentServer(settings)  # listening now: its address goes in the node record
     record = node_record(name=settings.node_name, labels=settings.node_labels,
                          vcpus=settings.capacity_vcpus, memory_mib=settings.capacity_memory_mib,
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                       grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline,
                       save_dir=Path(settings.save_dir) if settings.save_dir else state_dir / "saved",
                       device_roots=Roots(images=tuple(settings.image_roots), disks=tuple(settings.disk_roots)),
-                      migration_listen=settings.migration_listen,
+                      migration_listen=settings.migration_listen, migration_tls=migration_tls,
                       advertise_host=agent_server.address.rpartition(":")[0].strip("[]"))
     agent_holder.append(agent)
     # The first beat before anything else: launchers being adopted must see a current deadline.

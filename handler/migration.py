@@ -11,7 +11,7 @@ import time
 import grpc
 
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
-from handler.migration_proxy import TargetProxy, split_host_port
+from handler.migration_proxy import MigrationTLS, TargetProxy, split_host_port
 from handler.migration_source import (Job, SourceSide, abort_reason, is_migrated_away,  # noqa: F401 (re-exported)
                                       migration_in_progress)
 from handler.migration_target import (Incoming, TargetSide, arrival_downtime_ms, free_port,  # noqa: F401
@@ -25,8 +25,12 @@ class Migrations(TargetSide, SourceSide):
     """Used by the node agent (handler/agent.py): ``reconcile_target`` for VMs migrating to
     this node, ``reconcile_source`` for its running VMs, ``check_abort`` while a job runs."""
 
-    def __init__(self, agent, *, listen: str = "", advertise_host: str = "") -> None:
+    def __init__(self, agent, *, listen: str = "", advertise_host: str = "",
+                 tls: MigrationTLS | None = None) -> None:
         self.agent = agent
+        #: The node's TLS (handler/migration_proxy.py): the proxy and the tunnels speak mutual
+        #: TLS and QEMU's stream is tunnelled through them; None: plaintext, stream direct.
+        self.tls = tls
         self.incoming: dict[str, Incoming] = {}  # by instance uid
         self.jobs: dict[str, Job] = {}  # by instance uid
         self.ended_here: set[str] = set()  # migrations this source failed before starting a job
@@ -46,13 +50,15 @@ class Migrations(TargetSide, SourceSide):
 
     # -- the proxy --------------------------------------------------------------------------
     def start_proxy(self, listen: str, advertise_host: str) -> str:
-        self.proxy = TargetProxy(listen, self.resolve)
+        self.proxy = TargetProxy(listen, self.resolve, tls=self.tls)
         host = split_host_port(listen)[0]
         if host in ("", "0.0.0.0", "::", "*"):
             host = advertise_host
         self.advertise_host = host
         self.proxy.start()
-        log.info("migration proxy on %s (advertised %s)", listen, self.address)
+        log.info("migration proxy on %s (advertised %s), %s", listen, self.address,
+                 "mutual TLS, QEMU's stream tunnelled through it" if self.tls else
+                 "PLAINTEXT (no TLS files), QEMU's stream direct and unencrypted")
         return self.address
 
     @property

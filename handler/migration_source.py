@@ -1,7 +1,9 @@
 """Live migration, the source node's part (handler/migration.py puts the two sides together).
 
 Once the target is ready (``target_address`` set, no cancel), one job per run: a unix tunnel
-in the run's directory to the target's proxy, MigrateDomain on the launcher, RUNNING reports
+in the run's directory to the target's proxy (with the node's TLS files: mutual TLS, the
+target's certificate must name the target node, and QEMU's stream is tunnelled through it),
+MigrateDomain on the launcher, RUNNING reports
 with progress (at most one a second), then SUCCEEDED (with libvirt's figures; the run is then
 finished here, which releases its instance lock for the target) or FAILED.
 ``cancel_requested`` makes the reconcile loop call AbortMigration. A handler restarted
@@ -19,6 +21,7 @@ import grpc
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler.launchers import Launcher, run_owner
 from handler.migration_proxy import SourceTunnel, split_host_port
+from handler.migration_target import TUNNELLED_STREAM
 
 log = logging.getLogger(__name__)
 M = migration_pb2
@@ -162,7 +165,8 @@ class SourceSide:
         try:
             self._mark(launcher, job.migration_name)
             job.tunnel = SourceTunnel(launcher.vm_dir / TUNNEL_SOCKET, target_address=target.target_address,
-                                      instance_uid=launcher.uid, owner=run_owner(launcher.vm_dir))
+                                      instance_uid=launcher.uid, owner=run_owner(launcher.vm_dir),
+                                      tls=self.tls, target_node=target.node_name)
             job.tunnel.start()
             final, error = self._migrate(vm, launcher, job)
         except OSError as exc:
@@ -190,7 +194,10 @@ class SourceSide:
     def _migrate(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, job: Job):
         """(final response, None) on success, else (None, (reason, message))."""
         target = vm.status.migration_target
-        host = split_host_port(target.migration_uri.removeprefix("tcp://"))[0]
+        # A TLS node never sends the guest's memory in the clear: its stream goes inside the
+        # tunnel whatever the target reported (a plaintext target refuses the TLS tunnel anyway).
+        tunnelled = self.tls is not None or target.migration_uri == TUNNELLED_STREAM
+        host = "" if tunnelled else split_host_port(target.migration_uri.removeprefix("tcp://"))[0]
         request = launcher_pb2.MigrateDomainRequest(
             destination_uri=f"qemu+unix:///session?socket={launcher.vm_dir / TUNNEL_SOCKET}",
             migration_uri=target.migration_uri, destination_xml=target.target_domain_xml,
@@ -198,7 +205,9 @@ class SourceSide:
             completion_timeout_seconds=target.completion_timeout_seconds,
             progress_timeout_seconds=target.progress_timeout_seconds,
             allow_post_copy=target.allow_post_copy, allow_auto_converge=target.allow_auto_converge,
-            listen_address=host)
+            listen_address=host, tunnelled=tunnelled)
+        if tunnelled:
+            request.migration_uri = ""  # libvirt refuses one with a tunnel
         last_sent = 0.0
         for attempt in range(REATTACH_ATTEMPTS):
             log.info("vm %s: migration %s to %s%s", vm.metadata.name, job.migration_name, target.node_name,

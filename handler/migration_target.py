@@ -4,7 +4,7 @@ A VM whose ``status.migration_target.node_name`` is this node while ``status.nod
 another gets an *incoming* run: its directory (same instance uid: the run continues here), the
 marker ``DIR/incoming`` and a launcher in incoming mode. Once the launcher answers
 PrepareIncoming, the handler reports TARGET_READY (its proxy's address, the domain XML, and
-how QEMU's stream comes: see ``Migrations.stream_uri``). When the guest arrives (the
+how QEMU's stream comes: see ``stream_uri``). When the guest arrives (the
 launcher's domain is RUNNING) it reports SUCCEEDED; if the launcher dies first, FAILED (the
 source then aborts). If the migration goes away while the VM is not assigned here, the
 incoming run is removed (launcher, QEMU, libvirt daemons, directory). No VM phase is ever
@@ -41,6 +41,9 @@ ARRIVED_MARKER = "arrived"
 #: libvirt's session socket of a run (the launcher's XDG_RUNTIME_DIR is DIR/run).
 LIBVIRT_SOCKET = "run/libvirt/libvirt-sock"
 PREPARE_TIMEOUT_SECONDS = 60.0
+#: The migration_uri a TLS target reports: QEMU's stream comes inside libvirt's connection
+#: (VIR_MIGRATE_TUNNELLED), through the proxy; no port is opened for it.
+TUNNELLED_STREAM = "tunnelled"
 
 
 def arrival_downtime_ms(status: launcher_pb2.DomainStatus) -> int:
@@ -83,12 +86,22 @@ class Incoming:
 class TargetSide:
     """The target half of ``Migrations`` (a mixin: state lives in Migrations)."""
 
-    def resolve(self, instance_uid: str) -> str | None:
-        """The libvirt socket of a run this node receives now, else None."""
+    def resolve(self, instance_uid: str, source_node: str | None) -> str | None:
+        """The libvirt socket of a run this node receives now, else None. ``source_node``
+        (the proxy's TLS client, None over plaintext) must be the node the VM runs on: the
+        source of the migration the controller admitted. Another node, even one of the
+        cluster, reaches no run's libvirt."""
         with self.agent.lock:
             vm = next((vm for vm in self.agent.desired.values() if vm.status.instance_uid == instance_uid), None)
         if vm is None or not self.is_target(vm):
             return None
+        if source_node is not None and source_node != vm.status.node_name:
+            log.warning("vm %s: migration proxy: node %s is not the source of migration %s (node %s): refused",
+                        vm.metadata.name, source_node, vm.status.migration_target.migration_name,
+                        vm.status.node_name)
+            return None
+        if self.tls is not None and source_node is None:
+            return None  # never: a TLS proxy always names the client's node
         launcher = self.agent.launchers.get(instance_uid)
         if launcher is None or launcher.finished:
             return None
@@ -212,17 +225,24 @@ class TargetSide:
                 except ValueError:  # its channel was closed: the incoming run was removed
                     return
             state.libvirt_socket = response.libvirt_socket_path
-            host = self.advertise_host
-            port = free_port(host)
             report = self._request(vm, handler_pb2.MIGRATION_ROLE_TARGET, M.MIGRATION_PHASE_TARGET_READY)
             report.target_address = self.address
             report.target_domain_xml = response.domain_xml
-            report.migration_uri = f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
+            report.migration_uri = self.stream_uri()
             state.ready = report
             log.info("vm %s: target ready at %s (stream %s)", name, report.target_address, report.migration_uri)
             self._send(vm, report)
         finally:
             state.preparing = False
+
+    def stream_uri(self) -> str:
+        """How QEMU's stream reaches this node: through the TLS proxy (tunnelled), or, without
+        TLS, a free port of the advertised address (QEMU binds it when the migration starts)."""
+        if self.tls is not None:
+            return TUNNELLED_STREAM
+        host = self.advertise_host
+        port = free_port(host)
+        return f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
 
     def _target_failed(self, vm: vm_pb2.VirtualMachine, state: Incoming, message: str) -> None:
         log.warning("vm %s: migration target failed: %s", vm.metadata.name, message)

@@ -1,8 +1,9 @@
 """Live migration, the launcher's half: the source's job (MigrateDomain) and the target's wait.
 
 Source: one ``MigrationJob`` per attempt runs libvirt's peer-to-peer migration
-(``migrateToURI3``: this run's libvirtd talks to the target's through the handlers' tunnel,
-QEMU's memory goes straight to the target node) in a thread, while a second thread polls
+(``migrateToURI3``: this run's libvirtd talks to the target's through the handlers' tunnel;
+QEMU's memory goes inside that connection when ``tunnelled`` (the handlers' proxy speaks
+mutual TLS), else straight to the target node) in a thread, while a second thread polls
 ``jobStats()`` every POLL_SECONDS to report progress and enforce the policy's timeouts:
 libvirt has no progress/completion timeout of its own (KubeVirt's virt-launcher does the same
 polling). Progress goes to a ``ProgressBoard`` that any number of MigrateDomain streams follow,
@@ -74,18 +75,26 @@ class Plan:
 
     @classmethod
     def from_request(cls, request: launcher_pb2.MigrateDomainRequest, *, post_copy: bool) -> "Plan":
-        params = {libvirt.VIR_MIGRATE_PARAM_URI: request.migration_uri}
+        params: dict = {}
+        if not request.tunnelled:  # libvirt refuses a URI and a listen address with a tunnel
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = request.migration_uri
+            if request.listen_address:
+                params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = request.listen_address
+        elif post_copy:
+            log.warning("post-copy allowed but the stream is tunnelled (libvirt cannot tunnel post-copy): "
+                        "pre-copy only")
+            post_copy = False
         if request.destination_xml:
             # The target's own paths (serial log, sockets): both for the running domain and
             # for the definition PERSIST_DEST writes there.
             params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = request.destination_xml
             params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = request.destination_xml
-        if request.listen_address:
-            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = request.listen_address
         if request.bandwidth_mib_per_second > 0:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib_per_second)
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
                  | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        if request.tunnelled:  # QEMU's stream inside libvirt's connection: the handlers' mTLS proxy
+            flags |= libvirt.VIR_MIGRATE_TUNNELLED
         if request.allow_auto_converge:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if post_copy:

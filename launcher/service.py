@@ -137,8 +137,9 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
                       context: grpc.ServicerContext) -> Iterator[launcher_pb2.MigrateDomainResponse]:
         """Progress of the (new or already running) job; the last message has done set, or
         the stream ends with ABORTED (cancelled, timeouts) or another error status."""
-        if not request.destination_uri or not request.migration_uri:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "destination_uri and migration_uri are required")
+        if not request.destination_uri or not (request.migration_uri or request.tunnelled):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "destination_uri and migration_uri (or tunnelled) "
+                          "are required")
         try:
             job = self._sup.migrate(request)
         except LauncherError as e:

@@ -93,6 +93,22 @@ def test_plan_params_and_flags() -> None:
     assert not bare.flags & (libvirt.VIR_MIGRATE_AUTO_CONVERGE | libvirt.VIR_MIGRATE_POSTCOPY)
 
 
+
+def test_a_tunnelled_plan_sends_no_uri_and_no_post_copy() -> None:
+    """Through the handlers' mutual-TLS proxy: VIR_MIGRATE_TUNNELLED, no URI nor listen
+    address (libvirt refuses them with a tunnel), post-copy dropped (libvirt cannot tunnel it),
+    auto-converge and the bandwidth kept."""
+    tunnelled = request(listen_address="10.0.0.2", tunnelled=True, bandwidth_mib_per_second=64,
+                        allow_auto_converge=True, allow_post_copy=True)
+    tunnelled.migration_uri = ""
+    plan = migration.Plan.from_request(tunnelled, post_copy=True)
+    assert plan.params == {libvirt.VIR_MIGRATE_PARAM_DEST_XML: "<domain/>",
+                           libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: "<domain/>",
+                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64}
+    assert plan.flags & libvirt.VIR_MIGRATE_TUNNELLED and plan.flags & libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    assert not plan.flags & libvirt.VIR_MIGRATE_POSTCOPY and not plan.post_copy_switch
+    assert not migration.Plan.from_request(request(), post_copy=False).flags & libvirt.VIR_MIGRATE_TUNNELLED
+
 def test_success_ends_with_done() -> None:
     domain = FakeDomain(remaining=[GIB, GIB // 2, GIB // 4])
     messages, error, succeeded = run(domain, request(), finish_after=0.3)

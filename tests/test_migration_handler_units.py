@@ -66,8 +66,8 @@ def test_source_tunnel_to_target_proxy_to_libvirt_socket(short_dir):
     server, _ = echo_server(libvirt_sock)
     asked = []
 
-    def resolve(uid):
-        asked.append(uid)
+    def resolve(uid, source_node):
+        asked.append((uid, source_node))
         return libvirt_sock if uid == "run-1" else None
 
     proxy = TargetProxy("127.0.0.1:0", resolve)
@@ -85,7 +85,7 @@ def test_source_tunnel_to_target_proxy_to_libvirt_socket(short_dir):
             echoed = recv_all(client)  # the half-close went through both hops and came back
             sender.join()
         assert echoed == payload
-        assert asked == ["run-1"]
+        assert asked == [("run-1", None)]  # plaintext: no node to check
     finally:
         tunnel.close()
         proxy.close()
@@ -98,7 +98,7 @@ def test_source_tunnel_to_target_proxy_to_libvirt_socket(short_dir):
 
 
 def test_proxy_refuses_runs_not_migrating_here_and_bad_headers(short_dir):
-    proxy = TargetProxy("127.0.0.1:0", lambda uid: None)
+    proxy = TargetProxy("127.0.0.1:0", lambda uid, node: None)
     proxy.start()
     try:
         for header in (HEADER + b"run-2\n", b"GET / HTTP/1.0\n", HEADER + b"../../etc\n"):
@@ -113,7 +113,7 @@ def test_proxy_refuses_runs_not_migrating_here_and_bad_headers(short_dir):
 def test_closing_the_tunnel_closes_open_connections(short_dir):
     libvirt_sock = str(short_dir / "libvirt-sock")
     server, _ = echo_server(libvirt_sock)
-    proxy = TargetProxy("127.0.0.1:0", lambda uid: libvirt_sock)
+    proxy = TargetProxy("127.0.0.1:0", lambda uid, node: libvirt_sock)
     proxy.start()
     tunnel = SourceTunnel(short_dir / "mig.sock", target_address=f"127.0.0.1:{proxy.port}", instance_uid="r")
     tunnel.start()

@@ -166,7 +166,7 @@ class PrepareIncomingResponse(_message.Message):
     def __init__(self, domain_xml: _Optional[str] = ..., libvirt_socket_path: _Optional[str] = ...) -> None: ...
 
 class MigrateDomainRequest(_message.Message):
-    __slots__ = ("destination_uri", "migration_uri", "destination_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "listen_address")
+    __slots__ = ("destination_uri", "migration_uri", "destination_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "listen_address", "tunnelled")
     DESTINATION_URI_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_URI_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_XML_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class MigrateDomainRequest(_message.Message):
     ALLOW_POST_COPY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
     LISTEN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TUNNELLED_FIELD_NUMBER: _ClassVar[int]
     destination_uri: str
     migration_uri: str
     destination_xml: str
@@ -185,7 +186,8 @@ class MigrateDomainRequest(_message.Message):
     allow_post_copy: bool
     allow_auto_converge: bool
     listen_address: str
-    def __init__(self, destination_uri: _Optional[str] = ..., migration_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., listen_address: _Optional[str] = ...) -> None: ...
+    tunnelled: bool
+    def __init__(self, destination_uri: _Optional[str] = ..., migration_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., listen_address: _Optional[str] = ..., tunnelled: _Optional[bool] = ...) -> None: ...
 
 class MigrateDomainResponse(_message.Message):
     __slots__ = ("mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "done", "downtime_ms")
