@@ -23,7 +23,8 @@ from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
 from handler.control import KEEPALIVE_OPTIONS
 from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
-from handler.devices import DeviceError, Roots, RunDevices
+from handler import saved_files
+from handler.devices import DeviceError, Roots, RunDevices, node_paths
 from handler.isolation import Isolation
 from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
 from handler.vm_files import run_record_path
@@ -280,25 +281,27 @@ class NodeAgent:
             launcher.ended = (reason, message, saved_path)  # reported by the next pass
 
     def _save(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> Path:
-        """Save into SAVE_DIR/<vm uid>/<run uid>.save, a directory the run's user may write."""
-        folder = self.save_dir / vm.metadata.uid
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chown(folder, *run_owner(launcher.vm_dir))
-        os.chmod(folder, 0o700)
+        """Save into SAVE_DIR/<vm uid>/<run uid>.save, a directory the run's user may write
+        until the file is written; then root takes it back (handler/saved_files.py)."""
+        owner = run_owner(launcher.vm_dir)
+        folder = saved_files.prepare_save_folder(self.save_dir, vm.metadata.uid, self._hand_over_to(owner))
         path = folder / f"{launcher.uid}.save"
-        if not path.exists():  # else saved already, before a handler restart
+        if not os.path.lexists(path):  # else saved already, before a handler restart
             launcher.save(path)
+        if self.isolation is not None:
+            self.isolation.give_back_path(owner[0], str(folder))
         return path
 
+    def _hand_over_to(self, owner: tuple[int, int]) -> "saved_files.HandOver":
+        """Give open files to the run's user: through the uid ledger when isolated."""
+        if self.isolation is not None:
+            return lambda fd, path, mode: self.isolation.hand_over(fd, path, owner, mode)
+        return lambda fd, path, mode: (os.fchown(fd, *owner), os.fchmod(fd, mode))
+
     def _prepare_restore(self, vm: vm_pb2.VirtualMachine, vm_dir: Path) -> None:
-        """Let the new run's user read the saved file (it lies under this node's save dir)."""
-        path = Path(vm.status.restore_from.path)
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(os.path.realpath(self.save_dir)):
-            raise OSError(f"saved state {path} is not under this node's save directory {self.save_dir}")
-        owner = run_owner(vm_dir)
-        for item in (real.parent, real):
-            os.chown(item, *owner)
+        """Let the new run's user read the saved file (never following what a run planted)."""
+        saved_files.prepare_restore(self.save_dir, vm.metadata.uid, Path(vm.status.restore_from.path),
+                                    self._hand_over_to(run_owner(vm_dir)))
 
     def _forget_saved_file(self, vm: vm_pb2.VirtualMachine) -> None:
         """A restored run is running: its saved file must never be restored a second time."""
@@ -351,6 +354,7 @@ class NodeAgent:
         self.locked[vm.status.instance_uid] = self.locks.lease_id()
         if self.isolation is not None:
             self.isolation.wait_for_cache()
+        vm = node_paths(vm, self.device_roots)  # the launcher's copy names what is checked
         vm_dir = Launcher.create_dir(state_dir=self.state_dir, vm=vm, isolation=self.isolation)
         devices_problem = self._prepare_devices(vm, vm_dir)
         launcher = Launcher(vm_dir=vm_dir, on_change=self.wake.set, isolation=self.isolation)
@@ -368,17 +372,15 @@ class NodeAgent:
         launcher.spawn(self.launcher_command, self.spares)
 
     def _prepare_devices(self, vm: vm_pb2.VirtualMachine, vm_dir: Path) -> str | None:
-        """The run's disks and cloud-init seed (handler/devices.py), before its launcher starts;
-        why they cannot be made, or None."""
-        if not vm.spec.disks and not vm.spec.HasField("cloud_init") and vm.spec.boot.WhichOneof("source") != "disk":
-            return None
+        """The run's boot files, disks and cloud-init seed (handler/devices.py), before its
+        launcher starts; why they cannot be made, or None."""
         owner = run_owner(vm_dir) if self.isolation is not None else None
         try:
-            RunDevices(roots=self.device_roots, run_dir=vm_dir, scratch_parent=self.state_dir,
-                       owner=owner).prepare(vm)
+            RunDevices(roots=self.device_roots, run_dir=vm_dir, scratch_parent=self.state_dir, owner=owner,
+                       hand_over=self._hand_over_to(owner) if owner else None).prepare(vm)
             return None
         except (DeviceError, OSError) as exc:
-            message = f"cannot prepare the VM's disks on node {self.node_name}: {exc}"
+            message = f"cannot prepare the VM's boot files or disks on node {self.node_name}: {exc}"
             log.error("vm %s: %s", vm.metadata.name, message)
             return message
 

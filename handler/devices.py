@@ -9,7 +9,11 @@ guest read any file of the node). Then:
 
 - ephemeral disk: a qcow2 overlay on the base (``-F`` names the base's format) in the run's
   directory, owned by the run's user; the base is only ever read. It goes with the directory.
-- persistent disk: handed to the run's user (chown, as KubeVirt's virt-handler does).
+- persistent disk (and a boot disk, which the guest writes in place): handed to the run's user
+  (chown, as KubeVirt's virt-handler does), recorded in root's uid ledger (handler/uids.py) and
+  given back when the run is removed, before its uid can be handed out again.
+- kernel and initrd: files inside the image roots; the launcher's copy of the VM names the
+  resolved paths (node_paths()), so QEMU opens what was checked.
 - cloud-init: a NoCloud seed (ISO 9660, label ``cidata``: user-data, meta-data, network-config)
   built with genisoimage in the run's directory.
 
@@ -26,6 +30,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,23 +147,54 @@ def check_image(path: str, fmt: str, what: str) -> None:
         raise DeviceError(f"{what} {path!r} {problem}")
 
 
+def node_paths(vm: vm_pb2.VirtualMachine, roots: Roots) -> vm_pb2.VirtualMachine:
+    """A copy of vm whose node paths (kernel, initrd, boot disk, persistent disks) are the real
+    paths they resolve to inside the allowed roots, for the launcher's copy of the VM: what
+    was checked is what QEMU opens, never a link that could be pointed elsewhere later. Paths
+    that do not resolve inside the roots are left as they are (prepare() refuses them)."""
+    copy = vm_pb2.VirtualMachine()
+    copy.CopyFrom(vm)
+    boot = copy.spec.boot
+
+    def resolved(path: str, allowed: tuple[str, ...], what: str) -> str:
+        try:
+            return resolve_under(path, allowed, what) if path else path
+        except DeviceError:
+            return path
+
+    if boot.WhichOneof("source") == "kernel":
+        boot.kernel.kernel_path = resolved(boot.kernel.kernel_path, roots.images, "kernel")
+        boot.kernel.initrd_path = resolved(boot.kernel.initrd_path, roots.images, "initrd")
+    elif boot.WhichOneof("source") == "disk":
+        boot.disk.image_path = resolved(boot.disk.image_path, roots.disks, "boot disk")
+    for disk in copy.spec.disks:
+        if disk.WhichOneof("source") == "persistent":
+            disk.persistent.path = resolved(disk.persistent.path, roots.disks, "persistent disk")
+    return copy
+
+
+#: hand_over(fd, path, mode): give an open file outside the run's directory to the run's user
+#: (recorded, handler/uids.py, so it is given back before the uid is reused).
+HandOver = Callable[[int, str, int], None]
+
+
 class RunDevices:
     """Prepares one run: `owner` is the run's uid and gid (None: no per-VM users, QEMU's
-    files stay root's and libvirt hands them to its QEMU user)."""
+    files stay root's and QEMU runs as root, see launcher/host.py prepare_embed_root)."""
 
     def __init__(self, *, roots: Roots, run_dir: Path, scratch_parent: Path,
-                 owner: tuple[int, int] | None) -> None:
+                 owner: tuple[int, int] | None, hand_over: HandOver | None = None) -> None:
         self.roots = roots
         self.run_dir = run_dir
         self.scratch_parent = scratch_parent
         self.owner = owner
+        self.hand_over = hand_over
 
     def prepare(self, vm: vm_pb2.VirtualMachine) -> None:
         """Make every disk and the seed ready; raises DeviceError naming the disk and why."""
-        boot = vm.spec.boot.disk if vm.spec.boot.WhichOneof("source") == "disk" else None
-        if boot is not None and boot.format in FORMATS and os.path.exists(boot.image_path):
-            # The boot image is the user's too (no roots yet: a missing one is libvirt's error).
-            check_image(boot.image_path, FORMATS[boot.format], "boot disk")
+        self._boot(vm)
+        if not vm.spec.disks and not vm.spec.HasField("cloud_init"):
+            return
         scratch = Path(tempfile.mkdtemp(prefix=".devices-", dir=self.scratch_parent))
         try:
             for disk in vm.spec.disks:
@@ -193,15 +229,47 @@ class RunDevices:
             raise DeviceError(f"{what} format must be RAW or QCOW2")
         path = resolve_under(disk.persistent.path, self.roots.disks, f"{what} persistent disk")
         check_image(path, fmt, f"{what} persistent disk")
-        if self.owner is not None:
-            # O_NOFOLLOW: the path was just resolved; a link swapped in since is not followed.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
+        self._give(path, disk.read_only)
+
+    def _give(self, path: str, read_only: bool) -> None:
+        """Hand a resolved disk to the run's user (read and, unless read-only, write)."""
+        if self.owner is None:
+            return
+        # O_NOFOLLOW: the path was just resolved; a link swapped in since is not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_IRUSR | (0 if read_only else stat.S_IWUSR)
+            if self.hand_over is not None:
+                self.hand_over(fd, path, mode)
+            else:
                 os.fchown(fd, *self.owner)
-                mode = stat.S_IMODE(os.fstat(fd).st_mode)
-                os.fchmod(fd, mode | stat.S_IRUSR | (0 if disk.read_only else stat.S_IWUSR))
-            finally:
-                os.close(fd)
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def _boot(self, vm: vm_pb2.VirtualMachine) -> None:
+        """Kernel and initrd must be files inside the image roots (readable by the VMs' users
+        when isolated: QEMU opens them as the run's user); a boot disk is the guest's own,
+        written in place, so it must be inside the disk roots and is handed over like a
+        persistent disk. Nothing outside the roots is opened (not even by qemu-img)."""
+        boot = vm.spec.boot
+        if boot.WhichOneof("source") == "kernel":
+            for what, path in (("kernel", boot.kernel.kernel_path), ("initrd", boot.kernel.initrd_path)):
+                if not path:
+                    continue
+                resolved = resolve_under(path, self.roots.images, what)
+                st = os.stat(resolved)
+                if not stat.S_ISREG(st.st_mode):
+                    raise DeviceError(f"{what} {path!r} is not a regular file")
+                if self.owner is not None and not readable_by(st, self.owner[0], {self.owner[1], *_kvm_gid()}):
+                    raise DeviceError(f"{what} {path!r} is not readable by the VMs' users (make it world-readable)")
+        elif boot.WhichOneof("source") == "disk":
+            fmt = FORMATS.get(boot.disk.format)
+            if fmt is None:
+                raise DeviceError("boot disk: format must be RAW or QCOW2")
+            resolved = resolve_under(boot.disk.image_path, self.roots.disks, "boot disk")
+            check_image(resolved, fmt, "boot disk")
+            self._give(resolved, False)
 
     def _seed(self, vm: vm_pb2.VirtualMachine, scratch: Path) -> None:
         files_dir = scratch / "seed"

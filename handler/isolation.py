@@ -2,7 +2,8 @@
 
 User: each VM directory is owned by a uid (gid the same number) taken from the node's range
 [vm_uid_base, vm_uid_base + UID_COUNT): the lowest one no other VM directory of the node is
-owned by and no running process uses. No /etc/passwd entry is needed. The directory's owner
+owned by, no running process uses and root's ledger (handler/uids.py) does not hold for
+disks or save folders an ended run was given. No /etc/passwd entry is needed. The directory's owner
 is the record (only root can change it, unlike a file inside it); the directory is 0700.
 The launcher starts as root and switches to that owner before it touches the directory
 (launcher/privileges.py), so its interpreter can live anywhere the VM users can read.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.v1 import vm_pb2
+from handler.uids import UIDS_DIR, UidLedger
 
 log = logging.getLogger(__name__)
 
@@ -284,24 +286,54 @@ class Cgroups:
 class Isolation:
     """What the handler needs to run VMs isolated; None of it when isolation is off."""
 
-    def __init__(self, *, uid_base: int, memory_overhead_mib: int, cgroups: Cgroups) -> None:
+    def __init__(self, *, uid_base: int, memory_overhead_mib: int, cgroups: Cgroups,
+                 ledger: UidLedger | None = None) -> None:
         self.uid_base = uid_base
         self.memory_overhead_mib = memory_overhead_mib
         self.cgroups = cgroups
+        self.ledger = ledger  # what each uid was given (handler/uids.py); None: directories only
         self.cache_ready = threading.Event()
         self._lock = threading.Lock()
 
     def claim_dir(self, vm_dir: Path) -> int:
-        """Give vm_dir (just made by root) its own user, unless it has one; returns it."""
+        """Give vm_dir (just made by root) its own user, unless it has one; returns it. A uid
+        is free when no VM directory is its, no process runs as it and the ledger holds
+        nothing of it (a disk or save folder handed to an ended run and not given back)."""
         with self._lock:
             current = os.stat(vm_dir, follow_symlinks=False).st_uid
             if self.uid_base <= current < self.uid_base + UID_COUNT:
+                if self.ledger is not None:
+                    self.ledger.claim(current, vm_dir.name)
                 return current
             used = dir_owners(vm_dir.parent, exclude=vm_dir) | process_uids()
+            if self.ledger is not None:
+                used |= self.ledger.in_use()
             uid = lowest_free(used, self.uid_base)
+            if self.ledger is not None:
+                self.ledger.claim(uid, vm_dir.name)
             os.chown(vm_dir, uid, uid, follow_symlinks=False)
             os.chmod(vm_dir, 0o700)
             return uid
+
+    def hand_over(self, fd: int, path: str, owner: tuple[int, int], mode: int | None = None) -> None:
+        """Give an open file or folder outside the run's directory to the run's user,
+        recorded so that it is given back before the uid is handed out again."""
+        if self.ledger is not None:
+            self.ledger.hand_over(fd, path, *owner, mode=mode)
+            return
+        os.fchown(fd, *owner)
+        if mode is not None:
+            os.fchmod(fd, mode)
+
+    def give_back_path(self, uid: int, path: str) -> None:
+        if self.ledger is not None:
+            self.ledger.give_back_path(uid, path)
+
+    def release(self, uid: int) -> bool:
+        """The run of uid is gone (directory removed): give back what it was handed, free it."""
+        if self.ledger is None or not self.uid_base <= uid < self.uid_base + UID_COUNT:
+            return True
+        return self.ledger.release(uid)
 
     def cgroup_for(self, name: str, vm: vm_pb2.VirtualMachine) -> list[str]:
         return self.cgroups.create(name, limits_for(vm, overhead_mib=self.memory_overhead_mib))
@@ -374,7 +406,8 @@ def setup(*, mode: str, uid_base: int, memory_overhead_mib: int, launcher_base: 
         return None
     prepare_state_dir(state_dir, cache_dir)
     isolation = Isolation(uid_base=uid_base, memory_overhead_mib=memory_overhead_mib,
-                          cgroups=Cgroups(detect_layout()))
+                          cgroups=Cgroups(detect_layout()),
+                          ledger=UidLedger(state_dir / UIDS_DIR, uid_range=range(uid_base, uid_base + UID_COUNT)))
     threading.Thread(target=warm_capabilities_cache, args=(warm_command,), name="warm-capabilities",
                      kwargs={"log_path": state_dir / "warm-cache.log", "done": isolation.cache_ready},
                      daemon=True).start()

@@ -196,11 +196,17 @@ class Launcher:
     def remove_dir(self) -> None:
         self.close()
         self.stop_libvirt_daemons()
+        try:
+            owner = run_owner(self.vm_dir)[0]
+        except OSError:
+            owner = -1
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
         run_record_path(self.vm_dir).unlink(missing_ok=True)
         cpus.release(self.vm_dir)
         if self.isolation is not None:
             self.isolation.remove_cgroup(self.cgroup_name)
+            if owner > 0:  # its disks and save folder go back before its uid is free again
+                self.isolation.release(owner)
 
     # -- process ----------------------------------------------------------------------------
     def spawn(self, command: list[str], spares: "SparePool | None" = None) -> None:

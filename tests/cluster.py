@@ -165,6 +165,8 @@ class Cluster:
             "--node-name", node, "--servers", self.servers, "--state-dir", str(self.state_dir(node)),
             "--emulation", "on", "--capacity-vcpus", str(vcpus), "--capacity-memory-mib", str(memory_mib),
             "--shutdown-grace-seconds", "1", "--listen", "127.0.0.1:0", "--migration-listen", "127.0.0.1:0",
+            # Kernels and initrds must lie inside the image roots (a later --image-roots wins).
+            "--image-roots", str(self.guest_dir),
             *(["--node-labels", labels] if labels else []),
             *(extra or [])]
         self.handler_args[node] = args

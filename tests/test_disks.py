@@ -90,7 +90,7 @@ def node(etcd, guest_dir, tmp_path_factory):
     disk_roots = ",".join([str(dirs["disks"]), *([str(block)] if block else [])])
     try:
         cluster.start_controller()
-        cluster.start_handler("n1", extra=["--image-roots", str(dirs["images"]), "--disk-roots", disk_roots])
+        cluster.start_handler("n1", extra=["--image-roots", f"{dirs['images']},{guest_dir}", "--disk-roots", disk_roots])
         yield cluster, {**dirs, "block": block}
     finally:
         cluster.close()

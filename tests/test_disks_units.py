@@ -185,7 +185,16 @@ def node(tmp_path: Path) -> dict[str, Path]:
     dirs = {name: tmp_path / name for name in ("images", "disks", "state", "run", "elsewhere")}
     for path in dirs.values():
         path.mkdir()
+    (dirs["images"] / "vmlinuz").write_bytes(b"kernel")
+    os.chmod(dirs["images"] / "vmlinuz", 0o644)
     return dirs
+
+
+def node_vm(node: dict[str, Path]) -> vm_pb2.VirtualMachine:
+    """make_vm() booting the node's kernel (inside its image roots)."""
+    vm = make_vm()
+    vm.spec.boot.kernel.kernel_path = str(node["images"] / "vmlinuz")
+    return vm
 
 
 def devices(node: dict[str, Path]) -> RunDevices:
@@ -213,7 +222,7 @@ def test_prepare_makes_overlay_and_seed(node) -> None:
     base = node["images"] / "base.img"
     base.write_bytes(b"\1" * 1024 * 1024)
     (node["disks"] / "data.img").write_bytes(b"\0" * 1024 * 1024)
-    vm = make_vm()
+    vm = node_vm(node)
     add_disk(vm, "scratch", base=str(base))
     add_disk(vm, "data", path=str(node["disks"] / "data.img"))
     vm.spec.cloud_init.user_data = "#!/bin/sh\necho hi\n"
@@ -243,7 +252,7 @@ def test_prepare_makes_overlay_and_seed(node) -> None:
 def test_prepare_refuses_unsafe_images(node, make, expected) -> None:
     (node["elsewhere"] / "secret").write_bytes(b"\0" * 1024 * 1024)
     make(node["disks"], node["elsewhere"])
-    vm = make_vm()
+    vm = node_vm(node)
     add_disk(vm, "data", path=str(node["disks"] / "x.qcow2"), fmt=QCOW2)
     with pytest.raises(DeviceError, match=expected):
         devices(node).prepare(vm)
@@ -262,7 +271,7 @@ def test_readable_by() -> None:
 @needs_tools
 def test_prepare_refuses_a_boot_image_with_a_backing_file(node) -> None:
     (node["elsewhere"] / "secret").write_bytes(b"\0" * 65536)
-    image = node["elsewhere"] / "boot.qcow2"
+    image = node["disks"] / "boot.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(node["elsewhere"] / "secret"),
                     str(image)], check=True)
     vm = make_vm()
@@ -270,5 +279,6 @@ def test_prepare_refuses_a_boot_image_with_a_backing_file(node) -> None:
     vm.spec.boot.disk.format = QCOW2
     with pytest.raises(DeviceError, match="boot disk .* has a backing file"):
         devices(node).prepare(vm)
-    vm.spec.boot.disk.image_path = str(node["elsewhere"] / "absent.qcow2")
-    devices(node).prepare(vm)  # left to libvirt, as before
+    vm.spec.boot.disk.image_path = str(node["disks"] / "absent.qcow2")
+    with pytest.raises(DeviceError, match="does not exist"):
+        devices(node).prepare(vm)
