@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -237,5 +238,6 @@ def test_runs_as_a_module(api):
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-m", "corral.cli", "get", "nodes", "-o", "name"],
                           cwd=root, capture_output=True, text=True, timeout=60,
-                          env={"CORRAL_SERVER": api.address, "PATH": "/usr/bin:/bin"})
+                          env={"CORRAL_SERVER": api.address, "PATH": "/usr/bin:/bin",
+                               "CORRAL_CLIENT_CONFIG": os.devnull})  # not the user's contexts
     assert (done.returncode, done.stdout, done.stderr) == (0, "node/node-1\n", "")
