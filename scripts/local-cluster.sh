@@ -38,7 +38,8 @@ start_daemon() {  # name, command...
 }
 
 if [[ ${1:-up} == down ]]; then
-    "${corral[@]}" delete vm demo --wait --timeout 60 2>/dev/null || true
+    "${corral[@]}" delete vm demo --wait --timeout 60 2>/dev/null ||  # (plaintext: started before TLS)
+        .venv/bin/corral --client-config /dev/null delete vm demo --wait --timeout 60 2>/dev/null || true
     for name in handler controller etcd; do stop_pidfile "$name"; done
     echo "local cluster stopped"
     exit 0
