@@ -234,6 +234,10 @@ class HandlerSettings(CommonSettings):
         default_factory=lambda: ["/var/lib/corral/disks"],
         description="directories persistent disks (files or block device nodes) may be in (after "
                     "resolving symlinks), comma-separated in the environment")
+    allowed_bridges: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="bridges VMs may join (names or shell patterns such as br-vm*), comma-separated in the "
+                    "environment; empty: no bridge networks on this node")
     tls_ca_file: str | None = Field(None, description="CA of the controllers' certificates (TLS to the API)")
     tls_cert_file: str | None = Field(None, description="this node's client certificate (CN node:<node_name>)")
     tls_key_file: str | None = Field(None, description="key of tls_cert_file")
@@ -304,7 +308,7 @@ class HandlerSettings(CommonSettings):
     def _servers_list(cls, value: object) -> object:
         return _split_list(value)
 
-    @field_validator("image_roots", "disk_roots", mode="before")
+    @field_validator("image_roots", "disk_roots", "allowed_bridges", mode="before")
     @classmethod
     def _roots_list(cls, value: object) -> object:
         return _split_list(value)

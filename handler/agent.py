@@ -61,10 +61,12 @@ class NodeAgent:
                  stubs: "ControllerStubs", grace_seconds: int, locks: InstanceLocks,
                  deadline: FenceDeadline, isolation: Isolation | None = None,
                  save_dir: Path | None = None, device_roots: Roots | None = None,
+                 allowed_bridges: tuple[str, ...] = (),
                  migration_listen: str = "", advertise_host: str = "",
                  migration_tls: MigrationTLS | None = None) -> None:
         self.node_name = node_name
         self.device_roots = device_roots or Roots(images=(), disks=())  # where VMs' disks may be
+        self.allowed_bridges = allowed_bridges  # bridges VMs may join (names, patterns); none by default
         self.save_dir = save_dir or state_dir / "saved"  # shared storage in real clusters
         self.state_dir = state_dir
         self.launcher_command = launcher_command
@@ -410,7 +412,9 @@ class NodeAgent:
         if not any(network.WhichOneof("binding") == "bridge" for network in vm.spec.networks):
             return None
         try:
-            node_networks.prepare_taps(vm, owner_uid=run_owner(vm_dir)[0])
+            taken = node_networks.macs_in_use((other.vm for other in list(self.launchers.values())
+                                               if not other.finished), vm)
+            node_networks.prepare_taps(vm, owner_uid=run_owner(vm_dir)[0], allowed=self.allowed_bridges, taken=taken)
             return None
         except node_networks.NetworkSetupError as exc:
             return f"cannot attach the VM's networks on node {self.node_name}: {exc}"

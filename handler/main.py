@@ -57,6 +57,8 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
     parser.add_argument("--image-roots", help="directories of ephemeral disks' base images, comma-separated "
                                               "(CORRAL_IMAGE_ROOTS)")
     parser.add_argument("--disk-roots", help="directories of persistent disks, comma-separated (CORRAL_DISK_ROOTS)")
+    parser.add_argument("--allowed-bridges", help="bridges VMs may join, names or patterns, comma-separated "
+                                                  "(CORRAL_ALLOWED_BRIDGES; default none)")
     parser.add_argument("--listen", help="HOST:PORT of the node agent gRPC server, for controllers (CORRAL_LISTEN)")
     parser.add_argument("--insecure", action="store_true", default=None,
                         help="serve the node agent and migration proxy in plaintext on a non-loopback address (CORRAL_INSECURE; "
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                       grace_seconds=settings.shutdown_grace_seconds, locks=locks, deadline=deadline,
                       save_dir=Path(settings.save_dir) if settings.save_dir else state_dir / "saved",
                       device_roots=Roots(images=tuple(settings.image_roots), disks=tuple(settings.disk_roots)),
+                      allowed_bridges=tuple(settings.allowed_bridges),
                       migration_listen=settings.migration_listen, migration_tls=migration_tls,
                       advertise_host=agent_server.address.rpartition(":")[0].strip("[]"))
     agent_holder.append(agent)

@@ -17,6 +17,7 @@ import pytest
 
 from corral import networks
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
+from handler import mac_filter
 from handler.launchers import vm_dir_for
 from tests.cluster import Cluster, free_port, wait_for
 
@@ -33,7 +34,8 @@ def cluster(etcd, guest_dir, tmp_path_factory):
                    guest_dir=guest_dir)
     try:
         made.start_controller()
-        made.start_handler("iso", labels="net=iso", extra=["--isolation", "on"])
+        # Bridges are opt-in per node: the tests' bridges (cbr...) on "iso", none on "plain".
+        made.start_handler("iso", labels="net=iso", extra=["--isolation", "on", "--allowed-bridges", "cbr*,cnosuchbr0"])
         made.start_handler("plain", labels="net=plain", extra=["--isolation", "off"])
         yield made
     finally:
@@ -142,12 +144,45 @@ def test_bridge_tap_owned_by_the_run_user_and_removed_after(cluster, bridge):
     assert interface.name == "eth0"
     assert wait_for(lambda: hello(port), timeout=60, interval=0.5, what="the port").startswith(b"CORRAL-GUEST-HELLO")
 
+    # The tap may send with its MAC only (handler/mac_filter.py).
+    assert (tap, "02:aa:bb:cc:dd:01") in mac_filter.allowed_pairs()
+
+    # Another VM may not take its MAC on this node, nor the bridge's own.
+    bridge_mac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+    for name, mac, expected in (("twin", "02:aa:bb:cc:dd:01", "already used by VM 'bridged'"),
+                                ("gateway", bridge_mac, "is the address of bridge")):
+        spoof = cluster.guest_vm(name, node_selector={"net": "iso"})
+        spoof.spec.run_strategy = vm_pb2.RUN_STRATEGY_ONCE
+        spoof.spec.networks.add(name="lan", mac_address=mac).bridge.bridge = bridge
+        cluster.create(spoof)
+        failed = cluster.wait_phase(name, FAILED, timeout=30)
+        assert any(expected in c.message and c.reason == "NetworkUnavailable" for c in failed.status.conditions), \
+            failed.status.conditions
+        assert not exists(networks.tap_name(failed.status.instance_uid, 0))
+        cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name=name), timeout=10)
+
     # A restarted handler adopts the run, and removes the tap (named again) when it ends.
     cluster.kill_handler("iso")
     cluster.start_handler("iso")
     assert exists(tap)
     cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="bridged"), timeout=10)
     wait_for(lambda: not exists(tap), timeout=60, what=f"tap {tap} to be removed")
+    assert (tap, "02:aa:bb:cc:dd:01") not in mac_filter.allowed_pairs()
+
+
+def test_a_bridge_not_on_the_nodes_allow_list_is_refused(cluster, bridge):
+    """Node "plain" allows no bridge (the default): joining one, even one that exists, fails the
+    run before any tap is made."""
+    vm = cluster.guest_vm("mgmt", node_selector={"net": "plain"})
+    vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_ONCE
+    vm.spec.networks.add(name="lan").bridge.bridge = bridge
+    cluster.create(vm)
+    failed = cluster.wait_phase("mgmt", FAILED, timeout=30)
+    assert any("is not allowed on this node" in c.message and c.reason == "NetworkUnavailable"
+               for c in failed.status.conditions), failed.status.conditions
+    assert not exists(networks.tap_name(failed.status.instance_uid, 0))
+    assert not os.listdir(f"/sys/class/net/{bridge}/brif")
+    cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="mgmt"), timeout=10)
 
 
 def test_a_missing_bridge_fails_the_run_with_a_clear_message(cluster):
