@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-          etcd-server etcd-client busybox-static cpio e2fsprogs genisoimage python3-venv python3-dev gcc iproute2
+          etcd-server etcd-client busybox-static cpio e2fsprogs genisoimage python3-venv python3-dev gcc iproute2 nftables
           qemu-guest-agent libnss-wrapper ovmf)
 missing=()
 for pkg in "${packages[@]}"; do
