@@ -3,7 +3,7 @@
 of the same domain, run directly. A benchmark, not a test: it prints figures.
 
     .venv/bin/python bench/bench_migrate.py [--rounds N] [--guest-dir DIR] [--memory-mib M]
-                                            [--auto-converge auto|on|off] [--keep]
+                                            [--auto-converge auto|on|off] [--tls] [--keep]
 
 Two nodes are network namespaces on one bridge (tests/netnodes.py, as tests/test_migration.py).
 A guest of 256 MiB (TCG, kernel+initrd from scripts/build-guest.sh), N rounds of A->B then
@@ -359,8 +359,9 @@ class Bench:
 
     # -- Corral -----------------------------------------------------------------------------
     def start_cluster(self) -> None:
-        from tests.netnodes import TwoNodes
-        self.net = TwoNodes(self.work, self.guest_dir, prefix=f"/bench-mig-{os.getpid()}/")
+        from tests.netnodes import TLSNodes, TwoNodes
+        kind = TLSNodes if self.args.tls else TwoNodes  # TLS: the proxy tunnels QEMU's stream
+        self.net = kind(self.work, self.guest_dir, prefix=f"/bench-mig-{os.getpid()}/")
         self.net.open()
         for node in ("na", "nb"):
             self.net.start_handler(node, memory_mib=2048)
@@ -585,6 +586,8 @@ class Bench:
         a = self.args
         print(f"== live migration, {a.memory_mib} MiB TCG guest (1 vCPU), two namespace nodes on one "
               f"bridge, {a.rounds} rounds of na->nb->na per case ==")
+        print("corral's nodes: " + ("mutual TLS, QEMU's stream tunnelled through the proxy (VIR_MIGRATE_TUNNELLED)"
+                                    if a.tls else "plaintext (--insecure), QEMU's stream direct (tcp://)"))
         if self.ac_note:
             print(f"note: {self.ac_note}")
         print("corral = CreateMigration call to GetMigration saying Succeeded (polled every 50 ms); "
@@ -690,6 +693,8 @@ def main() -> int:
     parser.add_argument("--cases", default="idle,dirty", help="idle,dirty (default both)")
     parser.add_argument("--auto-converge", choices=("auto", "on", "off"), default="auto",
                         help="auto: only if the dirty case does not converge without it (default)")
+    parser.add_argument("--tls", action="store_true", help="Corral's nodes with mutual TLS: the migration proxy "
+                        "speaks TLS and QEMU's stream is tunnelled through it (default: plaintext, stream direct)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     parser.add_argument("--agent", help=argparse.SUPPRESS)
     parser.add_argument("--capcache", help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ namespace's address, launchers in libvirt session mode. Used by tests/test_migra
 bench/bench_migrate.py. Root and iproute2 needed.
 
     with TwoNodes(base_dir, guest_dir) as net:      # bridge, namespaces, etcd, controller
+                                                     # (TLSNodes: the same with mutual TLS)
         net.start_handler("na"); net.start_handler("nb")
         ...                                          # net.cluster, net.client, net.addresses
     # everything it made is gone: processes (also libvirt session daemons), cgroups, links
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 
+from corral import tls
 from corral.client import Client
 from tests.cluster import Cluster, Etcd, free_port, private_subnet
 
@@ -152,3 +155,51 @@ class TwoNodes:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
         self.links = []
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+class TLSNodes(TwoNodes):
+    """TwoNodes with a cluster CA (tests/certs.py): the controller, the node agents and the
+    migration proxies speak mutual TLS only, no --insecure anywhere. Each node's certificate
+    names it (CN node:NAME, SAN URI corral://node/NAME, DNS NAME.node.corral) and its IP;
+    ``client`` uses an admin certificate."""
+
+    def open(self) -> None:
+        from tests.certs import make_ca  # needs the cryptography package (test extra)
+        from tests.test_mtls import TLSCluster
+        self.open_network()
+        pki = self.base / "pki"
+        ca = make_ca(pki)
+        self.certs = {
+            "ca": ca,
+            "server": ca.issue(pki, "server", "corral-controller", ips=(self.host_ip, "127.0.0.1"),
+                               uris=("corral://role/controller",)),
+            "admin": ca.issue(pki, "admin", "admin", uris=("corral://role/admin",)),
+        }
+        for node, address in self.addresses.items():
+            self.certs[node] = ca.issue(pki, node, f"node:{node}", uris=(f"corral://node/{node}",),
+                                        dns=(f"{node}.node.corral",), ips=(address,))
+        self.etcd = HostEtcd(self.base, self.host_ip)
+        self.etcd.start()
+        self.cluster = TLSCluster(certs=self.certs, etcd=self.etcd, base=self.base, prefix=self.prefix,
+                                  guest_dir=self.guest_dir)
+        self.server = f"{self.host_ip}:{free_port_on(self.host_ip)}"
+        config = self.cluster.write_config("controller-c1", {
+            "tls_cert_file": self.certs["server"].cert, "tls_key_file": self.certs["server"].key,
+            "tls_client_ca_file": ca.cert})
+        self.cluster.start_controller("c1", listen=self.server, extra=["--config", config])  # no --insecure
+        self.client = Client(self.server, credentials=tls.channel_credentials(
+            str(ca.cert), str(self.certs["admin"].cert), str(self.certs["admin"].key)))
+
+    def handler_extra(self, node: str) -> list[str]:
+        address = self.addresses[node]
+        config = self.cluster.write_config(f"handler-{node}", {
+            "tls_ca_file": self.certs["ca"].cert, "tls_cert_file": self.certs[node].cert,
+            "tls_key_file": self.certs[node].key})
+        return ["--config", config, "--listen", f"{address}:0", "--migration-listen", f"{address}:0",
+                "--libvirt-mode", "session", "--heartbeat-seconds", str(self.heartbeat_seconds), "--isolation", "on"]
+
+
+def free_port_on(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

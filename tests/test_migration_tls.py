@@ -16,15 +16,11 @@ import uuid
 
 import pytest
 
-from corral import tls
-from corral.client import Client
 from corral.v1 import migration_pb2, vm_pb2
-from tests.certs import make_ca
 from tests.cluster import wait_for
-from tests.netnodes import HostEtcd, TwoNodes
+from tests.netnodes import TLSNodes, TwoNodes
 from tests.test_migration import qemu_pids, remove_stale_console_locks
 from tests.test_console import Console
-from tests.test_mtls import TLSCluster
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
 M = migration_pb2
@@ -33,49 +29,6 @@ M = migration_pb2
 SECRET = b"CORRAL-SECRET-42-PAGE"
 SECRET_BYTES = 4 * 1024 * 1024
 ETH_P_ALL = 0x0003
-
-
-class TLSNodes(TwoNodes):
-    """TwoNodes with a cluster CA: the controller and both handlers speak mutual TLS only."""
-
-    def open(self) -> None:
-        self.open_network()
-        pki = self.base / "pki"
-        ca = make_ca(pki)
-        self.certs = {
-            "ca": ca,
-            "server": ca.issue(pki, "server", "corral-controller", ips=(self.host_ip, "127.0.0.1"),
-                               uris=("corral://role/controller",)),
-            "admin": ca.issue(pki, "admin", "admin", uris=("corral://role/admin",)),
-        }
-        for node, address in self.addresses.items():
-            self.certs[node] = ca.issue(pki, node, f"node:{node}", uris=(f"corral://node/{node}",),
-                                        dns=(f"{node}.node.corral",), ips=(address,))
-        self.etcd = HostEtcd(self.base, self.host_ip)
-        self.etcd.start()
-        self.cluster = TLSCluster(certs=self.certs, etcd=self.etcd, base=self.base, prefix=self.prefix,
-                                  guest_dir=self.guest_dir)
-        self.server = f"{self.host_ip}:{free_port_on(self.host_ip)}"
-        config = self.cluster.write_config("controller-c1", {
-            "tls_cert_file": self.certs["server"].cert, "tls_key_file": self.certs["server"].key,
-            "tls_client_ca_file": ca.cert})
-        self.cluster.start_controller("c1", listen=self.server, extra=["--config", config])  # no --insecure
-        self.client = Client(self.server, credentials=tls.channel_credentials(
-            str(ca.cert), str(self.certs["admin"].cert), str(self.certs["admin"].key)))
-
-    def handler_extra(self, node: str) -> list[str]:
-        address = self.addresses[node]
-        config = self.cluster.write_config(f"handler-{node}", {
-            "tls_ca_file": self.certs["ca"].cert, "tls_cert_file": self.certs[node].cert,
-            "tls_key_file": self.certs[node].key})
-        return ["--config", config, "--listen", f"{address}:0", "--migration-listen", f"{address}:0",
-                "--libvirt-mode", "session", "--heartbeat-seconds", str(self.heartbeat_seconds), "--isolation", "on"]
-
-
-def free_port_on(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 class Capture:
@@ -186,3 +139,23 @@ def test_a_guest_moves_over_mutual_tls_and_its_memory_never_crosses_in_the_clear
     assert "QEMU's stream tunnelled" in target_log
     print(f"migration {source} -> {target} over mutual TLS: {took:.1f}s, downtime {downtime} ms, "
           f"{capture.between / 2**20:.1f} MiB on the wire between the nodes, none of it plaintext guest memory")
+
+
+def test_a_tunnelled_migration_can_be_cancelled_mid_way(nodes):
+    """Abort works on the tunnelled stream too: the guest stays on its source, one QEMU."""
+    if not isinstance(nodes, TLSNodes):
+        pytest.skip("the plaintext case is tests/test_migration.py's")
+    vm = nodes.cluster.get("sealed")
+    source, uid = vm.status.node_name, vm.status.instance_uid
+    migration = nodes.client.create_migration("sealed", nodes.other(source), bandwidth_mib_per_second=1)
+    wait_for(lambda: nodes.client.get_migration(migration.metadata.name).status.data_processed_bytes > 0,
+             timeout=120, interval=0.2, what="memory to move")
+    nodes.client.cancel_migration(migration.metadata.name)
+    ended = wait_for(lambda: (m := nodes.client.get_migration(migration.metadata.name)).status.phase
+                     in (M.MIGRATION_PHASE_SUCCEEDED, M.MIGRATION_PHASE_FAILED) and m,
+                     timeout=120, interval=0.2, what="the migration to end")
+    assert ended.status.phase == M.MIGRATION_PHASE_FAILED and ended.status.reason == "Cancelled", ended.status
+    vm = nodes.cluster.get("sealed")
+    assert (vm.status.node_name, vm.status.instance_uid, vm.status.phase) == (source, uid, RUNNING)
+    wait_for(lambda: len(qemu_pids(uid)) == 1, timeout=30, what="the target's QEMU to go")
+    assert uptime(nodes, "sealed") > 0
