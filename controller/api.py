@@ -27,7 +27,8 @@ from corral.resources import NODES, VMS
 from corral.selectors import matches, parse_selector
 from corral.store import Compacted, Conflict, NotFound, Store, StoreError
 from corral.v1 import meta_pb2, node_agent_pb2, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
-from corral.validation import name_problem, validate_new_vm, validate_vm_update, ValidationError
+from corral.validation import (ValidationError, name_problem, system_annotation, user_annotation_problems,
+                               validate_new_vm, validate_vm_update)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     def CreateVirtualMachine(self, request, context):
         given = request.virtual_machine
         validate_new_vm(given)
+        problems = user_annotation_problems(given.metadata.annotations, "metadata.annotations")
+        if problems:
+            raise ValidationError(problems)
         vm = vm_pb2.VirtualMachine()
         new_metadata(vm.metadata, given.metadata)
         vm.spec.CopyFrom(given.spec)
@@ -175,8 +179,12 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
                                "has no run (stop it first; labels and the run strategy can always change)")
         current.metadata.labels.clear()
         current.metadata.labels.update(given.metadata.labels)
+        # The controllers' own annotations (a pool's) stay as stored, whatever the update says.
+        kept = {k: v for k, v in current.metadata.annotations.items() if system_annotation(k)}
         current.metadata.annotations.clear()
-        current.metadata.annotations.update(given.metadata.annotations)
+        current.metadata.annotations.update({k: v for k, v in given.metadata.annotations.items()
+                                             if not system_annotation(k)})
+        current.metadata.annotations.update(kept)
         current.spec.CopyFrom(given.spec)
         instancetypes.record(self.store, sized)
         stored = self.store.update(VMS, current)

@@ -44,3 +44,30 @@ class StreamLimits:
                 self.open[identity] -= 1
                 if self.open[identity] <= 0:
                     del self.open[identity]
+
+
+class ThreadBoundStreams:
+    """Streams still served by a thread of the replica's unary pool (plain generators: the pool
+    and migration watches): at most ``total`` at once, so unary calls (a node's lease renewal
+    among them) always find a thread, and at most ``per_identity`` for any one certificate."""
+
+    def __init__(self, *, total: int, per_identity: int) -> None:
+        self.total = total
+        self.identities = StreamLimits(per_node=per_identity, per_user=per_identity)
+        self.open = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, context, what: str) -> Iterator[None]:
+        with self._lock:
+            if self.open >= self.total:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"this replica already serves {self.open} such streams (limit {self.total}): "
+                                   f"retry {what} later or on another replica")
+            self.open += 1
+        try:
+            with self.identities.hold(context, what):
+                yield
+        finally:
+            with self._lock:
+                self.open -= 1

@@ -11,6 +11,7 @@ import grpc
 from controller import pagination
 from controller.api import list_page, watch_objects
 from controller.errors import RequestError, grpc_errors
+from controller.limits import ThreadBoundStreams
 from controller.migrations import ACTIVE_PHASES, FINAL_PHASES, new_name, not_migratable, phase_name, set_phase
 from corral import status as vm_status
 from corral.resources import MIGRATIONS, VMS
@@ -46,8 +47,9 @@ def validate_new(migration: migration_pb2.Migration) -> None:
 
 
 class MigrationService(migration_pb2_grpc.MigrationServiceServicer):
-    def __init__(self, *, store: Store) -> None:
+    def __init__(self, *, store: Store, threaded: ThreadBoundStreams | None = None) -> None:
         self.store = store
+        self.threaded = threaded or ThreadBoundStreams(total=16, per_identity=4)
 
     @grpc_errors
     def CreateMigration(self, request, context):
@@ -99,8 +101,9 @@ class MigrationService(migration_pb2_grpc.MigrationServiceServicer):
 
     @grpc_errors
     def WatchMigrations(self, request, context):
-        for kind, migration, revision in watch_objects(self.store, MIGRATIONS, request, context):
-            yield M.WatchMigrationsResponse(type=kind, migration=migration, resource_version=revision)
+        with self.threaded.hold(context, "a migration watch"):
+            for kind, migration, revision in watch_objects(self.store, MIGRATIONS, request, context):
+                yield M.WatchMigrationsResponse(type=kind, migration=migration, resource_version=revision)
 
     @grpc_errors
     def CancelMigration(self, request, context):

@@ -11,6 +11,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from controller import pagination, pools
 from controller.api import list_page, watch_objects
 from controller.errors import RequestError, grpc_errors
+from controller.limits import ThreadBoundStreams
 from controller.objects import new_metadata
 from controller.pool_reconciler import ORPHAN_ANNOTATION, resolve_spec
 from corral import status as vm_status
@@ -19,7 +20,7 @@ from corral.selectors import matches, parse_selector
 from corral.store import Conflict, Store
 from corral.v1 import pool_pb2 as P
 from corral.v1 import pool_pb2_grpc
-from corral.validation import (ValidationError, annotation_problems, label_problems, name_problem,
+from corral.validation import (ValidationError, label_problems, name_problem, user_annotation_problems,
                                validate_new_vm)
 
 KIND = "VirtualMachinePool"
@@ -49,8 +50,8 @@ def spec_problems(pool: P.VirtualMachinePool, store: Store) -> list[str]:
         problems.append(f"spec.replicas {spec.replicas} is out of range: 0 to {pools.MAX_REPLICAS}")
     template = spec.virtual_machine_template
     problems.extend(label_problems(template.metadata.labels, "spec.virtual_machine_template.metadata.labels"))
-    problems.extend(annotation_problems(template.metadata.annotations,
-                                        "spec.virtual_machine_template.metadata.annotations"))
+    problems.extend(user_annotation_problems(template.metadata.annotations,
+                                             "spec.virtual_machine_template.metadata.annotations"))
     if template.metadata.name:
         problems.append("spec.virtual_machine_template.metadata.name must be empty: the pool names its VMs "
                         "NAME-INDEX")
@@ -77,14 +78,23 @@ def spec_problems(pool: P.VirtualMachinePool, store: Store) -> list[str]:
             parse_selector(policy.prefer_label_selector)
         except ValueError as exc:
             problems.append(f"spec.scale_in_policy.prefer_label_selector: {exc}")
+    if policy.state_preservation not in P.StatePreservation.values():
+        problems.append(f"spec.scale_in_policy.state_preservation {policy.state_preservation} is not known")
     healing = spec.auto_healing
-    if not 0 <= healing.failed_runs <= 100:
-        problems.append("spec.auto_healing.failed_runs must be 0 (default 3) to 100")
+    if not 0 <= healing.failed_runs <= pools.MAX_FAILED_RUNS:
+        problems.append(f"spec.auto_healing.failed_runs must be 0 (default 3) to {pools.MAX_FAILED_RUNS} "
+                        "(a VM keeps the times of its last phase transitions only)")
     if not 0 <= healing.window_seconds <= 7 * 86400:
         problems.append("spec.auto_healing.window_seconds must be 0 (default 600) to 604800 (a week)")
     if not template.HasField("spec"):
         problems.append("spec.virtual_machine_template.spec is required")
         return problems
+    for disk in template.spec.disks:
+        if (disk.WhichOneof("source") == "persistent" and not disk.read_only
+                and pools.VM_NAME_PLACEHOLDER not in disk.persistent.path):
+            problems.append(f"spec.virtual_machine_template.spec.disks[{disk.name}]: a writable persistent disk "
+                            f"shared by every VM of the pool would be corrupted: put {pools.VM_NAME_PLACEHOLDER} in "
+                            "its path (each VM gets its own) or make it read_only")
     # The template as VM 0 would be made from it: the VM's own checks, then its instance type.
     vm = pools.new_vm(pool, 0, "check")
     try:
@@ -98,7 +108,7 @@ def spec_problems(pool: P.VirtualMachinePool, store: Store) -> list[str]:
 def _validate(pool: P.VirtualMachinePool, store: Store) -> None:
     problems = _name_problems(pool.metadata.name)
     problems += label_problems(pool.metadata.labels, "metadata.labels")
-    problems += annotation_problems(pool.metadata.annotations, "metadata.annotations")
+    problems += user_annotation_problems(pool.metadata.annotations, "metadata.annotations")
     problems += spec_problems(pool, store)
     if problems:
         raise ValidationError(problems)
@@ -112,8 +122,9 @@ def _attempts(resource_version: int) -> Retrying:
 
 
 class VirtualMachinePoolService(pool_pb2_grpc.VirtualMachinePoolServiceServicer):
-    def __init__(self, *, store: Store) -> None:
+    def __init__(self, *, store: Store, threaded: ThreadBoundStreams | None = None) -> None:
         self.store = store
+        self.threaded = threaded or ThreadBoundStreams(total=16, per_identity=4)
 
     @grpc_errors
     def CreateVirtualMachinePool(self, request, context):
@@ -188,6 +199,11 @@ class VirtualMachinePoolService(pool_pb2_grpc.VirtualMachinePoolServiceServicer)
                 if request.resource_version and pool.metadata.resource_version != request.resource_version:
                     raise Conflict(f"VirtualMachinePool {request.name!r} is at resource_version "
                                    f"{pool.metadata.resource_version}, not {request.resource_version}")
+                orphaning = pool.metadata.annotations.get(ORPHAN_ANNOTATION) == "true"
+                if pool.metadata.HasField("delete_time") and orphaning != request.orphan:
+                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       f"VirtualMachinePool {request.name!r} is already being deleted "
+                                       f"{'leaving' if orphaning else 'with'} its VMs: that cannot change now")
                 if not pool.metadata.HasField("delete_time"):
                     pool.metadata.delete_time.CopyFrom(vm_status.now())
                     if request.orphan:
@@ -197,5 +213,7 @@ class VirtualMachinePoolService(pool_pb2_grpc.VirtualMachinePoolServiceServicer)
 
     @grpc_errors
     def WatchVirtualMachinePools(self, request, context):
-        for kind, pool, revision in watch_objects(self.store, POOLS, request, context):
-            yield P.WatchVirtualMachinePoolsResponse(type=kind, virtual_machine_pool=pool, resource_version=revision)
+        with self.threaded.hold(context, "a pool watch"):
+            for kind, pool, revision in watch_objects(self.store, POOLS, request, context):
+                yield P.WatchVirtualMachinePoolsResponse(type=kind, virtual_machine_pool=pool,
+                                                         resource_version=revision)

@@ -12,12 +12,12 @@ import logging
 import time
 import uuid
 
-from controller import lifecycle, pools
+from controller import instancetypes, lifecycle, pools
 from controller.errors import RequestError
 from corral import status as vm_status
 from corral.logs import log_vm
 from corral.resources import POOLS, VMS
-from corral.store import AlreadyExists, Conflict, Fence, NotFound, Store
+from corral.store import AlreadyExists, Conflict, Fence, NotFound, Store, StoreError
 from corral.v1 import pool_pb2, vm_pb2
 from corral.validation import ValidationError
 
@@ -26,15 +26,25 @@ log = logging.getLogger(__name__)
 
 def resolve_spec(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool) -> None:
     """Fill the VM's spec from its instance type and preference, as CreateVirtualMachine does."""
-    if vm.spec.HasField("instance_type") or vm.spec.HasField("preference"):
-        from controller.instancetypes import resolve  # the instance type module (issue 12)
-        resolve(store, vm, dry_run=dry_run)
+    instancetypes.resolve(store, vm, dry_run=dry_run)
 
 
-def make_vm(store: Store, pool: pool_pb2.VirtualMachinePool, index: int, revision: str) -> vm_pb2.VirtualMachine:
+def resolved_template(store: Store, pool: pool_pb2.VirtualMachinePool) -> vm_pb2.VirtualMachineSpec:
+    """The template's spec resolved against its instance type and preference (their revisions
+    recorded), once per pass: resolution never touches disk paths, so each VM's spec is then
+    this with its name put in (pools.named), without a store call per VM."""
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = pools.vm_name(pool.metadata.name, 0)
+    vm.spec.CopyFrom(pool.spec.virtual_machine_template.spec)
+    resolve_spec(store, vm, dry_run=False)
+    return vm.spec
+
+
+def make_vm(pool: pool_pb2.VirtualMachinePool, index: int, revision: str,
+            template: vm_pb2.VirtualMachineSpec) -> vm_pb2.VirtualMachine:
     """A new pool VM as CreateVirtualMachine would store it: Pending, with a fresh uid."""
     vm = pools.new_vm(pool, index, revision)
-    resolve_spec(store, vm, dry_run=False)
+    vm.spec.CopyFrom(pools.named(template, vm.metadata.name))
     vm.metadata.uid = str(uuid.uuid4())
     vm.metadata.create_time.CopyFrom(vm_status.now())
     vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
@@ -74,6 +84,10 @@ class PoolReconciler:
                     self._apply(pool, owned, now, nodes, fence)
             except (Conflict, NotFound):
                 continue  # changed meanwhile: the cache marks the pool again and the next pass retries
+            except StoreError:
+                raise  # the store is unreachable, or this leader was deposed: the scheduler's to handle
+            except Exception:  # noqa: BLE001 - one pool's surprise must not stop the leader's pass
+                log.exception("pool %s: reconciling failed (retried in the next full pass)", name)
 
     def _collect_orphans(self, pool_name: str, vms: list[vm_pb2.VirtualMachine], fence: Fence) -> None:
         """VMs whose owning pool is gone (deleted, or replaced by another of the same name)."""
@@ -108,31 +122,31 @@ class PoolReconciler:
         revision = pools.template_revision(pool)
         failures: list[str] = []
 
-        def wanted_spec(name: str) -> vm_pb2.VirtualMachineSpec:
-            vm = vm_pb2.VirtualMachine(spec=pools.spec_for(pool, name))
-            vm.metadata.name = name
-            resolve_spec(self.store, vm, dry_run=False)
-            return vm.spec
-
         def node_labels(name: str) -> dict | None:
             node = nodes.get(name)
             return dict(node.metadata.labels) if node is not None else None
 
         try:
-            plan = pools.plan(pool, vms, now_seconds=now, wanted_spec=wanted_spec, node_labels=node_labels)
+            template = resolved_template(self.store, pool)
         except (ValidationError, RequestError) as exc:  # its template no longer resolves
             status = pool_pb2.VirtualMachinePoolStatus()
             status.CopyFrom(pool.status)
             pools.set_condition(status, "ReplicaFailure", True, "TemplateInvalid", str(exc))
             self._write_status(pool, status, fence)
             return
+
+        def wanted_spec(name: str) -> vm_pb2.VirtualMachineSpec:
+            return pools.named(template, name)
+
+        plan = pools.plan(pool, vms, now_seconds=now, wanted_spec=wanted_spec, node_labels=node_labels)
         for vm in plan.delete:
             delete_vm(self.store, vm, fence)
             why = "replaced: its runs kept failing" if vm.metadata.name in plan.healed else "scaled in"
             log_vm(log, vm, "pool %s: vm %s %s", pool.metadata.name, vm.metadata.name, why)
         for vm in plan.park:
             vm.metadata.annotations[pools.PARKED_ANNOTATION] = "true"
-            lifecycle.stop(vm, grace_period_seconds=None, force=False)
+            if not self._stopped(vm, failures):
+                continue
             vm_status.record_event(vm, "ScaledIn", f"pool {pool.metadata.name} scaled in: stopped and kept "
                                                   "(state preservation Offline)")
             self.store.update(VMS, vm, fence=fence)
@@ -141,7 +155,7 @@ class PoolReconciler:
             self._revive(pool, vm, revision, wanted_spec(vm.metadata.name), now, fence, failures)
         for index in plan.create:
             try:
-                vm = self.store.create(VMS, make_vm(self.store, pool, index, revision), fence=fence)
+                vm = self.store.create(VMS, make_vm(pool, index, revision, template), fence=fence)
                 log_vm(log, vm, "pool %s: created vm %s", pool.metadata.name, vm.metadata.name)
             except AlreadyExists:
                 # Ours but not in the cache yet (the next pass sees it), or a VM someone made
@@ -154,8 +168,6 @@ class PoolReconciler:
                 if not pools.owned_by(other, pool):
                     failures.append(f"VirtualMachine {name} exists and is not the pool's: delete or rename it "
                                     f"so the pool can make its VM {index}")
-            except (ValidationError, RequestError) as exc:
-                failures.append(str(exc))
         for vm in plan.update:
             if vm.metadata.name in plan.restart and lifecycle.strategy(vm) != vm_pb2.RUN_STRATEGY_HALTED:
                 try:
@@ -165,7 +177,8 @@ class PoolReconciler:
             self.store.update(VMS, vm, fence=fence)
             log_vm(log, vm, "pool %s: vm %s updated to template %s", pool.metadata.name, vm.metadata.name, revision)
         for vm in plan.stop:
-            lifecycle.stop(vm, grace_period_seconds=None, force=False)
+            if not self._stopped(vm, failures):
+                continue
             vm_status.record_event(vm, "RollingOut", f"stopped by pool {pool.metadata.name} to apply template "
                                                      f"{revision}")
             self.store.update(VMS, vm, fence=fence)
@@ -175,6 +188,17 @@ class PoolReconciler:
         if failures:
             pools.set_condition(status, "ReplicaFailure", True, "CreateFailed", failures[0])
         self._write_status(pool, status, fence)
+
+    @staticmethod
+    def _stopped(vm: vm_pb2.VirtualMachine, failures: list[str]) -> bool:
+        """Ask the VM's run to stop; False (reported) when it cannot now, for example while it
+        is being saved: the next pass tries again."""
+        try:
+            lifecycle.stop(vm, grace_period_seconds=None, force=False)
+            return True
+        except lifecycle.Refused as exc:
+            failures.append(str(exc))
+            return False
 
     def _revive(self, pool: pool_pb2.VirtualMachinePool, vm: vm_pb2.VirtualMachine, revision: str,
                 wanted: vm_pb2.VirtualMachineSpec, now: float, fence: Fence, failures: list[str]) -> None:

@@ -30,6 +30,9 @@ MAX_REPLICAS = 1000
 #: A VM name is POOL-INDEX and a DNS label (63): room for "-" and a 4-digit index.
 MAX_POOL_NAME = 58
 DEFAULT_FAILED_RUNS = 3
+#: A VM keeps its last 50 phase transitions, about 4 per failed run: counting failures further
+#: back than this would be counting what is no longer there.
+MAX_FAILED_RUNS = 10
 DEFAULT_WINDOW_SECONDS = 600
 #: Spec fields that do not change the running guest: a rollout changes them in place.
 IN_PLACE_FIELDS = ("run_strategy", "termination_grace_period_seconds", "eviction_strategy")
@@ -57,10 +60,15 @@ def owned_by(vm: vm_pb2.VirtualMachine, pool: pool_pb2.VirtualMachinePool) -> bo
 
 
 def spec_for(pool: pool_pb2.VirtualMachinePool, name: str) -> vm_pb2.VirtualMachineSpec:
-    """The template's spec for VM ``name``: each persistent disk path's placeholder becomes the
-    VM's name (a DNS label: no '/' or '..'), so each VM has its own disk."""
+    """The template's spec for VM ``name`` (see named)."""
+    return named(pool.spec.virtual_machine_template.spec, name)
+
+
+def named(template: vm_pb2.VirtualMachineSpec, name: str) -> vm_pb2.VirtualMachineSpec:
+    """A copy of ``template`` for VM ``name``: each persistent disk path's placeholder becomes
+    the VM's name (a DNS label: no '/' or '..'), so each VM has its own disk."""
     spec = vm_pb2.VirtualMachineSpec()
-    spec.CopyFrom(pool.spec.virtual_machine_template.spec)
+    spec.CopyFrom(template)
     for disk in spec.disks:
         if disk.WhichOneof("source") == "persistent":
             disk.persistent.path = disk.persistent.path.replace(VM_NAME_PLACEHOLDER, name)

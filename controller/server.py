@@ -17,7 +17,7 @@ from controller.api import NodeService, VirtualMachineService
 from controller.handler_api import HandlerService
 from controller.instancetype_api import InstanceTypeService, PreferenceService
 from controller.interceptors import ControllerInterceptor
-from controller.limits import StreamLimits
+from controller.limits import StreamLimits, ThreadBoundStreams
 from controller.migration_api import MigrationService
 from controller.pool_api import VirtualMachinePoolService
 from controller.node_agents import NodeAgents
@@ -123,15 +123,18 @@ class ApiServer:
             store=self.store, cache=self.cache, node_agents=NodeAgents(self.store, agent_credentials),
             limits=limits), server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=self.store, cache=self.cache), server)
-        migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store), server)
+        # Watches of pools and migrations still hold a unary thread each: bounded together.
+        threaded = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=4)
+        migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store, threaded=threaded),
+                                                                  server)
         handler_pb2_grpc.add_HandlerServiceServicer_to_server(
             HandlerService(store=self.store, cache=self.cache, limits=limits), server)
         instancetype_pb2_grpc.add_InstanceTypeServiceServicer_to_server(
             InstanceTypeService(store=self.store, cache=self.cache), server)
         instancetype_pb2_grpc.add_PreferenceServiceServicer_to_server(
             PreferenceService(store=self.store, cache=self.cache), server)
-        pool_pb2_grpc.add_VirtualMachinePoolServiceServicer_to_server(VirtualMachinePoolService(store=self.store),
-                                                                      server)
+        pools_service = VirtualMachinePoolService(store=self.store, threaded=threaded)
+        pool_pb2_grpc.add_VirtualMachinePoolServiceServicer_to_server(pools_service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -358,6 +358,23 @@ def annotation_problems(annotations: dict[str, str] | object, field: str) -> lis
     return problems
 
 
+#: Annotations Corral's controllers keep on objects (a pool's on its VMs, a pool's deletion
+#: mode): users may not set them, or a pool would act on what someone wrote there.
+SYSTEM_ANNOTATION_PREFIXES = ("corral.dev/pool-", "corral.dev/delete-orphan")
+
+
+def system_annotation(key: str) -> bool:
+    return key.startswith(SYSTEM_ANNOTATION_PREFIXES)
+
+
+def user_annotation_problems(annotations: dict[str, str] | object, field: str) -> list[str]:
+    """Annotations a user sends: bounded, and none of the controllers' own."""
+    problems = annotation_problems(annotations, field)
+    problems += [f"{field} key {shown(key)} is set by Corral's controllers, not by users"
+                 for key in dict(annotations) if system_annotation(key)]  # type: ignore[arg-type]
+    return problems
+
+
 def validate_new_vm(vm: vm_pb2.VirtualMachine) -> None:
     """What CreateVirtualMachine accepts."""
     problems: list[str] = []

@@ -218,6 +218,12 @@ def test_orphaned_vms_stay_without_owner(cluster):
     (lambda p: setattr(p.metadata, "name", "x" * 60), grpc.StatusCode.INVALID_ARGUMENT, "longer than 58"),
     (lambda p: p.spec.virtual_machine_template.metadata.annotations.update(big="x" * 300_000),
      grpc.StatusCode.INVALID_ARGUMENT, "at most 262144"),
+    (lambda p: p.metadata.annotations.update({"corral.dev/delete-orphan": "true"}),
+     grpc.StatusCode.INVALID_ARGUMENT, "set by Corral's controllers"),
+    (lambda p: p.spec.virtual_machine_template.spec.disks.add(name="data").persistent.CopyFrom(
+        vm_pb2.PersistentDisk(path="/srv/disks/shared.qcow2", format=vm_pb2.DISK_FORMAT_QCOW2)),
+     grpc.StatusCode.INVALID_ARGUMENT, "put $(VM_NAME) in its path"),
+    (lambda p: setattr(p.spec.auto_healing, "failed_runs", 50), grpc.StatusCode.INVALID_ARGUMENT, "0 (default 3) to 10"),
 ])
 def test_bad_pools_are_refused_and_nothing_is_created(cluster, change, code, words):
     cluster.start_controller()
@@ -323,3 +329,28 @@ def test_scale_in_with_state_preservation_keeps_the_vm_stopped_and_brings_it_bac
     assert back.metadata.uid == kept.metadata.uid  # the same VM (its MACs and disks), a new run
     assert back.status.instance_uid != kept.status.instance_uid
     assert set(members(cluster, "kept")) == {"kept-0", "kept-1"}
+
+
+def test_users_cannot_steer_a_pool_through_its_vms_annotations(cluster):
+    cluster.start_controller()
+    create_pool(cluster, pool_of(cluster, "owned", 1))
+    vm = wait_for(lambda: members(cluster, "owned").get("owned-0"), timeout=20, what="owned-0")
+    revision = vm.metadata.annotations["corral.dev/pool-template-revision"]
+    for _ in range(10):  # the leader's status writes may get in between
+        vm = cluster.get("owned-0")
+        vm.metadata.annotations.clear()
+        vm.metadata.annotations["corral.dev/pool-scaled-in"] = "true"
+        vm.metadata.annotations["note"] = "mine"
+        try:
+            cluster.vms.UpdateVirtualMachine(vm_pb2.UpdateVirtualMachineRequest(virtual_machine=vm), timeout=10)
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.ABORTED
+    stored = cluster.get("owned-0").metadata.annotations
+    assert stored["note"] == "mine" and stored["corral.dev/pool-template-revision"] == revision
+    assert "corral.dev/pool-scaled-in" not in stored
+    with pytest.raises(grpc.RpcError) as err:
+        squatter = cluster.guest_vm("planted")
+        squatter.metadata.annotations["corral.dev/pool-rollout"] = "x"
+        cluster.create(squatter)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

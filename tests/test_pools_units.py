@@ -174,3 +174,10 @@ def test_offline_state_preservation_parks_victims_and_revives_them_first():
     vms[1].status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED
     result = plan(pool, vms)
     assert [vm.metadata.name for vm in result.revive] == ["web-1"] and result.create == [2]
+
+
+def test_users_cannot_set_the_controllers_annotations():
+    from corral.validation import user_annotation_problems
+    assert user_annotation_problems({"corral.dev/last-applied": "{}"}, "a") == []
+    for key in ("corral.dev/pool-scaled-in", "corral.dev/pool-template-revision", "corral.dev/delete-orphan"):
+        assert "set by Corral's controllers" in user_annotation_problems({key: "true"}, "a")[0]

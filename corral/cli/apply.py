@@ -101,7 +101,19 @@ def create(ctx: click.Context, filenames: tuple[str, ...]) -> int:
 
 def apply_one(client: Client, obj: Any) -> str:
     """Creates or updates one object as the manifest says; returns created, configured or
-    unchanged. Raises grpc.RpcError when the server refuses."""
+    unchanged. Raises grpc.RpcError when the server refuses. An update that met a concurrent
+    write (a pool's status, a VM's phase) is computed again from a fresh read, a few times:
+    what the manifest says is merged anew each time, so nothing the other writer did is lost."""
+    for attempt in range(4):
+        try:
+            return _apply_once(client, obj)
+        except grpc.RpcError as err:
+            if rpc_code(err) != grpc.StatusCode.ABORTED or attempt == 3:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _apply_once(client: Client, obj: Any) -> str:
     kind = manifest.kind_of(obj)
     desired = manifest.applied_state(obj)
     try:

@@ -138,6 +138,8 @@ def scale(ctx: click.Context, resource: str, names: tuple[str, ...], replicas: i
     kind, name_list = resource_args(resource, names)
     if kind.key != POOL:
         raise click.UsageError(f"only pools scale, not {kind.plural}")
+    if resource_version is not None and (selector or every or len(name_list) != 1):
+        raise click.UsageError("--resource-version names the version of one pool: give exactly one name")
     client = client_of(ctx)
     failed = 0
     for name in selected_names(client, kind, name_list, selector, every, command="scale"):
