@@ -176,24 +176,28 @@ class Pipe:
 
     @staticmethod
     def _read(sock: socket.socket, into: bytearray, reading: dict[socket.socket, bool]) -> None:
-        try:
-            data = sock.recv(CHUNK)
-        except _WOULD_BLOCK:
-            return
-        if data:
+        """As much as there is, up to BUFFER_LIMIT waiting (a TLS recv gives one record: one
+        poll per 16 KiB would cost more than the copying)."""
+        while len(into) < BUFFER_LIMIT:
+            try:
+                data = sock.recv(CHUNK)
+            except _WOULD_BLOCK:
+                return
+            if not data:
+                reading[sock] = False
+                return
             into += data
-        else:
-            reading[sock] = False
 
     @staticmethod
     def _write(sock: socket.socket, outbox: bytearray) -> None:
         # At most CHUNK at a time: a TLS write that would block must be retried with at least
         # as many bytes, which holds since the outbox only grows until written.
-        try:
-            sent = sock.send(outbox[:CHUNK])
-        except _WOULD_BLOCK:
-            return
-        del outbox[:sent]
+        while outbox:
+            try:
+                sent = sock.send(outbox[:CHUNK])
+            except _WOULD_BLOCK:
+                return
+            del outbox[:sent]
 
     def stop(self) -> None:
         """Wakes and ends the pipe's thread (which closes the sockets: never from here, a
