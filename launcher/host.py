@@ -117,14 +117,30 @@ def embed_root(uri: str) -> str | None:
     return roots[0] if roots else None
 
 
+def embed_qemu_conf(*, as_root: bool) -> str:
+    """qemu.conf of an embedded driver. It logs to files instead of a system virtlogd and never
+    changes a file's owner (dynamic_ownership = 0): the handler hands QEMU what it needs.
+    A launcher running as a VM's user (isolation) runs QEMU as that user, who owns the run's
+    files. A launcher running as root (isolation off) would otherwise run QEMU as libvirt's
+    qemu user and chown every disk, kernel and image the VM names to it (and to root:root
+    afterwards); with dynamic ownership off libvirt cannot even hand that user its own
+    per-domain files, so QEMU runs as root, like the launcher: without isolation there is no
+    privilege separation between a VM and its node (use isolation)."""
+    lines = ['stdio_handler = "file"',
+             # Many VMs share kernels and images: never record and "restore" their ownership.
+             "remember_owner = 0",
+             "dynamic_ownership = 0"]
+    if as_root:
+        lines += ['user = "root"', 'group = "root"']
+    return "\n".join(lines) + "\n"
+
+
 def prepare_embed_root(root: str) -> None:
-    """Write qemu.conf so the embedded driver logs to files instead of a system virtlogd."""
+    """Write the embedded driver's qemu.conf (embed_qemu_conf) below root."""
     os.makedirs(os.path.join(root, "etc"), exist_ok=True)
     conf = os.path.join(root, "etc", "qemu.conf")
     with open(conf + ".tmp", "w") as f:
-        f.write('stdio_handler = "file"\n')
-        # Many VMs share kernels and images: never record and "restore" their ownership.
-        f.write("remember_owner = 0\n")
+        f.write(embed_qemu_conf(as_root=os.geteuid() == 0))
     os.replace(conf + ".tmp", conf)
 
 

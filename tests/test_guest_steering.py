@@ -283,3 +283,46 @@ def test_bridge_and_mac_checks():
     assert "not allowed" in network_problem("lo", "02:00:00:00:00:01", allowed=(), taken={})
     # lo is no bridge; a taken MAC is refused once the bridge is fine (checked with the real lo below).
     assert "is not a bridge" in network_problem("lo", "02:00:00:00:00:01", allowed=("lo",), taken={})
+
+
+# -- without isolation, libvirt changes no file's owner -------------------------------------------
+def test_embed_qemu_conf_turns_dynamic_ownership_off():
+    from launcher.host import embed_qemu_conf
+    for as_root in (False, True):
+        assert "dynamic_ownership = 0" in embed_qemu_conf(as_root=as_root).splitlines()
+    assert 'user = "root"' in embed_qemu_conf(as_root=True) and "user" not in embed_qemu_conf(as_root=False)
+
+
+@needs_root
+def test_without_isolation_no_file_a_vm_names_changes_owner(cluster):
+    """Isolation off: the launcher is root and libvirt's dynamic ownership used to chown the
+    kernel, initrd and disks a VM names (to libvirt-qemu while it ran, root:root after). Now a
+    VM booting a kernel and a persistent disk owned by uid 1234 leaves both as they were."""
+    from tests.cluster import wait_for
+    images, disks = cluster.node_root / "images", cluster.node_root / "disks"
+    images.mkdir()
+    disks.mkdir()
+    for name in ("vmlinuz", "initrd.gz"):
+        (images / name).write_bytes((cluster.guest_dir / name).read_bytes())
+        os.chown(images / name, 1234, 1234)
+        os.chmod(images / name, 0o644)
+    disk = disks / "data.img"
+    disk.write_bytes(b"\0" * 65536)
+    os.chown(disk, 1234, 1234)
+    os.chmod(disk, 0o640)
+    watched = [images / "vmlinuz", images / "initrd.gz", disk]
+    before = {path: (path.stat().st_uid, path.stat().st_gid, path.stat().st_mode) for path in watched}
+    cluster.start_controller()
+    cluster.start_handler("n1", extra=["--isolation", "off", "--image-roots", str(images), "--disk-roots", str(disks)])
+    vm = cluster.guest_vm("plain")
+    vm.spec.boot.kernel.kernel_path = str(images / "vmlinuz")
+    vm.spec.boot.kernel.initrd_path = str(images / "initrd.gz")
+    vm.spec.disks.add(name="data", persistent=vm_pb2.PersistentDisk(path=str(disk), format=vm_pb2.DISK_FORMAT_RAW))
+    cluster.create(vm)
+    running = cluster.wait_phase("plain", vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, timeout=60)
+    wait_for(lambda: b"CORRAL-GUEST-READY" in Path(running.status.serial_log_path).read_bytes(),
+             timeout=60, what="the guest to boot")
+    assert {path: (path.stat().st_uid, path.stat().st_gid, path.stat().st_mode) for path in watched} == before
+    cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="plain"), timeout=10)
+    wait_for(lambda: not Path(running.status.serial_log_path).exists(), timeout=60, what="the run to be removed")
+    assert {path: (path.stat().st_uid, path.stat().st_gid, path.stat().st_mode) for path in watched} == before
