@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -187,11 +188,27 @@ class Launcher:
         return self.vm_dir / SOCKET_FILE
 
     @property
+    def finished_record(self) -> Path:
+        """Root's mark that the run is over (STATE_DIR/runs/NAME.finished). Never the VM
+        directory's: its user could mark a running guest finished there, and root then stops
+        re-binding its instance lock and leaves it running when the node reclaims its guests
+        (a second copy could start elsewhere)."""
+        return run_record_path(self.vm_dir).with_suffix("." + FINISHED_MARKER)
+
+    @property
     def finished(self) -> bool:
-        return (self.vm_dir / FINISHED_MARKER).exists()
+        if self.finished_record.exists():
+            return True
+        try:  # a run finished by a handler from before the records: its marker, if root's
+            st = os.lstat(self.vm_dir / FINISHED_MARKER)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_uid == 0
 
     def mark_finished(self) -> None:
-        os.close(open_in_vm_dir(self.vm_dir / FINISHED_MARKER, os.O_WRONLY | os.O_CREAT))
+        record = self.finished_record
+        record.parent.mkdir(mode=0o700, exist_ok=True)
+        record.touch()
 
     def remove_dir(self) -> None:
         self.close()
@@ -202,6 +219,7 @@ class Launcher:
             owner = -1
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
         run_record_path(self.vm_dir).unlink(missing_ok=True)
+        self.finished_record.unlink(missing_ok=True)
         cpus.release(self.vm_dir)
         if self.isolation is not None:
             self.isolation.remove_cgroup(self.cgroup_name)

@@ -63,3 +63,28 @@ def test_a_run_from_before_the_records_is_recorded_once(root_state_dir):
         assert adopted.vm == vm and run_record_path(vm_dir).exists()
     finally:
         adopted.close()
+
+
+def test_a_finished_marker_planted_by_the_vms_user_is_not_believed(root_state_dir):
+    """The run's end is root's record (STATE_DIR/runs/NAME.finished). A VM's user marking its
+    own running guest finished in its directory would make root stop re-binding its instance
+    lock and leave it running when the node reclaims its guests."""
+    vm = make_vm("pet")
+    vm_dir = Launcher.create_dir(state_dir=root_state_dir, vm=vm)
+    os.chown(vm_dir, VM_UID, VM_UID)
+    planted = vm_dir / "finished"
+    planted.write_text("")
+    os.chown(planted, VM_UID, VM_UID)
+    launcher = Launcher(vm_dir=vm_dir, on_change=lambda: None)
+    try:
+        assert not launcher.finished
+        planted.unlink()
+        planted.symlink_to(run_record_path(vm_dir))  # a link to a root-owned file: not a marker either
+        assert not launcher.finished
+        launcher.mark_finished()  # root's own mark
+        assert launcher.finished and launcher.finished_record.stat().st_uid == 0
+        assert launcher.finished_record.parent == run_record_path(vm_dir).parent
+    finally:
+        launcher.close()
+    launcher.remove_dir()
+    assert not launcher.finished_record.exists()
