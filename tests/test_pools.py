@@ -101,7 +101,7 @@ def test_auto_healing_replaces_a_vm_whose_runs_keep_failing(cluster):
     cluster.start_controller()
     cluster.start_handler("n1")
     pool = pool_of(cluster, "crashy", 1)
-    # QEMU cannot start without its kernel: every run fails at once.
+    # The node refuses a missing kernel (handler/devices.py): every run fails at once.
     pool.spec.virtual_machine_template.spec.boot.kernel.kernel_path = str(cluster.guest_dir / "missing-vmlinuz")
     pool.spec.auto_healing.failed_runs = 2
     create_pool(cluster, pool)
@@ -109,7 +109,9 @@ def test_auto_healing_replaces_a_vm_whose_runs_keep_failing(cluster):
     replaced = wait_for(lambda: (vm := members(cluster, "crashy").get("crashy-0")) is not None
                         and vm.metadata.uid != first.metadata.uid and vm, timeout=90,
                         what="crashy-0 replaced after 2 failed runs")
-    assert replaced.status.restart_count == 0
+    # A fresh count (its node refuses the missing kernel at once: the new VM's first run may
+    # have failed already).
+    assert replaced.status.restart_count < pool.spec.auto_healing.failed_runs
     conditions = {c.type: c for c in get_pool(cluster, "crashy").status.conditions}
     assert conditions["ReplicaFailure"].status and "crashy-0" in conditions["ReplicaFailure"].message
     log = (cluster.base / "controller-c1.log").read_text()
