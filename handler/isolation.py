@@ -101,6 +101,19 @@ def dir_owners(vms_dir: Path, *, exclude: Path | None = None) -> set[int]:
     return owners
 
 
+#: World-writable places where a VM's user could leave files of its own (its uid owns them).
+SHARED_WRITABLE_DIRS = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), Path("/run/lock"), Path("/dev/mqueue"))
+
+
+def shared_dir_owners(dirs: tuple[Path, ...] = SHARED_WRITABLE_DIRS) -> set[int]:
+    """Owners of what stands directly in the node's world-writable directories: a uid that
+    left a file there is not handed to another VM (which would then own that file)."""
+    owners: set[int] = set()
+    for directory in dirs:
+        owners |= dir_owners(directory)
+    return owners
+
+
 def process_uids() -> set[int]:
     """uids of running processes (another handler's VMs on the same machine, a leftover QEMU)."""
     uids = set()
@@ -297,15 +310,16 @@ class Isolation:
 
     def claim_dir(self, vm_dir: Path) -> int:
         """Give vm_dir (just made by root) its own user, unless it has one; returns it. A uid
-        is free when no VM directory is its, no process runs as it and the ledger holds
-        nothing of it (a disk or save folder handed to an ended run and not given back)."""
+        is free when no VM directory is its, no process runs as it, nothing directly in /tmp
+        and the like is its, and the ledger holds nothing of it (a disk or save folder handed
+        to an ended run and not given back)."""
         with self._lock:
             current = os.stat(vm_dir, follow_symlinks=False).st_uid
             if self.uid_base <= current < self.uid_base + UID_COUNT:
                 if self.ledger is not None:
                     self.ledger.claim(current, vm_dir.name)
                 return current
-            used = dir_owners(vm_dir.parent, exclude=vm_dir) | process_uids()
+            used = dir_owners(vm_dir.parent, exclude=vm_dir) | process_uids() | shared_dir_owners()
             if self.ledger is not None:
                 used |= self.ledger.in_use()
             uid = lowest_free(used, self.uid_base)

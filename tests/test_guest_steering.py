@@ -326,3 +326,21 @@ def test_without_isolation_no_file_a_vm_names_changes_owner(cluster):
     cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="plain"), timeout=10)
     wait_for(lambda: not Path(running.status.serial_log_path).exists(), timeout=60, what="the run to be removed")
     assert {path: (path.stat().st_uid, path.stat().st_gid, path.stat().st_mode) for path in watched} == before
+
+
+@needs_root
+def test_a_uid_that_left_a_file_in_tmp_is_not_reused(root_state_dir):
+    isolation = isolation_for(root_state_dir)
+    first_dir = Launcher.create_dir(state_dir=root_state_dir, vm=make_vm("first"), isolation=isolation)
+    uid = first_dir.stat().st_uid
+    left = Path("/dev/shm") / f"corral-test-{uuid.uuid4().hex[:8]}"
+    left.write_text("the first VM's")
+    os.chown(left, uid, uid)
+    try:
+        import shutil
+        shutil.rmtree(first_dir)
+        assert isolation.release(uid)
+        second_dir = Launcher.create_dir(state_dir=root_state_dir, vm=make_vm("second"), isolation=isolation)
+        assert second_dir.stat().st_uid != uid
+    finally:
+        left.unlink()
