@@ -25,7 +25,7 @@ from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
 from handler import saved_files
 from handler.devices import DeviceError, Roots, RunDevices, node_paths
-from handler.isolation import Isolation
+from handler.isolation import Isolation, hand_over_to
 from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
 from handler.vm_files import run_record_path
 from handler.migration import Migrations, is_migrated_away
@@ -286,7 +286,7 @@ class NodeAgent:
         """Save into SAVE_DIR/<vm uid>/<run uid>.save, a directory the run's user may write
         until the file is written; then root takes it back (handler/saved_files.py)."""
         owner = run_owner(launcher.vm_dir)
-        folder = saved_files.prepare_save_folder(self.save_dir, vm.metadata.uid, self._hand_over_to(owner))
+        folder = saved_files.prepare_save_folder(self.save_dir, vm.metadata.uid, hand_over_to(self.isolation, owner))
         path = folder / f"{launcher.uid}.save"
         if not os.path.lexists(path):  # else saved already, before a handler restart
             launcher.save(path)
@@ -294,16 +294,10 @@ class NodeAgent:
             self.isolation.give_back_path(owner[0], str(folder))
         return path
 
-    def _hand_over_to(self, owner: tuple[int, int]) -> "saved_files.HandOver":
-        """Give open files to the run's user: through the uid ledger when isolated."""
-        if self.isolation is not None:
-            return lambda fd, path, mode: self.isolation.hand_over(fd, path, owner, mode)
-        return lambda fd, path, mode: (os.fchown(fd, *owner), os.fchmod(fd, mode))
-
     def _prepare_restore(self, vm: vm_pb2.VirtualMachine, vm_dir: Path) -> None:
         """Let the new run's user read the saved file (never following what a run planted)."""
         saved_files.prepare_restore(self.save_dir, vm.metadata.uid, Path(vm.status.restore_from.path),
-                                    self._hand_over_to(run_owner(vm_dir)))
+                                    hand_over_to(self.isolation, run_owner(vm_dir)))
 
     def _forget_saved_file(self, vm: vm_pb2.VirtualMachine) -> None:
         """A restored run is running: its saved file must never be restored a second time."""
@@ -379,7 +373,7 @@ class NodeAgent:
         owner = run_owner(vm_dir) if self.isolation is not None else None
         try:
             RunDevices(roots=self.device_roots, run_dir=vm_dir, scratch_parent=self.state_dir, owner=owner,
-                       hand_over=self._hand_over_to(owner) if owner else None).prepare(vm)
+                       hand_over=hand_over_to(self.isolation, owner) if owner else None).prepare(vm)
             return None
         except (DeviceError, OSError) as exc:
             message = f"cannot prepare the VM's boot files or disks on node {self.node_name}: {exc}"

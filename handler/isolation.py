@@ -23,6 +23,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +359,18 @@ class Isolation:
     def wait_for_cache(self, timeout: float = 30.0) -> None:
         """Let the first launchers find the capabilities cache the handler is warming."""
         self.cache_ready.wait(timeout)
+
+
+def hand_over_to(isolation: Isolation | None, owner: tuple[int, int]) -> Callable[[int, str, int], None]:
+    """hand_over(fd, path, mode) giving open files to a run's user: through the uid ledger when
+    isolated (so they are given back before the uid is reused), else a plain fchown."""
+    if isolation is not None:
+        return lambda fd, path, mode: isolation.hand_over(fd, path, owner, mode)
+
+    def plain(fd: int, path: str, mode: int) -> None:
+        os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    return plain
 
 
 def isolation_problem(launcher_base: list[str], uid: int) -> str | None:
