@@ -11,8 +11,8 @@ A guest must not steer the node's network: only bridges on the node's allow-list
 unicast, is the bridge's or one of its ports', or is another VM's on this node is refused; and
 each tap may only send with its own MAC: a bridge-family nftables table (`corral`, one set of
 (tap . MAC) pairs) drops every frame a tap sends from any other source address, forwarded or
-to the node. libvirt's nwfilter (no-mac-spoofing) is not used: the embedded QEMU driver has no
-nwfilter driver, and the taps are not libvirt's (managed='no').
+to the node. libvirt's nwfilter (no-mac-spoofing) is not used: the embedded QEMU driver asks
+the system's virtnwfilterd for it (tried: the domain does not start without that shared daemon).
 """
 from __future__ import annotations
 
