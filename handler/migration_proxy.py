@@ -39,6 +39,7 @@ from pathlib import Path
 
 from corral import tls as corral_tls
 from corral.identity import identity_of, node_server_name
+from handler.vm_files import open_launcher_socket
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +302,40 @@ def read_header(conn: socket.socket) -> str:
     return uid
 
 
+@dataclass(frozen=True)
+class RunSocket:
+    """A run's libvirt socket. With ``owner`` it lies in a directory the run's user owns, who
+    could put a link there (to the node's system libvirtd, say): root then dials only a socket
+    itself (not a link) owned by ``owner``, pinned while it connects."""
+    path: str
+    owner: int | None = None
+
+
 #: ``resolve(instance_uid, source_node)``: the libvirt socket of a run this node receives now
 #: from that node (None over plaintext: not checked), or None to refuse.
-Resolver = Callable[[str, "str | None"], "str | None"]
+Resolver = Callable[[str, "str | None"], "str | RunSocket | None"]
+
+
+def dial_run_socket(run: RunSocket) -> socket.socket:
+    """A connection to the run's socket (see RunSocket); OSError when it cannot be had."""
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.settimeout(CONNECT_TIMEOUT_SECONDS)
+    fds: tuple[int, ...] = ()
+    try:
+        if run.owner is None:
+            peer.connect(run.path)
+        else:
+            fds = open_launcher_socket(Path(run.path), owner=run.owner)  # /dev/null unless the run's socket
+            peer.connect(f"/proc/self/fd/{fds[0]}")
+    except OSError:
+        peer.close()
+        raise
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+    peer.settimeout(None)
+    return peer
 
 
 class TargetProxy(_Listener):
@@ -336,24 +368,18 @@ class TargetProxy(_Listener):
                 conn.do_handshake()  # no client certificate, or not the CA's: ssl.SSLError
                 source_node = peer_node(conn.getpeercert())
             uid = read_header(conn)
-            path = self.resolve(uid, source_node)
-            if path is None:
+            run = self.resolve(uid, source_node)
+            if run is None:
                 raise Refused(f"run {uid} is not migrating to this node"
                               + (f" from node {source_node}" if source_node is not None else ""))
-            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            peer.settimeout(CONNECT_TIMEOUT_SECONDS)
-            try:
-                peer.connect(path)
-            except OSError:
-                peer.close()
-                raise
+            run = RunSocket(run) if isinstance(run, str) else run
+            peer = dial_run_socket(run)
         except BaseException:
             conn.close()
             raise
-        peer.settimeout(None)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("migration proxy: connection for run %s%s to %s", uid,
-                 f" from node {source_node} (mutual TLS)" if source_node else " (plaintext)", path)
+                 f" from node {source_node} (mutual TLS)" if source_node else " (plaintext)", run.path)
         return conn, peer
 
 

@@ -28,7 +28,8 @@ import grpc
 
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler import networks as node_networks
-from handler.launchers import INCOMING_MARKER, Launcher
+from handler.launchers import INCOMING_MARKER, Launcher, run_owner
+from handler.migration_proxy import RunSocket
 from handler.vm_files import open_in_vm_dir
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Incoming:
 class TargetSide:
     """The target half of ``Migrations`` (a mixin: state lives in Migrations)."""
 
-    def resolve(self, instance_uid: str, source_node: str | None) -> str | None:
+    def resolve(self, instance_uid: str, source_node: str | None) -> RunSocket | None:
         """The libvirt socket of a run this node receives now, else None. ``source_node``
         (the proxy's TLS client, None over plaintext) must be the node the VM runs on: the
         source of the migration the controller admitted. Another node, even one of the
@@ -105,9 +106,13 @@ class TargetSide:
         launcher = self.agent.launchers.get(instance_uid)
         if launcher is None or launcher.finished:
             return None
-        state = self.incoming.get(instance_uid)
-        return (state.libvirt_socket if state and state.libvirt_socket
-                else str(launcher.vm_dir / LIBVIRT_SOCKET))
+        # The path root computes, never the one the launcher (the run's user) answered; the
+        # socket must be the run's own (see RunSocket).
+        try:
+            owner = run_owner(launcher.vm_dir)[0]
+        except OSError:
+            return None
+        return RunSocket(str(launcher.vm_dir / LIBVIRT_SOCKET), owner=owner)
 
     def is_target(self, vm: vm_pb2.VirtualMachine) -> bool:
         node = self.agent.node_name

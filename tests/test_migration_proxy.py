@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from corral.v1 import vm_pb2
-from handler.migration_proxy import HEADER, MigrationTLS, SourceTunnel, TargetProxy
+from handler.migration_proxy import HEADER, MigrationTLS, RunSocket, SourceTunnel, TargetProxy
 from handler.migration_target import TargetSide
 from tests.certs import make_ca
 
@@ -255,9 +255,12 @@ def test_the_tls_files_must_load(pki, tmp_path):
 
 # -- who the target accepts: Migrations.resolve against the VM's status ----------------------------
 
+RUN_DIR = Path("/tmp")  # root-owned, like a run's directory without isolation
+
+
 class FakeTarget(TargetSide):
     def __init__(self, vm: vm_pb2.VirtualMachine, tls: object | None) -> None:
-        launcher = SimpleNamespace(finished=False, vm_dir=Path("/run/dir"))
+        launcher = SimpleNamespace(finished=False, vm_dir=RUN_DIR)
         self.agent = SimpleNamespace(node_name="nb", lock=threading.Lock(), desired={vm.metadata.name: vm},
                                      launchers={vm.status.instance_uid: launcher})
         self.incoming = {}
@@ -276,7 +279,7 @@ def migrating_vm(source: str = "na", target: str = "nb") -> vm_pb2.VirtualMachin
 
 def test_resolve_accepts_only_the_source_of_the_admitted_migration():
     side = FakeTarget(migrating_vm(), tls=object())
-    assert side.resolve(RUN, "na") == "/run/dir/run/libvirt/libvirt-sock"
+    assert side.resolve(RUN, "na") == RunSocket(str(RUN_DIR / "run/libvirt/libvirt-sock"), owner=0)
     assert side.resolve(RUN, "nc") is None  # a node of the cluster, not this migration's source
     assert side.resolve(RUN, "nb") is None  # this node itself is not the source either
     assert side.resolve(RUN, None) is None  # a TLS proxy always names its client
@@ -300,3 +303,29 @@ def test_with_tls_files_a_handler_may_take_migrations_on_the_network(pki, monkey
     assert any(p.startswith("migration_listen 0.0.0.0:7102 would serve plaintext") and "tls_cert_file" in p
                for p in problems), problems
     assert HandlerSettings(listen="127.0.0.1:0", migration_listen="127.0.0.1:0").plaintext_problems() == []
+
+
+def test_a_link_planted_at_the_run_socket_is_not_followed(pki, short_dir):
+    """The run's user owns its directory: a symlink at its libvirt socket's path (to a root
+    daemon's socket, say) must not make root dial that; only a socket the run's uid owns."""
+    root_daemon = LibvirtSocket(short_dir / "root-daemon-sock")  # owned by root
+    planted = short_dir / "libvirt-sock"
+    planted.symlink_to(root_daemon.path)
+    run_uid = 231_000
+    proxy = TargetProxy("127.0.0.1:0", lambda uid, node: RunSocket(str(planted), owner=run_uid),
+                        tls=node_tls(pki, pki.nb))
+    proxy.start()
+    try:
+        answer = attempt(proxy.port, client_context(pki, pki.na))
+        assert answer == b"" or isinstance(answer, str), answer
+        time.sleep(0.2)
+        assert root_daemon.accepted == 0
+        planted.unlink()
+        own = LibvirtSocket(planted)  # the run's own socket: dialed
+        os.chown(planted, run_uid, run_uid)
+        assert attempt(proxy.port, client_context(pki, pki.na)) == b"REMOTE_PROCEDURE_CALL"
+        assert own.accepted == 1 and root_daemon.accepted == 0
+        own.close()
+    finally:
+        proxy.close()
+        root_daemon.close()
