@@ -97,6 +97,12 @@ class UidLedger:
                     "mode": stat.S_IMODE(st.st_mode) if st.st_uid not in self.uid_range else
                     stat.S_IMODE(st.st_mode) & 0o700,
                     "tree": stat.S_ISDIR(st.st_mode)}
+            if st.st_uid in self.uid_range and st.st_uid != uid:
+                # Still another run's (a VM's next run starts before the last one is removed):
+                # what that run recorded is the true previous owner.
+                for earlier in self._read(st.st_uid)["handed"]:
+                    if (earlier["dev"], earlier["ino"]) == (st.st_dev, st.st_ino):
+                        item.update(uid=earlier["uid"], gid=earlier["gid"], mode=earlier["mode"])
             if not any(h["dev"] == item["dev"] and h["ino"] == item["ino"] for h in record["handed"]):
                 record["handed"].append(item)
                 self._write(uid, record)

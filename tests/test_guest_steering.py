@@ -344,3 +344,28 @@ def test_a_uid_that_left_a_file_in_tmp_is_not_reused(root_state_dir):
         assert second_dir.stat().st_uid != uid
     finally:
         left.unlink()
+
+
+@needs_root
+def test_a_disk_handed_on_to_the_next_run_goes_back_to_its_first_owner(root_state_dir, tmp_path):
+    """A VM's next run takes its persistent disk before the last run is removed: the disk ends
+    with its operator's owner, not root's, and neither uid is freed while it holds the disk."""
+    disk = tmp_path / "data.img"
+    disk.write_bytes(b"\0" * 4096)
+    os.chown(disk, 1234, 1234)
+    os.chmod(disk, 0o640)
+    isolation = isolation_for(root_state_dir)
+    owners = []
+    for name in ("run1", "run2"):
+        vm_dir = Launcher.create_dir(state_dir=root_state_dir, vm=make_vm(name), isolation=isolation)
+        owner = (vm_dir.stat().st_uid, vm_dir.stat().st_gid)
+        fd = os.open(disk, os.O_RDONLY)
+        try:
+            isolation.hand_over(fd, str(disk), owner, 0o600)
+        finally:
+            os.close(fd)
+        owners.append(owner[0])
+    assert owners[0] != owners[1] and disk.stat().st_uid == owners[1]
+    assert isolation.release(owners[0]) and disk.stat().st_uid == owners[1]  # run 2's still
+    assert isolation.release(owners[1])
+    assert (disk.stat().st_uid, disk.stat().st_gid, disk.stat().st_mode & 0o777) == (1234, 1234, 0o640)
