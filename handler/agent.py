@@ -23,7 +23,7 @@ from corral.v1 import handler_pb2, handler_pb2_grpc, launcher_pb2, vm_pb2
 from handler.control import KEEPALIVE_OPTIONS
 from handler.fencing import FenceDeadline, InstanceLocks
 from handler import networks as node_networks
-from handler import saved_files
+from handler import cpus, saved_files
 from handler.devices import DeviceError, Roots, RunDevices, node_paths
 from handler.isolation import Isolation, hand_over_to
 from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
@@ -362,6 +362,12 @@ class NodeAgent:
         self.launchers[launcher.uid] = launcher
         if devices_problem:
             self._fail_start(vm, launcher, "DiskUnavailable", devices_problem)
+            return
+        if vm.spec.dedicated_cpu_placement and not (vm_dir / cpus.CPUSET_FILE).exists():
+            # Unpinned, its vCPUs would float over other runs' dedicated CPUs (KubeVirt refuses too).
+            self._fail_start(vm, launcher, "InsufficientDedicatedCPUs",
+                             f"node {self.node_name} has fewer than {vm.spec.vcpus} host CPUs free for "
+                             "dedicated placement")
             return
         if not self._prepare_networks(vm, launcher):
             return

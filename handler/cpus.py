@@ -46,7 +46,7 @@ def taken_cpus(records_dir: Path, live: set[str]) -> set[int]:
 def allocate(vm_dir: Path, vcpus: int, host: list[int] | None = None) -> tuple[int, ...] | None:
     """Host CPUs for the run in ``vm_dir`` (kept if it already has them: a restarted handler or
     a re-created directory), recorded in root's records; None (logged) when the node has too
-    few free: the run then starts unpinned."""
+    few free: the run then fails (InsufficientDedicatedCPUs, handler/agent.py)."""
     records_dir = vm_dir.parent.parent / "runs"  # handler.vm_files.RUNS_DIR
     record = records_dir / f"{vm_dir.name}{RECORD_SUFFIX}"
     with _lock:
@@ -60,7 +60,7 @@ def allocate(vm_dir: Path, vcpus: int, host: list[int] | None = None) -> tuple[i
         cpus = choose(host if host is not None else sorted(os.sched_getaffinity(0)),
                       taken_cpus(records_dir, live), vcpus)
         if cpus is None:
-            log.error("run %s: %d dedicated CPUs asked, too few free on this node: starting it unpinned",
+            log.error("run %s: %d dedicated CPUs asked, too few free on this node: the run fails",
                       vm_dir.name, vcpus)
             return None
         records_dir.mkdir(mode=0o700, exist_ok=True)

@@ -381,3 +381,21 @@ def test_an_update_naming_another_type_resizes_a_stopped_vm(controller: Cluster)
     vm = update_vm(controller, "grow", lambda vm: vm.spec.ClearField("instance_type"))
     assert (vm.spec.vcpus, vm.spec.memory_mib) == (2, 1024) and not vm.spec.HasField("instance_type")
     assert update_vm(controller, "grow", lambda vm: setattr(vm.spec, "vcpus", 1)).spec.vcpus == 1
+
+
+def test_a_node_claiming_more_cpus_than_it_has_fails_a_dedicated_run(controller: Cluster) -> None:
+    """The scheduler counts the CPUs a node reports; the node pins only the CPUs it really has.
+    A run it cannot pin fails with a reason instead of floating over other runs' CPUs."""
+    host = sorted(os.sched_getaffinity(0))
+    controller.start_handler("n1", vcpus=len(host) * 4, memory_mib=2048)
+    obj = it_pb2.InstanceType(spec=it_pb2.InstanceTypeSpec(vcpus=len(host) + 1, memory_mib=128,
+                                                           dedicated_cpu_placement=True))
+    obj.metadata.name = "d1.toobig"
+    types(controller).CreateInstanceType(it_pb2.CreateInstanceTypeRequest(instance_type=obj), timeout=10)
+    vm = typed_vm(controller, "unpinnable", "d1.toobig")
+    vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_ONCE
+    controller.create(vm)
+    failed = controller.wait_phase("unpinnable", vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED, timeout=60)
+    ready = next(c for c in failed.status.conditions if c.type == "Ready")
+    assert ready.reason == "InsufficientDedicatedCPUs" and "host CPUs free" in ready.message
+    assert qemu_pid_for(failed.status.instance_uid) is None
