@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 FINISHED_MARKER = "finished"
 #: Written by the handler before starting a live migration's target launcher (launcher/migration.py).
 INCOMING_MARKER = "incoming"
+#: Root's marks of a run (Launcher.mark_path), removed with it.
+RUN_MARKS = (FINISHED_MARKER, INCOMING_MARKER, "arrived", "migrating")
 #: A launcher that dies sooner than this after its start counts towards backing off.
 QUICK_DEATH_SECONDS = 10.0
 #: A launcher's socket appears within milliseconds: don't wait gRPC's default second to retry.
@@ -181,19 +183,33 @@ class Launcher:
         """The run's cgroup: its instance uid; a run that arrived by live migration (same
         instance uid) gets its own name, so that both ends never share a group when they
         share a machine's cgroup tree (tests put two nodes on one machine)."""
-        return f"{self.uid}-in" if (self.vm_dir / INCOMING_MARKER).exists() else self.uid
+        return f"{self.uid}-in" if self.marked(INCOMING_MARKER) else self.uid
 
     @property
     def socket_path(self) -> Path:
         return self.vm_dir / SOCKET_FILE
 
+    def mark_path(self, name: str) -> Path:
+        """Root's mark NAME of this run (STATE_DIR/runs/DIR.NAME: finished, incoming, arrived,
+        migrating). Never a file in the VM's directory: its user could plant one there, and
+        root would then stop re-binding a running guest's instance lock, or keep no guest
+        back while a migration is undecided (a second copy could start elsewhere)."""
+        return run_record_path(self.vm_dir).with_suffix("." + name)
+
+    def marked(self, name: str) -> bool:
+        return self.mark_path(name).exists()
+
+    def mark(self, name: str, content: bytes = b"") -> None:
+        path = self.mark_path(name)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.write_bytes(content)
+
+    def unmark(self, name: str) -> None:
+        self.mark_path(name).unlink(missing_ok=True)
+
     @property
     def finished_record(self) -> Path:
-        """Root's mark that the run is over (STATE_DIR/runs/NAME.finished). Never the VM
-        directory's: its user could mark a running guest finished there, and root then stops
-        re-binding its instance lock and leaves it running when the node reclaims its guests
-        (a second copy could start elsewhere)."""
-        return run_record_path(self.vm_dir).with_suffix("." + FINISHED_MARKER)
+        return self.mark_path(FINISHED_MARKER)
 
     @property
     def finished(self) -> bool:
@@ -206,9 +222,7 @@ class Launcher:
         return stat.S_ISREG(st.st_mode) and st.st_uid == 0
 
     def mark_finished(self) -> None:
-        record = self.finished_record
-        record.parent.mkdir(mode=0o700, exist_ok=True)
-        record.touch()
+        self.mark(FINISHED_MARKER)
 
     def remove_dir(self) -> None:
         self.close()
@@ -219,7 +233,8 @@ class Launcher:
             owner = -1
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # never follows symlinks (fd-based)
         run_record_path(self.vm_dir).unlink(missing_ok=True)
-        self.finished_record.unlink(missing_ok=True)
+        for name in RUN_MARKS:
+            self.unmark(name)
         cpus.release(self.vm_dir)
         if self.isolation is not None:
             self.isolation.remove_cgroup(self.cgroup_name)

@@ -11,7 +11,6 @@ mid-job calls MigrateDomain again: the launcher re-attaches to the running job."
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -104,28 +103,20 @@ class SourceSide:
 
     @staticmethod
     def _mark(launcher: Launcher, migration_name: str) -> None:
-        """DIR/migrating while a job may be moving the guest: a handler restarted then must not
-        start a launcher that would boot the guest afresh (see holds_back)."""
-        fd = os.open(launcher.vm_dir / MIGRATING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, migration_name.encode())
-        finally:
-            os.close(fd)
+        """Root's mark 'migrating' while a job may be moving the guest: a handler restarted then
+        must not start a launcher that would boot the guest afresh (see holds_back)."""
+        launcher.mark(MIGRATING_MARKER, migration_name.encode())
 
     @staticmethod
     def _unmark(launcher: Launcher) -> None:
-        try:
-            (launcher.vm_dir / MIGRATING_MARKER).unlink()
-        except FileNotFoundError:
-            pass
+        launcher.unmark(MIGRATING_MARKER)
 
     def holds_back(self, vm: vm_pb2.VirtualMachine | None, launcher: Launcher) -> bool:
         """A source run whose launcher is gone after a job may have moved the guest: no new
         launcher (it would boot a second copy) while the migration is undecided. Once the
         VM carries no migration and is still this node's, the marker goes and the normal
         path (a new launcher adopting, or finding no guest) resumes."""
-        if not (launcher.vm_dir / MIGRATING_MARKER).exists() or launcher.running() or launcher.qemu_pids():
+        if not launcher.marked(MIGRATING_MARKER) or launcher.running() or launcher.qemu_pids():
             return False
         if vm is not None and not migration_in_progress(vm) and vm.status.node_name == self.agent.node_name:
             self._unmark(launcher)

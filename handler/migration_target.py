@@ -28,6 +28,7 @@ import grpc
 
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler import networks as node_networks
+from handler.devices import node_paths
 from handler.launchers import INCOMING_MARKER, Launcher, run_owner
 from handler.migration_proxy import RunSocket
 from handler.vm_files import open_in_vm_dir
@@ -121,7 +122,7 @@ class TargetSide:
     @staticmethod
     def is_incoming(launcher: Launcher) -> bool:
         """Started as a migration target and not (yet) adopted as this node's run."""
-        return (launcher.vm_dir / INCOMING_MARKER).exists() and not (launcher.vm_dir / ARRIVED_MARKER).exists()
+        return launcher.marked(INCOMING_MARKER) and not launcher.marked(ARRIVED_MARKER)
 
     def reconcile_target(self, vm: vm_pb2.VirtualMachine) -> None:
         agent = self.agent
@@ -195,11 +196,12 @@ class TargetSide:
         agent = self.agent
         if agent.isolation is not None:
             agent.isolation.wait_for_cache()
+        vm = node_paths(vm, agent.device_roots)  # the target checks paths against its own roots
         vm_dir = Launcher.create_dir(state_dir=agent.state_dir, vm=vm, isolation=agent.isolation)
-        marker = vm_dir / INCOMING_MARKER
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        os.close(fd)
         launcher = Launcher(vm_dir=vm_dir, on_change=agent.wake.set, isolation=agent.isolation)
+        launcher.mark(INCOMING_MARKER)  # root's (cgroup name, is_incoming), before the launcher starts
+        # ... and the launcher's own, in its directory: it waits for the guest instead of booting.
+        os.close(open_in_vm_dir(vm_dir / INCOMING_MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
         agent.launchers[launcher.uid] = launcher
         # Persistent disks (shared storage) handed to this run's user, the cloud-init seed made
         # again, bridge taps created: what a start does, so the target's domain XML resolves.
@@ -273,7 +275,7 @@ class TargetSide:
         if state is not None or self.is_incoming(launcher):
             if state is not None and not state.succeeded:
                 self.late_downtime[launcher.uid] = state.migration_name
-            os.close(open_in_vm_dir(launcher.vm_dir / ARRIVED_MARKER, os.O_WRONLY | os.O_CREAT))
+            launcher.mark(ARRIVED_MARKER)
             log.info("vm %s: run %s adopted after its migration", vm.metadata.name, launcher.uid)
 
     def removable(self, launcher: Launcher) -> bool:

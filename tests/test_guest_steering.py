@@ -369,3 +369,30 @@ def test_a_disk_handed_on_to_the_next_run_goes_back_to_its_first_owner(root_stat
     assert isolation.release(owners[0]) and disk.stat().st_uid == owners[1]  # run 2's still
     assert isolation.release(owners[1])
     assert (disk.stat().st_uid, disk.stat().st_gid, disk.stat().st_mode & 0o777) == (1234, 1234, 0o640)
+
+
+def test_markers_a_vm_plants_in_its_directory_do_not_steer_root(tmp_path):
+    """'incoming', 'arrived', 'migrating' and 'finished' are root's marks of a run, kept in its
+    own records directory: the same names planted in the VM-owned directory change nothing."""
+    from handler.launchers import Launcher
+    from handler.migration_source import SourceSide
+    from handler.migration_target import TargetSide
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = "planted"
+    vm.status.instance_uid = "0f0f0f0f-0000-0000-0000-000000000000"
+    vm_dir = Launcher.create_dir(state_dir=tmp_path, vm=vm)
+    for name in ("incoming", "migrating", "finished"):  # planted by the VM's user
+        (vm_dir / name).write_text("planted")
+        os.chown(vm_dir / name, 200123, 200123)
+    launcher = Launcher(vm_dir=vm_dir, on_change=lambda: None)
+    assert not TargetSide.is_incoming(launcher)
+    assert launcher.cgroup_name == launcher.uid
+    assert not launcher.finished
+    assert not SourceSide.holds_back(SourceSide.__new__(SourceSide), None, launcher)
+    # Root's own marks do count, and go with the run.
+    launcher.mark("incoming")
+    assert TargetSide.is_incoming(launcher) and launcher.cgroup_name.endswith("-in")
+    launcher.mark("arrived")
+    assert not TargetSide.is_incoming(launcher)
+    launcher.remove_dir()
+    assert not list((tmp_path / "runs").glob("*.*"))

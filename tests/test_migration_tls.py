@@ -141,13 +141,14 @@ def test_a_guest_moves_over_mutual_tls_and_its_memory_never_crosses_in_the_clear
           f"{capture.between / 2**20:.1f} MiB on the wire between the nodes, none of it plaintext guest memory")
 
 
+@pytest.mark.parametrize("nodes", ["mutual-tls"], indirect=True)  # the plaintext case is test_migration.py's
 def test_a_tunnelled_migration_can_be_cancelled_mid_way(nodes):
-    """Abort works on the tunnelled stream too: the guest stays on its source, one QEMU."""
-    if not isinstance(nodes, TLSNodes):
-        pytest.skip("the plaintext case is tests/test_migration.py's")
-    vm = nodes.cluster.get("sealed")
+    """Abort works on the tunnelled stream too: the guest stays on its source, one QEMU.
+    Its own VM: with parallel workers the other test's may live in another process."""
+    nodes.cluster.create(nodes.cluster.guest_vm("held"))
+    vm = nodes.cluster.wait_phase("held", RUNNING, timeout=90)
     source, uid = vm.status.node_name, vm.status.instance_uid
-    migration = nodes.client.create_migration("sealed", nodes.other(source), bandwidth_mib_per_second=1)
+    migration = nodes.client.create_migration("held", nodes.other(source), bandwidth_mib_per_second=1)
     wait_for(lambda: nodes.client.get_migration(migration.metadata.name).status.data_processed_bytes > 0,
              timeout=120, interval=0.2, what="memory to move")
     nodes.client.cancel_migration(migration.metadata.name)
@@ -155,7 +156,7 @@ def test_a_tunnelled_migration_can_be_cancelled_mid_way(nodes):
                      in (M.MIGRATION_PHASE_SUCCEEDED, M.MIGRATION_PHASE_FAILED) and m,
                      timeout=120, interval=0.2, what="the migration to end")
     assert ended.status.phase == M.MIGRATION_PHASE_FAILED and ended.status.reason == "Cancelled", ended.status
-    vm = nodes.cluster.get("sealed")
+    vm = nodes.cluster.get("held")
     assert (vm.status.node_name, vm.status.instance_uid, vm.status.phase) == (source, uid, RUNNING)
     wait_for(lambda: len(qemu_pids(uid)) == 1, timeout=30, what="the target's QEMU to go")
-    assert uptime(nodes, "sealed") > 0
+    assert uptime(nodes, "held") > 0
