@@ -143,6 +143,10 @@ def parse_object(doc: Mapping[str, Any], source: str = "<stdin>", *, document: i
     if spec is None:
         raise fail("missing spec", "spec")
     if kind == POOL_KIND and isinstance(spec, Mapping):
+        for key in ("maxUnavailable", "max_unavailable"):  # a count or "25%", as kubectl's IntOrString
+            value = spec.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                spec = {**spec, key: str(value)}
         template = spec.get("virtualMachineTemplate", spec.get("virtual_machine_template"))
         if isinstance(template, Mapping) and isinstance(template.get("metadata"), Mapping):
             _check_metadata(template["metadata"], "spec.virtualMachineTemplate.metadata", fail, named=False)

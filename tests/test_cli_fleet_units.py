@@ -174,3 +174,9 @@ def test_apply_update_keeps_what_apply_did_not_set():
                             manifest.applied_state(wanted))
     assert "mine" not in update.metadata.annotations and "controller.example/note" not in update.metadata.annotations
     assert update.spec.replicas == 5
+
+
+def test_max_unavailable_may_be_written_as_a_number():
+    from corral import manifest
+    text = POOL.replace("maxUnavailable: 25%", "maxUnavailable: 2")
+    assert manifest.parse_objects(text, "pool.yaml")[0].spec.max_unavailable == "2"
