@@ -140,6 +140,7 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
         set_phase(migration, MP.MIGRATION_PHASE_SUCCEEDED)
         source_node = vm.status.node_name
         vm.status.node_name = target.node_name
+        vm.status.instance_lock_lease = 0  # the target takes the lock itself (the source frees it)
         clear_target(vm, "Migrated", f"migration {migration.metadata.name}: moved from node {source_node} "
                                      f"to {vm.status.node_name} (downtime {request.downtime_ms} ms)", warning=False)
         return True, True

@@ -73,7 +73,8 @@ def restart(vm: vm_pb2.VirtualMachine, *, now_seconds: float, rng: random.Random
 
 def _clear_run_state(vm: vm_pb2.VirtualMachine) -> None:
     """What belonged to the run that ended."""
-    for field in ("run_request", "restore_from", "guest", "run_start_time", "migration_target"):
+    for field in ("run_request", "restore_from", "guest", "run_start_time", "migration_target",
+                  "instance_lock_lease"):
         vm.status.ClearField(field)
     for condition in vm.status.conditions:
         if condition.type in ("Paused", "AgentConnected", "Migrating") and condition.status:

@@ -20,6 +20,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from controller import auth
 from controller.errors import RequestError, grpc_errors
+from controller.watch_cache import WatchCache
 from corral import status as vm_status
 from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER, NODES, VMS, instance_lock_value
 from corral.store import Conflict, NotFound, Store
@@ -101,6 +102,7 @@ class NodeControlMethods:
     """Mixed into controller.handler_api.HandlerService (needs ``store`` and ``cache``)."""
 
     store: Store
+    cache: WatchCache
 
     def _check(self, context, node: str) -> None:
         auth.require_node(context, node)
@@ -112,8 +114,12 @@ class NodeControlMethods:
         return self.store.raw_key(NODE_LEASES_FOLDER + node)
 
     def _current_lease(self, node: str, lease_id: int) -> bool:
-        """Whether ``lease_id`` is the one the node's lease key is bound to (from etcd: a node
-        must never keep another's lease, or a stale one of its own, alive)."""
+        """Whether ``lease_id`` is the one the node's lease key is bound to: a node must never
+        keep another's lease, or a stale one of its own, alive. The watch cache answers yes
+        (a lease id is never reused, and the key names only the node's own leases); anything
+        else is asked of etcd (the cache may not have seen a lease just granted)."""
+        if self.cache.node_leases.get(node) == lease_id:
+            return True
         kvs = self.store.range(self._lease_key(node)).kvs
         return bool(kvs) and kvs[0].lease == lease_id
 
@@ -159,6 +165,11 @@ class NodeControlMethods:
         return self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm_name)
 
     def _node_run(self, node: str, vm_name: str, instance_uid: str) -> vm_pb2.VirtualMachine:
+        """The VM whose run this is on the node (the cache's copy when it says so: the run was
+        assigned to the node at that revision; the lock itself keeps two runs apart)."""
+        cached = self.cache.vms.get(vm_name)
+        if cached is not None and runs_on(cached, node, instance_uid):
+            return cached
         vm = self.store.get(VMS, vm_name)
         if not runs_on(vm, node, instance_uid):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,

@@ -196,6 +196,7 @@ class Scheduler:
         vm.status.node_name = node
         vm.status.instance_uid = str(uuid.uuid4())
         vm.status.assignment_token = fence.token
+        vm.status.instance_lock_lease = 0  # set by _instance_locks when the lock is made with it
         vm.status.run_start_time.CopyFrom(vm_status.now())
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED)
         vm_status.set_condition(vm, "Scheduled", True, "Scheduled", f"assigned to node {node}")
@@ -213,6 +214,7 @@ class Scheduler:
             if lease and vm.metadata.name not in self.cache.locked:
                 locks.append((self.store.raw_key(INSTANCE_LOCKS_FOLDER + vm.metadata.name),
                               instance_lock_value(vm.status.node_name, vm.status.instance_uid), lease))
+                vm.status.instance_lock_lease = lease  # the node need not take it (written together)
         return locks
 
     def _write_assignments(self, fence: Fence) -> None:
@@ -244,6 +246,7 @@ class Scheduler:
             return vms
         written = []
         for vm, absent in batch:
+            vm.status.instance_lock_lease = 0  # one by one, no lock is made with it: the node takes it
             try:
                 self.store.update(VMS, vm, fence=fence, absent=absent)
                 written.append(vm)

@@ -345,7 +345,8 @@ class NodeAgent:
         if not self.deadline.valid():
             log.warning("vm %s: not starting: this node's lease is not current", vm.metadata.name)
             return
-        if not self.locks.acquire(vm.metadata.name, vm.status.instance_uid):
+        if not self.locks.holds_with_assignment(vm) and not self.locks.acquire(vm.metadata.name,
+                                                                                vm.status.instance_uid):
             return
         self.locked[vm.status.instance_uid] = self.locks.lease_id()
         if self.isolation is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import grpc
 
 from corral.store import StoreError
-from corral.v1 import handler_pb2, handler_pb2_grpc
+from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
 from handler.control import NodeControl
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,13 @@ class InstanceLocks:
         self.control = control
         self.node_name = node_name
         self.lease_id = lease_id
+
+    def holds_with_assignment(self, vm: vm_pb2.VirtualMachine) -> bool:
+        """The leader made the run's lock in the assignment's transaction, bound to the lease
+        this node holds now: it exists (it goes only with that lease, whose fencing deadline the
+        caller has checked, or by this node's own release), so no call is needed."""
+        lease = self.lease_id()
+        return bool(lease) and vm.status.instance_lock_lease == lease
 
     def acquire(self, vm_name: str, instance_uid: str) -> bool:
         """Take (or keep, re-binding to the current lease) the lock; False if another holds it."""

@@ -194,7 +194,7 @@ class SimNode:
             await self.unlock(name, uid)
             return
         if uid not in self.runs and vm.status.phase in STARTABLE and uid not in self.reported:
-            if not await self.lock(name, uid):
+            if not await self.lock(vm):
                 return
             self.sim.hypervisor.start(uid, vm)
             self.runs[uid] = name
@@ -203,7 +203,10 @@ class SimNode:
         if uid in self.runs and vm.status.phase != RUNNING and self.reported.get(uid) != RUNNING:
             await self.report(vm, uid, RUNNING, "Running", "")
 
-    async def lock(self, vm_name: str, uid: str) -> bool:
+    async def lock(self, vm: vm_pb2.VirtualMachine) -> bool:
+        if self.lease and vm.status.instance_lock_lease == self.lease:
+            return True  # made with the assignment, bound to this node's lease (as corral-handler)
+        vm_name, uid = vm.metadata.name, vm.status.instance_uid
         answer = await self.call("AcquireInstanceLock", handler_pb2.AcquireInstanceLockRequest(
             node_name=self.name, vm_name=vm_name, instance_uid=uid, lease_id=self.lease))
         return answer is not None and answer.acquired
