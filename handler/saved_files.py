@@ -31,11 +31,7 @@ def prepare_save_folder(save_dir: Path, vm_uid: str, hand_over: HandOver) -> Pat
         raise OSError(f"no save folder for a VM uid {vm_uid!r}")
     folder = save_dir / vm_uid
     folder.mkdir(parents=True, exist_ok=True)
-    base_fd = _open_save_dir(save_dir)
-    try:
-        fd = _open_dir(vm_uid, base_fd)
-    finally:
-        os.close(base_fd)
+    fd = _open_folder(save_dir, vm_uid)
     try:
         hand_over(fd, str(folder), 0o700)
     finally:
@@ -43,9 +39,14 @@ def prepare_save_folder(save_dir: Path, vm_uid: str, hand_over: HandOver) -> Pat
     return folder
 
 
-def _open_save_dir(save_dir: Path) -> int:
-    """SAVE_DIR itself is the node's configuration (root's): it may be a link to shared storage."""
-    return os.open(os.path.realpath(save_dir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_folder(save_dir: Path, name: str) -> int:
+    """SAVE_DIR/NAME, without following a link at NAME. SAVE_DIR itself is the node's
+    configuration (root's): it may be a link to shared storage."""
+    base_fd = os.open(os.path.realpath(save_dir), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _open_dir(name, base_fd)
+    finally:
+        os.close(base_fd)
 
 
 def prepare_restore(save_dir: Path, vm_uid: str, path: Path, hand_over: HandOver) -> None:
@@ -56,11 +57,7 @@ def prepare_restore(save_dir: Path, vm_uid: str, path: Path, hand_over: HandOver
     if (os.path.realpath(path.parent.parent) != os.path.realpath(save_dir) or folder_name != vm_uid
             or not file_name.endswith(SAVE_SUFFIX) or file_name in (".", "..")):
         raise OSError(f"saved state {path} is not this VM's file under this node's save directory {save_dir}")
-    base_fd = _open_save_dir(save_dir)
-    try:
-        folder_fd = _open_dir(folder_name, base_fd)
-    finally:
-        os.close(base_fd)
+    folder_fd = _open_folder(save_dir, folder_name)
     try:
         file_fd = os.open(file_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
         try:
