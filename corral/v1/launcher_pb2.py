@@ -23,72 +23,73 @@ _sym_db = _symbol_database.Default()
 
 
 from corral.v1 import migration_pb2 as corral_dot_v1_dot_migration__pb2
+from corral.v1 import snapshot_pb2 as corral_dot_v1_dot_snapshot__pb2
 from corral.v1 import vm_pb2 as corral_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/launcher.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/migration.proto\x1a\x12\x63orral/v1/vm.proto\"\xe6\x01\n\x0c\x44omainStatus\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.corral.v1.DomainState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06vm_uid\x18\x04 \x01(\t\x12\x10\n\x08qemu_pid\x18\x05 \x01(\x03\x12\x14\n\x0clauncher_pid\x18\x06 \x01(\x03\x12\x17\n\x0fserial_log_path\x18\x07 \x01(\t\x12#\n\x05guest\x18\x08 \x01(\x0b\x32\x14.corral.v1.GuestInfo\x12\x18\n\x10saved_state_path\x18\t \x01(\t\"\x18\n\x16GetDomainStatusRequest\"B\n\x17GetDomainStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x1a\n\x18WatchDomainStatusRequest\"D\n\x19WatchDomainStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"5\n\x15ShutdownDomainRequest\x12\x1c\n\x14grace_period_seconds\x18\x01 \x01(\x05\"A\n\x16ShutdownDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x13\n\x11KillDomainRequest\"=\n\x12KillDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x14\n\x12PauseDomainRequest\">\n\x13PauseDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x15\n\x13ResumeDomainRequest\"?\n\x14ResumeDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x15\n\x13RebootDomainRequest\"?\n\x14RebootDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x14\n\x12ResetDomainRequest\">\n\x13ResetDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"!\n\x11SaveDomainRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"=\n\x12SaveDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"$\n\x14\x41ttachConsoleRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"%\n\x15\x41ttachConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x18\n\x16PrepareIncomingRequest\"J\n\x17PrepareIncomingResponse\x12\x12\n\ndomain_xml\x18\x01 \x01(\t\x12\x1b\n\x13libvirt_socket_path\x18\x02 \x01(\t\"\xa8\x02\n\x14MigrateDomainRequest\x12\x17\n\x0f\x64\x65stination_uri\x18\x01 \x01(\t\x12\x15\n\rmigration_uri\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x03 \x01(\t\x12 \n\x18\x62\x61ndwidth_mib_per_second\x18\x04 \x01(\x03\x12\"\n\x1a\x63ompletion_timeout_seconds\x18\x05 \x01(\x05\x12 \n\x18progress_timeout_seconds\x18\x06 \x01(\x05\x12\x17\n\x0f\x61llow_post_copy\x18\x07 \x01(\x08\x12\x1b\n\x13\x61llow_auto_converge\x18\x08 \x01(\x08\x12\x16\n\x0elisten_address\x18\t \x01(\t\x12\x11\n\ttunnelled\x18\n \x01(\x08\"\xb8\x01\n\x15MigrateDomainResponse\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.corral.v1.MigrationMode\x12\x18\n\x10\x64\x61ta_total_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x03 \x01(\x03\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x13\n\x0b\x64owntime_ms\x18\x06 \x01(\x03\"\x17\n\x15\x41\x62ortMigrationRequest\"\x18\n\x16\x41\x62ortMigrationResponse*\xcd\x01\n\x0b\x44omainState\x12\x1c\n\x18\x44OMAIN_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44OMAIN_STATE_STARTING\x10\x01\x12\x18\n\x14\x44OMAIN_STATE_RUNNING\x10\x02\x12\x17\n\x13\x44OMAIN_STATE_PAUSED\x10\x03\x12\x1e\n\x1a\x44OMAIN_STATE_SHUTTING_DOWN\x10\x04\x12\x18\n\x14\x44OMAIN_STATE_SHUTOFF\x10\x05\x12\x18\n\x14\x44OMAIN_STATE_CRASHED\x10\x06\x32\xd7\x08\n\x0fLauncherService\x12X\n\x0fGetDomainStatus\x12!.corral.v1.GetDomainStatusRequest\x1a\".corral.v1.GetDomainStatusResponse\x12`\n\x11WatchDomainStatus\x12#.corral.v1.WatchDomainStatusRequest\x1a$.corral.v1.WatchDomainStatusResponse0\x01\x12U\n\x0eShutdownDomain\x12 .corral.v1.ShutdownDomainRequest\x1a!.corral.v1.ShutdownDomainResponse\x12I\n\nKillDomain\x12\x1c.corral.v1.KillDomainRequest\x1a\x1d.corral.v1.KillDomainResponse\x12L\n\x0bPauseDomain\x12\x1d.corral.v1.PauseDomainRequest\x1a\x1e.corral.v1.PauseDomainResponse\x12O\n\x0cResumeDomain\x12\x1e.corral.v1.ResumeDomainRequest\x1a\x1f.corral.v1.ResumeDomainResponse\x12O\n\x0cRebootDomain\x12\x1e.corral.v1.RebootDomainRequest\x1a\x1f.corral.v1.RebootDomainResponse\x12L\n\x0bResetDomain\x12\x1d.corral.v1.ResetDomainRequest\x1a\x1e.corral.v1.ResetDomainResponse\x12I\n\nSaveDomain\x12\x1c.corral.v1.SaveDomainRequest\x1a\x1d.corral.v1.SaveDomainResponse\x12V\n\rAttachConsole\x12\x1f.corral.v1.AttachConsoleRequest\x1a .corral.v1.AttachConsoleResponse(\x01\x30\x01\x12X\n\x0fPrepareIncoming\x12!.corral.v1.PrepareIncomingRequest\x1a\".corral.v1.PrepareIncomingResponse\x12T\n\rMigrateDomain\x12\x1f.corral.v1.MigrateDomainRequest\x1a .corral.v1.MigrateDomainResponse0\x01\x12U\n\x0e\x41\x62ortMigration\x12 .corral.v1.AbortMigrationRequest\x1a!.corral.v1.AbortMigrationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/launcher.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/migration.proto\x1a\x18\x63orral/v1/snapshot.proto\x1a\x12\x63orral/v1/vm.proto\"\xe6\x01\n\x0c\x44omainStatus\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.corral.v1.DomainState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06vm_uid\x18\x04 \x01(\t\x12\x10\n\x08qemu_pid\x18\x05 \x01(\x03\x12\x14\n\x0clauncher_pid\x18\x06 \x01(\x03\x12\x17\n\x0fserial_log_path\x18\x07 \x01(\t\x12#\n\x05guest\x18\x08 \x01(\x0b\x32\x14.corral.v1.GuestInfo\x12\x18\n\x10saved_state_path\x18\t \x01(\t\"\x18\n\x16GetDomainStatusRequest\"B\n\x17GetDomainStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x1a\n\x18WatchDomainStatusRequest\"D\n\x19WatchDomainStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"5\n\x15ShutdownDomainRequest\x12\x1c\n\x14grace_period_seconds\x18\x01 \x01(\x05\"A\n\x16ShutdownDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x13\n\x11KillDomainRequest\"=\n\x12KillDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x14\n\x12PauseDomainRequest\">\n\x13PauseDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x15\n\x13ResumeDomainRequest\"?\n\x14ResumeDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x15\n\x13RebootDomainRequest\"?\n\x14RebootDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"\x14\n\x12ResetDomainRequest\">\n\x13ResetDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"!\n\x11SaveDomainRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"=\n\x12SaveDomainResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"$\n\x14\x41ttachConsoleRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"%\n\x15\x41ttachConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x18\n\x16PrepareIncomingRequest\"J\n\x17PrepareIncomingResponse\x12\x12\n\ndomain_xml\x18\x01 \x01(\t\x12\x1b\n\x13libvirt_socket_path\x18\x02 \x01(\t\"\xa8\x02\n\x14MigrateDomainRequest\x12\x17\n\x0f\x64\x65stination_uri\x18\x01 \x01(\t\x12\x15\n\rmigration_uri\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65stination_xml\x18\x03 \x01(\t\x12 \n\x18\x62\x61ndwidth_mib_per_second\x18\x04 \x01(\x03\x12\"\n\x1a\x63ompletion_timeout_seconds\x18\x05 \x01(\x05\x12 \n\x18progress_timeout_seconds\x18\x06 \x01(\x05\x12\x17\n\x0f\x61llow_post_copy\x18\x07 \x01(\x08\x12\x1b\n\x13\x61llow_auto_converge\x18\x08 \x01(\x08\x12\x16\n\x0elisten_address\x18\t \x01(\t\x12\x11\n\ttunnelled\x18\n \x01(\x08\"\xb8\x01\n\x15MigrateDomainResponse\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.corral.v1.MigrationMode\x12\x18\n\x10\x64\x61ta_total_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x03 \x01(\x03\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x13\n\x0b\x64owntime_ms\x18\x06 \x01(\x03\"\x17\n\x15\x41\x62ortMigrationRequest\"\x18\n\x16\x41\x62ortMigrationResponse*\xcd\x01\n\x0b\x44omainState\x12\x1c\n\x18\x44OMAIN_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44OMAIN_STATE_STARTING\x10\x01\x12\x18\n\x14\x44OMAIN_STATE_RUNNING\x10\x02\x12\x17\n\x13\x44OMAIN_STATE_PAUSED\x10\x03\x12\x1e\n\x1a\x44OMAIN_STATE_SHUTTING_DOWN\x10\x04\x12\x18\n\x14\x44OMAIN_STATE_SHUTOFF\x10\x05\x12\x18\n\x14\x44OMAIN_STATE_CRASHED\x10\x06\x32\xb5\n\n\x0fLauncherService\x12X\n\x0fGetDomainStatus\x12!.corral.v1.GetDomainStatusRequest\x1a\".corral.v1.GetDomainStatusResponse\x12`\n\x11WatchDomainStatus\x12#.corral.v1.WatchDomainStatusRequest\x1a$.corral.v1.WatchDomainStatusResponse0\x01\x12U\n\x0eShutdownDomain\x12 .corral.v1.ShutdownDomainRequest\x1a!.corral.v1.ShutdownDomainResponse\x12I\n\nKillDomain\x12\x1c.corral.v1.KillDomainRequest\x1a\x1d.corral.v1.KillDomainResponse\x12L\n\x0bPauseDomain\x12\x1d.corral.v1.PauseDomainRequest\x1a\x1e.corral.v1.PauseDomainResponse\x12O\n\x0cResumeDomain\x12\x1e.corral.v1.ResumeDomainRequest\x1a\x1f.corral.v1.ResumeDomainResponse\x12O\n\x0cRebootDomain\x12\x1e.corral.v1.RebootDomainRequest\x1a\x1f.corral.v1.RebootDomainResponse\x12L\n\x0bResetDomain\x12\x1d.corral.v1.ResetDomainRequest\x1a\x1e.corral.v1.ResetDomainResponse\x12I\n\nSaveDomain\x12\x1c.corral.v1.SaveDomainRequest\x1a\x1d.corral.v1.SaveDomainResponse\x12V\n\rAttachConsole\x12\x1f.corral.v1.AttachConsoleRequest\x1a .corral.v1.AttachConsoleResponse(\x01\x30\x01\x12X\n\x0fPrepareIncoming\x12!.corral.v1.PrepareIncomingRequest\x1a\".corral.v1.PrepareIncomingResponse\x12T\n\rMigrateDomain\x12\x1f.corral.v1.MigrateDomainRequest\x1a .corral.v1.MigrateDomainResponse0\x01\x12U\n\x0e\x41\x62ortMigration\x12 .corral.v1.AbortMigrationRequest\x1a!.corral.v1.AbortMigrationResponse\x12\x64\n\x13SnapshotDomainDisks\x12%.corral.v1.SnapshotDomainDisksRequest\x1a&.corral.v1.SnapshotDomainDisksResponse\x12v\n\x19\x44\x65leteDomainDiskSnapshots\x12+.corral.v1.DeleteDomainDiskSnapshotsRequest\x1a,.corral.v1.DeleteDomainDiskSnapshotsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.launcher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DOMAINSTATE']._serialized_start=1880
-  _globals['_DOMAINSTATE']._serialized_end=2085
-  _globals['_DOMAINSTATUS']._serialized_start=87
-  _globals['_DOMAINSTATUS']._serialized_end=317
-  _globals['_GETDOMAINSTATUSREQUEST']._serialized_start=319
-  _globals['_GETDOMAINSTATUSREQUEST']._serialized_end=343
-  _globals['_GETDOMAINSTATUSRESPONSE']._serialized_start=345
-  _globals['_GETDOMAINSTATUSRESPONSE']._serialized_end=411
-  _globals['_WATCHDOMAINSTATUSREQUEST']._serialized_start=413
-  _globals['_WATCHDOMAINSTATUSREQUEST']._serialized_end=439
-  _globals['_WATCHDOMAINSTATUSRESPONSE']._serialized_start=441
-  _globals['_WATCHDOMAINSTATUSRESPONSE']._serialized_end=509
-  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_start=511
-  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_end=564
-  _globals['_SHUTDOWNDOMAINRESPONSE']._serialized_start=566
-  _globals['_SHUTDOWNDOMAINRESPONSE']._serialized_end=631
-  _globals['_KILLDOMAINREQUEST']._serialized_start=633
-  _globals['_KILLDOMAINREQUEST']._serialized_end=652
-  _globals['_KILLDOMAINRESPONSE']._serialized_start=654
-  _globals['_KILLDOMAINRESPONSE']._serialized_end=715
-  _globals['_PAUSEDOMAINREQUEST']._serialized_start=717
-  _globals['_PAUSEDOMAINREQUEST']._serialized_end=737
-  _globals['_PAUSEDOMAINRESPONSE']._serialized_start=739
-  _globals['_PAUSEDOMAINRESPONSE']._serialized_end=801
-  _globals['_RESUMEDOMAINREQUEST']._serialized_start=803
-  _globals['_RESUMEDOMAINREQUEST']._serialized_end=824
-  _globals['_RESUMEDOMAINRESPONSE']._serialized_start=826
-  _globals['_RESUMEDOMAINRESPONSE']._serialized_end=889
-  _globals['_REBOOTDOMAINREQUEST']._serialized_start=891
-  _globals['_REBOOTDOMAINREQUEST']._serialized_end=912
-  _globals['_REBOOTDOMAINRESPONSE']._serialized_start=914
-  _globals['_REBOOTDOMAINRESPONSE']._serialized_end=977
-  _globals['_RESETDOMAINREQUEST']._serialized_start=979
-  _globals['_RESETDOMAINREQUEST']._serialized_end=999
-  _globals['_RESETDOMAINRESPONSE']._serialized_start=1001
-  _globals['_RESETDOMAINRESPONSE']._serialized_end=1063
-  _globals['_SAVEDOMAINREQUEST']._serialized_start=1065
-  _globals['_SAVEDOMAINREQUEST']._serialized_end=1098
-  _globals['_SAVEDOMAINRESPONSE']._serialized_start=1100
-  _globals['_SAVEDOMAINRESPONSE']._serialized_end=1161
-  _globals['_ATTACHCONSOLEREQUEST']._serialized_start=1163
-  _globals['_ATTACHCONSOLEREQUEST']._serialized_end=1199
-  _globals['_ATTACHCONSOLERESPONSE']._serialized_start=1201
-  _globals['_ATTACHCONSOLERESPONSE']._serialized_end=1238
-  _globals['_PREPAREINCOMINGREQUEST']._serialized_start=1240
-  _globals['_PREPAREINCOMINGREQUEST']._serialized_end=1264
-  _globals['_PREPAREINCOMINGRESPONSE']._serialized_start=1266
-  _globals['_PREPAREINCOMINGRESPONSE']._serialized_end=1340
-  _globals['_MIGRATEDOMAINREQUEST']._serialized_start=1343
-  _globals['_MIGRATEDOMAINREQUEST']._serialized_end=1639
-  _globals['_MIGRATEDOMAINRESPONSE']._serialized_start=1642
-  _globals['_MIGRATEDOMAINRESPONSE']._serialized_end=1826
-  _globals['_ABORTMIGRATIONREQUEST']._serialized_start=1828
-  _globals['_ABORTMIGRATIONREQUEST']._serialized_end=1851
-  _globals['_ABORTMIGRATIONRESPONSE']._serialized_start=1853
-  _globals['_ABORTMIGRATIONRESPONSE']._serialized_end=1877
-  _globals['_LAUNCHERSERVICE']._serialized_start=2088
-  _globals['_LAUNCHERSERVICE']._serialized_end=3199
+  _globals['_DOMAINSTATE']._serialized_start=1906
+  _globals['_DOMAINSTATE']._serialized_end=2111
+  _globals['_DOMAINSTATUS']._serialized_start=113
+  _globals['_DOMAINSTATUS']._serialized_end=343
+  _globals['_GETDOMAINSTATUSREQUEST']._serialized_start=345
+  _globals['_GETDOMAINSTATUSREQUEST']._serialized_end=369
+  _globals['_GETDOMAINSTATUSRESPONSE']._serialized_start=371
+  _globals['_GETDOMAINSTATUSRESPONSE']._serialized_end=437
+  _globals['_WATCHDOMAINSTATUSREQUEST']._serialized_start=439
+  _globals['_WATCHDOMAINSTATUSREQUEST']._serialized_end=465
+  _globals['_WATCHDOMAINSTATUSRESPONSE']._serialized_start=467
+  _globals['_WATCHDOMAINSTATUSRESPONSE']._serialized_end=535
+  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_start=537
+  _globals['_SHUTDOWNDOMAINREQUEST']._serialized_end=590
+  _globals['_SHUTDOWNDOMAINRESPONSE']._serialized_start=592
+  _globals['_SHUTDOWNDOMAINRESPONSE']._serialized_end=657
+  _globals['_KILLDOMAINREQUEST']._serialized_start=659
+  _globals['_KILLDOMAINREQUEST']._serialized_end=678
+  _globals['_KILLDOMAINRESPONSE']._serialized_start=680
+  _globals['_KILLDOMAINRESPONSE']._serialized_end=741
+  _globals['_PAUSEDOMAINREQUEST']._serialized_start=743
+  _globals['_PAUSEDOMAINREQUEST']._serialized_end=763
+  _globals['_PAUSEDOMAINRESPONSE']._serialized_start=765
+  _globals['_PAUSEDOMAINRESPONSE']._serialized_end=827
+  _globals['_RESUMEDOMAINREQUEST']._serialized_start=829
+  _globals['_RESUMEDOMAINREQUEST']._serialized_end=850
+  _globals['_RESUMEDOMAINRESPONSE']._serialized_start=852
+  _globals['_RESUMEDOMAINRESPONSE']._serialized_end=915
+  _globals['_REBOOTDOMAINREQUEST']._serialized_start=917
+  _globals['_REBOOTDOMAINREQUEST']._serialized_end=938
+  _globals['_REBOOTDOMAINRESPONSE']._serialized_start=940
+  _globals['_REBOOTDOMAINRESPONSE']._serialized_end=1003
+  _globals['_RESETDOMAINREQUEST']._serialized_start=1005
+  _globals['_RESETDOMAINREQUEST']._serialized_end=1025
+  _globals['_RESETDOMAINRESPONSE']._serialized_start=1027
+  _globals['_RESETDOMAINRESPONSE']._serialized_end=1089
+  _globals['_SAVEDOMAINREQUEST']._serialized_start=1091
+  _globals['_SAVEDOMAINREQUEST']._serialized_end=1124
+  _globals['_SAVEDOMAINRESPONSE']._serialized_start=1126
+  _globals['_SAVEDOMAINRESPONSE']._serialized_end=1187
+  _globals['_ATTACHCONSOLEREQUEST']._serialized_start=1189
+  _globals['_ATTACHCONSOLEREQUEST']._serialized_end=1225
+  _globals['_ATTACHCONSOLERESPONSE']._serialized_start=1227
+  _globals['_ATTACHCONSOLERESPONSE']._serialized_end=1264
+  _globals['_PREPAREINCOMINGREQUEST']._serialized_start=1266
+  _globals['_PREPAREINCOMINGREQUEST']._serialized_end=1290
+  _globals['_PREPAREINCOMINGRESPONSE']._serialized_start=1292
+  _globals['_PREPAREINCOMINGRESPONSE']._serialized_end=1366
+  _globals['_MIGRATEDOMAINREQUEST']._serialized_start=1369
+  _globals['_MIGRATEDOMAINREQUEST']._serialized_end=1665
+  _globals['_MIGRATEDOMAINRESPONSE']._serialized_start=1668
+  _globals['_MIGRATEDOMAINRESPONSE']._serialized_end=1852
+  _globals['_ABORTMIGRATIONREQUEST']._serialized_start=1854
+  _globals['_ABORTMIGRATIONREQUEST']._serialized_end=1877
+  _globals['_ABORTMIGRATIONRESPONSE']._serialized_start=1879
+  _globals['_ABORTMIGRATIONRESPONSE']._serialized_end=1903
+  _globals['_LAUNCHERSERVICE']._serialized_start=2114
+  _globals['_LAUNCHERSERVICE']._serialized_end=3447
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from corral.v1 import migration_pb2 as _migration_pb2
+from corral.v1 import snapshot_pb2 as _snapshot_pb2
 from corral.v1 import vm_pb2 as _vm_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

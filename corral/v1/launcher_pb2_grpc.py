@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from corral.v1 import launcher_pb2 as corral_dot_v1_dot_launcher__pb2
+from corral.v1 import snapshot_pb2 as corral_dot_v1_dot_snapshot__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -100,6 +101,16 @@ class LauncherServiceStub:
                 '/corral.v1.LauncherService/AbortMigration',
                 request_serializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationResponse.FromString,
+                _registered_method=True)
+        self.SnapshotDomainDisks = channel.unary_unary(
+                '/corral.v1.LauncherService/SnapshotDomainDisks',
+                request_serializer=corral_dot_v1_dot_snapshot__pb2.SnapshotDomainDisksRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_snapshot__pb2.SnapshotDomainDisksResponse.FromString,
+                _registered_method=True)
+        self.DeleteDomainDiskSnapshots = channel.unary_unary(
+                '/corral.v1.LauncherService/DeleteDomainDiskSnapshots',
+                request_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsResponse.FromString,
                 _registered_method=True)
 
 
@@ -198,6 +209,21 @@ class LauncherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotDomainDisks(self, request, context):
+        """qcow2 internal snapshots of the named disks of the running guest, in one QEMU transaction,
+        between a guest-agent freeze and thaw when the agent answers; idempotent by tag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDomainDiskSnapshots(self, request, context):
+        """Deletes the tag from the named disks of the running guest (a missing tag is no error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LauncherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +291,16 @@ def add_LauncherServiceServicer_to_server(servicer, server):
                     servicer.AbortMigration,
                     request_deserializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationRequest.FromString,
                     response_serializer=corral_dot_v1_dot_launcher__pb2.AbortMigrationResponse.SerializeToString,
+            ),
+            'SnapshotDomainDisks': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotDomainDisks,
+                    request_deserializer=corral_dot_v1_dot_snapshot__pb2.SnapshotDomainDisksRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_snapshot__pb2.SnapshotDomainDisksResponse.SerializeToString,
+            ),
+            'DeleteDomainDiskSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDomainDiskSnapshots,
+                    request_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +656,60 @@ class LauncherService:
             '/corral.v1.LauncherService/AbortMigration',
             corral_dot_v1_dot_launcher__pb2.AbortMigrationRequest.SerializeToString,
             corral_dot_v1_dot_launcher__pb2.AbortMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotDomainDisks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/SnapshotDomainDisks',
+            corral_dot_v1_dot_snapshot__pb2.SnapshotDomainDisksRequest.SerializeToString,
+            corral_dot_v1_dot_snapshot__pb2.SnapshotDomainDisksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDomainDiskSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/DeleteDomainDiskSnapshots',
+            corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsRequest.SerializeToString,
+            corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

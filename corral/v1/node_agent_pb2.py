@@ -23,35 +23,36 @@ _sym_db = _symbol_database.Default()
 
 
 from corral.v1 import launcher_pb2 as corral_dot_v1_dot_launcher__pb2
+from corral.v1 import snapshot_pb2 as corral_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63orral/v1/node_agent.proto\x12\tcorral.v1\x1a\x18\x63orral/v1/launcher.proto\":\n\x14PauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15PauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"<\n\x16UnpauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"B\n\x17UnpauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"?\n\x19SoftRebootInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"E\n\x1aSoftRebootInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\":\n\x14ResetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15ResetInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"P\n\x1c\x41ttachInstanceConsoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x1d\x41ttachInstanceConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xe7\x03\n\x10NodeAgentService\x12R\n\rPauseInstance\x12\x1f.corral.v1.PauseInstanceRequest\x1a .corral.v1.PauseInstanceResponse\x12X\n\x0fUnpauseInstance\x12!.corral.v1.UnpauseInstanceRequest\x1a\".corral.v1.UnpauseInstanceResponse\x12\x61\n\x12SoftRebootInstance\x12$.corral.v1.SoftRebootInstanceRequest\x1a%.corral.v1.SoftRebootInstanceResponse\x12R\n\rResetInstance\x12\x1f.corral.v1.ResetInstanceRequest\x1a .corral.v1.ResetInstanceResponse\x12n\n\x15\x41ttachInstanceConsole\x12\'.corral.v1.AttachInstanceConsoleRequest\x1a(.corral.v1.AttachInstanceConsoleResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63orral/v1/node_agent.proto\x12\tcorral.v1\x1a\x18\x63orral/v1/launcher.proto\x1a\x18\x63orral/v1/snapshot.proto\":\n\x14PauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15PauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"<\n\x16UnpauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"B\n\x17UnpauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"?\n\x19SoftRebootInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"E\n\x1aSoftRebootInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\":\n\x14ResetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15ResetInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"P\n\x1c\x41ttachInstanceConsoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x1d\x41ttachInstanceConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\x96\x06\n\x10NodeAgentService\x12R\n\rPauseInstance\x12\x1f.corral.v1.PauseInstanceRequest\x1a .corral.v1.PauseInstanceResponse\x12X\n\x0fUnpauseInstance\x12!.corral.v1.UnpauseInstanceRequest\x1a\".corral.v1.UnpauseInstanceResponse\x12\x61\n\x12SoftRebootInstance\x12$.corral.v1.SoftRebootInstanceRequest\x1a%.corral.v1.SoftRebootInstanceResponse\x12R\n\rResetInstance\x12\x1f.corral.v1.ResetInstanceRequest\x1a .corral.v1.ResetInstanceResponse\x12n\n\x15\x41ttachInstanceConsole\x12\'.corral.v1.AttachInstanceConsoleRequest\x1a(.corral.v1.AttachInstanceConsoleResponse(\x01\x30\x01\x12^\n\x11TakeDiskSnapshots\x12#.corral.v1.TakeDiskSnapshotsRequest\x1a$.corral.v1.TakeDiskSnapshotsResponse\x12g\n\x14RestoreDiskSnapshots\x12&.corral.v1.RestoreDiskSnapshotsRequest\x1a\'.corral.v1.RestoreDiskSnapshotsResponse\x12\x64\n\x13\x44\x65leteDiskSnapshots\x12%.corral.v1.DeleteDiskSnapshotsRequest\x1a&.corral.v1.DeleteDiskSnapshotsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.node_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=67
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=125
-  _globals['_PAUSEINSTANCERESPONSE']._serialized_start=127
-  _globals['_PAUSEINSTANCERESPONSE']._serialized_end=191
-  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_start=193
-  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_end=253
-  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_start=255
-  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_end=321
-  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_start=323
-  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_end=386
-  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_start=388
-  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_end=457
-  _globals['_RESETINSTANCEREQUEST']._serialized_start=459
-  _globals['_RESETINSTANCEREQUEST']._serialized_end=517
-  _globals['_RESETINSTANCERESPONSE']._serialized_start=519
-  _globals['_RESETINSTANCERESPONSE']._serialized_end=583
-  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_start=585
-  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_end=665
-  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_start=667
-  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_end=712
-  _globals['_NODEAGENTSERVICE']._serialized_start=715
-  _globals['_NODEAGENTSERVICE']._serialized_end=1202
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=93
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=151
+  _globals['_PAUSEINSTANCERESPONSE']._serialized_start=153
+  _globals['_PAUSEINSTANCERESPONSE']._serialized_end=217
+  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_start=219
+  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_end=279
+  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_start=281
+  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_end=347
+  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_start=349
+  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_end=412
+  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_start=414
+  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_end=483
+  _globals['_RESETINSTANCEREQUEST']._serialized_start=485
+  _globals['_RESETINSTANCEREQUEST']._serialized_end=543
+  _globals['_RESETINSTANCERESPONSE']._serialized_start=545
+  _globals['_RESETINSTANCERESPONSE']._serialized_end=609
+  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_start=611
+  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_end=691
+  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_start=693
+  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_end=738
+  _globals['_NODEAGENTSERVICE']._serialized_start=741
+  _globals['_NODEAGENTSERVICE']._serialized_end=1531
 # @@protoc_insertion_point(module_scope)

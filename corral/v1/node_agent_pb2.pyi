@@ -1,4 +1,5 @@
 from corral.v1 import launcher_pb2 as _launcher_pb2
+from corral.v1 import snapshot_pb2 as _snapshot_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from corral.v1 import node_agent_pb2 as corral_dot_v1_dot_node__agent__pb2
+from corral.v1 import snapshot_pb2 as corral_dot_v1_dot_snapshot__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -63,6 +64,21 @@ class NodeAgentServiceStub:
                 request_serializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceConsoleRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceConsoleResponse.FromString,
                 _registered_method=True)
+        self.TakeDiskSnapshots = channel.unary_unary(
+                '/corral.v1.NodeAgentService/TakeDiskSnapshots',
+                request_serializer=corral_dot_v1_dot_snapshot__pb2.TakeDiskSnapshotsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_snapshot__pb2.TakeDiskSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.RestoreDiskSnapshots = channel.unary_unary(
+                '/corral.v1.NodeAgentService/RestoreDiskSnapshots',
+                request_serializer=corral_dot_v1_dot_snapshot__pb2.RestoreDiskSnapshotsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_snapshot__pb2.RestoreDiskSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDiskSnapshots = channel.unary_unary(
+                '/corral.v1.NodeAgentService/DeleteDiskSnapshots',
+                request_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServiceServicer:
@@ -105,6 +121,28 @@ class NodeAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TakeDiskSnapshots(self, request, context):
+        """Takes a qcow2 internal snapshot of each named persistent disk (through the run's launcher
+        when instance_uid names a run here, else with qemu-img); idempotent by tag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreDiskSnapshots(self, request, context):
+        """Applies the tag to each disk (qemu-img snapshot -a); the VM must have no run on the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDiskSnapshots(self, request, context):
+        """Deletes the tag from each disk (a missing tag is no error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +170,21 @@ def add_NodeAgentServiceServicer_to_server(servicer, server):
                     servicer.AttachInstanceConsole,
                     request_deserializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceConsoleRequest.FromString,
                     response_serializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceConsoleResponse.SerializeToString,
+            ),
+            'TakeDiskSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeDiskSnapshots,
+                    request_deserializer=corral_dot_v1_dot_snapshot__pb2.TakeDiskSnapshotsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_snapshot__pb2.TakeDiskSnapshotsResponse.SerializeToString,
+            ),
+            'RestoreDiskSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreDiskSnapshots,
+                    request_deserializer=corral_dot_v1_dot_snapshot__pb2.RestoreDiskSnapshotsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_snapshot__pb2.RestoreDiskSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteDiskSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDiskSnapshots,
+                    request_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +326,87 @@ class NodeAgentService:
             '/corral.v1.NodeAgentService/AttachInstanceConsole',
             corral_dot_v1_dot_node__agent__pb2.AttachInstanceConsoleRequest.SerializeToString,
             corral_dot_v1_dot_node__agent__pb2.AttachInstanceConsoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeDiskSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeAgentService/TakeDiskSnapshots',
+            corral_dot_v1_dot_snapshot__pb2.TakeDiskSnapshotsRequest.SerializeToString,
+            corral_dot_v1_dot_snapshot__pb2.TakeDiskSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreDiskSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeAgentService/RestoreDiskSnapshots',
+            corral_dot_v1_dot_snapshot__pb2.RestoreDiskSnapshotsRequest.SerializeToString,
+            corral_dot_v1_dot_snapshot__pb2.RestoreDiskSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDiskSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeAgentService/DeleteDiskSnapshots',
+            corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsRequest.SerializeToString,
+            corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -306,7 +306,7 @@ class PhaseTransition(_message.Message):
     def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineStatus(_message.Message):
-    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest", "migration_target", "instance_lock_lease")
+    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest", "migration_target", "instance_lock_lease", "snapshot_in_progress", "restore_in_progress")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +326,8 @@ class VirtualMachineStatus(_message.Message):
     GUEST_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_TARGET_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_LOCK_LEASE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     phase: VirtualMachinePhase
     node_name: str
     conditions: _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]
@@ -345,7 +347,9 @@ class VirtualMachineStatus(_message.Message):
     guest: GuestInfo
     migration_target: MigrationTarget
     instance_lock_lease: int
-    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ..., migration_target: _Optional[_Union[MigrationTarget, _Mapping]] = ..., instance_lock_lease: _Optional[int] = ...) -> None: ...
+    snapshot_in_progress: str
+    restore_in_progress: str
+    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ..., migration_target: _Optional[_Union[MigrationTarget, _Mapping]] = ..., instance_lock_lease: _Optional[int] = ..., snapshot_in_progress: _Optional[str] = ..., restore_in_progress: _Optional[str] = ...) -> None: ...
 
 class MigrationTarget(_message.Message):
     __slots__ = ("migration_name", "node_name", "instance_uid", "target_address", "target_domain_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "cancel_requested", "migration_uri", "cancel_reason", "cancel_message")
