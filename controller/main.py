@@ -13,10 +13,12 @@ import threading
 from controller.leader import LeaderElector
 from controller.migrations import MigrationReconciler, MigrationSettings
 from controller.pool_reconciler import PoolReconciler
+from controller.node_agents import NodeAgents
 from controller.scheduler import Scheduler
+from controller.snapshots import SnapshotReconciler
 from controller.server import ApiServer
 from controller.watch_cache import WatchCache
-from corral import logs, metrics
+from corral import logs, metrics, tls
 from corral.sdnotify import Watchdog, notify
 from corral.settings import ControllerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import Store, StoreError
@@ -54,8 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = Scheduler(store=store, resync_seconds=settings.resync_seconds,
                           node_loss_margin_seconds=settings.node_loss_margin_seconds, migrations=migrations,
                           cache=cache, pools=PoolReconciler(store=store))
+    try:  # dialing handlers for snapshots, as the API server does for consoles
+        agent_credentials = (tls.channel_credentials(settings.tls_client_ca_file, settings.tls_cert_file,
+                                                     settings.tls_key_file) if settings.tls_cert_file else None)
+    except tls.TLSConfigError as exc:
+        print(f"corral-controller: {exc}", file=sys.stderr)
+        return 2
+    snapshots = SnapshotReconciler(store=store, agents=NodeAgents(store, agent_credentials))
+
+    def lead(fence, work_stop: threading.Event) -> None:
+        """The scheduler, and snapshots in a thread of their own (node calls take seconds)."""
+        worker = threading.Thread(target=snapshots.run, args=(fence, work_stop), name="snapshots", daemon=True)
+        worker.start()
+        try:
+            scheduler.run(fence, work_stop)
+        finally:
+            work_stop.set()
+            worker.join(timeout=5)
+
     elector = LeaderElector(store=store, identity=settings.replica_id,
-                            lease_seconds=settings.leader_lease_seconds, lead=scheduler.run)
+                            lease_seconds=settings.leader_lease_seconds, lead=lead)
     metrics.register_controller(list_vms=lambda: cache.snapshot()[2], is_leader=lambda: elector.is_leader)
     metrics.serve(settings.metrics_listen)
     stop = threading.Event()

@@ -64,6 +64,10 @@ class MigrationService(migration_pb2_grpc.MigrationServiceServicer):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"VirtualMachine {vm.metadata.name!r} is already migrating "
                                f"(migration {vm.status.migration_target.migration_name})")
+        if vm.status.snapshot_in_progress:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"VirtualMachine {vm.metadata.name!r} is being snapshotted "
+                               f"(snapshot {vm.status.snapshot_in_progress}): migrate it once that ended")
         why_not = not_migratable(vm)
         if why_not:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,

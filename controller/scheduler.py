@@ -159,6 +159,8 @@ class Scheduler:
             return
         if deleting:
             return
+        if (vm.status.snapshot_in_progress or vm.status.restore_in_progress) and phase not in vm_status.LIVE_PHASES:
+            return  # its disks are being snapshotted or restored: no run starts (controller/snapshots.py)
         if phase in vm_status.LIVE_PHASES and lifecycle.strategy(vm) == vm_pb2.RUN_STRATEGY_HALTED \
                 and not vm_status.run_request_applies(vm):
             # Someone set Halted on a running VM: stop its run, as KubeVirt does.

@@ -20,14 +20,15 @@ from controller.interceptors import ControllerInterceptor
 from controller.limits import StreamLimits, ThreadBoundStreams
 from controller.migration_api import MigrationService
 from controller.pool_api import VirtualMachinePoolService
+from controller.snapshot_api import VirtualMachineSnapshotService
 from controller.node_agents import NodeAgents
 from controller.watch_cache import WatchCache
 from corral import tls
 from corral.settings import ControllerSettings, loopback
 from corral.store import Store
 from corral.v1 import (handler_pb2, handler_pb2_grpc, instancetype_pb2, instancetype_pb2_grpc, migration_pb2,
-                       migration_pb2_grpc, node_pb2, node_pb2_grpc, pool_pb2, pool_pb2_grpc, vm_pb2,
-                       vm_pb2_grpc)
+                       migration_pb2_grpc, node_pb2, node_pb2_grpc, pool_pb2, pool_pb2_grpc, snapshot_pb2,
+                       snapshot_pb2_grpc, vm_pb2, vm_pb2_grpc)
 
 log = logging.getLogger("corral.controller")
 
@@ -39,6 +40,7 @@ SERVICE_NAMES = (
     instancetype_pb2.DESCRIPTOR.services_by_name["InstanceTypeService"].full_name,
     instancetype_pb2.DESCRIPTOR.services_by_name["PreferenceService"].full_name,
     pool_pb2.DESCRIPTOR.services_by_name["VirtualMachinePoolService"].full_name,
+    snapshot_pb2.DESCRIPTOR.services_by_name["VirtualMachineSnapshotService"].full_name,
 )
 #: Threads for unary calls in flight (they wait on etcd) and the few streams that are still
 #: plain generators (consoles, migration watches).
@@ -135,6 +137,8 @@ class ApiServer:
             PreferenceService(store=self.store, cache=self.cache), server)
         pools_service = VirtualMachinePoolService(store=self.store, threaded=threaded)
         pool_pb2_grpc.add_VirtualMachinePoolServiceServicer_to_server(pools_service, server)
+        snapshot_pb2_grpc.add_VirtualMachineSnapshotServiceServicer_to_server(
+            VirtualMachineSnapshotService(store=self.store), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

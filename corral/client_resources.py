@@ -15,7 +15,8 @@ from types import ModuleType
 from typing import Any
 
 from corral.v1 import (instancetype_pb2, instancetype_pb2_grpc, migration_pb2, migration_pb2_grpc, node_pb2,
-                       node_pb2_grpc, pool_pb2, pool_pb2_grpc, vm_pb2, vm_pb2_grpc)
+                       node_pb2_grpc, pool_pb2, pool_pb2_grpc, snapshot_pb2, snapshot_pb2_grpc, vm_pb2,
+                       vm_pb2_grpc)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ APIS: dict[str, Api] = {api.message: api for api in (
         instancetype_pb2_grpc.PreferenceServiceStub),
     Api("Node", "node", "Nodes", "nodes", node_pb2, node_pb2_grpc.NodeServiceStub),
     Api("Migration", "migration", "Migrations", "migrations", migration_pb2, migration_pb2_grpc.MigrationServiceStub),
+    Api("VirtualMachineSnapshot", "snapshot", "VirtualMachineSnapshots", "snapshots", snapshot_pb2,
+        snapshot_pb2_grpc.VirtualMachineSnapshotServiceStub),
 )}
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from corral import history
 from corral.store import Kind
-from corral.v1 import instancetype_pb2, migration_pb2, node_pb2, pool_pb2, vm_pb2
+from corral.v1 import instancetype_pb2, migration_pb2, node_pb2, pool_pb2, snapshot_pb2, vm_pb2
 
 VMS: Kind[vm_pb2.VirtualMachine] = Kind("vms", vm_pb2.VirtualMachine, beside=history.split,
                                          beside_folder=history.folder)
@@ -14,6 +14,7 @@ INSTANCE_TYPES: Kind[instancetype_pb2.InstanceType] = Kind("instancetypes", inst
 PREFERENCES: Kind[instancetype_pb2.Preference] = Kind("preferences", instancetype_pb2.Preference)
 #: Frozen copies of instance types and preferences, as VMs were sized from them.
 REVISIONS: Kind[instancetype_pb2.Revision] = Kind("revisions", instancetype_pb2.Revision)
+SNAPSHOTS: Kind[snapshot_pb2.VirtualMachineSnapshot] = Kind("snapshots", snapshot_pb2.VirtualMachineSnapshot)
 #: A handler's heartbeat: a key bound to an etcd lease; while it exists the node is Ready.
 NODE_LEASES_FOLDER = "node-leases/"
 #: The key the controller leader holds; its create revision is the fencing token.

@@ -26,6 +26,7 @@ from corral import tls
 from corral.settings import HandlerSettings, loopback
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
 from handler.isolation import remove_stale_console_locks
+from handler.snapshots import NodeSnapshots, SnapshotRefused
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
 
     def __init__(self, agent) -> None:
         self.agent = agent
+        self.snapshots = NodeSnapshots(agent)
 
     def _launcher(self, name: str, instance_uid: str, context: grpc.ServicerContext):
         if not name or not instance_uid:
@@ -119,6 +121,24 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
         finally:
             call.cancel()
             log.info("vm %s: console detached", first.name)
+
+
+    # Disk snapshots: handler/snapshots.py (through the run's launcher, or qemu-img on the files).
+    def _snapshot(self, method, request, context: grpc.ServicerContext):
+        try:
+            return method(request)
+        except SnapshotRefused as exc:
+            log.warning("vm %s: %s", request.name, exc)
+            context.abort(exc.code, f"vm {request.name!r}: {exc}")
+
+    def TakeDiskSnapshots(self, request, context):
+        return self._snapshot(self.snapshots.take, request, context)
+
+    def RestoreDiskSnapshots(self, request, context):
+        return self._snapshot(self.snapshots.restore, request, context)
+
+    def DeleteDiskSnapshots(self, request, context):
+        return self._snapshot(self.snapshots.delete, request, context)
 
 
 class RefuseNodeIdentities(grpc.ServerInterceptor):

@@ -10,9 +10,10 @@ from typing import Iterator
 
 import grpc
 
-from corral.v1 import launcher_pb2, launcher_pb2_grpc
+from corral.v1 import launcher_pb2, launcher_pb2_grpc, snapshot_pb2
 
-from launcher import console, domain_xml, migration, session
+from corral.snapshots import valid_tag
+from launcher import console, domain_xml, migration, session, snapshots
 from launcher.host import DomainNotFound, DomainOperationFailed, HypervisorUnavailable, LauncherError
 from launcher.supervisor import Supervisor
 
@@ -160,3 +161,30 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
         """Idempotent: without a running job there is nothing to abort."""
         self._sup.abort_migration()
         return launcher_pb2.AbortMigrationResponse()
+
+    # --- disk snapshots (launcher/snapshots.py) --------------------------------------------
+
+    def _snapshot_op(self, tag: str, context: grpc.ServicerContext, action: str, op):
+        if not valid_tag(tag):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tag must be corral-<uuid>")
+        try:
+            with self._sup._op_lock:  # never during a start, shutdown or kill
+                guest, _state = self._sup._live_guest_locked(action)
+                return op(guest.domain)
+        except LauncherError as e:
+            _abort(context, e)
+        except snapshots.SnapshotError as e:
+            log.warning("%s failed: %s", action, e)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+
+    def SnapshotDomainDisks(self, request: snapshot_pb2.SnapshotDomainDisksRequest,
+                            context: grpc.ServicerContext) -> snapshot_pb2.SnapshotDomainDisksResponse:
+        indications, note = self._snapshot_op(request.tag, context, "snapshot disks", lambda domain: snapshots.take(
+            domain, self._sup.vm, request.tag, list(request.disks), freeze=request.freeze))
+        return snapshot_pb2.SnapshotDomainDisksResponse(indications=indications, freeze_message=note)
+
+    def DeleteDomainDiskSnapshots(self, request: snapshot_pb2.DeleteDomainDiskSnapshotsRequest,
+                                  context: grpc.ServicerContext) -> snapshot_pb2.DeleteDomainDiskSnapshotsResponse:
+        self._snapshot_op(request.tag, context, "delete disk snapshots", lambda domain: snapshots.delete(
+            domain, self._sup.vm, request.tag, list(request.disks)))
+        return snapshot_pb2.DeleteDomainDiskSnapshotsResponse()

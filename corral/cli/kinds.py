@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from corral import printing, printing_fleet
+from corral import printing, printing_fleet, printing_snapshots
 from corral.client import Client
 
 VM = "virtualmachine"
@@ -19,6 +19,7 @@ MIGRATION = "migration"
 POOL = "virtualmachinepool"
 INSTANCE_TYPE = "instancetype"
 PREFERENCE = "preference"
+SNAPSHOT = "virtualmachinesnapshot"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ KINDS: tuple[ResourceKind, ...] = (
     ResourceKind(PREFERENCE, "Preference", ("preferences", "preference", "pref", "prefs"),
                  printing_fleet.preference_table, printing_fleet.describe_spec_object,
                  deletable=True, editable=True),
+    ResourceKind(SNAPSHOT, "VirtualMachineSnapshot", ("snapshots", "snapshot", "vmsnapshot", "vmsnapshots",
+                                                      "virtualmachinesnapshot", "virtualmachinesnapshots"),
+                 printing_snapshots.snapshot_table, printing_snapshots.describe_snapshot, deletable=True),
 )
 BY_KEY = {k.key: k for k in KINDS}
 BY_KIND = {k.kind: k for k in KINDS}
