@@ -71,15 +71,21 @@ def open_disk(path: str, disk_roots: tuple[str, ...], what: str) -> int:
 def _qemu_img(fd: int, args: list[str], what: str) -> str:
     """Run ``qemu-img ARGS /proc/self/fd/FD`` as the file's owner (root only for root's files)."""
     st = os.fstat(fd)
-    owner = {} if st.st_uid == 0 else {"user": st.st_uid, "group": st.st_gid, "extra_groups": []}
-    command = ["qemu-img", *args, f"/proc/self/fd/{fd}"]
+    # setpriv (util-linux) drops to the owner after exec: subprocess's own user=/group= would
+    # fork without vfork, and gRPC's fork handlers abort such a child in this threaded process.
+    owner = [] if st.st_uid == 0 else ["setpriv", f"--reuid={st.st_uid}", f"--regid={st.st_gid}", "--clear-groups"]
+    # qemu-img snapshot takes no -f: the format is given in --image-opts (never probed).
+    target = (f"driver=qcow2,file.driver=file,file.filename=/proc/self/fd/{fd}" if "--image-opts" in args
+              else f"/proc/self/fd/{fd}")
+    command = [*owner, "qemu-img", *args, target]
     try:
         result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd="/",
-                                pass_fds=(fd,), timeout=QEMU_IMG_TIMEOUT_SECONDS, **owner)
+                                pass_fds=(fd,), timeout=QEMU_IMG_TIMEOUT_SECONDS)
     except (OSError, subprocess.SubprocessError) as exc:
         raise SnapshotRefused(grpc.StatusCode.INTERNAL, f"{what}: cannot run qemu-img: {exc}") from None
     if result.returncode != 0:
-        detail = " ".join(result.stderr.strip().splitlines()[-2:]).replace(f"/proc/self/fd/{fd}", "the disk")
+        detail = (" ".join(result.stderr.strip().splitlines()[-2:]).replace(target, "the disk")
+                  or f"exit status {result.returncode}")
         code = (grpc.StatusCode.FAILED_PRECONDITION if "lock" in detail.lower()
                 else grpc.StatusCode.INTERNAL)
         raise SnapshotRefused(code, f"{what}: qemu-img {args[0]} failed: {detail}")
@@ -111,14 +117,14 @@ def offline(action: str, tag: str, disks: list[snapshot_pb2.DiskSnapshotTarget],
         try:
             tags = image_tags(fd, what)
             if action == "take" and tag not in tags:
-                _qemu_img(fd, ["snapshot", "-f", "qcow2", "-c", tag], what)
+                _qemu_img(fd, ["snapshot", "--image-opts", "-c", tag], what)
             elif action == "restore":
                 if tag not in tags:
                     raise SnapshotRefused(grpc.StatusCode.FAILED_PRECONDITION,
                                           f"{what} {disk.path!r} holds no snapshot {tag}")
-                _qemu_img(fd, ["snapshot", "-f", "qcow2", "-a", tag], what)
+                _qemu_img(fd, ["snapshot", "--image-opts", "-a", tag], what)
             elif action == "delete" and tag in tags:
-                _qemu_img(fd, ["snapshot", "-f", "qcow2", "-d", tag], what)
+                _qemu_img(fd, ["snapshot", "--image-opts", "-d", tag], what)
         finally:
             os.close(fd)
         log.info("%s: %s %s done", what, action, tag)
