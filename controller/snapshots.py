@@ -127,7 +127,11 @@ class SnapshotReconciler:
         self.interval = interval
 
     def run(self, fence: Fence, stop: threading.Event) -> None:
+        """A pass at once on any change of a snapshot (a watch), else every ``interval``."""
+        wake = threading.Event()
+        threading.Thread(target=self._watch, args=(wake, stop), name="snapshot-watch", daemon=True).start()
         while not stop.is_set():
+            wake.clear()
             try:
                 self.reconcile(fence)
             except FencingLost:
@@ -137,7 +141,21 @@ class SnapshotReconciler:
                 log.warning("snapshots: %s", exc)
             except Exception:  # noqa: BLE001 - keep reconciling
                 log.exception("snapshots: reconcile failed")
-            stop.wait(self.interval)
+            wake.wait(self.interval)
+
+    def _watch(self, wake: threading.Event, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                with self.store.watch(SNAPSHOTS, start_revision=self.store.revision() + 1) as watch:
+                    wake.set()  # anything missed while (re)connecting
+                    for event in watch.events(timeout=0.5):
+                        if stop.is_set():
+                            return
+                        if event is not None:
+                            wake.set()
+            except StoreError as exc:
+                log.debug("snapshot watch: %s", exc)
+                stop.wait(1.0)
 
     def reconcile(self, fence: Fence) -> None:
         snapshots, _ = self.store.list_all(SNAPSHOTS)
