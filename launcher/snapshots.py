@@ -108,13 +108,19 @@ def take(domain: libvirt.virDomain, vm: vm_pb2.VirtualMachine, tag: str, names: 
     todo = {name: node for name, (node, tags) in nodes.items() if tag not in tags}
     if not todo:
         return [ONLINE], ""
-    frozen, note = _freeze(domain) if freeze else (False, "freezing was not asked for")
+    if not freeze:
+        frozen, note = False, "freezing was not asked for"
+    elif domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+        # A paused guest cannot answer; a freeze it ran after being resumed would never be thawed.
+        frozen, note = False, "the guest is paused: its file systems were not frozen"
+    else:
+        frozen, note = _freeze(domain)
     try:
         actions = [{"type": "blockdev-snapshot-internal-sync", "data": {"device": node, "name": tag}}
                    for node in todo.values()]
         _qmp(domain, "transaction", actions=actions)
     finally:
-        if frozen:
+        if frozen or "not responding" in note:  # a late freeze must not outlive the call
             _thaw(domain)
     log.info("internal snapshot %s of %s taken (%s)", tag, ", ".join(sorted(todo)), note)
     return [ONLINE, GUEST_AGENT if frozen else NO_GUEST_AGENT], "" if frozen else note

@@ -149,6 +149,12 @@ def story(node):
     with pytest.raises(grpc.RpcError) as refused:
         snaps.restore("live")
     seen["restore_running"] = refused.value
+    # A paused guest's agent cannot answer: taken unfrozen, and said so.
+    cluster.vms.PauseVirtualMachine(vm_pb2.PauseVirtualMachineRequest(name="snappy"), timeout=30)
+    seen["paused"] = snaps.wait_final(snaps.create("snappy", "paused").metadata.name)
+    cluster.vms.UnpauseVirtualMachine(vm_pb2.UnpauseVirtualMachineRequest(name="snappy"), timeout=30)
+    snaps.stub.DeleteVirtualMachineSnapshot(S.DeleteVirtualMachineSnapshotRequest(name="paused"), timeout=10)
+    wait_for(lambda: not snaps.exists("paused"), timeout=60, what="snapshot paused to go")
     wait_for(lambda: counts(serial(cluster, "snappy"))[-1][1] >= seen["c1"][1] + 3, timeout=60,
              what="the guest to write more after the snapshot")
     stop(cluster, "snappy")
@@ -200,6 +206,14 @@ def test_snapshot_of_a_running_vm_is_frozen_by_the_guest_agent(story):
     assert live.status.instance_uid and live.status.node_name == "n1"
     assert [d.name for d in live.status.disks] == ["data"]
     assert list(live.status.skipped_disks) == ["ro: read-only"]
+
+
+def test_snapshot_of_a_paused_guest_is_not_frozen_and_says_why(story):
+    paused = story["paused"]
+    assert paused.status.phase == S.SNAPSHOT_PHASE_SUCCEEDED
+    assert list(paused.status.indications) == ["Online", "NoGuestAgent"]
+    ready = next(c for c in paused.status.conditions if c.type == "Ready")
+    assert "not frozen (the guest is paused" in ready.message
 
 
 def test_restore_brings_the_disk_back_to_the_running_snapshot(story):
