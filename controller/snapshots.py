@@ -32,6 +32,14 @@ FINAL = (S.SNAPSHOT_PHASE_SUCCEEDED, S.SNAPSHOT_PHASE_FAILED)
 NODE_CALL_SECONDS = 150.0
 #: Errors worth retrying on the next pass (the node is away or busy), not failing the snapshot.
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: How long a snapshot or restore keeps the VM held while its node does not answer: then it
+#: fails and the VM is free to run again (a lost node must not keep its VM from restarting).
+NODE_WAIT_SECONDS = 300.0
+
+
+def waited_too_long(since, now: float | None = None) -> bool:
+    """Whether more than NODE_WAIT_SECONDS passed since the Timestamp ``since``."""
+    return (now if now is not None else time.time()) - since.ToNanoseconds() / 1e9 > NODE_WAIT_SECONDS
 
 
 def phase_name(phase: int) -> str:
@@ -39,14 +47,17 @@ def phase_name(phase: int) -> str:
         "Inprogress", "InProgress")
 
 
-def set_phase(snapshot: S.VirtualMachineSnapshot, phase: int, reason: str, message: str = "") -> None:
-    """Phase and the conditions that go with it (Ready, Progressing, Failure), as KubeVirt's."""
+def set_phase(snapshot: S.VirtualMachineSnapshot, phase: int, reason: str, message: str = "") -> bool:
+    """Phase and the conditions that go with it (Ready, Progressing, Failure), as KubeVirt's;
+    whether anything changed (unchanged objects are not written again)."""
+    changed = snapshot.status.phase != phase
     snapshot.status.phase = phase
-    vm_status.set_condition(snapshot, "Ready", phase == S.SNAPSHOT_PHASE_SUCCEEDED, reason, message)
-    vm_status.set_condition(snapshot, "Progressing", phase in (S.SNAPSHOT_PHASE_PENDING, S.SNAPSHOT_PHASE_IN_PROGRESS),
-                            reason, message)
-    vm_status.set_condition(snapshot, "Failure", phase == S.SNAPSHOT_PHASE_FAILED, reason,
-                            message if phase == S.SNAPSHOT_PHASE_FAILED else "")
+    changed |= vm_status.set_condition(snapshot, "Ready", phase == S.SNAPSHOT_PHASE_SUCCEEDED, reason, message)
+    changed |= vm_status.set_condition(snapshot, "Progressing", phase in (S.SNAPSHOT_PHASE_PENDING,
+                                                                         S.SNAPSHOT_PHASE_IN_PROGRESS), reason, message)
+    changed |= vm_status.set_condition(snapshot, "Failure", phase == S.SNAPSHOT_PHASE_FAILED, reason,
+                                       message if phase == S.SNAPSHOT_PHASE_FAILED else "")
+    return changed
 
 
 def migrating(vm: vm_pb2.VirtualMachine, migrations: list[migration_pb2.Migration]) -> str:
@@ -218,11 +229,12 @@ class SnapshotReconciler:
         if snapshot.status.phase == S.SNAPSHOT_PHASE_PENDING:
             if vm.status.snapshot_in_progress not in ("", snapshot.metadata.name):
                 return  # another snapshot's turn first
+            if not stopped(vm) and vm.status.phase != vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING \
+                    and not vm.metadata.HasField("delete_time"):
+                return  # starting: once it runs or has stopped
             migrations, _ = self.store.list_all(MIGRATIONS)
             why = snapshot_refusal(vm, migrations)
             if why:
-                if "is starting" in why:
-                    return  # wait for Running
                 return self._fail(snapshot, "Refused", why, fence)
             vm = self._mark(vm, "snapshot_in_progress", snapshot.metadata.name, fence)
             live = vm.status.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -243,11 +255,11 @@ class SnapshotReconciler:
                 name=vm.metadata.name, instance_uid=snapshot.status.instance_uid,
                 tag=snapshot.status.disks[0].tag, disks=targets(snapshot)))
         except RequestError as exc:
-            if exc.code in RETRY_CODES:
-                set_phase(snapshot, S.SNAPSHOT_PHASE_IN_PROGRESS, "NodeUnavailable", str(exc))
-                self.store.update(SNAPSHOTS, snapshot, fence=fence)
+            if exc.code in RETRY_CODES and not waited_too_long(snapshot.metadata.create_time):
+                if set_phase(snapshot, S.SNAPSHOT_PHASE_IN_PROGRESS, "NodeUnavailable", str(exc)):
+                    self.store.update(SNAPSHOTS, snapshot, fence=fence)
                 return
-            self._fail(snapshot, "SnapshotFailed", str(exc), fence)
+            self._fail(snapshot, "NodeUnavailable" if exc.code in RETRY_CODES else "SnapshotFailed", str(exc), fence)
             self._mark(vm, "snapshot_in_progress", "", fence)
             return
         del snapshot.status.indications[:]
@@ -277,9 +289,10 @@ class SnapshotReconciler:
             self._call(node, "RestoreDiskSnapshots", S.RestoreDiskSnapshotsRequest(
                 name=vm.metadata.name, tag=snapshot.status.disks[0].tag, disks=targets(snapshot)))
         except RequestError as exc:
-            if exc.code in RETRY_CODES:
-                restore.message = str(exc)
-                self.store.update(SNAPSHOTS, snapshot, fence=fence)
+            if exc.code in RETRY_CODES and not waited_too_long(restore.start_time):
+                if restore.message != str(exc):
+                    restore.message = str(exc)
+                    self.store.update(SNAPSHOTS, snapshot, fence=fence)
                 return
             restore.phase, restore.reason, restore.message = S.RESTORE_PHASE_FAILED, "RestoreFailed", str(exc)
             vm.status.restore_in_progress = ""
@@ -316,10 +329,10 @@ class SnapshotReconciler:
                     name=vm.metadata.name, instance_uid=vm.status.instance_uid if live else "",
                     tag=snapshot.status.disks[0].tag, disks=targets(snapshot)))
             except RequestError as exc:
-                if exc.code not in RETRY_CODES:
-                    set_phase(snapshot, snapshot.status.phase, "DeleteFailed", str(exc))
+                # Free the VM meanwhile (it may run); the next pass tries again.
+                if exc.code not in RETRY_CODES and set_phase(snapshot, snapshot.status.phase, "DeleteFailed", str(exc)):
                     self.store.update(SNAPSHOTS, snapshot, fence=fence)
-                    self._mark(vm, "snapshot_in_progress", "", fence)
+                self._mark(vm, "snapshot_in_progress", "", fence)
                 log.warning("snapshot %s: deleting its data: %s", snapshot.metadata.name, exc)
                 return
         self.store.delete(SNAPSHOTS, snapshot.metadata.name, resource_version=snapshot.metadata.resource_version,

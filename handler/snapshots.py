@@ -111,6 +111,9 @@ def offline(action: str, tag: str, disks: list[snapshot_pb2.DiskSnapshotTarget],
     already holds (take) or lacks (delete) the tag is left alone."""
     for disk in disks:
         what = f"disk {disk.name!r}"
+        if action == "delete" and not os.path.lexists(disk.path):
+            log.info("%s: %s is gone, and its snapshots with it", what, disk.path)
+            continue
         if disk.format != vm_pb2.DISK_FORMAT_QCOW2:
             raise SnapshotRefused(grpc.StatusCode.FAILED_PRECONDITION, f"{what} is not qcow2")
         fd = open_disk(disk.path, disk_roots, what)

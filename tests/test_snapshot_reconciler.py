@@ -5,13 +5,14 @@ leader finishes the job once: no tag taken twice, no restore without the VM held
 left behind, and the old leader's late writes refused."""
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
 import pytest
 
 from controller.snapshot_api import VirtualMachineSnapshotService
-from controller.snapshots import SnapshotReconciler
+from controller.snapshots import NODE_WAIT_SECONDS, SnapshotReconciler
 from corral import history
 from corral.resources import LEADER_KEY, SNAPSHOTS, VMS
 from corral.store import Fence, FencingLost, Store
@@ -171,3 +172,43 @@ def with_history(store: Store, vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachi
 class _Context:
     def abort(self, code: grpc.StatusCode, message: str):
         raise RuntimeError(f"{code.name}: {message}")
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection refused"
+
+
+class AwayNode(FakeNode):
+    def TakeDiskSnapshots(self, request, timeout):  # noqa: N802
+        self.calls.append(("take", request.tag))
+        raise Unavailable()
+
+
+def test_a_node_that_does_not_answer_holds_the_vm_only_for_a_while(store):
+    node = AwayNode(store)
+    stopped_vm(store)
+    api = VirtualMachineSnapshotService(store=store)
+    api.CreateVirtualMachineSnapshot(S.CreateVirtualMachineSnapshotRequest(snapshot=S.VirtualMachineSnapshot(
+        metadata={"name": "s"}, spec=S.VirtualMachineSnapshotSpec(vm_name="v"))), None)
+    fence = lead(store)
+    reconciler = SnapshotReconciler(store=store, agents=Agents(node))
+    reconciler.reconcile(fence)
+    snapshot = store.get(SNAPSHOTS, "s")
+    revision = snapshot.metadata.resource_version
+    assert snapshot.status.phase == S.SNAPSHOT_PHASE_IN_PROGRESS
+    assert next(c for c in snapshot.status.conditions if c.type == "Progressing").reason == "NodeUnavailable"
+    assert store.get(VMS, "v").status.snapshot_in_progress == "s"
+    reconciler.reconcile(fence)  # the same answer again: nothing written
+    assert store.get(SNAPSHOTS, "s").metadata.resource_version == revision
+    snapshot = store.get(SNAPSHOTS, "s")  # ... and then NODE_WAIT_SECONDS passed
+    snapshot.metadata.create_time.FromSeconds(int(time.time() - NODE_WAIT_SECONDS - 1))
+    store.update(SNAPSHOTS, snapshot)
+    reconciler.reconcile(fence)
+    snapshot = store.get(SNAPSHOTS, "s")
+    assert snapshot.status.phase == S.SNAPSHOT_PHASE_FAILED
+    assert next(c for c in snapshot.status.conditions if c.type == "Failure").reason == "NodeUnavailable"
+    assert store.get(VMS, "v").status.snapshot_in_progress == ""  # free to run again

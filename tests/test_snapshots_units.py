@@ -144,6 +144,11 @@ def test_offline_take_restore_delete_on_a_disk_owned_by_a_vm_user(roots):
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "holds no snapshot" in str(refused.value)
 
 
+def test_deleting_from_a_disk_that_is_gone_is_done(roots):
+    disks, _ = roots
+    offline("delete", TAG, [target(disks / "removed.qcow2")], (str(disks),))
+
+
 def test_a_symlink_planted_at_the_disk_path_is_not_followed_out_of_the_roots(roots):
     disks, outside = roots
     secret = outside / "secret.qcow2"
