@@ -192,15 +192,16 @@ class SnapshotReconciler:
         return vm if vm.metadata.uid == snapshot.status.vm_uid else None
 
     def _disks_node(self, vm: vm_pb2.VirtualMachine, snapshot: S.VirtualMachineSnapshot) -> str:
-        """Where a stopped VM's disks are: its last run's node, else the snapshot's, else a Ready node."""
-        if vm.status.node_name:
-            return vm.status.node_name
-        if vm.status.runs:
-            return vm.status.runs[-1].node_name
-        if snapshot.status.node_name:
-            return snapshot.status.node_name
-        ready = sorted(ready_node_names(self.store))
-        return ready[0] if ready else ""
+        """Where a stopped VM's disks are: its last run's node, else the snapshot's, when Ready;
+        else any Ready node (disks on shared storage; a node without the file says so); with
+        none Ready, the last run's node (the call fails UNAVAILABLE and is retried)."""
+        known = [n for n in (vm.status.node_name, *(r.node_name for r in reversed(vm.status.runs)),
+                             snapshot.status.node_name) if n]
+        ready = ready_node_names(self.store)
+        for name in known:
+            if name in ready:
+                return name
+        return sorted(ready)[0] if ready else (known[0] if known else "")
 
     def _mark(self, vm: vm_pb2.VirtualMachine, field: str, value: str, fence: Fence) -> vm_pb2.VirtualMachine:
         if getattr(vm.status, field) == value:

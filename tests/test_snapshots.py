@@ -165,6 +165,8 @@ def story(node):
     seen["tags_both"] = image_tags(data)
     seen["get_cli"] = corral(cluster, "get", "snapshots")
     seen["describe_cli"] = corral(cluster, "describe", "snapshot", "live")
+    seen["json_cli"] = corral(cluster, "get", "snapshot", "live", "-o", "json")
+    seen["name_cli"] = corral(cluster, "get", "snapshots", "-o", "name")
     # Restore "live" and start (the CLI's restore-snapshot --start).
     seen["restore_cli"] = corral(cluster, "restore-snapshot", "live", "--start")
     assert seen["restore_cli"].returncode == 0, seen["restore_cli"].stdout + seen["restore_cli"].stderr
@@ -256,6 +258,9 @@ def test_cli_lists_and_describes_snapshots(story):
     assert re.search(r"^offline\s+snappy\s+Succeeded\s+true\s+<none>\s+data", table, re.M), table
     described = story["describe_cli"].stdout
     assert "GuestAgent" in described and "ro: read-only" in described and "corral-" in described
+    shown = json.loads(story["json_cli"].stdout)
+    assert shown["spec"]["vmName"] == "snappy" and shown["status"]["indications"] == ["Online", "GuestAgent"]
+    assert story["name_cli"].stdout.split() == ["virtualmachinesnapshot/live", "virtualmachinesnapshot/offline"]
 
 
 def test_restore_of_a_running_vm_is_refused(story):
