@@ -68,7 +68,7 @@ class VirtualMachineSnapshotService(snapshot_pb2_grpc.VirtualMachineSnapshotServ
         snapshot.spec.vm_name = vm.metadata.name
         snapshot.status.vm_uid = vm.metadata.uid
         tag = tag_for(snapshot.metadata.uid)
-        snapshot.status.disks.extend(S.SnapshotDisk(name=d.name, path=d.persistent.path, tag=tag) for d in held)
+        snapshot.status.disks.extend(S.SnapshotDisk(name=name, path=path, tag=tag) for name, path in held)
         snapshot.status.skipped_disks.extend(skipped)
         set_phase(snapshot, S.SNAPSHOT_PHASE_PENDING, "Pending", "waiting for the leader")
         stored = self.store.create(SNAPSHOTS, snapshot)

@@ -21,7 +21,7 @@ from controller.node_agents import NodeAgents, upstream_error
 from controller.nodes import ready_node_names
 from corral import status as vm_status
 from corral.resources import MIGRATIONS, SNAPSHOTS, VMS
-from corral.snapshots import snapshot_disks
+from corral.snapshots import snapshot_disks, writable_disks
 from corral.store import Conflict, Fence, FencingLost, NotFound, Store, StoreError
 from corral.v1 import migration_pb2, snapshot_pb2, vm_pb2
 
@@ -117,7 +117,7 @@ def restore_refusal(vm: vm_pb2.VirtualMachine, snapshot: S.VirtualMachineSnapsho
         return f"VirtualMachine {name!r} is Saved: stop it (discarding the saved state) first"
     if vm.status.snapshot_in_progress or vm.status.restore_in_progress:
         return f"VirtualMachine {name!r} is busy with snapshot {vm.status.snapshot_in_progress or vm.status.restore_in_progress}"
-    held = {d.name: d.persistent.path for d in vm.spec.disks if d.WhichOneof("source") == "persistent"}
+    held = {name: path for name, (path, _fmt, _ro) in writable_disks(vm).items()}
     for disk in snapshot.status.disks:
         if held.get(disk.name) != disk.path:
             return f"disk {disk.name!r} of VirtualMachine {name!r} is no longer {disk.path!r}: the snapshot cannot go back"

@@ -20,6 +20,7 @@ import logging
 import libvirt
 import libvirt_qemu
 
+from corral.snapshots import writable_disks
 from corral.v1 import vm_pb2
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,18 @@ class SnapshotError(Exception):
 
 def disk_paths(vm: vm_pb2.VirtualMachine, names: list[str]) -> dict[str, str]:
     """The launcher's (resolved) path of each named disk, which must be a writable qcow2
-    persistent disk of its VM; the handler's request names disks, never paths."""
-    by_name = {d.name: d for d in vm.spec.disks}
+    persistent disk (or the boot disk) of its VM; the handler's request names disks, never paths."""
+    disks = writable_disks(vm)
     paths: dict[str, str] = {}
     for name in names:
-        disk = by_name.get(name)
-        if disk is None or disk.WhichOneof("source") != "persistent":
+        if name not in disks:
             raise SnapshotError(f"disk {name!r} is not a persistent disk of this VM")
-        if disk.read_only:
+        path, fmt, read_only = disks[name]
+        if read_only:
             raise SnapshotError(f"disk {name!r} is read-only")
-        if disk.persistent.format != vm_pb2.DISK_FORMAT_QCOW2:
+        if fmt != vm_pb2.DISK_FORMAT_QCOW2:
             raise SnapshotError(f"disk {name!r} is not qcow2: only qcow2 disks hold snapshots")
-        paths[name] = disk.persistent.path
+        paths[name] = path
     if not paths:
         raise SnapshotError("no disks named")
     return paths

@@ -15,6 +15,7 @@ from controller.snapshots import restore_refusal, set_phase, snapshot_refusal, s
 from corral.snapshots import snapshot_disks, tag_for, valid_tag
 from corral.v1 import migration_pb2, snapshot_pb2, vm_pb2
 from handler.snapshots import NodeSnapshots, SnapshotRefused, offline
+from launcher.snapshots import SnapshotError, disk_paths
 
 S = snapshot_pb2
 TAG = tag_for("0f0e0d0c-0b0a-4908-8706-050403020100")
@@ -45,7 +46,16 @@ def test_which_disks_a_snapshot_holds():
     raw = vm_pb2.Disk(name="r", persistent=vm_pb2.PersistentDisk(path="/d/r", format=vm_pb2.DISK_FORMAT_RAW))
     eph = vm_pb2.Disk(name="e", ephemeral=vm_pb2.EphemeralDisk(base_image_path="/i/b", base_format=vm_pb2.DISK_FORMAT_RAW))
     held, skipped, problems = snapshot_disks(vm_with(qcow2("a"), qcow2("b", read_only=True), eph))
-    assert [d.name for d in held] == ["a"] and skipped == ["b: read-only"] and problems == []
+    assert held == [("a", "/d/x.qcow2")] and skipped == ["b: read-only"] and problems == []
+    booted = vm_with(qcow2("a"))
+    booted.spec.boot.disk.image_path, booted.spec.boot.disk.format = "/d/root.qcow2", vm_pb2.DISK_FORMAT_QCOW2
+    assert snapshot_disks(booted)[0] == [(".boot", "/d/root.qcow2"), ("a", "/d/x.qcow2")]
+    assert disk_paths(booted, [".boot", "a"]) == {".boot": "/d/root.qcow2", "a": "/d/x.qcow2"}
+    booted.spec.boot.disk.format = vm_pb2.DISK_FORMAT_RAW
+    assert "the boot disk is raw" in snapshot_disks(booted)[2][0]
+    for names, why in (([".boot"], "not qcow2"), (["b"], "not a persistent disk"), (["nope"], "not a persistent")):
+        with pytest.raises(SnapshotError, match=why):
+            disk_paths(booted, names)
     _, _, problems = snapshot_disks(vm_with(qcow2("a"), raw))
     assert problems and "is raw" in problems[0]
     _, _, problems = snapshot_disks(vm_with(eph))
