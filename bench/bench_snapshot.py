@@ -54,6 +54,9 @@ def filled_disk(path: Path, size_mib: int) -> None:
     raw.unlink()
 
 
+SEEN_INDICATIONS: set[str] = set()
+
+
 def corral_round(stub, vm: str) -> float:
     name = f"b-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
@@ -63,6 +66,7 @@ def corral_round(stub, vm: str) -> float:
         snap = stub.GetVirtualMachineSnapshot(S.GetVirtualMachineSnapshotRequest(name=name), timeout=30).snapshot
         if snap.status.phase == S.SNAPSHOT_PHASE_SUCCEEDED:
             elapsed = time.monotonic() - t0
+            SEEN_INDICATIONS.add(",".join(snap.status.indications) or "offline")
             break
         if snap.status.phase == S.SNAPSHOT_PHASE_FAILED:
             raise SystemExit(f"snapshot failed: {list(snap.status.conditions)}")
@@ -179,9 +183,9 @@ def main() -> int:
         cluster.vms.StartVirtualMachine(vm_pb2.StartVirtualMachineRequest(name="bench-snap"), timeout=10)
         wait_for(lambda: cluster.get("bench-snap").status.guest.agent_connected, timeout=180,
                  what="the guest agent to answer")
+        SEEN_INDICATIONS.clear()
         running = [corral_round(stub, "bench-snap") for _ in range(args.rounds)]
-        snap_indications = "Online,GuestAgent (file systems frozen)"
-        summary(f"running VM [{snap_indications}]", running, base, "QMP blockdev-snapshot-internal-sync (paused QEMU)")
+        summary(f"running VM [indications seen: {' / '.join(sorted(SEEN_INDICATIONS))}]", running, base, "QMP blockdev-snapshot-internal-sync (paused QEMU)")
     finally:
         if raw_qemu is not None:
             raw_qemu.close()
