@@ -5,14 +5,17 @@ leader finishes the job once: no tag taken twice, no restore without the VM held
 left behind, and the old leader's late writes refused."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
 import grpc
 import pytest
 
+from controller.scheduler import Scheduler
 from controller.snapshot_api import VirtualMachineSnapshotService
 from controller.snapshots import NODE_WAIT_SECONDS, SnapshotReconciler
+from controller.watch_cache import WatchCache
 from corral import history
 from corral.resources import LEADER_KEY, SNAPSHOTS, VMS
 from corral.store import Fence, FencingLost, Store
@@ -212,3 +215,33 @@ def test_a_node_that_does_not_answer_holds_the_vm_only_for_a_while(store):
     assert snapshot.status.phase == S.SNAPSHOT_PHASE_FAILED
     assert next(c for c in snapshot.status.conditions if c.type == "Failure").reason == "NodeUnavailable"
     assert store.get(VMS, "v").status.snapshot_in_progress == ""  # free to run again
+
+
+def test_the_scheduler_starts_no_run_of_a_held_vm(store):
+    """An ended run of an Always VM is followed by another at once, except while a snapshot
+    or restore holds the VM's disks; then it is, as soon as the mark is cleared."""
+    cache = WatchCache(store)
+    stop = threading.Event()
+    threading.Thread(target=cache.run, args=(stop,), daemon=True).start()
+    try:
+        vm = stopped_vm(store)
+        vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
+        vm.status.node_name = ""
+        for mark in ("snapshot_in_progress", "restore_in_progress"):
+            setattr(vm.status, mark, "s")
+            vm = store.update(VMS, vm)
+            scheduler = Scheduler(store=store, resync_seconds=0.0, node_loss_margin_seconds=5.0, cache=cache)
+            fence = lead(store)
+            cache.wait_newer(vm.metadata.resource_version - 1, timeout=5)
+            scheduler.reconcile(fence)
+            vm = store.get(VMS, "v")
+            assert vm.status.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, f"a run started while {mark} was set"
+            setattr(vm.status, mark, "")
+            vm = store.update(VMS, vm)
+            cache.wait_newer(vm.metadata.resource_version - 1, timeout=5)
+            scheduler.reconcile(fence)
+            vm = store.get(VMS, "v")
+            assert vm.status.phase == vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING  # the new run (no node here to place it)
+            vm.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED
+    finally:
+        stop.set()
