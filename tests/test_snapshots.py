@@ -11,7 +11,10 @@ the whole story once (module fixture); each test asserts one part of what was se
 5. stop; restore "offline"; start: the third run sees the first run's last count;
 6. delete both (one while the VM runs: QEMU deletes it; one while stopped: qemu-img).
 
-The guest prints BOOT-STATE=BOOTS:COUNT at each boot, then COUNT=BOOT:N every second."""
+The guest prints BOOT-STATE=BOOTS:COUNT at each boot, then COUNT=BOOT:N every second.
+Refusals (a raw disk, a VM being deleted, bad names, a missing VM) leave nothing stored; a VM
+being migrated is refused by the same check (tests/test_snapshots_units.py: a live migration
+needs two session-mode nodes, tests/test_migration.py's setup)."""
 from __future__ import annotations
 
 import json
@@ -288,6 +291,24 @@ def test_refusals_change_nothing(node):
     with pytest.raises(grpc.RpcError) as refused:
         snaps.restore("nosuch")
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    # A VM being deleted: paused, it ignores the ACPI button, so its deletion waits out its grace period.
+    going = cluster.guest_vm("goingvm")
+    going.spec.termination_grace_period_seconds = 120
+    going.spec.disks.append(vm_pb2.Disk(name="d", persistent=vm_pb2.PersistentDisk(path=str(raw), format=RAW),
+                                        read_only=True))
+    qcow = disks / "going.qcow2"
+    ext4_qcow2(qcow)
+    going.spec.disks.append(vm_pb2.Disk(name="e", persistent=vm_pb2.PersistentDisk(path=str(qcow), format=QCOW2)))
+    cluster.create(going)
+    cluster.wait_phase("goingvm", RUNNING, timeout=120)
+    cluster.vms.PauseVirtualMachine(vm_pb2.PauseVirtualMachineRequest(name="goingvm"), timeout=30)
+    cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="goingvm"), timeout=10)
+    with pytest.raises(grpc.RpcError) as refused:
+        snaps.create("goingvm")
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'goingvm' is being deleted" in refused.value.details()
     listed = snaps.stub.ListVirtualMachineSnapshots(S.ListVirtualMachineSnapshotsRequest(vm_name="rawvm"), timeout=10)
     assert list(listed.snapshots) == []
     assert not cluster.get("rawvm").status.snapshot_in_progress
+    every = snaps.stub.ListVirtualMachineSnapshots(S.ListVirtualMachineSnapshotsRequest(), timeout=10).snapshots
+    assert not [s.metadata.name for s in every if s.spec.vm_name in ("rawvm", "goingvm")]
