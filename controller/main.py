@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except tls.TLSConfigError as exc:
         print(f"corral-controller: {exc}", file=sys.stderr)
         return 2
-    snapshots = SnapshotReconciler(store=store, agents=NodeAgents(store, agent_credentials))
+    snapshots = SnapshotReconciler(store=store, agents=NodeAgents(store, agent_credentials), cache=cache)
 
     def lead(fence, work_stop: threading.Event) -> None:
         """The scheduler, and snapshots in a thread of their own (node calls take seconds)."""

@@ -132,10 +132,11 @@ def targets(snapshot: S.VirtualMachineSnapshot) -> list[S.DiskSnapshotTarget]:
 class SnapshotReconciler:
     """The leader's loop over snapshots (own thread: node calls take seconds)."""
 
-    def __init__(self, *, store: Store, agents: NodeAgents, interval: float = 1.0) -> None:
+    def __init__(self, *, store: Store, agents: NodeAgents, interval: float = 1.0, cache=None) -> None:
         self.store = store
         self.agents = agents
         self.interval = interval
+        self.cache = cache  # the replica's WatchCache: VMs without reading etcd (None: read etcd)
 
     def run(self, fence: Fence, stop: threading.Event) -> None:
         """A pass at once on any change of a snapshot (a watch), else every ``interval``."""
@@ -370,5 +371,5 @@ class SnapshotReconciler:
         if now - getattr(self, "_last_full_sweep", float("-inf")) < 60:
             return set()
         self._last_full_sweep = now
-        vms, _ = self.store.list_all(VMS)
+        vms = self.cache.snapshot()[2] if self.cache is not None else self.store.list_all(VMS)[0]
         return {vm.metadata.name for vm in vms if vm.status.snapshot_in_progress or vm.status.restore_in_progress}

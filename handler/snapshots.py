@@ -14,7 +14,8 @@ launcher/snapshots.py). A VM without a run here has its disk files changed with
 - tags are ``corral-<uuid>``, never a user string (corral/snapshots.py).
 
 qemu-img's own image lock refuses a disk that a QEMU has open, so a run that started
-elsewhere meanwhile makes the call fail rather than corrupt the disk."""
+elsewhere meanwhile makes the call fail rather than corrupt the disk; that answer is
+UNAVAILABLE (the leader retries it): right after a run ends its QEMU may still be exiting."""
 from __future__ import annotations
 
 import json
@@ -86,9 +87,9 @@ def _qemu_img(fd: int, args: list[str], what: str) -> str:
     if result.returncode != 0:
         detail = (" ".join(result.stderr.strip().splitlines()[-2:]).replace(target, "the disk")
                   or f"exit status {result.returncode}")
-        code = (grpc.StatusCode.FAILED_PRECONDITION if "lock" in detail.lower()
-                else grpc.StatusCode.INTERNAL)
-        raise SnapshotRefused(code, f"{what}: qemu-img {args[0]} failed: {detail}")
+        if "lock" in detail.lower():  # a QEMU has it open: one still exiting after its run ended
+            raise SnapshotRefused(grpc.StatusCode.UNAVAILABLE, f"{what} is in use (retried): {detail}")
+        raise SnapshotRefused(grpc.StatusCode.INTERNAL, f"{what}: qemu-img {args[0]} failed: {detail}")
     return result.stdout
 
 

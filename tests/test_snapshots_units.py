@@ -16,6 +16,7 @@ from corral.snapshots import snapshot_disks, tag_for, valid_tag
 from corral.v1 import migration_pb2, snapshot_pb2, vm_pb2
 from handler.snapshots import NodeSnapshots, SnapshotRefused, offline
 from launcher.snapshots import SnapshotError, disk_paths
+from tests.cluster import wait_for
 
 S = snapshot_pb2
 TAG = tag_for("0f0e0d0c-0b0a-4908-8706-050403020100")
@@ -220,3 +221,25 @@ def test_node_calls_refuse_bad_requests_before_touching_anything():
     with pytest.raises(SnapshotRefused) as refused:
         node.take(S.TakeDiskSnapshotsRequest(name="v", instance_uid="u1", tag=TAG, disks=[target(Path("/d/a"))]))
     assert refused.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_disk_a_qemu_holds_open_is_retried_not_failed(roots):
+    disks, _ = roots
+    disk = disks / "busy.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg", "-S",
+                             "-drive", f"file={disk},format=qcow2,if=virtio"])
+    try:
+        def locked() -> bool:
+            try:
+                offline("take", TAG, [target(disk)], (str(disks),))
+            except SnapshotRefused as exc:
+                return exc
+            return False
+        refused = wait_for(locked, timeout=20, what="QEMU to lock the disk")
+        assert refused.code == grpc.StatusCode.UNAVAILABLE and "in use" in str(refused)
+    finally:
+        qemu.kill()
+        qemu.wait()
+    offline("take", TAG, [target(disk)], (str(disks),))
+    assert tags_of(disk) == {TAG}
