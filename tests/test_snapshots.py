@@ -70,6 +70,19 @@ def boot_state(text: str) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
+def wait_boot(cluster: Cluster, name: str, what: str) -> str:
+    """The serial log of the VM's current run once it printed BOOT-STATE; on a timeout the
+    assertion carries the VM's status and the log's tail (what the guest did instead)."""
+    try:
+        return wait_for(lambda: cluster.get(name).status.phase == RUNNING
+                        and boot_state(text := serial(cluster, name)) and text, timeout=180, what=what)
+    except AssertionError as exc:
+        vm = cluster.get(name)
+        raise AssertionError(f"{exc}; phase {vm_pb2.VirtualMachinePhase.Name(vm.status.phase)}, run "
+                             f"{vm.status.instance_uid}, serial {vm.status.serial_log_path}:\n"
+                             f"{serial(cluster, name)[-3000:]}") from None
+
+
 def corral(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "corral.cli", "--server", cluster.servers, *args],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -173,9 +186,7 @@ def story(node):
     # Restore "live" and start (the CLI's restore-snapshot --start).
     seen["restore_cli"] = corral(cluster, "restore-snapshot", "live", "--start")
     assert seen["restore_cli"].returncode == 0, seen["restore_cli"].stdout + seen["restore_cli"].stderr
-    second = wait_for(lambda: (v := cluster.get("snappy")).status.phase == RUNNING
-                      and boot_state(text := serial(cluster, "snappy")) and text, timeout=120,
-                      what="the second run to boot")
+    second = wait_boot(cluster, "snappy", "the second run to boot")
     seen["second_boot"] = boot_state(second)
     seen["live_after_restore"] = snaps.get("live")
     wait_for(lambda: len(counts(serial(cluster, "snappy"))) >= 2, timeout=60, what="the second run to count")
@@ -189,9 +200,7 @@ def story(node):
                                         != S.RESTORE_PHASE_IN_PROGRESS and s, timeout=60, what="restore of offline")
     seen["phase_after_offline_restore"] = cluster.get("snappy").status.phase  # Halted: no new run by itself
     cluster.vms.StartVirtualMachine(vm_pb2.StartVirtualMachineRequest(name="snappy"), timeout=10)
-    third = wait_for(lambda: (v := cluster.get("snappy")).status.phase == RUNNING
-                     and boot_state(text := serial(cluster, "snappy")) and text, timeout=120,
-                     what="the third run to boot")
+    third = wait_boot(cluster, "snappy", "the third run to boot")
     seen["third_boot"] = boot_state(third)
     stop(cluster, "snappy")
     snaps.stub.DeleteVirtualMachineSnapshot(S.DeleteVirtualMachineSnapshotRequest(name="offline"), timeout=10)
