@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -227,17 +228,19 @@ def test_a_disk_a_qemu_holds_open_is_retried_not_failed(roots):
     disks, _ = roots
     disk = disks / "busy.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    monitor = disks.parent / "qmp.sock"
     qemu = subprocess.Popen(["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg", "-S",
-                             "-drive", f"file={disk},format=qcow2,if=virtio"])
+                             "-drive", f"file={disk},format=qcow2,if=virtio",
+                             "-qmp", f"unix:{monitor},server=on,wait=off"])
     try:
-        def locked() -> bool:
-            try:
-                offline("take", TAG, [target(disk)], (str(disks),))
-            except SnapshotRefused as exc:
-                return exc
-            return False
-        refused = wait_for(locked, timeout=20, what="QEMU to lock the disk")
-        assert refused.code == grpc.StatusCode.UNAVAILABLE and "in use" in str(refused)
+        def greeted() -> bool:  # QEMU's main loop runs: its drives are open (and locked)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(monitor))
+                return b"QMP" in client.recv(4096)
+        wait_for(greeted, timeout=60, what="QEMU to open the disk")
+        with pytest.raises(SnapshotRefused) as refused:
+            offline("take", TAG, [target(disk)], (str(disks),))
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE and "in use" in str(refused.value)
     finally:
         qemu.kill()
         qemu.wait()
