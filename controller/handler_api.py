@@ -12,6 +12,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from controller import auth
 from controller.errors import RequestError, grpc_errors
+from controller.lease_renewer import LeaseRenewer
 from controller.limits import StreamLimits
 from controller.migrations import clear_target, fail, progress_message, set_phase
 from controller.node_control import NodeControlMethods
@@ -157,6 +158,7 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
         self.store = store
         self.cache = cache
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
+        self.renewer = LeaseRenewer(store)
 
     @grpc_errors
     async def WatchAssignments(self, request, context):
