@@ -24,7 +24,7 @@ import grpc
 from corral.identity import ADMIN, CONTROLLER, ROLE_URI_PREFIX, identity_of
 from corral import tls
 from corral.settings import HandlerSettings, loopback
-from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
+from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc, vnc_pb2_grpc
 from handler.isolation import remove_stale_console_locks
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,8 @@ class AgentServer:
 
     def start(self, agent) -> None:
         node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server(NodeAgentServicer(agent), self.server)
+        from handler.vnc import NodeVncServicer  # noqa: PLC0415 - handler.vnc imports this module
+        vnc_pb2_grpc.add_NodeVncServiceServicer_to_server(NodeVncServicer(agent), self.server)
         self.server.start()
 
     def stop(self, grace: float = 1.0) -> None:
