@@ -57,6 +57,8 @@ def open_display(store: Store, agents: node_agents.NodeAgents, name: str, first:
     caller left). RequestError for a VM with no run, or the node's error."""
     _check_name(name)
     vm = store.get(VMS, name)
+    if vm.spec.headless:
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"vm {name!r} has no display (spec.headless)")
     _, name, instance_uid = agents.live_run(vm)
     node = vm.status.node_name
     stub = vnc_pb2_grpc.NodeVncServiceStub(agents.channel(agents.address(node), node))

@@ -130,7 +130,10 @@ class WebConsole:
     def _check(self, token: str):
         """The token's record (used up now), once its VM is found to have a run on a node."""
         record = use_token(self.store, token)
-        self.agents.live_run(self.store.get(VMS, record.vm_name))
+        vm = self.store.get(VMS, record.vm_name)
+        if vm.spec.headless:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"vm {vm.metadata.name!r} has no display")
+        self.agents.live_run(vm)
         return record
 
     async def _bridge(self, ws: web.WebSocketResponse, name: str) -> None:

@@ -48,6 +48,10 @@ def test_domain_has_a_vnc_socket_and_no_tcp_port():
     assert domain.find("devices/video/model").get("type") == "vga"
     plain = ET.fromstring(build_domain_xml(vm, DomainOptions(emulation=True, serial_log_path="/r/serial.log")))
     assert plain.find("devices/graphics") is None
+    vm.spec.headless = True  # KubeVirt's autoattachGraphicsDevice: false
+    headless = ET.fromstring(build_domain_xml(vm, DomainOptions(emulation=True, serial_log_path="/r/serial.log",
+                                                                vnc_socket_path="/r/vnc.sock")))
+    assert headless.find("devices/graphics") is None and headless.find("devices/video") is None
 
 
 def test_web_console_settings_are_secure_by_default():
@@ -143,6 +147,11 @@ def test_vnc_bad_requests_get_clear_statuses(vnc_cluster):
     vnc_cluster.create(pending)
     idle = first_error(vnc_pb2.OpenVncRequest(name="nowhere"))
     assert idle.code() == grpc.StatusCode.FAILED_PRECONDITION and "no run on a node" in idle.details()
+    blind = vnc_cluster.guest_vm("blind", node_selector={"nowhere": "true"})
+    blind.spec.headless = True
+    vnc_cluster.create(blind)
+    headless = first_error(vnc_pb2.OpenVncRequest(name="blind"))
+    assert headless.code() == grpc.StatusCode.FAILED_PRECONDITION and "no display" in headless.details()
 
     for request, code in ((vnc_pb2.CreateVncTokenRequest(name="screen", ttl_seconds=601), "INVALID_ARGUMENT"),
                           (vnc_pb2.CreateVncTokenRequest(name="screen", ttl_seconds=-1), "INVALID_ARGUMENT"),
