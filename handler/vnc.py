@@ -12,16 +12,16 @@ from collections.abc import Iterator
 import grpc
 
 from corral.v1 import vnc_pb2, vnc_pb2_grpc
-from handler.server import NodeAgentServicer
 
 log = logging.getLogger(__name__)
 
 
 class NodeVncServicer(vnc_pb2_grpc.NodeVncServiceServicer):
-    """Finds the run as NodeAgentServicer does (NOT_FOUND, FAILED_PRECONDITION) and relays."""
+    """Finds the run as ``runs`` (handler/server.py's NodeAgentServicer) does (NOT_FOUND,
+    FAILED_PRECONDITION) and relays."""
 
-    def __init__(self, agent) -> None:
-        self.runs = NodeAgentServicer(agent)
+    def __init__(self, runs) -> None:
+        self.runs = runs
 
     def AttachInstanceVnc(self, request_iterator: Iterator[vnc_pb2.AttachInstanceVncRequest],
                           context: grpc.ServicerContext) -> Iterator[vnc_pb2.AttachInstanceVncResponse]:

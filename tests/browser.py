@@ -31,8 +31,8 @@ class Browser:
     async def __aenter__(self) -> "Browser":
         self._profile = tempfile.mkdtemp(prefix="corral-chromium-")
         self._process = subprocess.Popen(
-            [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={self._profile}",
+            [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={self._profile}",
              f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = Path(self._profile) / "DevToolsActivePort"

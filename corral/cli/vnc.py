@@ -51,8 +51,8 @@ def vnc_cmd(ctx: click.Context, name: str, proxy_only: bool, address: str, port:
         return 0
     vm = client.get_vm(name)
     if vm.status.phase not in LIVE:
-        raise CommandError(f"vm {name!r} is not running (phase "
-                           f"{vm_pb2.VirtualMachinePhase.Name(vm.status.phase).removeprefix('VIRTUAL_MACHINE_PHASE_')})")
+        phase = vm_pb2.VirtualMachinePhase.Name(vm.status.phase).removeprefix("VIRTUAL_MACHINE_PHASE_")
+        raise CommandError(f"vm {name!r} has no run on a node (phase {phase})")
     try:
         listener = socket.create_server((address, port))
     except OSError as exc:
