@@ -278,3 +278,26 @@ def test_a_viewer_gets_neither_the_display_nor_a_token(tls_web_cluster):
                 return response.status, await response.text()
     status, page = asyncio.run(fetch())
     assert status == 200 and "console.js" in page
+
+
+def test_node_vnc_service_is_for_controllers_and_admins_only(tls_web_cluster):
+    """The handler's NodeVncService sits behind the same checks as NodeAgentService."""
+    from corral import tls
+    from corral.v1 import node_pb2
+    certs = tls_web_cluster.certs
+    tls_web_cluster.start_tls_handler("n1", "n1")
+    address = tls_web_cluster.nodes.GetNode(node_pb2.GetNodeRequest(name="n1"), timeout=5).node.status.address
+    request = vnc_pb2.AttachInstanceVncRequest(name="vm", instance_uid=str(uuid.uuid4()))
+
+    def refusal(cert: str) -> grpc.RpcError:
+        issued = certs[cert]
+        credentials = tls.channel_credentials(str(certs["ca"].cert), str(issued.cert), str(issued.key))
+        with grpc.secure_channel(address, credentials) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                next(vnc_pb2_grpc.NodeVncServiceStub(channel).AttachInstanceVnc(iter([request]), timeout=10))
+        return caught.value
+
+    for allowed in ("server", "admin"):  # a controller's certificate, an admin's: through, no such run
+        assert refusal(allowed).code() == grpc.StatusCode.NOT_FOUND
+    for refused in ("viewer", "no-role", "n1"):
+        assert refusal(refused).code() == grpc.StatusCode.PERMISSION_DENIED, refused
