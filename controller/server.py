@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,13 +24,15 @@ from controller.pool_api import VirtualMachinePoolService
 from controller.node_agents import NodeAgents
 from controller.vnc import VncService
 from controller.watch_cache import WatchCache
-from controller.web_console import WebConsole
 from corral import tls
 from corral.settings import ControllerSettings, loopback
 from corral.store import Store
 from corral.v1 import (handler_pb2, handler_pb2_grpc, instancetype_pb2, instancetype_pb2_grpc, migration_pb2,
                        migration_pb2_grpc, node_pb2, node_pb2_grpc, pool_pb2, pool_pb2_grpc, vm_pb2,
                        vm_pb2_grpc, vnc_pb2, vnc_pb2_grpc)
+
+if TYPE_CHECKING:
+    from controller.web_console import WebConsole
 
 log = logging.getLogger("corral.controller")
 
@@ -131,6 +134,7 @@ class ApiServer:
         vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
             store=self.store, cache=self.cache, node_agents=agents, limits=limits), server)
         if settings.web_console_listen:
+            from controller.web_console import WebConsole  # noqa: PLC0415 - aiohttp only when it is on
             self.web_console = WebConsole(settings, self.store, agents)
         vnc_pb2_grpc.add_VncServiceServicer_to_server(VncService(
             store=self.store, agents=agents, web_url=lambda: self.web_console.url if self.web_console else ""),

@@ -77,9 +77,9 @@ def vnc_cluster(etcd, guest_dir, tmp_path_factory):
         made.start_controller(extra=["--web-console-listen", f"127.0.0.1:{made.web_port}"])
         made.start_handler("n1", vcpus=4, memory_mib=1024)
         made.create(made.guest_vm("screen"))
-        made.wait_phase("screen", RUNNING, timeout=60)
+        made.wait_phase("screen", RUNNING, timeout=120)  # TCG on a loaded machine
         serial = Path(made.get("screen").status.serial_log_path)
-        wait_for(lambda: serial.exists() and b"CORRAL-GUEST-READY" in serial.read_bytes(), timeout=60,
+        wait_for(lambda: serial.exists() and b"CORRAL-GUEST-READY" in serial.read_bytes(), timeout=120,
                  what="the guest's readiness line")
         yield made
     finally:
