@@ -153,6 +153,12 @@ def test_vnc_bad_requests_get_clear_statuses(vnc_cluster):
     headless = first_error(vnc_pb2.OpenVncRequest(name="blind"))
     assert headless.code() == grpc.StatusCode.FAILED_PRECONDITION and "no display" in headless.details()
 
+    address = vnc_cluster.controllers["c1"][1]
+    for name, expected in (("nowhere", "has no run on a node (phase PENDING)"), ("nosuch", "NOT_FOUND")):
+        cli = subprocess.run([sys.executable, "-m", "corral.cli", "--server", address, "vnc", name, "--proxy-only"],
+                             cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 1 and expected in cli.stderr and not cli.stdout, cli
+
     for request, code in ((vnc_pb2.CreateVncTokenRequest(name="screen", ttl_seconds=601), "INVALID_ARGUMENT"),
                           (vnc_pb2.CreateVncTokenRequest(name="screen", ttl_seconds=-1), "INVALID_ARGUMENT"),
                           (vnc_pb2.CreateVncTokenRequest(name=""), "INVALID_ARGUMENT"),

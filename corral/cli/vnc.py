@@ -44,6 +44,8 @@ def vnc_cmd(ctx: click.Context, name: str, proxy_only: bool, address: str, port:
     [name] = names_of(VM, [name])
     client = client_of(ctx)
     if web:
+        if ttl < 1:
+            raise click.BadParameter("must be at least 1s", param_hint="--ttl")
         response = client.create_vnc_token(name, int(ttl))
         if not response.url:
             raise CommandError("this controller serves no web console (its web_console_listen is not set)")
