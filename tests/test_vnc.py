@@ -285,6 +285,20 @@ def test_a_viewer_gets_neither_the_display_nor_a_token(tls_web_cluster):
     status, page = asyncio.run(fetch())
     assert status == 200 and "console.js" in page
 
+    async def websocket(token: str) -> int:
+        import ssl
+        context = ssl.create_default_context(cafile=str(tls_web_cluster.certs["ca"].cert))
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(f"wss://127.0.0.1:{tls_web_cluster.web_port}/websockify?token={token}",
+                                              ssl=context):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+    # Over wss the token is taken, then the VM is found to have no run (409); then it is gone (403).
+    assert asyncio.run(websocket(made.token)) == 409
+    assert asyncio.run(websocket(made.token)) == 403
+
 
 def test_node_vnc_service_is_for_controllers_and_admins_only(tls_web_cluster):
     """The handler's NodeVncService sits behind the same checks as NodeAgentService."""
