@@ -131,14 +131,17 @@ class ApiServer:
             raise SystemExit(f"corral-controller: {exc}") from None
         limits = StreamLimits(per_node=settings.node_stream_limit, per_user=settings.user_stream_limit)
         agents = NodeAgents(self.store, agent_credentials)
+        # Consoles and VNC displays hold a unary thread each while open: bounded together, so
+        # that with the threaded watches below at most half the pool is held by streams.
+        interactive = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=4)
         vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
-            store=self.store, cache=self.cache, node_agents=agents, limits=limits), server)
+            store=self.store, cache=self.cache, node_agents=agents, limits=limits, interactive=interactive), server)
         if settings.web_console_listen:
             from controller.web_console import WebConsole  # noqa: PLC0415 - aiohttp only when it is on
             self.web_console = WebConsole(settings, self.store, agents)
         vnc_pb2_grpc.add_VncServiceServicer_to_server(VncService(
-            store=self.store, agents=agents, web_url=lambda: self.web_console.url if self.web_console else ""),
-            server)
+            store=self.store, agents=agents, web_url=lambda: self.web_console.url if self.web_console else "",
+            interactive=interactive), server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=self.store, cache=self.cache), server)
         # Watches of pools and migrations still hold a unary thread each: bounded together.
         threaded = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=4)

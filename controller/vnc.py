@@ -26,6 +26,7 @@ from pyetcd import transactions as T
 
 from controller import node_agents
 from controller.errors import RequestError, call_ended, grpc_errors
+from controller.limits import ThreadBoundStreams
 from corral.identity import identity_of
 from corral.logs import log_vm
 from corral.resources import VMS
@@ -141,10 +142,12 @@ class VncService(vnc_pb2_grpc.VncServiceServicer):
     """``web_url()``: the base URL of this replica's web console ("" when it serves none)."""
 
     def __init__(self, *, store: Store, agents: node_agents.NodeAgents,
-                 web_url: Callable[[], str] = lambda: "") -> None:
+                 web_url: Callable[[], str] = lambda: "", interactive: ThreadBoundStreams | None = None) -> None:
         self.store = store
         self.agents = agents
         self.web_url = web_url
+        # A display holds a unary thread for as long as it is open: bounded with the consoles.
+        self.interactive = interactive or ThreadBoundStreams(total=16, per_identity=4)
 
     @grpc_errors
     def OpenVnc(self, request_iterator, context):
@@ -157,8 +160,9 @@ class VncService(vnc_pb2_grpc.VncServiceServicer):
             for request in request_iterator:
                 yield request.data
 
-        for data in open_display(self.store, self.agents, first.name, first.data, inputs(), ended):
-            yield vnc_pb2.OpenVncResponse(data=data)
+        with self.interactive.hold(context, "a VNC display"):
+            for data in open_display(self.store, self.agents, first.name, first.data, inputs(), ended):
+                yield vnc_pb2.OpenVncResponse(data=data)
 
     @grpc_errors
     def CreateVncToken(self, request, context):

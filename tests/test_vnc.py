@@ -11,9 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -178,6 +180,36 @@ async def _websocket_status(url: str, *, origin: str | None = None) -> tuple[int
                 return 101, message.data if message.type == aiohttp.WSMsgType.BINARY else b""
         except aiohttp.WSServerHandshakeError as exc:
             return exc.status, b""
+
+
+
+def test_open_displays_are_bounded_so_unary_calls_keep_their_threads(vnc_cluster):
+    """Each open display (like each console) holds one of the replica's unary threads: past 16
+    at once one more is refused with RESOURCE_EXHAUSTED instead of starving other calls; the
+    API still answers meanwhile, and a closed display frees its place."""
+    stub = _vnc(vnc_cluster)
+    stop = threading.Event()
+
+    def keep_open() -> Iterator[vnc_pb2.OpenVncRequest]:
+        yield vnc_pb2.OpenVncRequest(name="screen")
+        stop.wait(60)
+
+    calls = [stub.OpenVnc(keep_open(), timeout=60) for _ in range(16)]
+    try:
+        for call in calls:  # QEMU's greeting came through: the display is open and held
+            assert next(call).data.startswith(b"RFB ")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.OpenVnc(keep_open(), timeout=20))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit 16" in refused.value.details()
+        assert vnc_cluster.get("screen").metadata.name == "screen"
+        calls.pop().cancel()
+        wait_for(lambda: next(stub.OpenVnc(keep_open(), timeout=20)).data.startswith(b"RFB "),
+                 timeout=10, what="a freed place")
+    finally:
+        stop.set()
+        for call in calls:
+            call.cancel()
 
 
 def test_web_console_tokens_are_single_use_and_expire(vnc_cluster):
