@@ -133,7 +133,7 @@ class ApiServer:
         agents = NodeAgents(self.store, agent_credentials)
         # Consoles and VNC displays hold a unary thread each while open: bounded together, so
         # that with the threaded watches below at most half the pool is held by streams.
-        interactive = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=4)
+        interactive = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=8)
         vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
             store=self.store, cache=self.cache, node_agents=agents, limits=limits, interactive=interactive), server)
         if settings.web_console_listen:
