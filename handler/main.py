@@ -27,6 +27,7 @@ from handler.fencing import FenceDeadline, InstanceLocks, WatchdogDevice, store_
 from handler.launchers import state_dir_problem
 from handler.migration_proxy import MigrationTLS
 from handler.node import Heartbeat, node_record
+from handler import userfaultfd
 from handler.server import AgentServer
 
 log = logging.getLogger("corral.handler")
@@ -138,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     except tls.TLSConfigError as exc:
         print(f"corral-handler: {exc}", file=sys.stderr)
         return 2
+    post_copy = userfaultfd.check(tunnelled=migration_tls is not None)
+    userfaultfd.log_check(post_copy)
     agent_server = AgentServer(settings)  # listening now: its address goes in the node record
     record = node_record(name=settings.node_name, labels=settings.node_labels,
                          vcpus=settings.capacity_vcpus, memory_mib=settings.capacity_memory_mib,
                          hypervisor=hypervisor_name(settings.emulation), address=agent_server.bind(),
-                         cpu_allocation_ratio=settings.cpu_allocation_ratio)
+                         cpu_allocation_ratio=settings.cpu_allocation_ratio,
+                         post_copy_ready=post_copy.ready, post_copy_message=post_copy.message)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

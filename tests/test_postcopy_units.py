@@ -1,0 +1,108 @@
+"""Post-copy readiness without guests: the handler's check at start (handler/userfaultfd.py)
+against sysctl files the test writes, what the node record carries to the controller, and the
+admission's choice (post-copy off, with the reason, when either node cannot run it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller import migrations
+from controller.node_control import MAX_POST_COPY_MESSAGE, node_from
+from corral import scheduling
+from corral.v1 import handler_pb2, migration_pb2, node_pb2, vm_pb2
+from handler import userfaultfd
+from handler.node import node_record
+from tests.test_migration_units import migration_of, running_vm
+
+
+def sysctl(tmp_path: Path, value: str) -> str:
+    path = tmp_path / "unprivileged_userfaultfd"
+    path.write_text(value)
+    return str(path)
+
+
+def test_the_sysctl_at_1_makes_the_node_ready(tmp_path: Path) -> None:
+    result = userfaultfd.check(sysctl(tmp_path, "1\n"))
+    assert result.ready and "vm.unprivileged_userfaultfd=1" in result.message
+
+
+def test_the_sysctl_at_0_says_why_and_how_to_enable(tmp_path: Path) -> None:
+    result = userfaultfd.check(sysctl(tmp_path, "0\n"))
+    assert not result.ready
+    assert "vm.unprivileged_userfaultfd is 0" in result.message
+    assert "sysctl -w vm.unprivileged_userfaultfd=1" in result.message and "/etc/sysctl.d/" in result.message
+
+
+def test_a_missing_sysctl_is_not_ready(tmp_path: Path) -> None:
+    result = userfaultfd.check(str(tmp_path / "absent"))
+    assert not result.ready and "cannot read" in result.message and "sysctl -w" in result.message
+
+
+def test_a_tunnelling_node_is_not_ready_even_with_userfaultfd(tmp_path: Path) -> None:
+    result = userfaultfd.check(sysctl(tmp_path, "1"), tunnelled=True)
+    assert not result.ready and "tunnelled" in result.message
+
+
+def test_the_node_record_carries_the_check_to_the_controller() -> None:
+    record = node_record(name="n1", labels={}, vcpus=2, memory_mib=1024, hypervisor="qemu",
+                         post_copy_ready=False, post_copy_message="nope " * 200)
+    request = handler_pb2.RegisterNodeRequest(
+        node_name="n1", capacity=record.status.capacity, cpu_allocation_ratio=1, hypervisor="qemu",
+        post_copy_ready=record.status.post_copy_ready, post_copy_message=record.status.post_copy_message)
+    stored = node_from(request, None)
+    assert not stored.status.post_copy_ready
+    assert stored.status.post_copy_message == ("nope " * 200)[:MAX_POST_COPY_MESSAGE]  # bounded
+    request.post_copy_ready, request.post_copy_message = True, "ok"
+    assert node_from(request, stored).status.post_copy_ready
+
+
+def node(name: str, *, ready: bool, message: str = "") -> node_pb2.Node:
+    made = node_pb2.Node()
+    made.metadata.name = name
+    made.status.capacity.vcpus, made.status.capacity.memory_mib = 4, 4096
+    made.status.post_copy_ready, made.status.post_copy_message = ready, message
+    return made
+
+
+def target_of(views, *, allow: bool, to: str = "n2") -> vm_pb2.MigrationTarget:
+    migration = migration_of()
+    migration.spec.policy.allow_post_copy = allow
+    return migrations.resolve_target(running_vm(), migration, to, migrations.MigrationSettings())
+
+
+def test_admission_turns_post_copy_off_when_a_node_cannot_run_it() -> None:
+    views = scheduling.build_views(
+        [node("n1", ready=True), node("n2", ready=False, message="vm.unprivileged_userfaultfd is 0"),
+         node("n3", ready=True), node("old", ready=False)], {"n1", "n2", "n3", "old"}, [])
+    assert migrations.post_copy_refusal(target_of(views, allow=True, to="n3"), "n1", views) == ""
+    assert migrations.post_copy_refusal(target_of(views, allow=False), "n1", views) == ""  # not asked
+    why = migrations.post_copy_refusal(target_of(views, allow=True), "n1", views)
+    assert why == "post-copy off, pre-copy only: target node n2: vm.unprivileged_userfaultfd is 0"
+    why = migrations.post_copy_refusal(target_of(views, allow=True, to="n1"), "n2", views)
+    assert "source node n2" in why  # e.g. a tunnelling (TLS) source
+    why = migrations.post_copy_refusal(target_of(views, allow=True, to="old"), "n1", views)
+    assert "did not report post-copy support" in why
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.written: list = []
+
+    def update(self, _kind, obj, *, fence) -> None:
+        self.written.append(type(obj).FromString(obj.SerializeToString()))
+
+
+def test_an_admitted_migration_says_why_it_runs_pre_copy_only() -> None:
+    views = scheduling.build_views([node("n1", ready=True), node("n2", ready=False, message="no uffd")],
+                                   {"n1", "n2"}, [])
+    vm = running_vm()
+    migration = migration_of(phase=migration_pb2.MIGRATION_PHASE_PENDING, target="n2")
+    migration.spec.policy.allow_post_copy = True
+    store = FakeStore()
+    reconciler = migrations.MigrationReconciler(store=store, settings=migrations.MigrationSettings())
+    reconciler._admit(migration, vm, None, views, [])
+    written_vm = next(o for o in store.written if isinstance(o, vm_pb2.VirtualMachine))
+    written = next(o for o in store.written if isinstance(o, migration_pb2.Migration))
+    assert written_vm.status.migration_target.node_name == "n2"
+    assert not written_vm.status.migration_target.allow_post_copy
+    assert written.status.post_copy_message == "post-copy off, pre-copy only: target node n2: no uffd"
+    assert any(e.reason == "PostCopyUnavailable" for e in written_vm.status.events)
