@@ -282,6 +282,10 @@ class HandlerSettings(CommonSettings):
                                   "nodes' handlers connect to it; advertised with advertise_address's host "
                                   "when on all addresses); port 0: any free port; empty: this node takes no "
                                   "incoming migrations")
+    migration_plaintext_stream: bool = Field(
+        False, description="with TLS files: send QEMU's memory stream straight between the nodes, unencrypted "
+                           "and unauthenticated, instead of through the mutual-TLS proxy (libvirt's connection "
+                           "stays in it); what post-copy needs. For a migration network you trust entirely")
     libvirt_mode: str = Field("embed", description="how launchers run libvirt: embed (qemu:///embed, in the "
                               "launcher) or session (a libvirt daemon per run: needed for live migration)")
 

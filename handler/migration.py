@@ -57,7 +57,9 @@ class Migrations(TargetSide, SourceSide):
         self.advertise_host = host
         self.proxy.start()
         log.info("migration proxy on %s (advertised %s), %s", listen, self.address,
-                 "mutual TLS, QEMU's stream tunnelled through it" if self.tls else
+                 "mutual TLS, QEMU's stream tunnelled through it" if self.tls and self.tls.tunnels_stream else
+                 "mutual TLS for libvirt's connection, QEMU's stream direct and UNENCRYPTED "
+                 "(migration_plaintext_stream: post-copy possible)" if self.tls else
                  "PLAINTEXT (no TLS files), QEMU's stream direct and unencrypted")
         return self.address
 

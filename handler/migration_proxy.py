@@ -72,9 +72,18 @@ class MigrationTLS:
 
     server: ssl.SSLContext
     client: ssl.SSLContext
+    #: The operator's opt-in (``migration_plaintext_stream``): libvirt's connection stays in
+    #: the mutual-TLS proxy but QEMU's memory stream goes straight between the nodes,
+    #: unencrypted, as without TLS (what post-copy needs: libvirt cannot tunnel it).
+    plaintext_stream: bool = False
+
+    @property
+    def tunnels_stream(self) -> bool:
+        return not self.plaintext_stream
 
     @classmethod
-    def from_files(cls, ca_file: str, cert_file: str, key_file: str) -> "MigrationTLS":
+    def from_files(cls, ca_file: str, cert_file: str, key_file: str, *,
+                   plaintext_stream: bool = False) -> "MigrationTLS":
         """Raises corral.tls.TLSConfigError naming what does not load."""
         for path, what in ((ca_file, "CA file"), (cert_file, "certificate file"), (key_file, "key file")):
             problem = corral_tls.file_problem(path, what)
@@ -91,7 +100,7 @@ class MigrationTLS:
         except (ssl.SSLError, OSError) as exc:
             raise corral_tls.TLSConfigError(f"the migration proxy's TLS files (certificate {cert_file!r}, key "
                                             f"{key_file!r}, CA {ca_file!r}) do not load: {exc}") from exc
-        return cls(server=server, client=client)
+        return cls(server=server, client=client, plaintext_stream=plaintext_stream)
 
 
 def peer_node(cert: dict) -> str:

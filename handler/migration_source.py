@@ -185,9 +185,10 @@ class SourceSide:
     def _migrate(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, job: Job):
         """(final response, None) on success, else (None, (reason, message))."""
         target = vm.status.migration_target
-        # A TLS node never sends the guest's memory in the clear: its stream goes inside the
-        # tunnel whatever the target reported (a plaintext target refuses the TLS tunnel anyway).
-        tunnelled = self.tls is not None or target.migration_uri == TUNNELLED_STREAM
+        # A TLS node never sends the guest's memory in the clear unless its operator opted in
+        # (migration_plaintext_stream): its stream goes inside the tunnel whatever the target
+        # reported (a plaintext target refuses the TLS tunnel anyway).
+        tunnelled = (self.tls is not None and self.tls.tunnels_stream) or target.migration_uri == TUNNELLED_STREAM
         host = "" if tunnelled else split_host_port(target.migration_uri.removeprefix("tcp://"))[0]
         request = launcher_pb2.MigrateDomainRequest(
             destination_uri=f"qemu+unix:///session?socket={launcher.vm_dir / TUNNEL_SOCKET}",

@@ -244,8 +244,9 @@ class TargetSide:
 
     def stream_uri(self) -> str:
         """How QEMU's stream reaches this node: through the TLS proxy (tunnelled), or, without
-        TLS, a free port of the advertised address (QEMU binds it when the migration starts)."""
-        if self.tls is not None:
+        TLS or with the operator's plaintext-stream opt-in, a free port of the advertised
+        address (QEMU binds it when the migration starts)."""
+        if self.tls is not None and self.tls.tunnels_stream:
             return TUNNELLED_STREAM
         host = self.advertise_host
         port = free_port(host)
