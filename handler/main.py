@@ -66,9 +66,10 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
                              "refused otherwise)")
     parser.add_argument("--advertise-address", help="HOST:PORT controllers dial for it (CORRAL_ADVERTISE_ADDRESS)")
     parser.add_argument("--migration-listen", help="HOST:PORT of the live-migration proxy (CORRAL_MIGRATION_LISTEN)")
-    parser.add_argument("--migration-plaintext-stream", action="store_true", default=None,
-                        help="with TLS files: QEMU's memory stream outside the mTLS proxy, unencrypted, so "
-                             "post-copy can run (CORRAL_MIGRATION_PLAINTEXT_STREAM; trusted networks only)")
+    parser.add_argument("--migration-stream", choices=["tunnelled", "tls", "plaintext"],
+                        help="with TLS files, how QEMU's stream crosses: tunnelled (default, no post-copy), tls "
+                             "(QEMU's own, one-off credentials), plaintext (trusted networks only) "
+                             "(CORRAL_MIGRATION_STREAM)")
     parser.add_argument("--libvirt-mode", choices=["embed", "session"],
                         help="libvirt per launcher: embed, or session (live migration) (CORRAL_LIBVIRT_MODE)")
     add_common_arguments(parser, daemon="handler")
@@ -138,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("talking to the controllers WITHOUT TLS: use only on a trusted network")
     try:  # the migration proxy speaks mutual TLS with the node's certificate, as the node agent
         migration_tls = (MigrationTLS.from_files(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file,
-                                                 plaintext_stream=settings.migration_plaintext_stream)
+                                                 stream=settings.migration_stream)
                          if settings.tls_cert_file and settings.tls_ca_file else None)
     except tls.TLSConfigError as exc:
         print(f"corral-handler: {exc}", file=sys.stderr)
         return 2
-    if migration_tls is not None and migration_tls.plaintext_stream:
-        log.warning("INSECURE migration stream (migration_plaintext_stream): guests' memory crosses the network "
+    if migration_tls is not None and migration_tls.stream == "plaintext":
+        log.warning("INSECURE migration stream (migration_stream: plaintext): guests' memory crosses the network "
                     "unencrypted and QEMU's incoming port is unauthenticated; for a migration network you trust "
                     "entirely (it allows post-copy)")
     post_copy = userfaultfd.check(tunnelled=migration_tls is not None and migration_tls.tunnels_stream)

@@ -29,6 +29,7 @@ import libvirt
 
 from corral.v1 import launcher_pb2, migration_pb2
 
+from launcher import migration_tls
 from launcher.host import DomainOperationFailed, LauncherError
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class Plan:
                  | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
         if request.tunnelled:  # QEMU's stream inside libvirt's connection: the handlers' mTLS proxy
             flags |= libvirt.VIR_MIGRATE_TUNNELLED
+        if request.HasField("tls") and not request.tunnelled:  # QEMU's own TLS, this migration's files
+            flags |= libvirt.VIR_MIGRATE_TLS
+            params[libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION] = migration_tls.TLS_NAME
         if request.allow_auto_converge:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if post_copy:

@@ -1,7 +1,9 @@
 """Post-copy live migration end to end on real parts: two network-namespace nodes
-(tests/netnodes.py), once plaintext (--insecure) and once on mutual TLS with the operator's
-opt-in to a plaintext QEMU stream (migration_plaintext_stream: libvirt cannot tunnel post-copy
-through the TLS proxy; see docs/migration-security.md),
+(tests/netnodes.py), three ways: plaintext nodes (--insecure); mutual TLS with QEMU's own TLS
+stream and one-off credentials per migration (migration_stream: tls; libvirt cannot tunnel
+post-copy through the TLS proxy, see docs/migration-security.md), where a capture of the
+nodes' links must find none of the guest's memory in the clear; and mutual TLS with the
+operator's opt-in to a plaintext QEMU stream (migration_stream: plaintext). In each,
 a real TCG guest that rewrites 16 MiB of its RAM again and again, faster than the migration's
 bandwidth limit, so pre-copy cannot converge. With the policy's allow_post_copy the launcher
 switches to post-copy when the completion timeout passes (KubeVirt's allowPostCopy); the
@@ -26,7 +28,7 @@ from handler.userfaultfd import SYSCTL
 from tests.cluster import wait_for
 from tests.netnodes import TLSNodes, TwoNodes
 from tests.test_migration import qemu_pids
-from tests.test_migration_tls import console_run, uptime
+from tests.test_migration_tls import SECRET_BYTES, Capture, console_run, uptime
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
 M = migration_pb2
@@ -50,21 +52,28 @@ def enable_userfaultfd() -> None:
     Path(SYSCTL).write_text("1\n")
 
 
-class PlaintextStreamNodes(TLSNodes):
-    """Mutual TLS everywhere, plus each handler's opt-in to an unencrypted QEMU stream."""
+class StreamNodes(TLSNodes):
+    """Mutual TLS everywhere, QEMU's stream as ``stream`` says (migration_stream)."""
+
+    stream = "tls"
 
     def handler_extra(self, node: str) -> list[str]:
-        return [*super().handler_extra(node), "--migration-plaintext-stream"]
+        return [*super().handler_extra(node), "--migration-stream", self.stream]
 
 
-@pytest.fixture(scope="module", params=["plaintext", "mtls-plaintext-stream"])
+class PlaintextStreamNodes(StreamNodes):
+    stream = "plaintext"
+
+
+@pytest.fixture(scope="module", params=["plaintext", "mtls-qemu-tls", "mtls-plaintext-stream"])
 def nodes(request, tmp_path_factory, guest_dir):
     if shutil.which("ip") is None or os.geteuid() != 0:
         pytest.skip("needs root and iproute2 for network namespaces")
     if shutil.which("etcd") is None or shutil.which("libvirtd") is None:
         pytest.skip("needs etcd and libvirtd")
     enable_userfaultfd()
-    kind = TwoNodes if request.param == "plaintext" else PlaintextStreamNodes
+    kind = {"plaintext": TwoNodes, "mtls-qemu-tls": StreamNodes,
+            "mtls-plaintext-stream": PlaintextStreamNodes}[request.param]
     with kind(tmp_path_factory.mktemp(f"postcopy-{request.param}"), guest_dir,
               prefix=f"/postcopy-{request.param}-{uuid.uuid4().hex[:6]}/") as net:
         for node in ("na", "nb"):
@@ -99,7 +108,10 @@ def test_post_copy_moves_a_guest_that_dirties_memory_faster_than_the_link(nodes)
     rate = dirty_rate_mib_per_second(nodes, "busy")
     assert rate > 2 * BANDWIDTH_MIB_PER_SECOND, f"the guest dirties only {rate:.1f} MiB/s"
     console_run(nodes, "busy", DIRTY_LOOP + b" echo LOOP-$((2+2))", rb"LOOP-4")
+    console_run(nodes, "busy", b"yes CORRAL-SECRET-$((6*7))-PAGE | head -c %d > /tmp/secret; echo WROTE-$((1+1))"
+                % SECRET_BYTES, rb"WROTE-2")
     up_before = uptime(nodes, "busy")
+    capture = Capture((nodes.addresses["na"], nodes.addresses["nb"]))
 
     started = time.monotonic()
     migration = nodes.client.create_migration(
@@ -114,8 +126,12 @@ def test_post_copy_moves_a_guest_that_dirties_memory_faster_than_the_link(nodes)
             seen_post_copy_running.append(current.status.data_remaining_bytes)
         return current if current.status.phase in (M.MIGRATION_PHASE_SUCCEEDED, M.MIGRATION_PHASE_FAILED) else None
 
-    done = wait_for(ended, timeout=240, interval=0.2, what="the post-copy migration to end")
-    took = time.monotonic() - started
+    try:
+        done = wait_for(ended, timeout=240, interval=0.2, what="the post-copy migration to end")
+        took = time.monotonic() - started
+        time.sleep(0.5)
+    finally:
+        capture.stop()
     assert done.status.phase == M.MIGRATION_PHASE_SUCCEEDED, done.status
     assert done.status.mode == M.MIGRATION_MODE_POST_COPY, done.status
     assert not done.status.post_copy_message, done.status.post_copy_message
@@ -139,7 +155,14 @@ def test_post_copy_moves_a_guest_that_dirties_memory_faster_than_the_link(nodes)
     assert "post-copy migration available" in target_log  # the handler's check at start
     if isinstance(nodes, TLSNodes):  # libvirt's connection still went through the mTLS proxy
         assert f"from node {source} (mutual TLS)" in target_log
-        assert "QEMU's stream direct and UNENCRYPTED" in target_log
+    assert capture.between > SECRET_BYTES, capture.between  # the guest's memory did cross
+    if isinstance(nodes, StreamNodes) and nodes.stream == "tls":
+        assert "QEMU's own TLS with one-off credentials" in target_log
+        assert f"its migration's TLS files sent to node {source}" in target_log
+        assert capture.with_secret == 0, f"{capture.with_secret} frames carried guest memory in the clear"
+    else:  # the control: an unencrypted stream shows the guest's memory on the wire
+        assert capture.with_secret > 0, capture.between
     print(f"post-copy migration {source} -> {target}: {took:.1f}s, downtime {downtime} ms, guest dirtying "
           f"{rate:.0f} MiB/s against a {BANDWIDTH_MIB_PER_SECOND} MiB/s link; {len(seen_post_copy_running)} "
-          f"RUNNING polls said post-copy")
+          f"RUNNING polls said post-copy; {capture.between / 2**20:.1f} MiB between the nodes, "
+          f"{capture.with_secret} frames with guest memory in the clear")

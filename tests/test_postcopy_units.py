@@ -108,25 +108,35 @@ def test_an_admitted_migration_says_why_it_runs_pre_copy_only() -> None:
     assert any(e.reason == "PostCopyUnavailable" for e in written_vm.status.events)
 
 
-def test_the_plaintext_stream_opt_in_gives_a_tls_target_a_direct_stream() -> None:
-    """With TLS files the target reports a tunnelled stream unless its operator opted into a
-    plaintext one (migration_plaintext_stream): then a port of its own address, as without TLS."""
+def test_the_stream_setting_decides_what_a_tls_target_offers() -> None:
+    """With TLS files the target reports a tunnelled stream unless its operator chose QEMU's own
+    TLS (tls+tcp://: the source fetches its files first) or a plaintext one (a port of its own
+    address, as without TLS)."""
     from types import SimpleNamespace
 
     from handler.migration_proxy import MigrationTLS
     from handler.migration_target import TUNNELLED_STREAM, TargetSide
     tls = MigrationTLS(server=None, client=None)  # the contexts play no part here
     assert tls.tunnels_stream
-    assert TargetSide.stream_uri(SimpleNamespace(tls=tls, advertise_host="127.0.0.1")) == TUNNELLED_STREAM
-    opted = MigrationTLS(server=None, client=None, plaintext_stream=True)
-    assert not opted.tunnels_stream
-    assert TargetSide.stream_uri(SimpleNamespace(tls=opted, advertise_host="127.0.0.1")).startswith("tcp://127.0.0.1:")
-    assert TargetSide.stream_uri(SimpleNamespace(tls=None, advertise_host="127.0.0.1")).startswith("tcp://127.0.0.1:")
+
+    def offer(tls):
+        return TargetSide.stream_uri(SimpleNamespace(tls=tls, advertise_host="127.0.0.1",
+                                                     native_tls=tls is not None and tls.stream == "tls"))
+    assert offer(tls) == TUNNELLED_STREAM
+    opted = MigrationTLS(server=None, client=None, stream="plaintext")
+    assert not opted.tunnels_stream and offer(opted).startswith("tcp://127.0.0.1:")
+    assert offer(None).startswith("tcp://127.0.0.1:")
+    assert offer(MigrationTLS(server=None, client=None, stream="tls")).startswith("tls+tcp://127.0.0.1:")
 
 
-def test_the_opt_in_is_a_handler_setting(monkeypatch) -> None:
+def test_the_stream_is_a_handler_setting(monkeypatch) -> None:
+    import pytest
+
     from handler.main import parse_settings
-    assert not parse_settings(["--node-name", "n1"]).migration_plaintext_stream
-    assert parse_settings(["--node-name", "n1", "--migration-plaintext-stream"]).migration_plaintext_stream
-    monkeypatch.setenv("CORRAL_MIGRATION_PLAINTEXT_STREAM", "true")
-    assert parse_settings(["--node-name", "n1"]).migration_plaintext_stream
+    assert parse_settings(["--node-name", "n1"]).migration_stream == "tunnelled"
+    assert parse_settings(["--node-name", "n1", "--migration-stream", "plaintext"]).migration_stream == "plaintext"
+    monkeypatch.setenv("CORRAL_MIGRATION_STREAM", "tls")
+    assert parse_settings(["--node-name", "n1"]).migration_stream == "tls"
+    monkeypatch.setenv("CORRAL_MIGRATION_STREAM", "ssh")
+    with pytest.raises((ValueError, SystemExit)):
+        parse_settings(["--node-name", "n1"])
