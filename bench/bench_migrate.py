@@ -408,6 +408,8 @@ class Bench:
         from tests.netnodes import TLSNodes, TwoNodes
         kind = TLSNodes if self.args.tls else TwoNodes  # TLS: the proxy tunnels QEMU's stream
         self.net = kind(self.work, self.guest_dir, prefix=f"/bench-mig-{os.getpid()}/")
+        if self.args.tls and self.args.stream:  # else the handlers' default: tunnelled
+            self.net.stream = self.args.stream
         self.net.open()
         for node in ("na", "nb"):
             self.net.start_handler(node, memory_mib=2048)
@@ -647,7 +649,8 @@ class Bench:
         a = self.args
         print(f"== live migration, {a.memory_mib} MiB TCG guest (1 vCPU), two namespace nodes on one "
               f"bridge, {a.rounds} rounds of na->nb->na per case ==")
-        print("corral's nodes: " + ("mutual TLS, QEMU's stream tunnelled through the proxy (VIR_MIGRATE_TUNNELLED)"
+        print("corral's nodes: " + (f"mutual TLS, QEMU's stream: migration_stream {a.stream}" if a.tls and a.stream
+                                    else "mutual TLS, QEMU's stream tunnelled through the proxy (VIR_MIGRATE_TUNNELLED)"
                                     if a.tls else "plaintext (--insecure), QEMU's stream direct (tcp://)"))
         if self.ac_note:
             print(f"note: {self.ac_note}")
@@ -762,6 +765,9 @@ def main() -> int:
                         help="auto: only if the dirty case does not converge without it (default)")
     parser.add_argument("--tls", action="store_true", help="Corral's nodes with mutual TLS: the migration proxy "
                         "speaks TLS and QEMU's stream is tunnelled through it (default: plaintext, stream direct)")
+    parser.add_argument("--stream", choices=("tunnelled", "tls", "plaintext"),
+                        help="with --tls: the handlers' migration_stream (default tunnelled; post-copy needs tls "
+                             "or plaintext)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     parser.add_argument("--agent", help=argparse.SUPPRESS)
     parser.add_argument("--capcache", help=argparse.SUPPRESS)

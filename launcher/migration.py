@@ -92,8 +92,8 @@ class Plan:
             params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = request.destination_xml
         if request.bandwidth_mib_per_second > 0:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib_per_second)
-            if post_copy:  # the limit is the link's: QEMU's post-copy phase is unlimited unless told
-                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = int(request.bandwidth_mib_per_second) * 1024 * 1024
+            if post_copy:  # the limit is the link's: QEMU's post-copy phase is unlimited unless told (MiB/s)
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = int(request.bandwidth_mib_per_second)
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
                  | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
         if request.tunnelled:  # QEMU's stream inside libvirt's connection: the handlers' mTLS proxy

@@ -103,7 +103,7 @@ def test_plan_params_and_flags() -> None:
                            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "10.0.0.2",
                            libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64,
                            # the link's limit holds after the switch too (QEMU's default: none)
-                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY: 64 * 1024 * 1024}
+                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY: 64}  # MiB/s, as BANDWIDTH
     assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY not in plan.without_post_copy().params
     for flag in (libvirt.VIR_MIGRATE_LIVE, libvirt.VIR_MIGRATE_PEER2PEER, libvirt.VIR_MIGRATE_PERSIST_DEST,
                  libvirt.VIR_MIGRATE_UNDEFINE_SOURCE, libvirt.VIR_MIGRATE_AUTO_CONVERGE, libvirt.VIR_MIGRATE_POSTCOPY):

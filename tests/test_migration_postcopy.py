@@ -53,12 +53,9 @@ def enable_userfaultfd() -> None:
 
 
 class StreamNodes(TLSNodes):
-    """Mutual TLS everywhere, QEMU's stream as ``stream`` says (migration_stream)."""
+    """Mutual TLS everywhere, QEMU's stream in QEMU's own TLS (migration_stream)."""
 
     stream = "tls"
-
-    def handler_extra(self, node: str) -> list[str]:
-        return [*super().handler_extra(node), "--migration-stream", self.stream]
 
 
 class PlaintextStreamNodes(StreamNodes):
