@@ -186,11 +186,9 @@ class SourceSide:
     def _migrate(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, job: Job):
         """(final response, None) on success, else (None, (reason, message))."""
         target = vm.status.migration_target
-        # A TLS node never sends the guest's memory in the clear unless its operator opted in
-        # (migration_stream tls or plaintext): its stream goes inside the tunnel whatever the target
-        # reported (a plaintext target refuses the TLS tunnel anyway).
         # QEMU's own TLS when the target offers it (tls+tcp://) and this node may leave the
-        # tunnel; a "tls" source facing a plaintext target tunnels instead.
+        # tunnel (migration_stream tls or plaintext). Otherwise a TLS node tunnels whatever the
+        # target reported, unless its operator chose plaintext: it never falls back to the clear.
         native = (target.migration_uri.startswith(TLS_STREAM_PREFIX) and self.tls is not None
                   and not self.tls.tunnels_stream)
         tunnelled = (target.migration_uri == TUNNELLED_STREAM

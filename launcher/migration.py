@@ -279,7 +279,7 @@ class MigrationJob:
         if not self._post_copy:
             stats = {}
         elif not stats and self._callback_id is not None:
-            self._completed_seen.wait(2.0)
+            self._completed_seen.wait(5.0)
             stats = self._completed
         self._deregister()
         if not stats:
@@ -287,7 +287,11 @@ class MigrationJob:
                 stats = self.domain.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
             except (libvirt.libvirtError, AttributeError):
                 return 0
-        return int(stats.get("downtime", 0))
+        downtime, elapsed = int(stats.get("downtime", 0)), int(stats.get("time_elapsed", 0))
+        if elapsed and downtime > elapsed:  # not a downtime of this job: unknown rather than wrong
+            log.warning("migration: libvirt's downtime %d ms exceeds the job's %d ms: not reported", downtime, elapsed)
+            return 0
+        return downtime
 
     def _mode(self) -> int:
         return migration_pb2.MIGRATION_MODE_POST_COPY if self._post_copy else migration_pb2.MIGRATION_MODE_PRE_COPY

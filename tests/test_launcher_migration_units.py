@@ -170,6 +170,12 @@ def test_a_post_copy_job_reports_the_downtime_of_libvirts_job_completed_event() 
                                      post_copy=True)
     assert error is None and succeeded == [321] and messages[-1].downtime_ms == 321
     assert not domain.events  # deregistered
+    # A figure longer than the job itself is no downtime of it: unknown (0), not wrong.
+    domain = FakeDomain(remaining=list(range(GIB, 0, -1024)))
+    threading.Timer(1.5, domain.finished.set).start()
+    threading.Timer(1.6, domain.complete_job, ({"downtime": 25016, "time_elapsed": 9000},)).start()
+    _, error, succeeded = run(domain, request(completion_timeout_seconds=1, allow_post_copy=True), post_copy=True)
+    assert error is None and succeeded == [0]
     # Pre-copy: the target's figure counts (libvirt measures it there), the source sends none.
     domain = FakeDomain(remaining=[GIB, 0])
     threading.Timer(0.3, domain.complete_job, ({"downtime": 99},)).start()

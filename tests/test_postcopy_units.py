@@ -140,3 +140,26 @@ def test_the_stream_is_a_handler_setting(monkeypatch) -> None:
     monkeypatch.setenv("CORRAL_MIGRATION_STREAM", "ssh")
     with pytest.raises((ValueError, SystemExit)):
         parse_settings(["--node-name", "n1"])
+
+
+def test_after_post_copy_only_the_sources_downtime_counts() -> None:
+    """The target's libvirt figure after a post-copy switch is not a downtime (the guest ran
+    there meanwhile): the leader keeps the source's, or none, in either order of the reports."""
+    from controller.handler_api import apply_migration_report
+    from tests.test_migration_units import migrating_pair, report
+    M = migration_pb2
+    for source_first in (True, False):
+        vm, migration = migrating_pair()
+        apply_migration_report(vm, migration, report(M.MIGRATION_PHASE_RUNNING, mode=M.MIGRATION_MODE_POST_COPY,
+                                                     data_total_bytes=1 << 30))
+        by_source = report(M.MIGRATION_PHASE_SUCCEEDED, mode=M.MIGRATION_MODE_POST_COPY, downtime_ms=12)
+        by_target = report(M.MIGRATION_PHASE_SUCCEEDED, handler_pb2.MIGRATION_ROLE_TARGET, downtime_ms=25016)
+        for one in ((by_source, by_target) if source_first else (by_target, by_source)):
+            apply_migration_report(vm, migration, one)
+        assert migration.status.phase == M.MIGRATION_PHASE_SUCCEEDED
+        assert migration.status.downtime_ms == 12, source_first
+    # Pre-copy: the target's figure is libvirt's own and counts, as before.
+    vm, migration = migrating_pair()
+    apply_migration_report(vm, migration, report(M.MIGRATION_PHASE_SUCCEEDED, handler_pb2.MIGRATION_ROLE_TARGET,
+                                                 downtime_ms=80))
+    assert migration.status.downtime_ms == 80
