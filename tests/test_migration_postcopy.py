@@ -3,8 +3,8 @@
 stream and one-off credentials per migration (migration_stream: tls; libvirt cannot tunnel
 post-copy through the TLS proxy, see docs/migration-security.md), where a capture of the
 nodes' links must find none of the guest's memory in the clear; and mutual TLS with the
-operator's opt-in to a plaintext QEMU stream (migration_stream: plaintext). In each,
-a real TCG guest that rewrites 16 MiB of its RAM again and again, faster than the migration's
+operator's opt-in to a plaintext QEMU stream (migration_stream: plaintext). In each, a real
+TCG guest rewrites 16 MiB of its RAM again and again, far faster than the migration's
 bandwidth limit, so pre-copy cannot converge. With the policy's allow_post_copy the launcher
 switches to post-copy when the completion timeout passes (KubeVirt's allowPostCopy); the
 migration completes, the Migration says post-copy, and the same guest runs on the target.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.v1 import migration_pb2, node_pb2, vm_pb2
+from corral.v1 import migration_pb2, vm_pb2
 from handler.userfaultfd import SYSCTL
 from tests.cluster import wait_for
 from tests.netnodes import TLSNodes, TwoNodes
