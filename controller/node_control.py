@@ -42,6 +42,8 @@ MAX_ALLOCATION_RATIO = 100
 HYPERVISORS = ("kvm", "qemu", "test")
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}\Z")
 MIN_TTL, MAX_TTL = 3, 300
+#: A node's own word on post-copy, kept to this many characters.
+MAX_POST_COPY_MESSAGE = 500
 
 
 def registration_problems(request: handler_pb2.RegisterNodeRequest) -> list[str]:
@@ -81,6 +83,8 @@ def node_from(request: handler_pb2.RegisterNodeRequest, existing: node_pb2.Node 
     node.status.allocatable.memory_mib = request.capacity.memory_mib
     node.status.hypervisor = request.hypervisor
     node.status.address = request.address
+    node.status.post_copy_ready = request.post_copy_ready
+    node.status.post_copy_message = request.post_copy_message[:MAX_POST_COPY_MESSAGE]
     node.status.registered_time.CopyFrom(vm_status.now())
     if existing is not None:
         node.spec.CopyFrom(existing.spec)

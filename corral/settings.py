@@ -311,6 +311,18 @@ class HandlerSettings(CommonSettings):
                                   "nodes' handlers connect to it; advertised with advertise_address's host "
                                   "when on all addresses); port 0: any free port; empty: this node takes no "
                                   "incoming migrations")
+    migration_stream: str = Field(
+        "tunnelled", description="with TLS files, how QEMU's memory stream crosses: tunnelled (inside the "
+        "mutual-TLS proxy; no post-copy), tls (QEMU's own TLS straight between the nodes with one-off "
+        "credentials per migration; post-copy works) or plaintext (straight, unencrypted and unauthenticated: "
+        "a migration network you trust entirely). libvirt's connection stays in the proxy in all three")
+
+    @field_validator("migration_stream")
+    @classmethod
+    def _migration_stream(cls, value: str) -> str:
+        if value not in ("tunnelled", "tls", "plaintext"):
+            raise ValueError(f"migration_stream {value!r} must be tunnelled, tls or plaintext")
+        return value
     libvirt_mode: str = Field("embed", description="how launchers run libvirt: embed (qemu:///embed, in the "
                               "launcher) or session (a libvirt daemon per run: needed for live migration)")
 

@@ -75,7 +75,7 @@ import grpc
 from corral.rundir import CPUSET_FILE, LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE, VNC_SOCKET_FILE, parse_cpuset
 from corral.v1 import launcher_pb2_grpc, vm_pb2, vnc_pb2_grpc
 
-from launcher import domain_xml, privileges, reaper, session
+from launcher import domain_xml, migration_tls, privileges, reaper, session
 from launcher.host import (Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache,
                            warm_capabilities_cache)
 from launcher.fencing import FenceWatch
@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("vm dir is %d bytes; above %d, the session daemon's QEMU monitor socket may "
                         "exceed the unix socket path limit", len(vm_dir.encode()), MAX_VM_DIR - 8)
         session.prepare(vm_dir)
+        migration_tls.write_qemu_conf(vm_dir)  # before the daemon starts: it reads it once
         if not session.answers(session.libvirt_socket(vm_dir)):  # a running daemon has its cache
             session.seed_capabilities(vm_dir, args.capabilities_cache)
         try:

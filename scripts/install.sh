@@ -42,6 +42,11 @@ install -d -m 0755 -o root -g root "$(dirname "$guard")"
 gcc -O2 -Wall -Wextra -Werror -shared -fPIC -pthread -o .local/fence-guard.so launcher/fence_guard.c
 install -m 0644 -o root -g root .local/fence-guard.so "$guard"
 
+# Post-copy migration: the target's QEMU runs as the VM's unprivileged user and needs
+# userfaultfd (QEMU 7.2 has no /dev/userfaultfd support; handler/userfaultfd.py checks at start).
+echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/60-corral-postcopy.conf
+sysctl -q -w vm.unprivileged_userfaultfd=1 || echo "install: cannot set vm.unprivileged_userfaultfd (post-copy stays off)" >&2
+
 if [[ ! -x .local/node_modules/.bin/buf ]]; then
     mkdir -p .local
     (cd .local && npm install --silent --no-audit --no-fund @bufbuild/buf >/dev/null)
