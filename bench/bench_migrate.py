@@ -33,6 +33,14 @@ No cgroup limits on either side: the handlers run under ``ip netns exec``, which
 fresh /sys, so they find no cgroup tree and run their VMs without limits (they say so in
 their logs), like the libvirt-alone QEMU.
 
+Post-copy (``--cases postcopy``, not in the default): a faster dirtying loop (FAST_DIRTY_LOAD,
+a memcpy of 32 MiB over the same pages again and again) against a link limited to
+POSTCOPY_MIB_PER_S, so pre-copy cannot converge; both sides switch to post-copy after
+POSTCOPY_SWITCH_S (Corral through its policy: allow_post_copy and a completion timeout; libvirt
+alone with migrateStartPostCopy). Downtime there is QEMU's, read on the source from libvirt's
+JOB_COMPLETED event on both sides (the target's stats have none after post-copy). Needs
+vm.unprivileged_userfaultfd=1 (scripts/install.sh).
+
 Auto-converge: ``auto`` (default) tries the dirty case without it; if a Corral migration
 fails to converge, the dirty case is redone with auto-converge in both runs (said in the output).
 """
@@ -69,6 +77,15 @@ BASE_UIDS = (265600, 265601)
 #: The part of Corral's time that holds libvirt's own migration (the rest is the control plane).
 SOURCE_JOB = "Target_Ready -> Succeeded (source's job)"
 MIGRATION_TIMEOUT = 120.0  # s, for either side (Corral's own completion timeout is shorter)
+#: Post-copy case: a loop that rewrites the same 32 MiB of the guest's RAM with a kernel memcpy
+#: (dd of a file of 'x' over another, conv=notrunc), far faster than POSTCOPY_MIB_PER_S, so
+#: pre-copy cannot converge; after POSTCOPY_SWITCH_S of pre-copy the job switches to post-copy
+#: (Corral: the policy's allow_post_copy and its completion timeout, as KubeVirt; libvirt
+#: alone: migrateStartPostCopy at the same moment). The limit holds after the switch too.
+FAST_DIRTY_LOAD = (b"dd if=/dev/zero bs=1M count=32 2>/dev/null | tr '\\0' x > /tmp/src; cp /tmp/src /tmp/fast; "
+                   b"(while :; do dd if=/tmp/src of=/tmp/fast bs=1M conv=notrunc 2>/dev/null; done) &")
+POSTCOPY_MIB_PER_S = 8
+POSTCOPY_SWITCH_S = 5.0
 
 
 def make_vm(name: str, guest_dir: Path, memory_mib: int, uid: str = ""):
@@ -116,6 +133,12 @@ def agent(args: argparse.Namespace) -> int:
     session.seed_capabilities(vm_dir, args.capcache)
     session.start_daemons(vm_dir)
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    libvirt.virEventRegisterDefaultImpl()  # JOB_COMPLETED events (the post-copy downtime)
+
+    def run_events() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+    threading.Thread(target=run_events, daemon=True).start()
     conn = libvirt.open(session.uri(vm_dir))
 
     def reply(obj: dict) -> None:
@@ -168,15 +191,31 @@ def _agent_migrate(conn, req: dict) -> dict:
 
     from corral.v1 import launcher_pb2
     from launcher.migration import Plan
+    post_copy = req.get("post_copy", False)
     request = launcher_pb2.MigrateDomainRequest(
         destination_uri=req["dconnuri"], migration_uri=req["uri"], destination_xml=req["dest_xml"],
-        listen_address=req["listen"], allow_auto_converge=req["auto_converge"])
-    plan = Plan.from_request(request, post_copy=False)
+        listen_address=req["listen"], allow_auto_converge=req["auto_converge"],
+        bandwidth_mib_per_second=req.get("bandwidth", 0), allow_post_copy=post_copy)
+    plan = Plan.from_request(request, post_copy=post_copy)
     dom = conn.lookupByName(req["name"])
     done = threading.Event()
     aborted = []
+    completed: dict = {}
+    got_completed = threading.Event()
+
+    def on_completed(_conn, _dom, params, _opaque) -> None:  # the source's stats (post-copy downtime)
+        completed.update(params)
+        got_completed.set()
+    callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None)
+    switched = []
 
     def watchdog() -> None:  # libvirt itself never gives up on a migration that does not converge
+        if post_copy and not done.wait(req["switch_after"]):
+            try:
+                dom.migrateStartPostCopy()
+                switched.append(True)
+            except libvirt.libvirtError:
+                pass
         if not done.wait(req["timeout"]):
             aborted.append(True)
             try:
@@ -188,12 +227,19 @@ def _agent_migrate(conn, req: dict) -> dict:
     t0 = time.monotonic()
     try:
         dom.migrateToURI3(plan.destination_uri, plan.params, plan.flags)
-        return {"ok": True, "wall": time.monotonic() - t0, "flags": plan.flags}
+        wall = time.monotonic() - t0
+        got_completed.wait(2.0)
+        return {"ok": True, "wall": wall, "flags": plan.flags, "post_copy": bool(switched),
+                "source_downtime_ms": int(completed.get("downtime", 0))}
     except libvirt.libvirtError as e:
         return {"ok": False, "wall": time.monotonic() - t0,
                 "error": ("aborted after timeout: " if aborted else "") + (e.get_error_message() or str(e))}
     finally:
         done.set()
+        try:
+            conn.domainEventDeregisterAny(callback)
+        except libvirt.libvirtError:
+            pass
 
 
 def _agent_console(conn, req: dict) -> dict:
@@ -362,6 +408,8 @@ class Bench:
         from tests.netnodes import TLSNodes, TwoNodes
         kind = TLSNodes if self.args.tls else TwoNodes  # TLS: the proxy tunnels QEMU's stream
         self.net = kind(self.work, self.guest_dir, prefix=f"/bench-mig-{os.getpid()}/")
+        if self.args.tls and self.args.stream:  # else the handlers' default: tunnelled
+            self.net.stream = self.args.stream
         self.net.open()
         for node in ("na", "nb"):
             self.net.start_handler(node, memory_mib=2048)
@@ -377,11 +425,15 @@ class Bench:
         finally:
             console.close()
 
-    def corral_migrate(self, target: str) -> dict:
+    def corral_migrate(self, target: str, case: str = "") -> dict:
         from corral.v1 import migration_pb2 as M
         from corral.v1 import vm_pb2
         client = self.net.client
         policy = {"allow_auto_converge": True} if self.auto_converge else {}
+        if case == "postcopy":  # switch after POSTCOPY_SWITCH_S of pre-copy
+            policy.update(allow_post_copy=True, bandwidth_mib_per_second=POSTCOPY_MIB_PER_S,
+                          completion_timeout_per_gib_seconds=max(1, int(POSTCOPY_SWITCH_S * 1024
+                                                                        / self.args.memory_mib)))
         before = self.net.cluster.get(VM_NAME)
         t0 = time.monotonic()
         migration = client.create_migration(VM_NAME, target, **policy)
@@ -399,6 +451,7 @@ class Bench:
         row = {"ok": status.phase == M.MIGRATION_PHASE_SUCCEEDED, "total": total,
                "downtime_ms": status.downtime_ms, "processed": status.data_processed_bytes,
                "reason": status.reason, "message": status.message,
+               "post_copy": status.mode == M.MIGRATION_MODE_POST_COPY,
                "transitions": [(t.phase, t.time.ToNanoseconds() / 1e9) for t in status.phase_transitions]}
         # Untimed: let the source's run end (its QEMU and daemons go) before the next move.
         uid = before.status.instance_uid
@@ -435,6 +488,9 @@ class Bench:
         for case in self.cases():
             if case == "dirty":
                 self.corral_start_load()
+            if case == "postcopy":
+                self.corral_console(FAST_DIRTY_LOAD, rb"\[\d+\] \d+|# ")
+                time.sleep(2)
             while True:
                 rows = self.corral_rounds(case)
                 if case == "dirty" and not all(r["ok"] for r in rows) and not self.auto_converge \
@@ -472,7 +528,7 @@ class Bench:
         for i in range(self.args.rounds):
             for _ in range(2):
                 target = self.net.other(node)
-                row = self.corral_migrate(target)
+                row = self.corral_migrate(target, case)
                 row.update(case=case, direction=f"{node}->{target}", auto_converge=self.auto_converge)
                 rows.append(row)
                 print(f"  corral {case:5} round {i + 1} {node}->{target}: "
@@ -486,7 +542,7 @@ class Bench:
         return rows
 
     def cases(self) -> list[str]:
-        return [c for c in ("idle", "dirty") if c in self.args.cases.split(",")]
+        return [c for c in ("idle", "dirty", "postcopy") if c in self.args.cases.split(",")]
 
     # -- baseline ---------------------------------------------------------------------------
     def run_baseline(self) -> None:
@@ -523,6 +579,9 @@ class Bench:
         for case in self.cases():
             if case == "dirty":
                 self.base_start_load()
+            if case == "postcopy":
+                self.base_console(FAST_DIRTY_LOAD, r"\[\d+\] \d+|# ")
+                time.sleep(2)
             self.results[("libvirt", case)] = self.base_rounds(case)
         self.agents[self.base_node].call(op="destroy")
         print("libvirt done\n", flush=True)
@@ -547,7 +606,7 @@ class Bench:
         print(f"libvirt: dirtying loop running in the guest (dd processes seen: {got['groups'][0]})", flush=True)
         time.sleep(2)
 
-    def base_migrate(self, target: str) -> dict:
+    def base_migrate(self, target: str, case: str = "") -> dict:
         source = self.base_node
         self.port += 1
         dest = self.base_dirs[target]
@@ -555,13 +614,17 @@ class Bench:
         got = self.agents[source].call(
             op="migrate", name=VM_NAME, dconnuri=f"qemu+unix:///session?socket={dest}/run/libvirt/libvirt-sock",
             uri=f"tcp://{address}:{self.port}", listen=address, dest_xml=session_xml(self.base_vm, str(dest)),
-            auto_converge=self.auto_converge, timeout=MIGRATION_TIMEOUT)
-        row = {"ok": got["ok"], "total": got["wall"], "error": got.get("error", "")}
+            auto_converge=self.auto_converge, timeout=MIGRATION_TIMEOUT, post_copy=case == "postcopy",
+            bandwidth=POSTCOPY_MIB_PER_S if case == "postcopy" else 0, switch_after=POSTCOPY_SWITCH_S)
+        row = {"ok": got["ok"], "total": got["wall"], "error": got.get("error", ""),
+               "post_copy": got.get("post_copy", False)}
         if got["ok"]:
             self.base_node = target
             stats = self.agents[target].call(op="completed", name=VM_NAME).get("stats", {})
             row.update(downtime_ms=int(stats.get("downtime", 0)), processed=int(stats.get("memory_processed", 0)),
                        elapsed_ms=int(stats.get("time_elapsed", 0)))
+            if case == "postcopy":  # the target's stats have no downtime after post-copy: the source's
+                row["downtime_ms"] = got.get("source_downtime_ms", 0)
         time.sleep(1.0)  # as on the Corral side: the source's QEMU goes
         return row
 
@@ -571,7 +634,7 @@ class Bench:
             for _ in range(2):
                 node = self.base_node
                 target = "nb" if node == "na" else "na"
-                row = self.base_migrate(target)
+                row = self.base_migrate(target, case)
                 row.update(case=case, direction=f"{node}->{target}", auto_converge=self.auto_converge)
                 rows.append(row)
                 print(f"  libvirt {case:5} round {i + 1} {node}->{target}: "
@@ -586,7 +649,8 @@ class Bench:
         a = self.args
         print(f"== live migration, {a.memory_mib} MiB TCG guest (1 vCPU), two namespace nodes on one "
               f"bridge, {a.rounds} rounds of na->nb->na per case ==")
-        print("corral's nodes: " + ("mutual TLS, QEMU's stream tunnelled through the proxy (VIR_MIGRATE_TUNNELLED)"
+        print("corral's nodes: " + (f"mutual TLS, QEMU's stream: migration_stream {a.stream}" if a.tls and a.stream
+                                    else "mutual TLS, QEMU's stream tunnelled through the proxy (VIR_MIGRATE_TUNNELLED)"
                                     if a.tls else "plaintext (--insecure), QEMU's stream direct (tcp://)"))
         if self.ac_note:
             print(f"note: {self.ac_note}")
@@ -616,6 +680,12 @@ class Bench:
             if ct and bt:
                 print(f"{'corral - libvirt (median)':26} {statistics.median(ct) - statistics.median(bt):>22.2f} s")
             print(f"{'succeeded':26} {f'{len(c)}/{nc}':>26} {f'{len(b)}/{nb}':>26}")
+            if case == "postcopy":
+                pc = sum(1 for r in c if r.get("post_copy"))
+                pb = sum(1 for r in b if r.get("post_copy"))
+                print(f"{'switched to post-copy':26} {f'{pc}/{len(c)}':>26} {f'{pb}/{len(b)}':>26}")
+                print(f"(link {POSTCOPY_MIB_PER_S} MiB/s, switch after {POSTCOPY_SWITCH_S:.0f} s of pre-copy; "
+                      "downtime: QEMU's at the switch, read on the source from libvirt's JOB_COMPLETED event)")
             # Corral's split from the Migration's phase transitions (server clock)
             segments: dict[str, list[float]] = {}
             order: list[str] = []
@@ -690,11 +760,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of na->nb->na per case (default 3)")
     parser.add_argument("--guest-dir", default="/var/tmp/corral-guest", help="kernel + initrd (built if missing)")
     parser.add_argument("--memory-mib", type=int, default=256, help="guest memory (default 256)")
-    parser.add_argument("--cases", default="idle,dirty", help="idle,dirty (default both)")
+    parser.add_argument("--cases", default="idle,dirty", help="idle,dirty,postcopy (default idle,dirty)")
     parser.add_argument("--auto-converge", choices=("auto", "on", "off"), default="auto",
                         help="auto: only if the dirty case does not converge without it (default)")
     parser.add_argument("--tls", action="store_true", help="Corral's nodes with mutual TLS: the migration proxy "
                         "speaks TLS and QEMU's stream is tunnelled through it (default: plaintext, stream direct)")
+    parser.add_argument("--stream", choices=("tunnelled", "tls", "plaintext"),
+                        help="with --tls: the handlers' migration_stream (default tunnelled; post-copy needs tls "
+                             "or plaintext)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     parser.add_argument("--agent", help=argparse.SUPPRESS)
     parser.add_argument("--capcache", help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from controller import console, instancetypes, lifecycle, pagination
 from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
-from controller.limits import StreamLimits
+from controller.limits import StreamLimits, ThreadBoundStreams
 from controller.nodes import list_node_views, present_nodes, ready_node_names
 from controller.objects import new_metadata
 from controller.watch_cache import WatchCache
@@ -107,10 +107,12 @@ def watch_objects(store: Store, kind, request, context):
 
 class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     def __init__(self, *, store: Store, cache: WatchCache, node_agents: NodeAgents | None = None,
-                 limits: StreamLimits | None = None) -> None:
+                 limits: StreamLimits | None = None, interactive: ThreadBoundStreams | None = None) -> None:
         self.store = store
         self.cache = cache
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
+        # Consoles hold a unary thread each for as long as they are open: bounded.
+        self.interactive = interactive or ThreadBoundStreams(total=16, per_identity=4)
         # Stubs of the handlers' NodeAgentService, by node name (plaintext unless given).
         self.node_agents = node_agents or NodeAgents(store)
 
@@ -350,7 +352,8 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     @grpc_errors
     def OpenConsole(self, request_iterator, context):
         """The guest's serial console, relayed to its node's handler (controller/console.py)."""
-        yield from console.open_console(self.store, self.node_agents, request_iterator, context)
+        with self.interactive.hold(context, "a console"):
+            yield from console.open_console(self.store, self.node_agents, request_iterator, context)
 
 
 def _copied(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:

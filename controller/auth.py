@@ -31,7 +31,7 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
                  "grpc.reflection.v1.ServerReflection")
 USER_SERVICES = ("corral.v1.VirtualMachineService", "corral.v1.NodeService", "corral.v1.MigrationService",
                  "corral.v1.VirtualMachinePoolService", "corral.v1.InstanceTypeService",
-                 "corral.v1.PreferenceService", "corral.v1.VirtualMachineSnapshotService")
+                 "corral.v1.PreferenceService", "corral.v1.VncService", "corral.v1.VirtualMachineSnapshotService")
 
 
 def node_refusal(auth_context: AuthContext, node_name: str) -> str | None:

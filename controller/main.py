@@ -34,6 +34,9 @@ def parse_settings(argv: list[str] | None) -> ControllerSettings:
                              "refused otherwise)")
     parser.add_argument("--leader-lease-seconds", type=int, help="(CORRAL_LEADER_LEASE_SECONDS)")
     parser.add_argument("--replica-id", help="name of this replica in the leader key")
+    parser.add_argument("--web-console-listen", help="HOST:PORT of the web VNC console (CORRAL_WEB_CONSOLE_LISTEN; "
+                        "empty: off)")
+    parser.add_argument("--web-console-url", help="its base URL as browsers reach it (CORRAL_WEB_CONSOLE_URL)")
     add_common_arguments(parser, daemon="controller")
     return parse_daemon_settings(parser, argv, ControllerSettings, daemon="controller")
 

@@ -100,6 +100,21 @@ def resolve_target(vm: vm_pb2.VirtualMachine, migration: migration_pb2.Migration
         allow_auto_converge=pick("allow_auto_converge", defaults.allow_auto_converge))
 
 
+def post_copy_refusal(target: vm_pb2.MigrationTarget, source: str,
+                      views: dict[str, scheduling.NodeView]) -> str:
+    """Why a migration whose policy allows post-copy runs pre-copy only (empty: it may switch).
+    The target's QEMU needs userfaultfd, and neither node may tunnel the stream: each node's
+    handler says at start what it can (NodeStatus.post_copy_ready)."""
+    if not target.allow_post_copy:
+        return ""
+    for role, name in (("target", target.node_name), ("source", source)):
+        view = views.get(name)
+        problem = view.post_copy_problem if view is not None else "the node is not registered"
+        if problem:
+            return f"post-copy off, pre-copy only: {role} node {name}: {problem}"
+    return ""
+
+
 def choose_target(vm: vm_pb2.VirtualMachine, migration: migration_pb2.Migration,
                   views: dict[str, scheduling.NodeView]) -> tuple[str | None, str]:
     """The target node and "", or None and why none fits."""
@@ -236,6 +251,10 @@ class MigrationReconciler:
             log_vm(log, vm, "migration %s: no target: %s", name, why)
             return
         vm.status.migration_target.CopyFrom(resolve_target(vm, migration, node, self.settings))
+        no_post_copy = post_copy_refusal(vm.status.migration_target, vm.status.node_name, views)
+        if no_post_copy:  # the policy's post-copy cannot run between these nodes: pre-copy, said so
+            vm.status.migration_target.allow_post_copy = False
+            vm_status.record_event(vm, "PostCopyUnavailable", f"migration {name}: {no_post_copy}", warning=True)
         vm_status.set_condition(vm, "Migrating", True, "Migrating", f"moving to node {node} ({name})")
         vm_status.record_event(vm, "Migrating", f"migration {name}: moving from node {vm.status.node_name} to {node}")
         self.store.update(VMS, vm, fence=fence)
@@ -244,6 +263,7 @@ class MigrationReconciler:
         status.source_instance_uid = status.target_instance_uid = vm.status.instance_uid
         status.start_time.CopyFrom(vm_status.now())
         status.message = ""
+        status.post_copy_message = no_post_copy
         set_phase(migration, M.MIGRATION_PHASE_SCHEDULED)
         set_phase(migration, M.MIGRATION_PHASE_PREPARING_TARGET)
         self.store.update(MIGRATIONS, migration, fence=fence)

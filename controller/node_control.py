@@ -10,6 +10,7 @@ node's lease and goes with it, and a reclaim is one transaction that checks the 
 the node's while its lock is absent."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -20,6 +21,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from controller import auth
 from controller.errors import RequestError, grpc_errors
+from controller.lease_renewer import LeaseRenewer
 from controller.watch_cache import WatchCache
 from corral import status as vm_status
 from corral.resources import INSTANCE_LOCKS_FOLDER, NODE_LEASES_FOLDER, NODES, VMS, instance_lock_value
@@ -40,6 +42,8 @@ MAX_ALLOCATION_RATIO = 100
 HYPERVISORS = ("kvm", "qemu", "test")
 ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}\Z")
 MIN_TTL, MAX_TTL = 3, 300
+#: A node's own word on post-copy, kept to this many characters.
+MAX_POST_COPY_MESSAGE = 500
 
 
 def registration_problems(request: handler_pb2.RegisterNodeRequest) -> list[str]:
@@ -79,6 +83,8 @@ def node_from(request: handler_pb2.RegisterNodeRequest, existing: node_pb2.Node 
     node.status.allocatable.memory_mib = request.capacity.memory_mib
     node.status.hypervisor = request.hypervisor
     node.status.address = request.address
+    node.status.post_copy_ready = request.post_copy_ready
+    node.status.post_copy_message = request.post_copy_message[:MAX_POST_COPY_MESSAGE]
     node.status.registered_time.CopyFrom(vm_status.now())
     if existing is not None:
         node.spec.CopyFrom(existing.spec)
@@ -103,6 +109,7 @@ class NodeControlMethods:
 
     store: Store
     cache: WatchCache
+    renewer: LeaseRenewer
 
     def _check(self, context, node: str) -> None:
         auth.require_node(context, node)
@@ -151,11 +158,15 @@ class NodeControlMethods:
         return handler_pb2.GrantNodeLeaseResponse(lease_id=lease_id, ttl_seconds=request.ttl_seconds)
 
     @grpc_errors
-    def RenewNodeLease(self, request, context):
+    async def RenewNodeLease(self, request, context):
+        """A coroutine (no unary thread) renewing on the replica's shared keep-alive stream:
+        every node calls it every few seconds."""
         self._check(context, request.node_name)
-        if not self._current_lease(request.node_name, request.lease_id):
+        current = (self.cache.node_leases.get(request.node_name) == request.lease_id
+                   or await asyncio.to_thread(self._current_lease, request.node_name, request.lease_id))
+        if not current:
             return handler_pb2.RenewNodeLeaseResponse(ttl_seconds=0)
-        ttl = self.store.refresh_lease(request.lease_id, timeout=2.0)
+        ttl = await self.renewer.renew(request.lease_id)
         return handler_pb2.RenewNodeLeaseResponse(ttl_seconds=max(ttl, 0))
 
     def _lock_key(self, vm_name: str) -> bytes:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,13 +23,17 @@ from controller.migration_api import MigrationService
 from controller.pool_api import VirtualMachinePoolService
 from controller.snapshot_api import VirtualMachineSnapshotService
 from controller.node_agents import NodeAgents
+from controller.vnc import VncService
 from controller.watch_cache import WatchCache
 from corral import tls
 from corral.settings import ControllerSettings, loopback
 from corral.store import Store
 from corral.v1 import (handler_pb2, handler_pb2_grpc, instancetype_pb2, instancetype_pb2_grpc, migration_pb2,
                        migration_pb2_grpc, node_pb2, node_pb2_grpc, pool_pb2, pool_pb2_grpc, snapshot_pb2,
-                       snapshot_pb2_grpc, vm_pb2, vm_pb2_grpc)
+                       snapshot_pb2_grpc, vm_pb2, vm_pb2_grpc, vnc_pb2, vnc_pb2_grpc)
+
+if TYPE_CHECKING:
+    from controller.web_console import WebConsole
 
 log = logging.getLogger("corral.controller")
 
@@ -40,6 +45,7 @@ SERVICE_NAMES = (
     instancetype_pb2.DESCRIPTOR.services_by_name["InstanceTypeService"].full_name,
     instancetype_pb2.DESCRIPTOR.services_by_name["PreferenceService"].full_name,
     pool_pb2.DESCRIPTOR.services_by_name["VirtualMachinePoolService"].full_name,
+    vnc_pb2.DESCRIPTOR.services_by_name["VncService"].full_name,
     snapshot_pb2.DESCRIPTOR.services_by_name["VirtualMachineSnapshotService"].full_name,
 )
 #: Threads for unary calls in flight (they wait on etcd) and the few streams that are still
@@ -65,6 +71,7 @@ class ApiServer:
         self._error: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self._grace = 0.0
+        self.web_console: WebConsole | None = None
         self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
 
     def start(self) -> None:
@@ -101,11 +108,15 @@ class ApiServer:
         self._stop = asyncio.Event()
         self._server = self._build()
         await self._server.start()
+        if self.web_console is not None:
+            await self.web_console.start()
         self._started.set()
         await self._stop.wait()
         # Calls cut short by the shutdown end their server tasks with errors nobody awaits:
         # expected now, not worth a traceback in the log.
         self.loop.set_exception_handler(lambda _loop, context: log.debug("at shutdown: %s", context.get("message")))
+        if self.web_console is not None:
+            await self.web_console.stop()
         await self._server.stop(self._grace)
 
     def _build(self) -> grpc.aio.Server:
@@ -121,9 +132,18 @@ class ApiServer:
         except tls.TLSConfigError as exc:
             raise SystemExit(f"corral-controller: {exc}") from None
         limits = StreamLimits(per_node=settings.node_stream_limit, per_user=settings.user_stream_limit)
+        agents = NodeAgents(self.store, agent_credentials)
+        # Consoles and VNC displays hold a unary thread each while open: bounded together, so
+        # that with the threaded watches below at most half the pool is held by streams.
+        interactive = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=8)
         vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
-            store=self.store, cache=self.cache, node_agents=NodeAgents(self.store, agent_credentials),
-            limits=limits), server)
+            store=self.store, cache=self.cache, node_agents=agents, limits=limits, interactive=interactive), server)
+        if settings.web_console_listen:
+            from controller.web_console import WebConsole  # noqa: PLC0415 - aiohttp only when it is on
+            self.web_console = WebConsole(settings, self.store, agents)
+        vnc_pb2_grpc.add_VncServiceServicer_to_server(VncService(
+            store=self.store, agents=agents, web_url=lambda: self.web_console.url if self.web_console else "",
+            interactive=interactive), server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(store=self.store, cache=self.cache), server)
         # Watches of pools and migrations still hold a unary thread each: bounded together.
         threaded = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=4)

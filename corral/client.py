@@ -21,7 +21,8 @@ import grpc
 
 from corral import tls
 from corral.client_resources import ResourceCalls
-from corral.v1 import meta_pb2, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
+from corral.v1 import (meta_pb2, migration_pb2, migration_pb2_grpc, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc,
+                       vnc_pb2, vnc_pb2_grpc)
 
 DEFAULT_SERVER = "127.0.0.1:7100"
 ENV_SERVER = "CORRAL_SERVER"
@@ -369,6 +370,24 @@ class Client(ResourceCalls):
 
         stub = self._stub(self._current, vm_pb2_grpc.VirtualMachineServiceStub)
         return stub.OpenConsole(requests())
+
+    # --- VNC (controller/vnc.py) ---------------------------------------------------------------
+
+    def open_vnc(self, name: str, viewer_bytes: Iterable[bytes]) -> Any:
+        """VM ``name``'s VNC display, as open_console: ``viewer_bytes`` go to QEMU's VNC server,
+        the call yields OpenVncResponse (``.data``: what it sends); ``.cancel()`` leaves."""
+
+        def requests() -> Iterator[vnc_pb2.OpenVncRequest]:
+            yield vnc_pb2.OpenVncRequest(name=name)
+            for data in viewer_bytes:
+                yield vnc_pb2.OpenVncRequest(data=data)
+
+        return self._stub(self._current, vnc_pb2_grpc.VncServiceStub).OpenVnc(requests())
+
+    def create_vnc_token(self, name: str, ttl_seconds: int = 0) -> vnc_pb2.CreateVncTokenResponse:
+        """A single-use token (and the web console's link) for VM ``name``'s display."""
+        return self._unary(vnc_pb2_grpc.VncServiceStub, "CreateVncToken",
+                           vnc_pb2.CreateVncTokenRequest(name=name, ttl_seconds=ttl_seconds))
 
     # --- migrations --------------------------------------------------------------------------
 

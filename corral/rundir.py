@@ -11,6 +11,8 @@ VM_FILE = "vm.binpb"
 SOCKET_FILE = "launcher.sock"
 LOG_FILE = "launcher.log"
 PID_FILE = "launcher.pid"
+#: QEMU's VNC display (the guest's screen), a unix socket only the run's launcher dials.
+VNC_SOCKET_FILE = "vnc.sock"
 #: The cloud-init NoCloud seed (an ISO 9660 image, label cidata), made by the handler.
 CLOUD_INIT_SEED_FILE = "cidata.iso"
 #: Host CPUs the handler gave a run with dedicated CPUs (handler/cpus.py): "3,5", vCPU i on the i-th.

@@ -37,6 +37,8 @@ class NodeView:
     # Of allocated_vcpus, those of VMs with dedicated CPUs; and the node's CPU allocation ratio.
     dedicated_vcpus: int = 0
     cpu_ratio: int = 1
+    # Why a post-copy migration cannot run into (or out of) the node; empty: it can.
+    post_copy_problem: str = ""
 
     def cpu_units_used(self) -> int:
         """Allocatable vCPUs taken: a dedicated vCPU takes a whole CPU, cpu_ratio of them."""
@@ -110,6 +112,13 @@ def allocations(vms: Iterable[vm_pb2.VirtualMachine]) -> dict[str, Allocation]:
     return result
 
 
+def post_copy_problem(node: node_pb2.Node) -> str:
+    """Why post-copy cannot run on the node (its handler's check at start), empty when it can."""
+    if node.status.post_copy_ready:
+        return ""
+    return node.status.post_copy_message or "its handler did not report post-copy support (an older handler)"
+
+
 def views_from(nodes: Iterable[node_pb2.Node], ready: set[str],
                allocated: dict[str, Allocation]) -> dict[str, NodeView]:
     """A fresh view of every node (the scheduler changes them as it decides)."""
@@ -123,7 +132,8 @@ def views_from(nodes: Iterable[node_pb2.Node], ready: set[str],
                                capacity_memory_mib=room.memory_mib, allocated_vcpus=used.vcpus,
                                allocated_memory_mib=used.memory_mib, vm_count=used.count,
                                node_ports=set(used.ports), dedicated_vcpus=used.dedicated_vcpus,
-                               cpu_ratio=max(node.status.cpu_allocation_ratio, 1))
+                               cpu_ratio=max(node.status.cpu_allocation_ratio, 1),
+                               post_copy_problem=post_copy_problem(node))
     return views
 
 

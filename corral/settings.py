@@ -11,6 +11,7 @@ import contextvars
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -173,13 +174,41 @@ class ControllerSettings(CommonSettings):
     migration_progress_timeout_seconds: int = Field(150, ge=1, description="abort when no progress this long")
     migration_allow_post_copy: bool = False
     migration_allow_auto_converge: bool = False
+    # The web VNC console (controller/web_console.py): off unless given an address.
+    web_console_listen: str = Field(
+        "", description="HOST:PORT of the web VNC console (HTTPS with tls_cert_file and tls_key_file; "
+                        "plaintext only on loopback or with insecure); empty: off")
+    web_console_url: str = Field(
+        "", description="the console's base URL as browsers reach it (default: https://LISTEN, http:// "
+                        "when plaintext), put in the links CreateVncToken returns")
+    novnc_dir: str = Field("", description="noVNC's files (the npm package @novnc/novnc); default: "
+                                           "the one scripts/install.sh puts in .local/node_modules")
 
     def plaintext_problems(self) -> list[str]:
         """Why serving as set would expose plaintext to the network (checked at start)."""
+        problems = []
+        if self.web_console_listen and not (self.tls_cert_file or self.insecure or loopback(self.web_console_listen)):
+            problems.append(plaintext_problem("web_console_listen", self.web_console_listen,
+                                              "give tls_cert_file and tls_key_file"))
         if self.tls_cert_file or self.insecure or loopback(self.listen):
-            return []
+            return problems
         return [plaintext_problem("listen", self.listen, "give tls_cert_file, tls_key_file and "
-                                  "tls_client_ca_file (mutual TLS)")]
+                                  "tls_client_ca_file (mutual TLS)")] + problems
+
+    @field_validator("web_console_listen")
+    @classmethod
+    def _web_console_address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if value and (not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536):
+            raise ValueError(f"web_console_listen {value!r} is not of the form HOST:PORT (or empty: off)")
+        return value
+
+    @field_validator("web_console_url")
+    @classmethod
+    def _web_console_base(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"web_console_url {value!r} is not an http(s)://HOST[:PORT][/PATH] URL")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _api_tls(self) -> "ControllerSettings":
@@ -282,6 +311,18 @@ class HandlerSettings(CommonSettings):
                                   "nodes' handlers connect to it; advertised with advertise_address's host "
                                   "when on all addresses); port 0: any free port; empty: this node takes no "
                                   "incoming migrations")
+    migration_stream: str = Field(
+        "tunnelled", description="with TLS files, how QEMU's memory stream crosses: tunnelled (inside the "
+        "mutual-TLS proxy; no post-copy), tls (QEMU's own TLS straight between the nodes with one-off "
+        "credentials per migration; post-copy works) or plaintext (straight, unencrypted and unauthenticated: "
+        "a migration network you trust entirely). libvirt's connection stays in the proxy in all three")
+
+    @field_validator("migration_stream")
+    @classmethod
+    def _migration_stream(cls, value: str) -> str:
+        if value not in ("tunnelled", "tls", "plaintext"):
+            raise ValueError(f"migration_stream {value!r} must be tunnelled, tls or plaintext")
+        return value
     libvirt_mode: str = Field("embed", description="how launchers run libvirt: embed (qemu:///embed, in the "
                               "launcher) or session (a libvirt daemon per run: needed for live migration)")
 

@@ -82,7 +82,8 @@ class NodeControl:
         return self.call("RegisterNode", handler_pb2.RegisterNodeRequest(
             node_name=self.node_name, labels=record.metadata.labels, capacity=status.capacity,
             cpu_allocation_ratio=status.cpu_allocation_ratio or 1, hypervisor=status.hypervisor,
-            address=status.address)).node
+            address=status.address, post_copy_ready=status.post_copy_ready,
+            post_copy_message=status.post_copy_message)).node
 
     def grant_lease(self, ttl: int) -> int:
         return self.call("GrantNodeLease", handler_pb2.GrantNodeLeaseRequest(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2
+from corral.v1 import launcher_pb2, launcher_pb2_grpc, vm_pb2, vnc_pb2_grpc
 from corral.rundir import LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE  # noqa: F401 (VM_FILE: handler.agent, tests)
 from handler import cpus, spawn
 from handler.vm_files import (path_identity, open_in_vm_dir, open_launcher_socket, read_in_vm_dir, run_record_path,
@@ -406,6 +406,13 @@ class Launcher:
             if self._stub is None or seen != self._socket_seen:
                 self._redial(seen)
             return self._stub
+
+    @property
+    def vnc_stub(self) -> vnc_pb2_grpc.LauncherVncServiceStub:
+        """LauncherVncService on the channel ``stub`` checked and dialed."""
+        self.stub  # noqa: B018 - (re)dials when the socket changed
+        with self._dial_lock:
+            return vnc_pb2_grpc.LauncherVncServiceStub(self._channel)
 
     def _redial(self, seen: tuple[int, int] | None) -> None:
         if self._channel is not None:

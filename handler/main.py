@@ -27,6 +27,7 @@ from handler.fencing import FenceDeadline, InstanceLocks, WatchdogDevice, store_
 from handler.launchers import state_dir_problem
 from handler.migration_proxy import MigrationTLS
 from handler.node import Heartbeat, node_record
+from handler import userfaultfd
 from handler.server import AgentServer
 
 log = logging.getLogger("corral.handler")
@@ -65,6 +66,10 @@ def parse_settings(argv: list[str] | None) -> HandlerSettings:
                              "refused otherwise)")
     parser.add_argument("--advertise-address", help="HOST:PORT controllers dial for it (CORRAL_ADVERTISE_ADDRESS)")
     parser.add_argument("--migration-listen", help="HOST:PORT of the live-migration proxy (CORRAL_MIGRATION_LISTEN)")
+    parser.add_argument("--migration-stream", choices=["tunnelled", "tls", "plaintext"],
+                        help="with TLS files, how QEMU's stream crosses: tunnelled (default, no post-copy), tls "
+                             "(QEMU's own, one-off credentials), plaintext (trusted networks only) "
+                             "(CORRAL_MIGRATION_STREAM)")
     parser.add_argument("--libvirt-mode", choices=["embed", "session"],
                         help="libvirt per launcher: embed, or session (live migration) (CORRAL_LIBVIRT_MODE)")
     add_common_arguments(parser, daemon="handler")
@@ -133,16 +138,24 @@ def main(argv: list[str] | None = None) -> int:
     if credentials is None:
         log.warning("talking to the controllers WITHOUT TLS: use only on a trusted network")
     try:  # the migration proxy speaks mutual TLS with the node's certificate, as the node agent
-        migration_tls = (MigrationTLS.from_files(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+        migration_tls = (MigrationTLS.from_files(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file,
+                                                 stream=settings.migration_stream)
                          if settings.tls_cert_file and settings.tls_ca_file else None)
     except tls.TLSConfigError as exc:
         print(f"corral-handler: {exc}", file=sys.stderr)
         return 2
+    if migration_tls is not None and migration_tls.stream == "plaintext":
+        log.warning("INSECURE migration stream (migration_stream: plaintext): guests' memory crosses the network "
+                    "unencrypted and QEMU's incoming port is unauthenticated; for a migration network you trust "
+                    "entirely (it allows post-copy)")
+    post_copy = userfaultfd.check(tunnelled=migration_tls is not None and migration_tls.tunnels_stream)
+    userfaultfd.log_check(post_copy)
     agent_server = AgentServer(settings)  # listening now: its address goes in the node record
     record = node_record(name=settings.node_name, labels=settings.node_labels,
                          vcpus=settings.capacity_vcpus, memory_mib=settings.capacity_memory_mib,
                          hypervisor=hypervisor_name(settings.emulation), address=agent_server.bind(),
-                         cpu_allocation_ratio=settings.cpu_allocation_ratio)
+                         cpu_allocation_ratio=settings.cpu_allocation_ratio,
+                         post_copy_ready=post_copy.ready, post_copy_message=post_copy.message)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

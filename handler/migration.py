@@ -50,14 +50,18 @@ class Migrations(TargetSide, SourceSide):
 
     # -- the proxy --------------------------------------------------------------------------
     def start_proxy(self, listen: str, advertise_host: str) -> str:
-        self.proxy = TargetProxy(listen, self.resolve, tls=self.tls)
+        self.proxy = TargetProxy(listen, self.resolve, tls=self.tls, credentials=self.credentials_for)
         host = split_host_port(listen)[0]
         if host in ("", "0.0.0.0", "::", "*"):
             host = advertise_host
         self.advertise_host = host
         self.proxy.start()
         log.info("migration proxy on %s (advertised %s), %s", listen, self.address,
-                 "mutual TLS, QEMU's stream tunnelled through it" if self.tls else
+                 "mutual TLS, QEMU's stream tunnelled through it" if self.tls and self.tls.tunnels_stream else
+                 "mutual TLS for libvirt's connection, QEMU's stream direct in QEMU's own TLS with one-off "
+                 "credentials per migration (post-copy possible)" if self.tls and self.tls.stream == "tls" else
+                 "mutual TLS for libvirt's connection, QEMU's stream direct and UNENCRYPTED "
+                 "(migration_stream: plaintext; post-copy possible)" if self.tls else
                  "PLAINTEXT (no TLS files), QEMU's stream direct and unencrypted")
         return self.address
 

@@ -44,6 +44,7 @@ from handler.vm_files import open_launcher_socket
 log = logging.getLogger(__name__)
 
 HEADER = b"corral-migration "
+CREDENTIALS_REQUEST = "credentials "
 MAX_HEADER = 200
 HEADER_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -59,6 +60,10 @@ class Refused(OSError):
     """A connection the target proxy does not forward (who it is from, or for which run)."""
 
 
+class Answered(Exception):
+    """A connection the target proxy answered itself (a credentials request) and closed."""
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -72,9 +77,20 @@ class MigrationTLS:
 
     server: ssl.SSLContext
     client: ssl.SSLContext
+    #: How QEMU's memory stream crosses (``migration_stream``); libvirt's connection stays in
+    #: this proxy whatever it is. "tunnelled": inside it (VIR_MIGRATE_TUNNELLED; libvirt cannot
+    #: tunnel post-copy). "tls": straight between the nodes in QEMU's own TLS with one-off
+    #: credentials per migration (handler/migration_creds.py). "plaintext": straight and
+    #: unencrypted, as without TLS files (the operator's opt-in for a trusted network).
+    stream: str = "tunnelled"
+
+    @property
+    def tunnels_stream(self) -> bool:
+        return self.stream == "tunnelled"
 
     @classmethod
-    def from_files(cls, ca_file: str, cert_file: str, key_file: str) -> "MigrationTLS":
+    def from_files(cls, ca_file: str, cert_file: str, key_file: str, *,
+                   stream: str = "tunnelled") -> "MigrationTLS":
         """Raises corral.tls.TLSConfigError naming what does not load."""
         for path, what in ((ca_file, "CA file"), (cert_file, "certificate file"), (key_file, "key file")):
             problem = corral_tls.file_problem(path, what)
@@ -91,7 +107,7 @@ class MigrationTLS:
         except (ssl.SSLError, OSError) as exc:
             raise corral_tls.TLSConfigError(f"the migration proxy's TLS files (certificate {cert_file!r}, key "
                                             f"{key_file!r}, CA {ca_file!r}) do not load: {exc}") from exc
-        return cls(server=server, client=client)
+        return cls(server=server, client=client, stream=stream)
 
 
 def peer_node(cert: dict) -> str:
@@ -242,6 +258,9 @@ class _Listener:
     def _serve_guarded(self, conn: socket.socket, address: object) -> None:
         try:
             conn, other = self.open_peer(conn)
+        except Answered:
+            conn.close()
+            return
         except Exception as exc:  # noqa: BLE001 - any trouble: drop this connection only
             log.warning("%s: connection from %s refused: %s", self.name, address or "a local process", exc)
             conn.close()
@@ -284,6 +303,15 @@ class _Listener:
 
 def read_header(conn: socket.socket) -> str:
     """The instance uid the header line names (read byte by byte: nothing after it is taken)."""
+    kind, uid = read_request(conn)
+    if kind != "libvirt":
+        raise OSError(f"not a libvirt connection ({kind})")
+    return uid
+
+
+def read_request(conn: socket.socket) -> tuple[str, str]:
+    """("libvirt", uid) for ``corral-migration UID``; ("credentials", uid) for
+    ``corral-migration credentials UID`` (the source asking for its QEMU's one-off TLS files)."""
     conn.settimeout(HEADER_TIMEOUT_SECONDS)
     line = b""
     while not line.endswith(b"\n"):
@@ -296,10 +324,12 @@ def read_header(conn: socket.socket) -> str:
     conn.settimeout(None)
     if not line.startswith(HEADER):
         raise OSError(f"bad header {line[:40]!r}")
-    uid = line[len(HEADER):].strip().decode("ascii", errors="replace")
+    kind, uid = "libvirt", line[len(HEADER):].strip().decode("ascii", errors="replace")
+    if uid.startswith(CREDENTIALS_REQUEST):
+        kind, uid = "credentials", uid[len(CREDENTIALS_REQUEST):]
     if not uid or not all(c.isalnum() or c == "-" for c in uid):
         raise OSError(f"bad instance uid {uid!r}")
-    return uid
+    return kind, uid
 
 
 @dataclass(frozen=True)
@@ -342,7 +372,8 @@ class TargetProxy(_Listener):
     """TCP listener of the target node. With ``tls``: mutual TLS, and the client
     certificate's node is what ``resolve`` checks against the migration's source."""
 
-    def __init__(self, listen: str, resolve: Resolver, tls: MigrationTLS | None = None) -> None:
+    def __init__(self, listen: str, resolve: Resolver, tls: MigrationTLS | None = None,
+                 credentials: Callable[[str, str], bytes | None] | None = None) -> None:
         host, port = split_host_port(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -356,6 +387,9 @@ class TargetProxy(_Listener):
         super().__init__(sock, "mig-proxy")
         self.resolve = resolve
         self.tls = tls
+        #: ``credentials(uid, source_node)``: the client half of the run's one-off TLS files for
+        #: QEMU (handler/migration_creds.py), only for the source node of its migration; None: refused.
+        self.credentials = credentials
         self.port = sock.getsockname()[1]
 
     def open_peer(self, conn: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -367,7 +401,16 @@ class TargetProxy(_Listener):
             if isinstance(conn, ssl.SSLSocket):
                 conn.do_handshake()  # no client certificate, or not the CA's: ssl.SSLError
                 source_node = peer_node(conn.getpeercert())
-            uid = read_header(conn)
+            kind, uid = read_request(conn)
+            if kind == "credentials":
+                answer = (self.credentials(uid, source_node)
+                          if self.credentials is not None and source_node is not None else None)
+                if answer is None:
+                    raise Refused(f"no TLS files of run {uid} for "
+                                  + (f"node {source_node}" if source_node else "a plaintext client"))
+                conn.sendall(answer)
+                log.info("migration proxy: run %s: its migration's TLS files sent to node %s", uid, source_node)
+                raise Answered()
             run = self.resolve(uid, source_node)
             if run is None:
                 raise Refused(f"run {uid} is not migrating to this node"

@@ -20,7 +20,8 @@ import grpc
 from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler.launchers import Launcher, run_owner
 from handler.migration_proxy import SourceTunnel, split_host_port
-from handler.migration_target import TUNNELLED_STREAM
+from handler.migration_creds import fetch_client_pair
+from handler.migration_target import TLS_STREAM_PREFIX, TUNNELLED_STREAM
 
 log = logging.getLogger(__name__)
 M = migration_pb2
@@ -185,13 +186,21 @@ class SourceSide:
     def _migrate(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, job: Job):
         """(final response, None) on success, else (None, (reason, message))."""
         target = vm.status.migration_target
-        # A TLS node never sends the guest's memory in the clear: its stream goes inside the
-        # tunnel whatever the target reported (a plaintext target refuses the TLS tunnel anyway).
-        tunnelled = self.tls is not None or target.migration_uri == TUNNELLED_STREAM
-        host = "" if tunnelled else split_host_port(target.migration_uri.removeprefix("tcp://"))[0]
+        # QEMU's own TLS when the target offers it (tls+tcp://) and this node may leave the
+        # tunnel (migration_stream tls or plaintext). Otherwise a TLS node tunnels whatever the
+        # target reported, unless its operator chose plaintext: it never falls back to the clear.
+        native = (target.migration_uri.startswith(TLS_STREAM_PREFIX) and self.tls is not None
+                  and not self.tls.tunnels_stream)
+        tunnelled = (target.migration_uri == TUNNELLED_STREAM
+                     or (not native and self.tls is not None and self.tls.stream != "plaintext"))
+        if target.migration_uri.startswith(TLS_STREAM_PREFIX) and self.tls is None:
+            return None, ("MigrationFailed", f"the target wants QEMU's own TLS ({target.migration_uri}) and "
+                                             "this node has no TLS files")
+        stream_uri = target.migration_uri.removeprefix(TLS_STREAM_PREFIX)
+        host = "" if tunnelled else split_host_port(stream_uri.removeprefix("tcp://"))[0]
         request = launcher_pb2.MigrateDomainRequest(
             destination_uri=f"qemu+unix:///session?socket={launcher.vm_dir / TUNNEL_SOCKET}",
-            migration_uri=target.migration_uri, destination_xml=target.target_domain_xml,
+            migration_uri=stream_uri, destination_xml=target.target_domain_xml,
             bandwidth_mib_per_second=target.bandwidth_mib_per_second,
             completion_timeout_seconds=target.completion_timeout_seconds,
             progress_timeout_seconds=target.progress_timeout_seconds,
@@ -199,6 +208,14 @@ class SourceSide:
             listen_address=host, tunnelled=tunnelled)
         if tunnelled:
             request.migration_uri = ""  # libvirt refuses one with a tunnel
+        elif native:
+            try:
+                pair = fetch_client_pair(target.target_address, target.node_name, launcher.uid, self.tls)
+            except (OSError, ValueError) as exc:
+                return None, ("TunnelFailed", f"cannot get this migration's TLS files from node "
+                                              f"{target.node_name}: {exc}")
+            request.tls.CopyFrom(launcher_pb2.MigrationTLSFiles(ca_pem=pair.ca_pem, cert_pem=pair.cert_pem,
+                                                                key_pem=pair.key_pem))
         last_sent = 0.0
         for attempt in range(REATTACH_ATTEMPTS):
             log.info("vm %s: migration %s to %s%s", vm.metadata.name, job.migration_name, target.node_name,

@@ -30,6 +30,7 @@ from corral.v1 import handler_pb2, launcher_pb2, migration_pb2, vm_pb2
 from handler import networks as node_networks
 from handler.devices import node_paths
 from handler.launchers import INCOMING_MARKER, Launcher, run_owner
+from handler.migration_creds import MigrationCredentials, issue
 from handler.migration_proxy import RunSocket
 from handler.vm_files import open_in_vm_dir
 
@@ -46,6 +47,9 @@ PREPARE_TIMEOUT_SECONDS = 60.0
 #: The migration_uri a TLS target reports: QEMU's stream comes inside libvirt's connection
 #: (VIR_MIGRATE_TUNNELLED), through the proxy; no port is opened for it.
 TUNNELLED_STREAM = "tunnelled"
+#: Before tcp://HOST:PORT in the migration_uri of a target that wants QEMU's own TLS
+#: (migration_stream: tls): the source fetches its TLS files from the target's proxy first.
+TLS_STREAM_PREFIX = "tls+"
 
 
 def arrival_downtime_ms(status: launcher_pb2.DomainStatus) -> int:
@@ -83,6 +87,8 @@ class Incoming:
     failed: handler_pb2.ReportMigrationStatusRequest | None = None
     failed_sent: bool = False
     preparing: bool = False
+    #: This migration's one-off TLS files for the two QEMUs (migration_stream: tls).
+    credentials: MigrationCredentials | None = None
 
 
 class TargetSide:
@@ -218,9 +224,15 @@ class TargetSide:
         name = vm.metadata.name
         deadline = time.monotonic() + PREPARE_TIMEOUT_SECONDS
         try:
+            request = launcher_pb2.PrepareIncomingRequest()
+            if self.native_tls:  # QEMU's own TLS: this migration's one-off files, the server half to it
+                state.credentials = state.credentials or issue(state.migration_name)
+                server = state.credentials.server
+                request.tls.CopyFrom(launcher_pb2.MigrationTLSFiles(
+                    ca_pem=server.ca_pem, cert_pem=server.cert_pem, key_pem=server.key_pem))
             while True:
                 try:
-                    response = launcher.stub.PrepareIncoming(launcher_pb2.PrepareIncomingRequest(), timeout=30)
+                    response = launcher.stub.PrepareIncoming(request, timeout=30)
                     break
                 except grpc.RpcError as exc:
                     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION) \
@@ -242,14 +254,27 @@ class TargetSide:
         finally:
             state.preparing = False
 
+    @property
+    def native_tls(self) -> bool:
+        return self.tls is not None and self.tls.stream == "tls"
+
+    def credentials_for(self, instance_uid: str, source_node: str) -> bytes | None:
+        """(The proxy, mutual TLS.) The source's half of the run's one-off TLS files, only for
+        the node the proxy would let reach the run's libvirt (``resolve``); else None."""
+        if self.resolve(instance_uid, source_node) is None:
+            return None
+        state = self.incoming.get(instance_uid)
+        return state.credentials.client.to_json() if state is not None and state.credentials else None
+
     def stream_uri(self) -> str:
         """How QEMU's stream reaches this node: through the TLS proxy (tunnelled), or, without
-        TLS, a free port of the advertised address (QEMU binds it when the migration starts)."""
-        if self.tls is not None:
+        TLS or with the operator's migration_stream plaintext, a free port of the advertised
+        address (QEMU binds it when the migration starts)."""
+        if self.tls is not None and self.tls.tunnels_stream:
             return TUNNELLED_STREAM
         host = self.advertise_host
         port = free_port(host)
-        return f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
+        return f"{TLS_STREAM_PREFIX if self.native_tls else ''}tcp://{f'[{host}]' if ':' in host else host}:{port}"
 
     def _target_failed(self, vm: vm_pb2.VirtualMachine, state: Incoming, message: str) -> None:
         log.warning("vm %s: migration target failed: %s", vm.metadata.name, message)

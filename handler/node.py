@@ -28,7 +28,8 @@ def host_memory_mib() -> int:
 
 
 def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: int, hypervisor: str,
-                address: str = "", cpu_allocation_ratio: int = 1) -> node_pb2.Node:
+                address: str = "", cpu_allocation_ratio: int = 1, post_copy_ready: bool = False,
+                post_copy_message: str = "") -> node_pb2.Node:
     """``address``: where the handler's NodeAgentService is reached (handler/server.py)."""
     node = node_pb2.Node()
     node.metadata.name = name
@@ -41,6 +42,8 @@ def node_record(*, name: str, labels: dict[str, str], vcpus: int, memory_mib: in
     node.status.allocatable.memory_mib = node.status.capacity.memory_mib
     node.status.hypervisor = hypervisor
     node.status.address = address
+    node.status.post_copy_ready = post_copy_ready
+    node.status.post_copy_message = post_copy_message
     node.status.registered_time.CopyFrom(vm_status.now())
     return node
 

@@ -1,5 +1,6 @@
 """The handler's gRPC server: NodeAgentService, what controllers ask of this node's runs that
-needs no store write (pause, unpause, soft reboot, reset, the serial console).
+needs no store write (pause, unpause, soft reboot, reset, the serial console), and beside it
+NodeVncService (the VNC display: handler/vnc.py).
 
 Each request names a run (VM name + instance uid) among the node agent's launchers: a run
 this node does not host is NOT_FOUND, a finished one FAILED_PRECONDITION; anything else is
@@ -24,8 +25,9 @@ import grpc
 from corral.identity import ADMIN, CONTROLLER, ROLE_URI_PREFIX, identity_of
 from corral import tls
 from corral.settings import HandlerSettings, loopback
-from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
+from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc, vnc_pb2_grpc
 from handler.isolation import remove_stale_console_locks
+from handler.vnc import NodeVncServicer
 from handler.snapshots import NodeSnapshots, SnapshotRefused
 
 log = logging.getLogger(__name__)
@@ -241,7 +243,9 @@ class AgentServer:
         return self.address
 
     def start(self, agent) -> None:
-        node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server(NodeAgentServicer(agent), self.server)
+        servicer = NodeAgentServicer(agent)
+        node_agent_pb2_grpc.add_NodeAgentServiceServicer_to_server(servicer, self.server)
+        vnc_pb2_grpc.add_NodeVncServiceServicer_to_server(NodeVncServicer(servicer), self.server)
         self.server.start()
 
     def stop(self, grace: float = 1.0) -> None:

@@ -66,6 +66,9 @@ class DomainOptions:
     # Host CPUs the node gave a VM with dedicated_cpu_placement, one per vCPU (vCPU i is pinned
     # to cpuset[i]); empty: not pinned.
     cpuset: tuple[int, ...] = ()
+    # QEMU's VNC server on this unix socket (never a TCP port), with a VGA card for it to
+    # show; empty (or spec.headless): no display at all.
+    vnc_socket_path: str = ""
 
 
 def disk_target(index: int, prefix: str = "vd") -> str:
@@ -228,6 +231,9 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     if options.agent_socket_path:
         _sub(channel, "source", mode="bind", path=options.agent_socket_path)
     _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+    if options.vnc_socket_path and not vm.spec.headless:
+        _sub(devices, "graphics", type="vnc", socket=options.vnc_socket_path)
+        _sub(_sub(devices, "video"), "model", type="vga")
     _sub(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
 

@@ -17,7 +17,8 @@ start and import gRPC and libvirt. Either way the launcher writes its pid to DIR
 DIR must hold ``vm.binpb`` (a serialized ``corral.v1.VirtualMachine``). The launcher
 creates ``DIR/launcher.sock`` (gRPC LauncherService), ``DIR/libvirt/`` (the state of
 ``qemu:///embed?root=DIR/libvirt``, the default URI), ``DIR/serial.log`` (the guest's serial
-console), ``DIR/agent.sock`` (the guest agent's channel, see launcher/guest_agent.py) and
+console), ``DIR/agent.sock`` (the guest agent's channel, see launcher/guest_agent.py),
+``DIR/vnc.sock`` (QEMU's VNC display, relayed by LauncherVncService: launcher/vnc.py) and
 ``DIR/started`` (written after the first successful domain start). The handler puts a run's
 ephemeral disk overlays (``DIR/disk-NAME.qcow2``) and cloud-init seed (``DIR/cidata.iso``)
 there before the launcher starts (handler/devices.py).
@@ -71,15 +72,16 @@ from concurrent import futures
 
 import grpc
 
-from corral.rundir import CPUSET_FILE, LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE, parse_cpuset
-from corral.v1 import launcher_pb2_grpc, vm_pb2
+from corral.rundir import CPUSET_FILE, LOG_FILE, PID_FILE, SOCKET_FILE, VM_FILE, VNC_SOCKET_FILE, parse_cpuset
+from corral.v1 import launcher_pb2_grpc, vm_pb2, vnc_pb2_grpc
 
-from launcher import domain_xml, privileges, reaper, session
+from launcher import domain_xml, migration_tls, privileges, reaper, session
 from launcher.host import (Host, LauncherError, embed_root, prepare_embed_root, seed_capabilities_cache,
                            warm_capabilities_cache)
 from launcher.fencing import FenceWatch
 from launcher.service import LauncherServicer
 from launcher.supervisor import Supervisor
+from launcher.vnc import LauncherVncServicer
 
 log = logging.getLogger("launcher")
 
@@ -267,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("vm dir is %d bytes; above %d, the session daemon's QEMU monitor socket may "
                         "exceed the unix socket path limit", len(vm_dir.encode()), MAX_VM_DIR - 8)
         session.prepare(vm_dir)
+        migration_tls.write_qemu_conf(vm_dir)  # before the daemon starts: it reads it once
         if not session.answers(session.libvirt_socket(vm_dir)):  # a running daemon has its cache
             session.seed_capabilities(vm_dir, args.capabilities_cache)
         try:
@@ -301,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                                        run_dir=vm_dir, block_devices=block_devices(vm),
                                        fence_file=args.fence_file or "",
                                        fence_guard=args.fence_guard if args.fence_file else "",
-                                       cpuset=read_cpuset(vm_dir))
+                                       cpuset=read_cpuset(vm_dir),
+                                       vnc_socket_path=os.path.join(vm_dir, VNC_SOCKET_FILE))
     supervisor = Supervisor(vm, vm_dir, host, options, args.capabilities_cache)
     if supervisor.incoming:
         log.info("incoming: waiting for the guest to arrive by live migration")
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         os.unlink(sock)  # left by a launcher that was killed; libvirt's lock says it is gone
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"))
     launcher_pb2_grpc.add_LauncherServiceServicer_to_server(LauncherServicer(supervisor), server)
+    vnc_pb2_grpc.add_LauncherVncServiceServicer_to_server(LauncherVncServicer(vm_dir), server)
     try:
         server.add_insecure_port(f"unix:{sock}")
     except RuntimeError as e:

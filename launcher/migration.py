@@ -29,6 +29,7 @@ import libvirt
 
 from corral.v1 import launcher_pb2, migration_pb2
 
+from launcher import migration_tls
 from launcher.host import DomainOperationFailed, LauncherError
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,15 @@ class Plan:
             params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = request.destination_xml
         if request.bandwidth_mib_per_second > 0:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mib_per_second)
+            if post_copy:  # the limit is the link's: QEMU's post-copy phase is unlimited unless told (MiB/s)
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = int(request.bandwidth_mib_per_second)
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
                  | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
         if request.tunnelled:  # QEMU's stream inside libvirt's connection: the handlers' mTLS proxy
             flags |= libvirt.VIR_MIGRATE_TUNNELLED
+        if request.HasField("tls") and not request.tunnelled:  # QEMU's own TLS, this migration's files
+            flags |= libvirt.VIR_MIGRATE_TLS
+            params[libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION] = migration_tls.TLS_NAME
         if request.allow_auto_converge:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         if post_copy:
@@ -105,7 +111,8 @@ class Plan:
                    post_copy_switch=post_copy)
 
     def without_post_copy(self) -> "Plan":
-        return Plan(self.destination_uri, self.params, self.flags & ~libvirt.VIR_MIGRATE_POSTCOPY,
+        params = {k: v for k, v in self.params.items() if k != libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY}
+        return Plan(self.destination_uri, params, self.flags & ~libvirt.VIR_MIGRATE_POSTCOPY,
                     self.progress_timeout, self.completion_timeout, False)
 
 
@@ -168,8 +175,20 @@ class MigrationJob:
         self._post_copy = False
         self._done = threading.Event()
         self._lock = threading.Lock()
+        # libvirt's completed-job statistics as its JOB_COMPLETED event carries them: after
+        # UNDEFINE_SOURCE they cannot be asked for, and for post-copy the target's own lack
+        # the downtime (QEMU measures it on the source, at the switch).
+        self._completed: dict = {}
+        self._completed_seen = threading.Event()
+        self._callback_id: int | None = None
 
     def start(self) -> None:
+        if self.domain is not None and not self.attach:
+            try:
+                self._callback_id = self.domain.connect().domainEventRegisterAny(
+                    self.domain, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, self._on_job_completed, None)
+            except libvirt.libvirtError as e:
+                log.warning("migration: no JOB_COMPLETED events (downtime then from the target only): %s", e)
         threading.Thread(target=self._run, name="migrate", daemon=True).start()
         threading.Thread(target=self._watch, name="migrate-progress", daemon=True).start()
 
@@ -226,6 +245,7 @@ class MigrationJob:
         self._done.set()
         if error is not None:
             log.warning("migration ended after %.1fs: %s", time.monotonic() - t0, error)
+            self._deregister()
             self.board.end(error)
             self._on_failure()
             return
@@ -237,12 +257,41 @@ class MigrationJob:
         self._on_success(downtime)
         self.board.end(None)
 
+    def _on_job_completed(self, _conn: libvirt.virConnect, _dom: libvirt.virDomain, params: dict,
+                          _opaque: object) -> None:
+        self._completed = dict(params)
+        self._completed_seen.set()
+
+    def _deregister(self) -> None:
+        if self._callback_id is not None:
+            try:
+                self.domain.connect().domainEventDeregisterAny(self._callback_id)
+            except libvirt.libvirtError:
+                pass
+            self._callback_id = None
+
     def _downtime(self) -> int:
-        """Usually unknown here: after UNDEFINE_SOURCE the completed stats live on the target."""
-        try:
-            return int(self.domain.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime", 0))
-        except (libvirt.libvirtError, AttributeError):
+        """Post-copy: the downtime QEMU measured here at the switch, from libvirt's JOB_COMPLETED
+        event (waited for briefly: it may come just after migrateToURI3 returns); the target's
+        completed stats have none. Pre-copy: 0 as a rule (after UNDEFINE_SOURCE the completed
+        stats live on the target, which reports libvirt's figure measured there)."""
+        stats = self._completed
+        if not self._post_copy:
+            stats = {}
+        elif not stats and self._callback_id is not None:
+            self._completed_seen.wait(5.0)
+            stats = self._completed
+        self._deregister()
+        if not stats:
+            try:
+                stats = self.domain.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            except (libvirt.libvirtError, AttributeError):
+                return 0
+        downtime, elapsed = int(stats.get("downtime", 0)), int(stats.get("time_elapsed", 0))
+        if elapsed and downtime > elapsed:  # not a downtime of this job: unknown rather than wrong
+            log.warning("migration: libvirt's downtime %d ms exceeds the job's %d ms: not reported", downtime, elapsed)
             return 0
+        return downtime
 
     def _mode(self) -> int:
         return migration_pb2.MIGRATION_MODE_POST_COPY if self._post_copy else migration_pb2.MIGRATION_MODE_PRE_COPY

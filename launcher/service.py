@@ -13,7 +13,7 @@ import grpc
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, snapshot_pb2
 
 from corral.snapshots import valid_tag
-from launcher import console, domain_xml, migration, session, snapshots
+from launcher import console, domain_xml, migration, migration_tls, session, snapshots
 from launcher.host import DomainNotFound, DomainOperationFailed, HypervisorUnavailable, LauncherError
 from launcher.supervisor import Supervisor
 
@@ -129,8 +129,12 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
                         context: grpc.ServicerContext) -> launcher_pb2.PrepareIncomingResponse:
         try:
             xml = self._sup.prepare_incoming()
+            if request.HasField("tls"):  # QEMU's own TLS: this migration's server files
+                migration_tls.write_files(self._sup.vm_dir, request.tls, server=True)
         except LauncherError as e:
             _abort(context, e)
+        except OSError as e:
+            context.abort(grpc.StatusCode.INTERNAL, f"cannot write the migration's TLS files: {e}")
         return launcher_pb2.PrepareIncomingResponse(
             domain_xml=xml, libvirt_socket_path=session.libvirt_socket(self._sup.vm_dir))
 
@@ -142,7 +146,11 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "destination_uri and migration_uri (or tunnelled) "
                           "are required")
         try:
+            if request.HasField("tls"):  # QEMU's own TLS: this migration's client files
+                migration_tls.write_files(self._sup.vm_dir, request.tls, server=False)
             job = self._sup.migrate(request)
+        except OSError as e:
+            context.abort(grpc.StatusCode.INTERNAL, f"cannot write the migration's TLS files: {e}")
         except LauncherError as e:
             log.warning("MigrateDomain refused: %s", e)
             _abort(context, e)

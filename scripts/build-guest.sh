@@ -3,6 +3,7 @@
 # /init prints a readiness line on the serial console and then runs a shell there.
 # It also runs qemu-ga, takes a DHCP lease on each ethN and answers on TCP 8080 (README,
 # "Networks and the guest agent").
+# Its VGA text console (tty1, the VNC display) shows a banner and a second shell.
 # Usage: scripts/build-guest.sh OUTDIR   (writes OUTDIR/vmlinuz and OUTDIR/initrd.gz)
 # A guest built by an older version of this script is rebuilt: OUTDIR/VERSION holds a hash of
 # the script that built it.
@@ -156,6 +157,15 @@ echo "CORRAL-GUEST-READY uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 if [ "$(head -c 2 /mnt/cidata/user-data 2>/dev/null)" = "#!" ]; then
     sh /mnt/cidata/user-data </dev/null >/dev/ttyS0 2>&1 &
 fi
+# The VGA text console (tty1: what the VNC display shows): a banner and a shell with its own
+# prompt, respawned. The serial console above stays the one tests read.
+echo "CORRAL-GUEST-VGA $(hostname)" > /dev/tty1 2>/dev/null
+(
+    while [ -e /dev/tty1 ]; do
+        setsid sh -c 'PS1="corral-guest:tty1# "; export PS1; exec sh -i </dev/tty1 >/dev/tty1 2>&1'
+        sleep 1
+    done
+) &
 # A shell on the serial console, respawned, so a console session can type commands.
 while true; do
     setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'

@@ -1,13 +1,14 @@
 #!/bin/bash
 # Installs what Corral needs on Debian 12, idempotently: Debian packages (QEMU, libvirt,
-# etcd, the guest's ingredients), a Python venv in .venv with Corral installed editable,
-# and the buf CLI (from the npm registry) in .local/ for linting the protos.
+# etcd, the guest's ingredients, Chromium and tesseract for the web console's browser test), a
+# Python venv in .venv with Corral installed editable, and from the npm registry into .local/:
+# the buf CLI (linting the protos) and noVNC (the controller's web VNC console serves it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
           etcd-server etcd-client busybox-static cpio e2fsprogs genisoimage python3-venv python3-dev gcc iproute2 nftables
-          qemu-guest-agent libnss-wrapper ovmf)
+          qemu-guest-agent libnss-wrapper ovmf chromium tesseract-ocr)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -41,8 +42,16 @@ install -d -m 0755 -o root -g root "$(dirname "$guard")"
 gcc -O2 -Wall -Wextra -Werror -shared -fPIC -pthread -o .local/fence-guard.so launcher/fence_guard.c
 install -m 0644 -o root -g root .local/fence-guard.so "$guard"
 
+# Post-copy migration: the target's QEMU runs as the VM's unprivileged user and needs
+# userfaultfd (QEMU 7.2 has no /dev/userfaultfd support; handler/userfaultfd.py checks at start).
+echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/60-corral-postcopy.conf
+sysctl -q -w vm.unprivileged_userfaultfd=1 || echo "install: cannot set vm.unprivileged_userfaultfd (post-copy stays off)" >&2
+
 if [[ ! -x .local/node_modules/.bin/buf ]]; then
     mkdir -p .local
     (cd .local && npm install --silent --no-audit --no-fund @bufbuild/buf >/dev/null)
+fi
+if [[ ! -f .local/node_modules/@novnc/novnc/core/rfb.js ]]; then
+    (cd .local && npm install --silent --no-audit --no-fund @novnc/novnc@^1.6 >/dev/null)
 fi
 echo "install: done"

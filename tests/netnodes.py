@@ -161,7 +161,10 @@ class TLSNodes(TwoNodes):
     """TwoNodes with a cluster CA (tests/certs.py): the controller, the node agents and the
     migration proxies speak mutual TLS only, no --insecure anywhere. Each node's certificate
     names it (CN node:NAME, SAN URI corral://node/NAME, DNS NAME.node.corral) and its IP;
-    ``client`` uses an admin certificate."""
+    ``client`` uses an admin certificate. ``stream``: the handlers' migration_stream (None:
+    their default, tunnelled)."""
+
+    stream: str | None = None
 
     def open(self) -> None:
         from tests.certs import make_ca  # needs the cryptography package (test extra)
@@ -196,7 +199,8 @@ class TLSNodes(TwoNodes):
             "tls_ca_file": self.certs["ca"].cert, "tls_cert_file": self.certs[node].cert,
             "tls_key_file": self.certs[node].key})
         return ["--config", config, "--listen", f"{address}:0", "--migration-listen", f"{address}:0",
-                "--libvirt-mode", "session", "--heartbeat-seconds", str(self.heartbeat_seconds), "--isolation", "on"]
+                "--libvirt-mode", "session", "--heartbeat-seconds", str(self.heartbeat_seconds), "--isolation", "on",
+                *(["--migration-stream", self.stream] if self.stream else [])]
 
 
 def free_port_on(host: str) -> int:

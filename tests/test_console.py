@@ -341,3 +341,4 @@ def test_console_works_again_after_a_handler_restart(console_cluster):
         console.run(b"echo after-$((3*3))", rb"\nafter-9\r?\n")
     finally:
         console.close()
+

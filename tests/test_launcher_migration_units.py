@@ -25,6 +25,23 @@ class FakeDomain:
         self.aborted = threading.Event()
         self.finished = threading.Event()
         self.post_copy = False
+        self.events: dict[int, tuple] = {}  # callback id -> (event id, callback)
+
+    def connect(self) -> "FakeDomain":  # the connection's event calls, on the same stand-in
+        return self
+
+    def domainEventRegisterAny(self, dom, event_id: int, callback, opaque) -> int:
+        self.events[len(self.events) + 1] = (event_id, callback)
+        return len(self.events)
+
+    def domainEventDeregisterAny(self, callback_id: int) -> None:
+        self.events.pop(callback_id)
+
+    def complete_job(self, stats: dict) -> None:
+        """libvirt's JOB_COMPLETED event, as the event loop delivers it."""
+        for event_id, callback in list(self.events.values()):
+            if event_id == libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED:
+                callback(self, self, stats, None)
 
     def migrateToURI3(self, uri: str, params: dict, flags: int) -> None:
         self.calls.append((uri, flags))
@@ -84,7 +101,10 @@ def test_plan_params_and_flags() -> None:
                            libvirt.VIR_MIGRATE_PARAM_DEST_XML: "<domain/>",
                            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: "<domain/>",
                            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "10.0.0.2",
-                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64}
+                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 64,
+                           # the link's limit holds after the switch too (QEMU's default: none)
+                           libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY: 64}  # MiB/s, as BANDWIDTH
+    assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY not in plan.without_post_copy().params
     for flag in (libvirt.VIR_MIGRATE_LIVE, libvirt.VIR_MIGRATE_PEER2PEER, libvirt.VIR_MIGRATE_PERSIST_DEST,
                  libvirt.VIR_MIGRATE_UNDEFINE_SOURCE, libvirt.VIR_MIGRATE_AUTO_CONVERGE, libvirt.VIR_MIGRATE_POSTCOPY):
         assert plan.flags & flag
@@ -137,6 +157,30 @@ def test_completion_timeout_switches_to_post_copy_when_allowed() -> None:
                                      post_copy=True)
     assert error is None and succeeded and domain.post_copy and not domain.aborted.is_set()
     assert messages[-1].mode == migration_pb2.MIGRATION_MODE_POST_COPY
+
+
+def test_a_post_copy_job_reports_the_downtime_of_libvirts_job_completed_event() -> None:
+    """After a post-copy switch only the source knows the downtime (QEMU measures it there),
+    and UNDEFINE_SOURCE leaves no domain to ask: the JOB_COMPLETED event carries it, sometimes
+    a moment after migrateToURI3 returned."""
+    domain = FakeDomain(remaining=list(range(GIB, 0, -1024)))
+    threading.Timer(1.5, domain.finished.set).start()
+    threading.Timer(1.7, domain.complete_job, ({"downtime": 321, "operation": 3},)).start()
+    messages, error, succeeded = run(domain, request(completion_timeout_seconds=1, allow_post_copy=True),
+                                     post_copy=True)
+    assert error is None and succeeded == [321] and messages[-1].downtime_ms == 321
+    assert not domain.events  # deregistered
+    # A figure longer than the job itself is no downtime of it: unknown (0), not wrong.
+    domain = FakeDomain(remaining=list(range(GIB, 0, -1024)))
+    threading.Timer(1.5, domain.finished.set).start()
+    threading.Timer(1.6, domain.complete_job, ({"downtime": 25016, "time_elapsed": 9000},)).start()
+    _, error, succeeded = run(domain, request(completion_timeout_seconds=1, allow_post_copy=True), post_copy=True)
+    assert error is None and succeeded == [0]
+    # Pre-copy: the target's figure counts (libvirt measures it there), the source sends none.
+    domain = FakeDomain(remaining=[GIB, 0])
+    threading.Timer(0.3, domain.complete_job, ({"downtime": 99},)).start()
+    _, error, succeeded = run(domain, request(), finish_after=0.4)
+    assert error is None and succeeded == [0] and not domain.events
 
 
 def test_post_copy_refused_by_the_target_falls_back_to_pre_copy() -> None:

@@ -160,3 +160,26 @@ def test_a_tunnelled_migration_can_be_cancelled_mid_way(nodes):
     assert (vm.status.node_name, vm.status.instance_uid, vm.status.phase) == (source, uid, RUNNING)
     wait_for(lambda: len(qemu_pids(uid)) == 1, timeout=30, what="the target's QEMU to go")
     assert uptime(nodes, "held") > 0
+
+
+@pytest.mark.parametrize("nodes", ["mutual-tls"], indirect=True)
+def test_a_post_copy_policy_runs_pre_copy_through_the_tunnel_and_says_why(nodes):
+    """TLS nodes tunnel QEMU's stream, which libvirt cannot do for post-copy: the nodes say so
+    in their records, and a migration whose policy allows post-copy is admitted as pre-copy
+    with the reason in its status (it still moves the guest)."""
+    for node in ("na", "nb"):
+        status = nodes.client.get_node(node).status
+        assert not status.post_copy_ready and "tunnelled" in status.post_copy_message, status
+    nodes.cluster.create(nodes.cluster.guest_vm("choosy"))  # its own VM, as the cancel case
+    vm = nodes.cluster.wait_phase("choosy", RUNNING, timeout=90)
+    target = nodes.other(vm.status.node_name)
+    migration = nodes.client.create_migration("choosy", target, allow_post_copy=True)
+    ended = wait_for(lambda: (m := nodes.client.get_migration(migration.metadata.name)).status.phase
+                     in (M.MIGRATION_PHASE_SUCCEEDED, M.MIGRATION_PHASE_FAILED) and m,
+                     timeout=180, interval=0.2, what="the migration to end")
+    assert ended.status.phase == M.MIGRATION_PHASE_SUCCEEDED, ended.status
+    assert ended.status.mode == M.MIGRATION_MODE_PRE_COPY
+    assert ended.status.post_copy_message.startswith("post-copy off, pre-copy only: target node "), ended.status
+    assert "tunnelled" in ended.status.post_copy_message
+    events = [e.reason for e in nodes.cluster.get("choosy").status.events]
+    assert "PostCopyUnavailable" in events

@@ -31,7 +31,7 @@ ASSIGNMENT_EVENT_TYPE_REMOVE: AssignmentEventType
 ASSIGNMENT_EVENT_TYPE_SYNCED: AssignmentEventType
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("node_name", "labels", "capacity", "cpu_allocation_ratio", "hypervisor", "address")
+    __slots__ = ("node_name", "labels", "capacity", "cpu_allocation_ratio", "hypervisor", "address", "post_copy_ready", "post_copy_message")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,13 +45,17 @@ class RegisterNodeRequest(_message.Message):
     CPU_ALLOCATION_RATIO_FIELD_NUMBER: _ClassVar[int]
     HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    POST_COPY_READY_FIELD_NUMBER: _ClassVar[int]
+    POST_COPY_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     labels: _containers.ScalarMap[str, str]
     capacity: _node_pb2.Resources
     cpu_allocation_ratio: int
     hypervisor: str
     address: str
-    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_node_pb2.Resources, _Mapping]] = ..., cpu_allocation_ratio: _Optional[int] = ..., hypervisor: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    post_copy_ready: bool
+    post_copy_message: str
+    def __init__(self, node_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., capacity: _Optional[_Union[_node_pb2.Resources, _Mapping]] = ..., cpu_allocation_ratio: _Optional[int] = ..., hypervisor: _Optional[str] = ..., address: _Optional[str] = ..., post_copy_ready: _Optional[bool] = ..., post_copy_message: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeResponse(_message.Message):
     __slots__ = ("node",)

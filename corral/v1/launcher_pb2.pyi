@@ -155,8 +155,20 @@ class AttachConsoleResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class PrepareIncomingRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("tls",)
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    tls: MigrationTLSFiles
+    def __init__(self, tls: _Optional[_Union[MigrationTLSFiles, _Mapping]] = ...) -> None: ...
+
+class MigrationTLSFiles(_message.Message):
+    __slots__ = ("ca_pem", "cert_pem", "key_pem")
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    ca_pem: str
+    cert_pem: str
+    key_pem: str
+    def __init__(self, ca_pem: _Optional[str] = ..., cert_pem: _Optional[str] = ..., key_pem: _Optional[str] = ...) -> None: ...
 
 class PrepareIncomingResponse(_message.Message):
     __slots__ = ("domain_xml", "libvirt_socket_path")
@@ -167,7 +179,7 @@ class PrepareIncomingResponse(_message.Message):
     def __init__(self, domain_xml: _Optional[str] = ..., libvirt_socket_path: _Optional[str] = ...) -> None: ...
 
 class MigrateDomainRequest(_message.Message):
-    __slots__ = ("destination_uri", "migration_uri", "destination_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "listen_address", "tunnelled")
+    __slots__ = ("destination_uri", "migration_uri", "destination_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "listen_address", "tunnelled", "tls")
     DESTINATION_URI_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_URI_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_XML_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +190,7 @@ class MigrateDomainRequest(_message.Message):
     ALLOW_AUTO_CONVERGE_FIELD_NUMBER: _ClassVar[int]
     LISTEN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TUNNELLED_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     destination_uri: str
     migration_uri: str
     destination_xml: str
@@ -188,7 +201,8 @@ class MigrateDomainRequest(_message.Message):
     allow_auto_converge: bool
     listen_address: str
     tunnelled: bool
-    def __init__(self, destination_uri: _Optional[str] = ..., migration_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., listen_address: _Optional[str] = ..., tunnelled: _Optional[bool] = ...) -> None: ...
+    tls: MigrationTLSFiles
+    def __init__(self, destination_uri: _Optional[str] = ..., migration_uri: _Optional[str] = ..., destination_xml: _Optional[str] = ..., bandwidth_mib_per_second: _Optional[int] = ..., completion_timeout_seconds: _Optional[int] = ..., progress_timeout_seconds: _Optional[int] = ..., allow_post_copy: _Optional[bool] = ..., allow_auto_converge: _Optional[bool] = ..., listen_address: _Optional[str] = ..., tunnelled: _Optional[bool] = ..., tls: _Optional[_Union[MigrationTLSFiles, _Mapping]] = ...) -> None: ...
 
 class MigrateDomainResponse(_message.Message):
     __slots__ = ("mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "done", "downtime_ms")

@@ -26,17 +26,17 @@ from corral.v1 import meta_pb2 as corral_dot_v1_dot_meta__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/migration.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/meta.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\tMigration\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.corral.v1.MigrationSpec\x12*\n\x06status\x18\x03 \x01(\x0b\x32\x1a.corral.v1.MigrationStatus\"a\n\rMigrationSpec\x12\x0f\n\x07vm_name\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0b\x32\x1a.corral.v1.MigrationPolicy\"\xdd\x02\n\x0fMigrationPolicy\x12%\n\x18\x62\x61ndwidth_mib_per_second\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12/\n\"completion_timeout_per_gib_seconds\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12%\n\x18progress_timeout_seconds\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1c\n\x0f\x61llow_post_copy\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12 \n\x13\x61llow_auto_converge\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x1b\n\x19_bandwidth_mib_per_secondB%\n#_completion_timeout_per_gib_secondsB\x1b\n\x19_progress_timeout_secondsB\x12\n\x10_allow_post_copyB\x16\n\x14_allow_auto_converge\"n\n\x18MigrationPhaseTransition\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.corral.v1.MigrationPhase\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x04\n\x0fMigrationStatus\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.corral.v1.MigrationPhase\x12\x13\n\x0bsource_node\x18\x02 \x01(\t\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x1b\n\x13source_instance_uid\x18\x04 \x01(\t\x12\x1b\n\x13target_instance_uid\x18\x05 \x01(\t\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.corral.v1.MigrationMode\x12\x18\n\x10\x64\x61ta_total_bytes\x18\x07 \x01(\x03\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x08 \x01(\x03\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\t \x01(\x03\x12\x13\n\x0b\x64owntime_ms\x18\n \x01(\x03\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x0f\n\x07message\x18\x0e \x01(\t\x12>\n\x11phase_transitions\x18\x0f \x03(\x0b\x32#.corral.v1.MigrationPhaseTransition\x12\x18\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08\x12\x16\n\x0etarget_address\x18\x11 \x01(\t\"A\n\x16\x43reateMigrationRequest\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration\"B\n\x17\x43reateMigrationResponse\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration\"#\n\x13GetMigrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x14GetMigrationResponse\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration\"g\n\x15ListMigrationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x0f\n\x07vm_name\x18\x04 \x01(\t\"u\n\x16ListMigrationsResponse\x12(\n\nmigrations\x18\x01 \x03(\x0b\x32\x14.corral.v1.Migration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"J\n\x16WatchMigrationsRequest\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\"\x85\x01\n\x17WatchMigrationsResponse\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.corral.v1.WatchEventType\x12\'\n\tmigration\x18\x02 \x01(\x0b\x32\x14.corral.v1.Migration\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"&\n\x16\x43\x61ncelMigrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x17\x43\x61ncelMigrationResponse\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration*\xad\x02\n\x0eMigrationPhase\x12\x1f\n\x1bMIGRATION_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_PHASE_PENDING\x10\x01\x12\x1e\n\x1aMIGRATION_PHASE_SCHEDULING\x10\x02\x12\x1d\n\x19MIGRATION_PHASE_SCHEDULED\x10\x03\x12$\n MIGRATION_PHASE_PREPARING_TARGET\x10\x04\x12 \n\x1cMIGRATION_PHASE_TARGET_READY\x10\x05\x12\x1b\n\x17MIGRATION_PHASE_RUNNING\x10\x06\x12\x1d\n\x19MIGRATION_PHASE_SUCCEEDED\x10\x07\x12\x1a\n\x16MIGRATION_PHASE_FAILED\x10\x08*j\n\rMigrationMode\x12\x1e\n\x1aMIGRATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_MODE_PRE_COPY\x10\x01\x12\x1c\n\x18MIGRATION_MODE_POST_COPY\x10\x02\x32\xca\x03\n\x10MigrationService\x12X\n\x0f\x43reateMigration\x12!.corral.v1.CreateMigrationRequest\x1a\".corral.v1.CreateMigrationResponse\x12O\n\x0cGetMigration\x12\x1e.corral.v1.GetMigrationRequest\x1a\x1f.corral.v1.GetMigrationResponse\x12U\n\x0eListMigrations\x12 .corral.v1.ListMigrationsRequest\x1a!.corral.v1.ListMigrationsResponse\x12Z\n\x0fWatchMigrations\x12!.corral.v1.WatchMigrationsRequest\x1a\".corral.v1.WatchMigrationsResponse0\x01\x12X\n\x0f\x43\x61ncelMigration\x12!.corral.v1.CancelMigrationRequest\x1a\".corral.v1.CancelMigrationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/migration.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/meta.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n\tMigration\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.corral.v1.MigrationSpec\x12*\n\x06status\x18\x03 \x01(\x0b\x32\x1a.corral.v1.MigrationStatus\"a\n\rMigrationSpec\x12\x0f\n\x07vm_name\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\x12*\n\x06policy\x18\x03 \x01(\x0b\x32\x1a.corral.v1.MigrationPolicy\"\xdd\x02\n\x0fMigrationPolicy\x12%\n\x18\x62\x61ndwidth_mib_per_second\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12/\n\"completion_timeout_per_gib_seconds\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12%\n\x18progress_timeout_seconds\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1c\n\x0f\x61llow_post_copy\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12 \n\x13\x61llow_auto_converge\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x1b\n\x19_bandwidth_mib_per_secondB%\n#_completion_timeout_per_gib_secondsB\x1b\n\x19_progress_timeout_secondsB\x12\n\x10_allow_post_copyB\x16\n\x14_allow_auto_converge\"n\n\x18MigrationPhaseTransition\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.corral.v1.MigrationPhase\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x04\n\x0fMigrationStatus\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.corral.v1.MigrationPhase\x12\x13\n\x0bsource_node\x18\x02 \x01(\t\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x1b\n\x13source_instance_uid\x18\x04 \x01(\t\x12\x1b\n\x13target_instance_uid\x18\x05 \x01(\t\x12&\n\x04mode\x18\x06 \x01(\x0e\x32\x18.corral.v1.MigrationMode\x12\x18\n\x10\x64\x61ta_total_bytes\x18\x07 \x01(\x03\x12\x1c\n\x14\x64\x61ta_processed_bytes\x18\x08 \x01(\x03\x12\x1c\n\x14\x64\x61ta_remaining_bytes\x18\t \x01(\x03\x12\x13\n\x0b\x64owntime_ms\x18\n \x01(\x03\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x0f\n\x07message\x18\x0e \x01(\t\x12>\n\x11phase_transitions\x18\x0f \x03(\x0b\x32#.corral.v1.MigrationPhaseTransition\x12\x18\n\x10\x63\x61ncel_requested\x18\x10 \x01(\x08\x12\x16\n\x0etarget_address\x18\x11 \x01(\t\x12\x19\n\x11post_copy_message\x18\x12 \x01(\t\"A\n\x16\x43reateMigrationRequest\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration\"B\n\x17\x43reateMigrationResponse\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration\"#\n\x13GetMigrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x14GetMigrationResponse\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration\"g\n\x15ListMigrationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x0f\n\x07vm_name\x18\x04 \x01(\t\"u\n\x16ListMigrationsResponse\x12(\n\nmigrations\x18\x01 \x03(\x0b\x32\x14.corral.v1.Migration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"J\n\x16WatchMigrationsRequest\x12\x18\n\x10resource_version\x18\x01 \x01(\x03\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\"\x85\x01\n\x17WatchMigrationsResponse\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.corral.v1.WatchEventType\x12\'\n\tmigration\x18\x02 \x01(\x0b\x32\x14.corral.v1.Migration\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"&\n\x16\x43\x61ncelMigrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x17\x43\x61ncelMigrationResponse\x12\'\n\tmigration\x18\x01 \x01(\x0b\x32\x14.corral.v1.Migration*\xad\x02\n\x0eMigrationPhase\x12\x1f\n\x1bMIGRATION_PHASE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_PHASE_PENDING\x10\x01\x12\x1e\n\x1aMIGRATION_PHASE_SCHEDULING\x10\x02\x12\x1d\n\x19MIGRATION_PHASE_SCHEDULED\x10\x03\x12$\n MIGRATION_PHASE_PREPARING_TARGET\x10\x04\x12 \n\x1cMIGRATION_PHASE_TARGET_READY\x10\x05\x12\x1b\n\x17MIGRATION_PHASE_RUNNING\x10\x06\x12\x1d\n\x19MIGRATION_PHASE_SUCCEEDED\x10\x07\x12\x1a\n\x16MIGRATION_PHASE_FAILED\x10\x08*j\n\rMigrationMode\x12\x1e\n\x1aMIGRATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_MODE_PRE_COPY\x10\x01\x12\x1c\n\x18MIGRATION_MODE_POST_COPY\x10\x02\x32\xca\x03\n\x10MigrationService\x12X\n\x0f\x43reateMigration\x12!.corral.v1.CreateMigrationRequest\x1a\".corral.v1.CreateMigrationResponse\x12O\n\x0cGetMigration\x12\x1e.corral.v1.GetMigrationRequest\x1a\x1f.corral.v1.GetMigrationResponse\x12U\n\x0eListMigrations\x12 .corral.v1.ListMigrationsRequest\x1a!.corral.v1.ListMigrationsResponse\x12Z\n\x0fWatchMigrations\x12!.corral.v1.WatchMigrationsRequest\x1a\".corral.v1.WatchMigrationsResponse0\x01\x12X\n\x0f\x43\x61ncelMigration\x12!.corral.v1.CancelMigrationRequest\x1a\".corral.v1.CancelMigrationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.migration_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MIGRATIONPHASE']._serialized_start=2129
-  _globals['_MIGRATIONPHASE']._serialized_end=2430
-  _globals['_MIGRATIONMODE']._serialized_start=2432
-  _globals['_MIGRATIONMODE']._serialized_end=2538
+  _globals['_MIGRATIONPHASE']._serialized_start=2156
+  _globals['_MIGRATIONPHASE']._serialized_end=2457
+  _globals['_MIGRATIONMODE']._serialized_start=2459
+  _globals['_MIGRATIONMODE']._serialized_end=2565
   _globals['_MIGRATION']._serialized_start=96
   _globals['_MIGRATION']._serialized_end=232
   _globals['_MIGRATIONSPEC']._serialized_start=234
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MIGRATIONPHASETRANSITION']._serialized_start=685
   _globals['_MIGRATIONPHASETRANSITION']._serialized_end=795
   _globals['_MIGRATIONSTATUS']._serialized_start=798
-  _globals['_MIGRATIONSTATUS']._serialized_end=1345
-  _globals['_CREATEMIGRATIONREQUEST']._serialized_start=1347
-  _globals['_CREATEMIGRATIONREQUEST']._serialized_end=1412
-  _globals['_CREATEMIGRATIONRESPONSE']._serialized_start=1414
-  _globals['_CREATEMIGRATIONRESPONSE']._serialized_end=1480
-  _globals['_GETMIGRATIONREQUEST']._serialized_start=1482
-  _globals['_GETMIGRATIONREQUEST']._serialized_end=1517
-  _globals['_GETMIGRATIONRESPONSE']._serialized_start=1519
-  _globals['_GETMIGRATIONRESPONSE']._serialized_end=1582
-  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=1584
-  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=1687
-  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=1689
-  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1806
-  _globals['_WATCHMIGRATIONSREQUEST']._serialized_start=1808
-  _globals['_WATCHMIGRATIONSREQUEST']._serialized_end=1882
-  _globals['_WATCHMIGRATIONSRESPONSE']._serialized_start=1885
-  _globals['_WATCHMIGRATIONSRESPONSE']._serialized_end=2018
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=2020
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=2058
-  _globals['_CANCELMIGRATIONRESPONSE']._serialized_start=2060
-  _globals['_CANCELMIGRATIONRESPONSE']._serialized_end=2126
-  _globals['_MIGRATIONSERVICE']._serialized_start=2541
-  _globals['_MIGRATIONSERVICE']._serialized_end=2999
+  _globals['_MIGRATIONSTATUS']._serialized_end=1372
+  _globals['_CREATEMIGRATIONREQUEST']._serialized_start=1374
+  _globals['_CREATEMIGRATIONREQUEST']._serialized_end=1439
+  _globals['_CREATEMIGRATIONRESPONSE']._serialized_start=1441
+  _globals['_CREATEMIGRATIONRESPONSE']._serialized_end=1507
+  _globals['_GETMIGRATIONREQUEST']._serialized_start=1509
+  _globals['_GETMIGRATIONREQUEST']._serialized_end=1544
+  _globals['_GETMIGRATIONRESPONSE']._serialized_start=1546
+  _globals['_GETMIGRATIONRESPONSE']._serialized_end=1609
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=1611
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=1714
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=1716
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=1833
+  _globals['_WATCHMIGRATIONSREQUEST']._serialized_start=1835
+  _globals['_WATCHMIGRATIONSREQUEST']._serialized_end=1909
+  _globals['_WATCHMIGRATIONSRESPONSE']._serialized_start=1912
+  _globals['_WATCHMIGRATIONSRESPONSE']._serialized_end=2045
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=2047
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=2085
+  _globals['_CANCELMIGRATIONRESPONSE']._serialized_start=2087
+  _globals['_CANCELMIGRATIONRESPONSE']._serialized_end=2153
+  _globals['_MIGRATIONSERVICE']._serialized_start=2568
+  _globals['_MIGRATIONSERVICE']._serialized_end=3026
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,7 @@ class MigrationPhaseTransition(_message.Message):
     def __init__(self, phase: _Optional[_Union[MigrationPhase, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MigrationStatus(_message.Message):
-    __slots__ = ("phase", "source_node", "target_node", "source_instance_uid", "target_instance_uid", "mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "downtime_ms", "start_time", "end_time", "reason", "message", "phase_transitions", "cancel_requested", "target_address")
+    __slots__ = ("phase", "source_node", "target_node", "source_instance_uid", "target_instance_uid", "mode", "data_total_bytes", "data_processed_bytes", "data_remaining_bytes", "downtime_ms", "start_time", "end_time", "reason", "message", "phase_transitions", "cancel_requested", "target_address", "post_copy_message")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class MigrationStatus(_message.Message):
     PHASE_TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    POST_COPY_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     phase: MigrationPhase
     source_node: str
     target_node: str
@@ -119,7 +120,8 @@ class MigrationStatus(_message.Message):
     phase_transitions: _containers.RepeatedCompositeFieldContainer[MigrationPhaseTransition]
     cancel_requested: bool
     target_address: str
-    def __init__(self, phase: _Optional[_Union[MigrationPhase, str]] = ..., source_node: _Optional[str] = ..., target_node: _Optional[str] = ..., source_instance_uid: _Optional[str] = ..., target_instance_uid: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., data_total_bytes: _Optional[int] = ..., data_processed_bytes: _Optional[int] = ..., data_remaining_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., phase_transitions: _Optional[_Iterable[_Union[MigrationPhaseTransition, _Mapping]]] = ..., cancel_requested: _Optional[bool] = ..., target_address: _Optional[str] = ...) -> None: ...
+    post_copy_message: str
+    def __init__(self, phase: _Optional[_Union[MigrationPhase, str]] = ..., source_node: _Optional[str] = ..., target_node: _Optional[str] = ..., source_instance_uid: _Optional[str] = ..., target_instance_uid: _Optional[str] = ..., mode: _Optional[_Union[MigrationMode, str]] = ..., data_total_bytes: _Optional[int] = ..., data_processed_bytes: _Optional[int] = ..., data_remaining_bytes: _Optional[int] = ..., downtime_ms: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., phase_transitions: _Optional[_Iterable[_Union[MigrationPhaseTransition, _Mapping]]] = ..., cancel_requested: _Optional[bool] = ..., target_address: _Optional[str] = ..., post_copy_message: _Optional[str] = ...) -> None: ...
 
 class CreateMigrationRequest(_message.Message):
     __slots__ = ("migration",)

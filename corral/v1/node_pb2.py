@@ -26,15 +26,15 @@ from corral.v1 import meta_pb2 as corral_dot_v1_dot_meta__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/node.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/meta.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x04Node\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.NodeSpec\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.corral.v1.NodeStatus\"!\n\x08NodeSpec\x12\x15\n\runschedulable\x18\x01 \x01(\x08\".\n\tResources\x12\r\n\x05vcpus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\"\xc4\x02\n\nNodeStatus\x12#\n\x05phase\x18\x01 \x01(\x0e\x32\x14.corral.v1.NodePhase\x12&\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x14.corral.v1.Resources\x12\'\n\tallocated\x18\x03 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x1d\n\x15virtual_machine_count\x18\x04 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x33\n\x0fregistered_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nhypervisor\x18\x07 \x01(\t\x12\x1c\n\x14\x63pu_allocation_ratio\x18\x08 \x01(\x05\x12)\n\x0b\x61llocatable\x18\t \x01(\x0b\x32\x14.corral.v1.Resources\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x0fGetNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node\"Q\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"L\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11\x43ordonNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x12\x43ordonNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node\"#\n\x13UncordonNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x14UncordonNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node*W\n\tNodePhase\x12\x1a\n\x16NODE_PHASE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_PHASE_READY\x10\x01\x12\x18\n\x14NODE_PHASE_NOT_READY\x10\x02\x32\xb3\x02\n\x0bNodeService\x12@\n\x07GetNode\x12\x19.corral.v1.GetNodeRequest\x1a\x1a.corral.v1.GetNodeResponse\x12\x46\n\tListNodes\x12\x1b.corral.v1.ListNodesRequest\x1a\x1c.corral.v1.ListNodesResponse\x12I\n\nCordonNode\x12\x1c.corral.v1.CordonNodeRequest\x1a\x1d.corral.v1.CordonNodeResponse\x12O\n\x0cUncordonNode\x12\x1e.corral.v1.UncordonNodeRequest\x1a\x1f.corral.v1.UncordonNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/node.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/meta.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"y\n\x04Node\x12\'\n\x08metadata\x18\x01 \x01(\x0b\x32\x15.corral.v1.ObjectMeta\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.NodeSpec\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.corral.v1.NodeStatus\"!\n\x08NodeSpec\x12\x15\n\runschedulable\x18\x01 \x01(\x08\".\n\tResources\x12\r\n\x05vcpus\x18\x01 \x01(\x05\x12\x12\n\nmemory_mib\x18\x02 \x01(\x03\"\xf8\x02\n\nNodeStatus\x12#\n\x05phase\x18\x01 \x01(\x0e\x32\x14.corral.v1.NodePhase\x12&\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x14.corral.v1.Resources\x12\'\n\tallocated\x18\x03 \x01(\x0b\x32\x14.corral.v1.Resources\x12\x1d\n\x15virtual_machine_count\x18\x04 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x33\n\x0fregistered_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nhypervisor\x18\x07 \x01(\t\x12\x1c\n\x14\x63pu_allocation_ratio\x18\x08 \x01(\x05\x12)\n\x0b\x61llocatable\x18\t \x01(\x0b\x32\x14.corral.v1.Resources\x12\x17\n\x0fpost_copy_ready\x18\n \x01(\x08\x12\x19\n\x11post_copy_message\x18\x0b \x01(\t\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x0fGetNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node\"Q\n\x10ListNodesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\"L\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x11\x43ordonNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x12\x43ordonNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node\"#\n\x13UncordonNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x14UncordonNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Node*W\n\tNodePhase\x12\x1a\n\x16NODE_PHASE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_PHASE_READY\x10\x01\x12\x18\n\x14NODE_PHASE_NOT_READY\x10\x02\x32\xb3\x02\n\x0bNodeService\x12@\n\x07GetNode\x12\x19.corral.v1.GetNodeRequest\x1a\x1a.corral.v1.GetNodeResponse\x12\x46\n\tListNodes\x12\x1b.corral.v1.ListNodesRequest\x1a\x1c.corral.v1.ListNodesResponse\x12I\n\nCordonNode\x12\x1c.corral.v1.CordonNodeRequest\x1a\x1d.corral.v1.CordonNodeResponse\x12O\n\x0cUncordonNode\x12\x1e.corral.v1.UncordonNodeRequest\x1a\x1f.corral.v1.UncordonNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEPHASE']._serialized_start=1046
-  _globals['_NODEPHASE']._serialized_end=1133
+  _globals['_NODEPHASE']._serialized_start=1098
+  _globals['_NODEPHASE']._serialized_end=1185
   _globals['_NODE']._serialized_start=90
   _globals['_NODE']._serialized_end=211
   _globals['_NODESPEC']._serialized_start=213
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCES']._serialized_start=248
   _globals['_RESOURCES']._serialized_end=294
   _globals['_NODESTATUS']._serialized_start=297
-  _globals['_NODESTATUS']._serialized_end=621
-  _globals['_GETNODEREQUEST']._serialized_start=623
-  _globals['_GETNODEREQUEST']._serialized_end=653
-  _globals['_GETNODERESPONSE']._serialized_start=655
-  _globals['_GETNODERESPONSE']._serialized_end=703
-  _globals['_LISTNODESREQUEST']._serialized_start=705
-  _globals['_LISTNODESREQUEST']._serialized_end=786
-  _globals['_LISTNODESRESPONSE']._serialized_start=788
-  _globals['_LISTNODESRESPONSE']._serialized_end=864
-  _globals['_CORDONNODEREQUEST']._serialized_start=866
-  _globals['_CORDONNODEREQUEST']._serialized_end=899
-  _globals['_CORDONNODERESPONSE']._serialized_start=901
-  _globals['_CORDONNODERESPONSE']._serialized_end=952
-  _globals['_UNCORDONNODEREQUEST']._serialized_start=954
-  _globals['_UNCORDONNODEREQUEST']._serialized_end=989
-  _globals['_UNCORDONNODERESPONSE']._serialized_start=991
-  _globals['_UNCORDONNODERESPONSE']._serialized_end=1044
-  _globals['_NODESERVICE']._serialized_start=1136
-  _globals['_NODESERVICE']._serialized_end=1443
+  _globals['_NODESTATUS']._serialized_end=673
+  _globals['_GETNODEREQUEST']._serialized_start=675
+  _globals['_GETNODEREQUEST']._serialized_end=705
+  _globals['_GETNODERESPONSE']._serialized_start=707
+  _globals['_GETNODERESPONSE']._serialized_end=755
+  _globals['_LISTNODESREQUEST']._serialized_start=757
+  _globals['_LISTNODESREQUEST']._serialized_end=838
+  _globals['_LISTNODESRESPONSE']._serialized_start=840
+  _globals['_LISTNODESRESPONSE']._serialized_end=916
+  _globals['_CORDONNODEREQUEST']._serialized_start=918
+  _globals['_CORDONNODEREQUEST']._serialized_end=951
+  _globals['_CORDONNODERESPONSE']._serialized_start=953
+  _globals['_CORDONNODERESPONSE']._serialized_end=1004
+  _globals['_UNCORDONNODEREQUEST']._serialized_start=1006
+  _globals['_UNCORDONNODEREQUEST']._serialized_end=1041
+  _globals['_UNCORDONNODERESPONSE']._serialized_start=1043
+  _globals['_UNCORDONNODERESPONSE']._serialized_end=1096
+  _globals['_NODESERVICE']._serialized_start=1188
+  _globals['_NODESERVICE']._serialized_end=1495
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ class Resources(_message.Message):
     def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("phase", "capacity", "allocated", "virtual_machine_count", "address", "registered_time", "hypervisor", "cpu_allocation_ratio", "allocatable")
+    __slots__ = ("phase", "capacity", "allocated", "virtual_machine_count", "address", "registered_time", "hypervisor", "cpu_allocation_ratio", "allocatable", "post_copy_ready", "post_copy_message")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,8 @@ class NodeStatus(_message.Message):
     HYPERVISOR_FIELD_NUMBER: _ClassVar[int]
     CPU_ALLOCATION_RATIO_FIELD_NUMBER: _ClassVar[int]
     ALLOCATABLE_FIELD_NUMBER: _ClassVar[int]
+    POST_COPY_READY_FIELD_NUMBER: _ClassVar[int]
+    POST_COPY_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     phase: NodePhase
     capacity: Resources
     allocated: Resources
@@ -64,7 +66,9 @@ class NodeStatus(_message.Message):
     hypervisor: str
     cpu_allocation_ratio: int
     allocatable: Resources
-    def __init__(self, phase: _Optional[_Union[NodePhase, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., virtual_machine_count: _Optional[int] = ..., address: _Optional[str] = ..., registered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hypervisor: _Optional[str] = ..., cpu_allocation_ratio: _Optional[int] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    post_copy_ready: bool
+    post_copy_message: str
+    def __init__(self, phase: _Optional[_Union[NodePhase, str]] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., allocated: _Optional[_Union[Resources, _Mapping]] = ..., virtual_machine_count: _Optional[int] = ..., address: _Optional[str] = ..., registered_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hypervisor: _Optional[str] = ..., cpu_allocation_ratio: _Optional[int] = ..., allocatable: _Optional[_Union[Resources, _Mapping]] = ..., post_copy_ready: _Optional[bool] = ..., post_copy_message: _Optional[str] = ...) -> None: ...
 
 class GetNodeRequest(_message.Message):
     __slots__ = ("name",)

@@ -123,7 +123,7 @@ class VirtualMachine(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[VirtualMachineSpec, _Mapping]] = ..., status: _Optional[_Union[VirtualMachineStatus, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineSpec(_message.Message):
-    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy", "instance_type", "preference", "machine_type", "firmware", "disk_bus", "cpu_topology", "dedicated_cpu_placement", "hugepages")
+    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy", "instance_type", "preference", "machine_type", "firmware", "disk_bus", "cpu_topology", "dedicated_cpu_placement", "hugepages", "headless")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class VirtualMachineSpec(_message.Message):
     CPU_TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     DEDICATED_CPU_PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     HUGEPAGES_FIELD_NUMBER: _ClassVar[int]
+    HEADLESS_FIELD_NUMBER: _ClassVar[int]
     vcpus: int
     memory_mib: int
     boot: BootSource
@@ -167,7 +168,8 @@ class VirtualMachineSpec(_message.Message):
     cpu_topology: CpuTopology
     dedicated_cpu_placement: bool
     hugepages: Hugepages
-    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ..., instance_type: _Optional[_Union[InstanceTypeRef, _Mapping]] = ..., preference: _Optional[_Union[PreferenceRef, _Mapping]] = ..., machine_type: _Optional[str] = ..., firmware: _Optional[_Union[Firmware, str]] = ..., disk_bus: _Optional[_Union[DiskBus, str]] = ..., cpu_topology: _Optional[_Union[CpuTopology, _Mapping]] = ..., dedicated_cpu_placement: _Optional[bool] = ..., hugepages: _Optional[_Union[Hugepages, _Mapping]] = ...) -> None: ...
+    headless: bool
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ..., instance_type: _Optional[_Union[InstanceTypeRef, _Mapping]] = ..., preference: _Optional[_Union[PreferenceRef, _Mapping]] = ..., machine_type: _Optional[str] = ..., firmware: _Optional[_Union[Firmware, str]] = ..., disk_bus: _Optional[_Union[DiskBus, str]] = ..., cpu_topology: _Optional[_Union[CpuTopology, _Mapping]] = ..., dedicated_cpu_placement: _Optional[bool] = ..., hugepages: _Optional[_Union[Hugepages, _Mapping]] = ..., headless: _Optional[bool] = ...) -> None: ...
 
 class InstanceTypeRef(_message.Message):
     __slots__ = ("name", "revision_name")
