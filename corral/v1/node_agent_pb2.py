@@ -23,35 +23,48 @@ _sym_db = _symbol_database.Default()
 
 
 from corral.v1 import launcher_pb2 as corral_dot_v1_dot_launcher__pb2
+from corral.v1 import vm_pb2 as corral_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63orral/v1/node_agent.proto\x12\tcorral.v1\x1a\x18\x63orral/v1/launcher.proto\":\n\x14PauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15PauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"<\n\x16UnpauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"B\n\x17UnpauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"?\n\x19SoftRebootInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"E\n\x1aSoftRebootInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\":\n\x14ResetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15ResetInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"P\n\x1c\x41ttachInstanceConsoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x1d\x41ttachInstanceConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xe7\x03\n\x10NodeAgentService\x12R\n\rPauseInstance\x12\x1f.corral.v1.PauseInstanceRequest\x1a .corral.v1.PauseInstanceResponse\x12X\n\x0fUnpauseInstance\x12!.corral.v1.UnpauseInstanceRequest\x1a\".corral.v1.UnpauseInstanceResponse\x12\x61\n\x12SoftRebootInstance\x12$.corral.v1.SoftRebootInstanceRequest\x1a%.corral.v1.SoftRebootInstanceResponse\x12R\n\rResetInstance\x12\x1f.corral.v1.ResetInstanceRequest\x1a .corral.v1.ResetInstanceResponse\x12n\n\x15\x41ttachInstanceConsole\x12\'.corral.v1.AttachInstanceConsoleRequest\x1a(.corral.v1.AttachInstanceConsoleResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63orral/v1/node_agent.proto\x12\tcorral.v1\x1a\x18\x63orral/v1/launcher.proto\x1a\x12\x63orral/v1/vm.proto\":\n\x14PauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15PauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"<\n\x16UnpauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"B\n\x17UnpauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"?\n\x19SoftRebootInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"E\n\x1aSoftRebootInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\":\n\x14ResetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15ResetInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"P\n\x1c\x41ttachInstanceConsoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x1d\x41ttachInstanceConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"^\n\x19\x41ttachInstanceDiskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x1d\n\x04\x64isk\x18\x03 \x01(\x0b\x32\x0f.corral.v1.Disk\"E\n\x1a\x41ttachInstanceDiskResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"R\n\x19\x44\x65tachInstanceDiskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x11\n\tdisk_name\x18\x03 \x01(\t\"E\n\x1a\x44\x65tachInstanceDiskResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"^\n\x15ResizeInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\"d\n\x16ResizeInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x32\x84\x06\n\x10NodeAgentService\x12R\n\rPauseInstance\x12\x1f.corral.v1.PauseInstanceRequest\x1a .corral.v1.PauseInstanceResponse\x12X\n\x0fUnpauseInstance\x12!.corral.v1.UnpauseInstanceRequest\x1a\".corral.v1.UnpauseInstanceResponse\x12\x61\n\x12SoftRebootInstance\x12$.corral.v1.SoftRebootInstanceRequest\x1a%.corral.v1.SoftRebootInstanceResponse\x12R\n\rResetInstance\x12\x1f.corral.v1.ResetInstanceRequest\x1a .corral.v1.ResetInstanceResponse\x12n\n\x15\x41ttachInstanceConsole\x12\'.corral.v1.AttachInstanceConsoleRequest\x1a(.corral.v1.AttachInstanceConsoleResponse(\x01\x30\x01\x12\x61\n\x12\x41ttachInstanceDisk\x12$.corral.v1.AttachInstanceDiskRequest\x1a%.corral.v1.AttachInstanceDiskResponse\x12\x61\n\x12\x44\x65tachInstanceDisk\x12$.corral.v1.DetachInstanceDiskRequest\x1a%.corral.v1.DetachInstanceDiskResponse\x12U\n\x0eResizeInstance\x12 .corral.v1.ResizeInstanceRequest\x1a!.corral.v1.ResizeInstanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.node_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=67
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=125
-  _globals['_PAUSEINSTANCERESPONSE']._serialized_start=127
-  _globals['_PAUSEINSTANCERESPONSE']._serialized_end=191
-  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_start=193
-  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_end=253
-  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_start=255
-  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_end=321
-  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_start=323
-  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_end=386
-  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_start=388
-  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_end=457
-  _globals['_RESETINSTANCEREQUEST']._serialized_start=459
-  _globals['_RESETINSTANCEREQUEST']._serialized_end=517
-  _globals['_RESETINSTANCERESPONSE']._serialized_start=519
-  _globals['_RESETINSTANCERESPONSE']._serialized_end=583
-  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_start=585
-  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_end=665
-  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_start=667
-  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_end=712
-  _globals['_NODEAGENTSERVICE']._serialized_start=715
-  _globals['_NODEAGENTSERVICE']._serialized_end=1202
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=87
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=145
+  _globals['_PAUSEINSTANCERESPONSE']._serialized_start=147
+  _globals['_PAUSEINSTANCERESPONSE']._serialized_end=211
+  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_start=213
+  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_end=273
+  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_start=275
+  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_end=341
+  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_start=343
+  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_end=406
+  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_start=408
+  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_end=477
+  _globals['_RESETINSTANCEREQUEST']._serialized_start=479
+  _globals['_RESETINSTANCEREQUEST']._serialized_end=537
+  _globals['_RESETINSTANCERESPONSE']._serialized_start=539
+  _globals['_RESETINSTANCERESPONSE']._serialized_end=603
+  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_start=605
+  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_end=685
+  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_start=687
+  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_end=732
+  _globals['_ATTACHINSTANCEDISKREQUEST']._serialized_start=734
+  _globals['_ATTACHINSTANCEDISKREQUEST']._serialized_end=828
+  _globals['_ATTACHINSTANCEDISKRESPONSE']._serialized_start=830
+  _globals['_ATTACHINSTANCEDISKRESPONSE']._serialized_end=899
+  _globals['_DETACHINSTANCEDISKREQUEST']._serialized_start=901
+  _globals['_DETACHINSTANCEDISKREQUEST']._serialized_end=983
+  _globals['_DETACHINSTANCEDISKRESPONSE']._serialized_start=985
+  _globals['_DETACHINSTANCEDISKRESPONSE']._serialized_end=1054
+  _globals['_RESIZEINSTANCEREQUEST']._serialized_start=1056
+  _globals['_RESIZEINSTANCEREQUEST']._serialized_end=1150
+  _globals['_RESIZEINSTANCERESPONSE']._serialized_start=1152
+  _globals['_RESIZEINSTANCERESPONSE']._serialized_end=1252
+  _globals['_NODEAGENTSERVICE']._serialized_start=1255
+  _globals['_NODEAGENTSERVICE']._serialized_end=2027
 # @@protoc_insertion_point(module_scope)
