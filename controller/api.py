@@ -15,6 +15,7 @@ from pyetcd import utils as etcd_utils
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from controller import console, instancetypes, lifecycle, pagination
+from controller.hotplug_api import Hotplug
 from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
 from controller.limits import StreamLimits
@@ -113,6 +114,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
         # Stubs of the handlers' NodeAgentService, by node name (plaintext unless given).
         self.node_agents = node_agents or NodeAgents(store)
+        self.hotplug = Hotplug(store=store, cache=cache, node_agents=self.node_agents)
 
     @grpc_errors
     def CreateVirtualMachine(self, request, context):
@@ -351,6 +353,19 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     def OpenConsole(self, request_iterator, context):
         """The guest's serial console, relayed to its node's handler (controller/console.py)."""
         yield from console.open_console(self.store, self.node_agents, request_iterator, context)
+
+    # Hotplug (controller/hotplug_api.py): live first, then the spec.
+    @grpc_errors
+    def AddVolume(self, request, context):
+        return vm_pb2.AddVolumeResponse(virtual_machine=present(self.hotplug.add_volume(request), None))
+
+    @grpc_errors
+    def RemoveVolume(self, request, context):
+        return vm_pb2.RemoveVolumeResponse(virtual_machine=present(self.hotplug.remove_volume(request), None))
+
+    @grpc_errors
+    def ResizeVirtualMachine(self, request, context):
+        return vm_pb2.ResizeVirtualMachineResponse(virtual_machine=present(self.hotplug.resize(request), None))
 
 
 def _copied(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:

@@ -25,6 +25,7 @@ from corral.identity import ADMIN, CONTROLLER, ROLE_URI_PREFIX, identity_of
 from corral import tls
 from corral.settings import HandlerSettings, loopback
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc
+from handler import hotplug
 from handler.isolation import remove_stale_console_locks
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,18 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
         finally:
             call.cancel()
             log.info("vm %s: console detached", first.name)
+
+
+    # Hotplug (handler/hotplug.py): a disk is prepared here before its launcher attaches it.
+    def AttachInstanceDisk(self, request, context):
+        return hotplug.attach_disk(self.agent, self._launcher(request.name, request.instance_uid, context),
+                                   request, context)
+
+    def DetachInstanceDisk(self, request, context):
+        return hotplug.detach_disk(self._launcher(request.name, request.instance_uid, context), request, context)
+
+    def ResizeInstance(self, request, context):
+        return hotplug.resize(self._launcher(request.name, request.instance_uid, context), request, context)
 
 
 class RefuseNodeIdentities(grpc.ServerInterceptor):
