@@ -84,8 +84,9 @@ class Hotplug:
                     else:
                         problem = change(current)
                     if problem is None:
+                        said = current.status.events[-1].message if current.status.events else "changed"
                         stored = self.store.update(VMS, current)
-                        log_vm(log, stored, "vm %s: %s", stored.metadata.name, stored.status.events[-1].message)
+                        log_vm(log, stored, "vm %s: %s", stored.metadata.name, said)
                         return stored
         except (Conflict, NotFound):
             if undo is not None:

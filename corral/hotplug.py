@@ -16,7 +16,7 @@ VIRTIO_MEM_BLOCK_MIB = 2
 #: region: the device's size is rounded up to them (the request never exceeds the maximum).
 GUEST_MEMORY_BLOCK_MIB = 128
 #: How long a resize waits for the guest to take the vCPUs or memory before undoing it.
-GUEST_TAKE_SECONDS = 30.0
+GUEST_TAKE_SECONDS = 15.0
 #: Disks added to a running VM: on this bus (virtio-scsi).
 HOTPLUG_DISK_BUS = vm_pb2.DISK_BUS_SCSI
 

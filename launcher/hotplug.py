@@ -104,7 +104,9 @@ def online_vcpus(domain: libvirt.virDomain) -> int | None:
         info = domain.guestVcpus()
     except libvirt.libvirtError:
         return None
-    return len(_cpu_list(info.get("online", "")))
+    if not isinstance(info, dict) or "online" not in info:
+        return None
+    return len(_cpu_list(str(info["online"])))
 
 
 def _cpu_list(text: str) -> set[int]:
@@ -126,17 +128,24 @@ def set_vcpus(domain: libvirt.virDomain, vcpus: int, *, wait_seconds: float = ho
             domain.setVcpusFlags(vcpus, LIVE)
     except libvirt.libvirtError as e:
         raise DomainOperationFailed(f"setting {vcpus} vCPUs: {e.get_error_message()}") from e
-    if online_vcpus(domain) is None:
-        log.warning("vCPUs set to %d; no guest agent answers, so the guest's view is not checked", vcpus)
+    seen: list[int | None] = []
+
+    def took() -> bool:
+        seen.append(online_vcpus(domain))
+        return seen[-1] == vcpus
+
+    if _wait(took, wait_seconds, interval=0.5):
         return vcpus
-    if _wait(lambda: online_vcpus(domain) == vcpus, wait_seconds, interval=0.5):
+    counts = [count for count in seen if count is not None]
+    if not counts:
+        log.warning("vCPUs set to %d; no guest agent answered, so the guest's view is not checked", vcpus)
         return vcpus
-    seen = online_vcpus(domain)
+    seen_count = counts[-1]
     try:
         domain.setVcpusFlags(before, LIVE)
     except libvirt.libvirtError as e:
         log.error("could not undo the vCPU change back to %d: %s", before, e.get_error_message())
-    raise GuestRefused(f"the guest brought {seen} of {vcpus} vCPUs online within {wait_seconds:.0f} s; "
+    raise GuestRefused(f"the guest has {seen_count} vCPUs online, not {vcpus}, after {wait_seconds:.0f} s; "
                        f"set back to {before}")
 
 

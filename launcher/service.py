@@ -9,6 +9,7 @@ import logging
 from typing import Iterator
 
 import grpc
+import libvirt
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc
 
@@ -175,6 +176,9 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
         except LauncherError as e:
             log.warning("%s failed: %s", action, e)
             _abort(context, e)
+        except libvirt.libvirtError as e:
+            log.warning("%s failed: %s", action, e)
+            context.abort(grpc.StatusCode.INTERNAL, f"{action}: {e.get_error_message()}")
 
     def AttachDisk(self, request: launcher_pb2.AttachDiskRequest,
                    context: grpc.ServicerContext) -> launcher_pb2.AttachDiskResponse:
