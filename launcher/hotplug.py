@@ -134,7 +134,7 @@ def set_vcpus(domain: libvirt.virDomain, vcpus: int, *, wait_seconds: float = ho
         seen.append(online_vcpus(domain))
         return seen[-1] == vcpus
 
-    if _wait(took, wait_seconds, interval=0.5):
+    if _wait(took, wait_seconds, interval=0.1):
         return vcpus
     counts = [count for count in seen if count is not None]
     if not counts:
@@ -187,7 +187,7 @@ def set_memory(domain: libvirt.virDomain, boot_memory_mib: int, memory_mib: int,
                         f"from it by a multiple of {hotplug.VIRTIO_MEM_BLOCK_MIB} MiB, not {memory_mib}")
     before, _current = plugged_memory_mib(domain)
     _request(domain, wanted)
-    if _wait(lambda: plugged_memory_mib(domain)[1] == wanted, wait_seconds, interval=0.5):
+    if _wait(lambda: plugged_memory_mib(domain)[1] == wanted, wait_seconds, interval=0.05):
         return boot_memory_mib + wanted
     _requested, current = plugged_memory_mib(domain)
     try:

@@ -157,11 +157,11 @@ done
     done
 ) &
 nc -ll -p 8080 -e /bin/guest-hello >/dev/null 2>&1 &
-# Hotplug, without udev: memory the kernel adds is onlined at once; every second, CPUs that
-# appeared are brought online (unless the command line says corral.nocpuonline: a guest that
-# refuses vCPUs, for tests), and a line goes to ttyS0 whenever the online CPUs, MemTotal or the
-# SCSI disks (name:serial, from the disk's VPD page 0x80) change.
-echo online > /sys/devices/system/memory/auto_online_blocks 2>/dev/null
+# Hotplug, without udev: memory the kernel adds is onlined at once (movable, so virtio-mem can
+# take it back); every second, CPUs that appeared are brought online (unless the command line
+# says corral.nocpuonline: a guest that refuses vCPUs, for tests), and a line goes to ttyS0
+# whenever the online CPUs, MemTotal or the SCSI disks (name:serial, from VPD page 0x80) change.
+echo online_movable > /sys/devices/system/memory/auto_online_blocks 2>/dev/null
 (
     last=""
     while true; do
