@@ -243,9 +243,9 @@ def _resized(vm: vm_pb2.VirtualMachine, vcpus: int | None, memory: int | None, *
     problems = spec_problems(vm.spec)
     if problems:
         return "; ".join(problems)
-    if live:
-        vm.status.current_vcpus = vm.spec.vcpus
-        vm.status.current_memory_mib = vm.spec.memory_mib
+    # What a run has after its last resize; without a run there is nothing to say.
+    vm.status.current_vcpus = vm.spec.vcpus if live else 0
+    vm.status.current_memory_mib = vm.spec.memory_mib if live else 0
     vm_status.record_event(vm, "Resized", f"{vm.spec.vcpus} vCPUs, {vm.spec.memory_mib} MiB"
                            + (" (live)" if live else " (from the next run)"))
     return None

@@ -83,7 +83,7 @@ def detach_disk(domain: libvirt.virDomain, name: str) -> None:
         domain.detachDeviceFlags(ET.tostring(disk, encoding="unicode"), LIVE)
     except libvirt.libvirtError as e:
         raise DomainOperationFailed(f"detaching disk {name!r}: {e.get_error_message()}") from e
-    if not _wait(lambda: disk_by_serial(_live_xml(domain), name) is None, DETACH_SECONDS):
+    if not _wait(lambda: disk_by_serial(_live_xml(domain), name) is None, DETACH_SECONDS, interval=0.05):
         raise GuestRefused(f"disk {name!r} is still attached {DETACH_SECONDS:.0f} s after the detach request")
     log.info("disk %s detached", name)
 

@@ -236,3 +236,25 @@ def test_bad_maxima_are_refused_at_creation(node):
     with pytest.raises(grpc.RpcError) as info:
         cluster.vms.ResizeVirtualMachine(vm_pb2.ResizeVirtualMachineRequest(name="hp-plain", vcpus=2), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_vcpus" in info.value.details()
+
+
+def test_cli_verbs(node, capsys):
+    from corral.cli import main  # noqa: PLC0415
+    cluster, dirs = node
+    vm = cluster.guest_vm("hp-cli")
+    vm.spec.run_strategy = vm_pb2.RUN_STRATEGY_HALTED
+    vm.spec.max_vcpus = 2
+    cluster.create(vm)
+    server = ["--server", cluster.servers]
+    assert main([*server, "addvolume", "hp-cli", "--volume-name", "extra", "--path",
+                 str(dirs["disks"] / "extra.qcow2"), "--format", "qcow2"]) == 0
+    assert "virtualmachine/hp-cli volume extra added" in capsys.readouterr().out
+    assert main([*server, "set-vcpus", "vm/hp-cli", "2"]) == 0
+    assert main([*server, "set-memory", "hp-cli", "1Gi"]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    stored = cluster.get("hp-cli")
+    assert [(d.name, d.persistent.format, d.bus) for d in stored.spec.disks] == [
+        ("extra", vm_pb2.DISK_FORMAT_QCOW2, vm_pb2.DISK_BUS_SCSI)]
+    assert (stored.spec.vcpus, stored.spec.memory_mib) == (2, 128)
+    assert main([*server, "removevolume", "hp-cli", "--volume-name", "extra"]) == 0
+    assert list(cluster.get("hp-cli").spec.disks) == []
