@@ -187,6 +187,12 @@ class Hotplug:
         if not self._live(vm, verb):
             return self._write(vm, lambda current: _resized(current, vcpus, memory, live=False), None,
                                retry=not request.resource_version)
+        if vcpus is not None and vcpus < vm.spec.vcpus:
+            # libvirt gives the guest 5 s to eject a vCPU and then leaves its own count stale
+            # even when the guest ejects it later (seen under TCG): not offered live.
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"cannot remove vCPUs from the running VirtualMachine {vm.metadata.name!r} "
+                               f"({vm.spec.vcpus} -> {vcpus}): stop it first (vCPUs are only added live)")
         self._check_room(vm, vcpus, memory)
         before = (vm.spec.vcpus, vm.spec.memory_mib)
         answer = self._agent(vm, "ResizeInstance", node_agent_pb2.ResizeInstanceRequest(

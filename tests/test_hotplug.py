@@ -179,8 +179,18 @@ def test_vcpus_and_memory_plugged_live_counted_on_the_node(node):
     assert int(grown["memtotal_kib"]) - int(boot["memtotal_kib"]) == 128 * 1024
     wait_for(lambda: allocated(cluster) == (before[0] + 1, before[1] + 128), timeout=10, what="the node's allocation")
 
-    # Refused, nothing changed: over the maximum, not a VM, no room on the node (2048 MiB).
+    # Memory goes back (virtio-mem takes the movable blocks back); vCPUs are only added live.
+    shrunk = cluster.vms.ResizeVirtualMachine(vm_pb2.ResizeVirtualMachineRequest(name="hp-size", memory_mib=256),
+                                              timeout=120).virtual_machine
+    assert shrunk.spec.memory_mib == 256
+    wait_state(cluster, "hp-size", "memtotal_kib", lambda v: v == boot["memtotal_kib"], "MemTotal to shrink back")
+    wait_for(lambda: allocated(cluster) == (before[0] + 1, before[1]), timeout=10, what="the node's allocation")
+
+    # Refused, nothing changed: fewer vCPUs live, over the maximum, not a VM.
     version = cluster.get("hp-size").metadata.resource_version
+    assert code_of(lambda: cluster.vms.ResizeVirtualMachine(
+        vm_pb2.ResizeVirtualMachineRequest(name="hp-size", vcpus=1), timeout=30)) == \
+        grpc.StatusCode.FAILED_PRECONDITION
     assert code_of(lambda: cluster.vms.ResizeVirtualMachine(
         vm_pb2.ResizeVirtualMachineRequest(name="hp-size", vcpus=3), timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: cluster.vms.ResizeVirtualMachine(
