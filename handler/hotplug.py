@@ -8,13 +8,17 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import grpc
 
 from corral.v1 import launcher_pb2, node_agent_pb2, vm_pb2
 from handler.devices import DeviceError, RunDevices
 from handler.isolation import hand_over_to
-from handler.launchers import run_owner
+from handler.launchers import Launcher, run_owner
+
+if TYPE_CHECKING:
+    from handler.agent import NodeAgent
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +26,7 @@ log = logging.getLogger(__name__)
 LAUNCHER_HOTPLUG_TIMEOUT_SECONDS = 75.0
 
 
-def _call(launcher, request, context: grpc.ServicerContext, method: str, launcher_request):
+def _call(launcher: Launcher, request, context: grpc.ServicerContext, method: str, launcher_request):
     try:
         return getattr(launcher.stub, method)(launcher_request, timeout=LAUNCHER_HOTPLUG_TIMEOUT_SECONDS)
     except grpc.RpcError as exc:
@@ -32,7 +36,7 @@ def _call(launcher, request, context: grpc.ServicerContext, method: str, launche
                       f"{request.name!r} has finished")
 
 
-def attach_disk(agent, launcher, request: node_agent_pb2.AttachInstanceDiskRequest,
+def attach_disk(agent: NodeAgent, launcher: Launcher, request: node_agent_pb2.AttachInstanceDiskRequest,
                 context: grpc.ServicerContext) -> node_agent_pb2.AttachInstanceDiskResponse:
     disk = vm_pb2.Disk()
     disk.CopyFrom(request.disk)
@@ -50,7 +54,7 @@ def attach_disk(agent, launcher, request: node_agent_pb2.AttachInstanceDiskReque
     return node_agent_pb2.AttachInstanceDiskResponse(status=response.status)
 
 
-def detach_disk(launcher, request: node_agent_pb2.DetachInstanceDiskRequest,
+def detach_disk(launcher: Launcher, request: node_agent_pb2.DetachInstanceDiskRequest,
                 context: grpc.ServicerContext) -> node_agent_pb2.DetachInstanceDiskResponse:
     response = _call(launcher, request, context, "DetachDisk",
                      launcher_pb2.DetachDiskRequest(disk_name=request.disk_name))
@@ -58,7 +62,7 @@ def detach_disk(launcher, request: node_agent_pb2.DetachInstanceDiskRequest,
     return node_agent_pb2.DetachInstanceDiskResponse(status=response.status)
 
 
-def resize(launcher, request: node_agent_pb2.ResizeInstanceRequest,
+def resize(launcher: Launcher, request: node_agent_pb2.ResizeInstanceRequest,
            context: grpc.ServicerContext) -> node_agent_pb2.ResizeInstanceResponse:
     response = _call(launcher, request, context, "ResizeDomain",
                      launcher_pb2.ResizeDomainRequest(vcpus=request.vcpus, memory_mib=request.memory_mib))
