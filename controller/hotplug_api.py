@@ -140,15 +140,16 @@ class Hotplug:
         if live:
             self._agent(vm, "AttachInstanceDisk", node_agent_pb2.AttachInstanceDiskRequest(
                 name=vm.metadata.name, instance_uid=vm.status.instance_uid, disk=disk))
-            undo = lambda: self._undo_attach(vm, disk.name)  # noqa: E731
+            undo = lambda: self._undo_attach(vm, disk)  # noqa: E731
         return self._write(vm, change, undo, retry=live or not request.resource_version)
 
-    def _undo_attach(self, vm: vm_pb2.VirtualMachine, disk_name: str) -> None:
+    def _undo_attach(self, vm: vm_pb2.VirtualMachine, disk: vm_pb2.Disk) -> None:
         try:
             self._agent(vm, "DetachInstanceDisk", node_agent_pb2.DetachInstanceDiskRequest(
-                name=vm.metadata.name, instance_uid=vm.status.instance_uid, disk_name=disk_name))
+                name=vm.metadata.name, instance_uid=vm.status.instance_uid, disk_name=disk.name,
+                path=disk.persistent.path))
         except RequestError as exc:
-            log.warning("vm %s: could not detach disk %s again: %s", vm.metadata.name, disk_name, exc)
+            log.warning("vm %s: could not detach disk %s again: %s", vm.metadata.name, disk.name, exc)
 
     def remove_volume(self, request: vm_pb2.RemoveVolumeRequest) -> vm_pb2.VirtualMachine:
         verb = "remove a volume"
@@ -156,12 +157,14 @@ class Hotplug:
         problem = name_problem(request.disk_name, "disk_name")
         if problem:
             raise ValidationError([problem])
-        if not any(d.name == request.disk_name for d in vm.spec.disks):
+        named = [d for d in vm.spec.disks if d.name == request.disk_name]
+        if not named:
             raise NotFound(f"VirtualMachine {request.name!r} has no disk named {request.disk_name!r}")
         live = self._live(vm, verb)
         if live:
             self._agent(vm, "DetachInstanceDisk", node_agent_pb2.DetachInstanceDiskRequest(
-                name=vm.metadata.name, instance_uid=vm.status.instance_uid, disk_name=request.disk_name))
+                name=vm.metadata.name, instance_uid=vm.status.instance_uid, disk_name=request.disk_name,
+                path=named[0].persistent.path if named[0].WhichOneof("source") == "persistent" else ""))
 
         def change(current: vm_pb2.VirtualMachine) -> str | None:
             kept = [d for d in current.spec.disks if d.name != request.disk_name]

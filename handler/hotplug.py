@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from corral.v1 import launcher_pb2, node_agent_pb2, vm_pb2
-from handler.devices import DeviceError, RunDevices
+from handler.devices import DeviceError, RunDevices, resolve_under
 from handler.isolation import hand_over_to
 from handler.launchers import Launcher, run_owner
 
@@ -54,12 +54,25 @@ def attach_disk(agent: NodeAgent, launcher: Launcher, request: node_agent_pb2.At
     return node_agent_pb2.AttachInstanceDiskResponse(status=response.status)
 
 
-def detach_disk(launcher: Launcher, request: node_agent_pb2.DetachInstanceDiskRequest,
+def detach_disk(agent: NodeAgent, launcher: Launcher, request: node_agent_pb2.DetachInstanceDiskRequest,
                 context: grpc.ServicerContext) -> node_agent_pb2.DetachInstanceDiskResponse:
     response = _call(launcher, request, context, "DetachDisk",
                      launcher_pb2.DetachDiskRequest(disk_name=request.disk_name))
     log.info("vm %s: disk %s detached", request.name, request.disk_name)
+    _give_back(agent, launcher, request.path)
     return node_agent_pb2.DetachInstanceDiskResponse(status=response.status)
+
+
+def _give_back(agent: NodeAgent, launcher: Launcher, path: str) -> None:
+    """A detached persistent disk goes back to root now (not when the run ends): the run's user
+    keeps no hold on a disk its guest no longer has (the uid ledger records what was handed)."""
+    if agent.isolation is None or not path:
+        return
+    try:
+        resolved = resolve_under(path, agent.device_roots.disks, "persistent disk")
+        agent.isolation.give_back_path(run_owner(launcher.vm_dir)[0], resolved)
+    except (DeviceError, OSError) as exc:
+        log.warning("vm %s: could not give %s back after the detach: %s", launcher.vm.metadata.name, path, exc)
 
 
 def resize(launcher: Launcher, request: node_agent_pb2.ResizeInstanceRequest,

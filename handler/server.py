@@ -128,7 +128,8 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
                                    request, context)
 
     def DetachInstanceDisk(self, request, context):
-        return hotplug.detach_disk(self._launcher(request.name, request.instance_uid, context), request, context)
+        return hotplug.detach_disk(self.agent, self._launcher(request.name, request.instance_uid, context),
+                                   request, context)
 
     def ResizeInstance(self, request, context):
         return hotplug.resize(self._launcher(request.name, request.instance_uid, context), request, context)

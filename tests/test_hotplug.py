@@ -139,6 +139,7 @@ def test_volume_added_live_kept_for_the_next_run_and_removed(node):
                                        timeout=60).virtual_machine
     assert list(removed.spec.disks) == []
     wait_state(cluster, "hp-disk", "scsi", lambda v: v == "", "the guest to lose the disk")
+    assert image.stat().st_uid == 0  # given back to root once detached, not when the run ends
     cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="hp-disk"), timeout=10)
 
 

@@ -96,14 +96,16 @@ class AttachInstanceDiskResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[_launcher_pb2.DomainStatus, _Mapping]] = ...) -> None: ...
 
 class DetachInstanceDiskRequest(_message.Message):
-    __slots__ = ("name", "instance_uid", "disk_name")
+    __slots__ = ("name", "instance_uid", "disk_name", "path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     DISK_NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     instance_uid: str
     disk_name: str
-    def __init__(self, name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., disk_name: _Optional[str] = ...) -> None: ...
+    path: str
+    def __init__(self, name: _Optional[str] = ..., instance_uid: _Optional[str] = ..., disk_name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class DetachInstanceDiskResponse(_message.Message):
     __slots__ = ("status",)
