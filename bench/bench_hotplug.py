@@ -37,7 +37,7 @@ from launcher import domain_xml, hotplug as live  # noqa: E402
 from launcher.host import Host, prepare_embed_root  # noqa: E402
 from tests.cluster import Cluster, Etcd, wait_for  # noqa: E402
 
-CMDLINE = "console=ttyS0 quiet no_timer_check"
+CMDLINE = "console=ttyS0 quiet no_timer_check corral.hotplug"
 OPS = ("attach disk", "detach disk", "vcpus +1", "memory +128 MiB")
 
 

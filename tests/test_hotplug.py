@@ -25,7 +25,7 @@ from tests.cluster import Cluster, wait_for
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
 RAW = vm_pb2.DISK_FORMAT_RAW
 #: no_timer_check: a loaded host can make TCG fail the kernel's early IO-APIC timer check (a panic).
-CMDLINE = "console=ttyS0 quiet no_timer_check"
+CMDLINE = "console=ttyS0 quiet no_timer_check corral.hotplug"
 
 
 @pytest.fixture(scope="module")
