@@ -15,6 +15,7 @@ from pyetcd import utils as etcd_utils
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from controller import console, instancetypes, lifecycle, pagination
+from controller.hotplug_api import Hotplug
 from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
 from controller.limits import StreamLimits, ThreadBoundStreams
@@ -115,6 +116,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         self.interactive = interactive or ThreadBoundStreams(total=16, per_identity=4)
         # Stubs of the handlers' NodeAgentService, by node name (plaintext unless given).
         self.node_agents = node_agents or NodeAgents(store)
+        self.hotplug = Hotplug(store=store, cache=cache, node_agents=self.node_agents)
 
     @grpc_errors
     def CreateVirtualMachine(self, request, context):
@@ -354,6 +356,19 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         """The guest's serial console, relayed to its node's handler (controller/console.py)."""
         with self.interactive.hold(context, "a console"):
             yield from console.open_console(self.store, self.node_agents, request_iterator, context)
+
+    # Hotplug (controller/hotplug_api.py): live first, then the spec.
+    @grpc_errors
+    def AddVolume(self, request, context):
+        return vm_pb2.AddVolumeResponse(virtual_machine=present(self.hotplug.add_volume(request), None))
+
+    @grpc_errors
+    def RemoveVolume(self, request, context):
+        return vm_pb2.RemoveVolumeResponse(virtual_machine=present(self.hotplug.remove_volume(request), None))
+
+    @grpc_errors
+    def ResizeVirtualMachine(self, request, context):
+        return vm_pb2.ResizeVirtualMachineResponse(virtual_machine=present(self.hotplug.resize(request), None))
 
 
 def _copied(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:

@@ -76,6 +76,8 @@ def _clear_run_state(vm: vm_pb2.VirtualMachine) -> None:
     for field in ("run_request", "restore_from", "guest", "run_start_time", "migration_target",
                   "instance_lock_lease"):
         vm.status.ClearField(field)
+    vm.status.ClearField("current_vcpus")  # hotplug: what the ended run had plugged
+    vm.status.ClearField("current_memory_mib")
     for condition in vm.status.conditions:
         if condition.type in ("Paused", "AgentConnected", "Migrating") and condition.status:
             condition.status = False

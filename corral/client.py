@@ -200,6 +200,10 @@ class Client(ResourceCalls):
                                request)
         return response.virtual_machine if response.HasField("virtual_machine") else None
 
+    def vm_call(self, method: str, request: Any) -> vm_pb2.VirtualMachine:
+        """A VirtualMachineService call answering with the VM: vm_call("AddVolume", request)."""
+        return self._unary(vm_pb2_grpc.VirtualMachineServiceStub, method, request).virtual_machine
+
     def act_on_vm(self, verb: str, name: str, **fields: Any) -> vm_pb2.VirtualMachine:
         """A verb: act_on_vm("Stop", "web", force=True) calls StopVirtualMachine; returns the VM."""
         request = getattr(vm_pb2, f"{verb}VirtualMachineRequest")(name=name, **fields)

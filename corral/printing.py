@@ -285,8 +285,9 @@ def describe_vm(vm: vm_pb2.VirtualMachine, *, now: datetime | None = None) -> st
     """The `corral describe vm` block: metadata, spec, status, conditions, phase transitions."""
     spec, st = vm.spec, vm.status
     spec_lines = _block([
-        ("vCPUs", spec.vcpus),
-        ("Memory", format_memory(spec.memory_mib)),
+        ("vCPUs", f"{spec.vcpus} (max {spec.max_vcpus})" if spec.max_vcpus else spec.vcpus),
+        ("Memory", f"{format_memory(spec.memory_mib)} (max {format_memory(spec.max_memory_mib)})"
+         if spec.max_memory_mib else format_memory(spec.memory_mib)),
         ("Node Selector", format_labels(spec.node_selector)),
         ("Run Strategy", vm_status.run_strategy_name(spec.run_strategy)),
         ("Boot", _boot_lines(spec.boot)),
@@ -298,6 +299,8 @@ def describe_vm(vm: vm_pb2.VirtualMachine, *, now: datetime | None = None) -> st
         ("Run", st.instance_uid or NONE),
         ("Run Started", format_time(st.run_start_time) if _is_set(st.run_start_time) else NONE),
         ("Restarts", st.restart_count),
+    ] + ([("Plugged", f"{st.current_vcpus} vCPUs, {format_memory(st.current_memory_mib)} (last resize)")]
+         if st.current_vcpus else []) + [
         ("Serial Log", st.serial_log_path or NONE),
     ] + _saved_pairs(st) + _guest_pairs(st.guest), 2)
     if st.conditions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from corral import networks as networks_lib
+from corral import hotplug, networks as networks_lib
 from corral.v1 import vm_pb2
 
 # \Z, not $: "$" also matches before a final newline ("web\n" is not a name).
@@ -216,6 +216,9 @@ def disk_problems(disks: list[vm_pb2.Disk] | object) -> list[str]:
             problems.append(problem)
         if fmt not in _FORMATS:
             problems.append(f"{fmt_field} must be given (RAW or QCOW2): formats are never probed")
+        problem = enum_problem(disk.bus, vm_pb2.DiskBus, f"{field}.bus")
+        if problem:
+            problems.append(problem)
     return problems
 
 
@@ -240,6 +243,7 @@ def spec_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
         problems.append(f"spec.memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, "
                         f"not {spec.memory_mib}")
     problems.extend(sizing_problems(spec))
+    problems.extend(hotplug.problems(spec, max_vcpus_cap=MAX_VCPUS, max_memory_cap=MAX_MEMORY_MIB))
     source = spec.boot.WhichOneof("source")
     if source is None:
         problems.append("spec.boot needs either kernel (kernel_path, initrd_path, cmdline) or disk (image_path, format)")
@@ -294,13 +298,14 @@ def hugepages_problems(hugepages: vm_pb2.Hugepages, memory_mib: int, field: str)
 
 
 def topology_problem(spec: vm_pb2.VirtualMachineSpec) -> str | None:
-    """The CPU topology does not make spec.vcpus."""
+    """The CPU topology does not make spec.vcpus (spec.max_vcpus when set: it describes them all)."""
     topology = spec.cpu_topology
     product = topology.sockets * topology.cores * topology.threads
-    if not spec.HasField("cpu_topology") or not spec.vcpus or product == spec.vcpus:
+    if not spec.HasField("cpu_topology") or not spec.vcpus or product == (spec.max_vcpus or spec.vcpus):
         return None
+    field = "spec.max_vcpus" if spec.max_vcpus else "spec.vcpus"
     return (f"spec.cpu_topology is {topology.sockets} sockets x {topology.cores} cores x "
-            f"{topology.threads} threads = {product} vCPUs, but spec.vcpus is {spec.vcpus}")
+            f"{topology.threads} threads = {product} vCPUs, but {field} is {spec.max_vcpus or spec.vcpus}")
 
 
 def sizing_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:

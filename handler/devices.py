@@ -223,13 +223,21 @@ class RunDevices:
         _run(overlay_command(base, fmt, str(built)), f"{what} creating the overlay")
         self._hand_over(built, Path(ephemeral_disk_path(str(self.run_dir), disk.name)), 0o600)
 
-    def _persistent(self, disk: vm_pb2.Disk, what: str) -> None:
+    def _persistent(self, disk: vm_pb2.Disk, what: str) -> str:
         fmt = FORMATS.get(disk.persistent.format)
         if fmt is None:
             raise DeviceError(f"{what} format must be RAW or QCOW2")
         path = resolve_under(disk.persistent.path, self.roots.disks, f"{what} persistent disk")
         check_image(path, fmt, f"{what} persistent disk")
         self._give(path, disk.read_only)
+        return path
+
+    def persistent_disk(self, disk: vm_pb2.Disk) -> str:
+        """A persistent disk added to the running VM (hotplug): the same checks and hand-over as
+        at start; returns its resolved path (what QEMU must open). DeviceError when refused."""
+        if disk.WhichOneof("source") != "persistent":
+            raise DeviceError(f"disk {disk.name!r}: only persistent disks can be added to a running VM")
+        return self._persistent(disk, f"disk {disk.name!r}:")
 
     def _give(self, path: str, read_only: bool) -> None:
         """Hand a resolved disk to the run's user (read and, unless read-only, write)."""

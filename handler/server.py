@@ -26,6 +26,7 @@ from corral.identity import ADMIN, CONTROLLER, ROLE_URI_PREFIX, identity_of
 from corral import tls
 from corral.settings import HandlerSettings, loopback
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc, vnc_pb2_grpc
+from handler import hotplug
 from handler.isolation import remove_stale_console_locks
 from handler.vnc import NodeVncServicer
 from handler.snapshots import NodeSnapshots, SnapshotRefused
@@ -141,6 +142,17 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
 
     def DeleteDiskSnapshots(self, request, context):
         return self._snapshot(self.snapshots.delete, request, context)
+    # Hotplug (handler/hotplug.py): a disk is prepared here before its launcher attaches it.
+    def AttachInstanceDisk(self, request, context):
+        return hotplug.attach_disk(self.agent, self._launcher(request.name, request.instance_uid, context),
+                                   request, context)
+
+    def DetachInstanceDisk(self, request, context):
+        return hotplug.detach_disk(self.agent, self._launcher(request.name, request.instance_uid, context),
+                                   request, context)
+
+    def ResizeInstance(self, request, context):
+        return hotplug.resize(self._launcher(request.name, request.instance_uid, context), request, context)
 
 
 class RefuseNodeIdentities(grpc.ServerInterceptor):

@@ -11,7 +11,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from corral import fence_guard, networks
+from corral import fence_guard, hotplug, networks
 from corral.rundir import CLOUD_INIT_SEED_FILE, cloud_init_seed_path, ephemeral_disk_path  # noqa: F401
 from corral.validation import DNS1123_LABEL, MACHINE_TYPE
 from corral.v1 import vm_pb2
@@ -160,9 +160,10 @@ def _validate_sizing(spec: vm_pb2.VirtualMachineSpec) -> None:
         raise ValueError(f"spec.disk_bus {spec.disk_bus} is unknown")
     if spec.HasField("cpu_topology"):
         top = spec.cpu_topology
-        if min(top.sockets, top.cores, top.threads) < 1 or top.sockets * top.cores * top.threads != spec.vcpus:
+        wanted = hotplug.max_vcpus(spec)
+        if min(top.sockets, top.cores, top.threads) < 1 or top.sockets * top.cores * top.threads != wanted:
             raise ValueError(f"spec.cpu_topology {top.sockets}x{top.cores}x{top.threads} does not make "
-                             f"{spec.vcpus} vCPUs")
+                             f"{wanted} vCPUs")
     if spec.HasField("hugepages") and spec.hugepages.page_size not in _HUGEPAGE_KIB:
         raise ValueError(f"spec.hugepages.page_size {spec.hugepages.page_size!r} is not 2Mi or 1Gi")
 
@@ -176,7 +177,9 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
     if vm.spec.HasField("hugepages"):
         backing = _sub(_sub(domain, "memoryBacking"), "hugepages")
         _sub(backing, "page", size=str(_HUGEPAGE_KIB[vm.spec.hugepages.page_size]), unit="KiB")
-    _sub(domain, "vcpu", str(vm.spec.vcpus))
+    vcpu = _sub(domain, "vcpu", str(hotplug.max_vcpus(vm.spec)))
+    if hotplug.max_vcpus(vm.spec) > vm.spec.vcpus:
+        vcpu.set("current", str(vm.spec.vcpus))  # the rest are plugged later (ResizeDomain)
     _add_cpu_pinning(vm, domain, options)
 
     os_el = _sub(domain, "os")
@@ -212,8 +215,8 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
 
     devices = _sub(domain, "devices")
     bus, prefix = disk_bus(vm)
-    if bus == "scsi":
-        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+    # Always: disks added to a running VM go on it (one controller, no PCI slot per disk).
+    _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     if boot.WhichOneof("source") == "disk":
         disk = _sub(devices, "disk", type="file", device="disk")
         _sub(disk, "driver", name="qemu", type=_DISK_FORMATS[boot.disk.format])
@@ -235,6 +238,7 @@ def build_domain_xml(vm: vm_pb2.VirtualMachine, options: DomainOptions) -> str:
         _sub(devices, "graphics", type="vnc", socket=options.vnc_socket_path)
         _sub(_sub(devices, "video"), "model", type="vga")
     _sub(devices, "memballoon", model="none")
+    _add_hotplug(vm, domain, devices)
     return ET.tostring(domain, encoding="unicode")
 
 
@@ -295,19 +299,66 @@ def _add_disks(vm: vm_pb2.VirtualMachine, devices: ET.Element, options: DomainOp
             kind = "block" if path in options.block_devices else "file"
         else:
             raise ValueError(f"spec.disks[{index}] has no source")
-        disk = _sub(devices, "disk", type=kind, device="disk")
-        _sub(disk, "driver", name="qemu", type=fmt)
-        _sub(disk, "source", **({"dev": path} if kind == "block" else {"file": path}))
-        _sub(disk, "target", dev=disk_target(index, prefix), bus=bus)
-        _sub(disk, "serial", spec.name)
-        if spec.read_only:
-            _sub(disk, "readonly")
+        own_bus, own_prefix = _DISK_BUSES[spec.bus] if spec.bus else (bus, prefix)
+        disk_element(devices, spec, path=path, kind=kind, fmt=fmt, target=disk_target(index, own_prefix), bus=own_bus)
     if vm.spec.HasField("cloud_init"):
         seed = _sub(devices, "disk", type="file", device="disk")
         _sub(seed, "driver", name="qemu", type="raw")
         _sub(seed, "source", file=cloud_init_seed_path(options.run_dir))
         _sub(seed, "target", dev=disk_target(index + 1, prefix), bus=bus)
         _sub(seed, "readonly")
+
+
+def disk_element(devices: ET.Element, spec: vm_pb2.Disk, *, path: str, kind: str, fmt: str, target: str,
+                 bus: str) -> ET.Element:
+    """One <disk>: the guest sees spec.name as its serial (hotplug detaches by it too)."""
+    disk = _sub(devices, "disk", type=kind, device="disk")
+    _sub(disk, "driver", name="qemu", type=fmt)
+    _sub(disk, "source", **({"dev": path} if kind == "block" else {"file": path}))
+    _sub(disk, "target", dev=target, bus=bus)
+    _sub(disk, "serial", spec.name)
+    if spec.read_only:
+        _sub(disk, "readonly")
+    return disk
+
+
+def persistent_disk_xml(spec: vm_pb2.Disk, *, target: str, block_device: bool) -> str:
+    """A persistent disk as a device XML to attach live (on its own bus, SCSI unless set)."""
+    if spec.WhichOneof("source") != "persistent" or spec.persistent.format not in _DISK_FORMATS:
+        raise ValueError(f"disk {spec.name!r}: only a persistent disk with a RAW or QCOW2 format can be attached")
+    if not DNS1123_LABEL.match(spec.name):
+        raise ValueError(f"disk name {spec.name!r} is not a DNS label")
+    bus = _DISK_BUSES[spec.bus or vm_pb2.DISK_BUS_SCSI][0]
+    holder = ET.Element("devices")
+    element = disk_element(holder, spec, path=spec.persistent.path, kind="block" if block_device else "file",
+                           fmt=_DISK_FORMATS[spec.persistent.format], target=target, bus=bus)
+    return ET.tostring(element, encoding="unicode")
+
+
+def _add_hotplug(vm: vm_pb2.VirtualMachine, domain: ET.Element, devices: ET.Element) -> None:
+    """vCPUs plugged up to max_vcpus (<vcpu current=vcpus>max</vcpu>, set by the caller) and
+    a virtio-mem device for memory up to max_memory_mib: it needs a NUMA cell holding the boot
+    memory and <maxMemory>; its <requested> size is what ResizeDomain changes."""
+    if not hotplug.memory_hotplug(vm.spec):
+        return
+    size = hotplug.virtio_mem_size_mib(vm.spec)
+    memory = domain.find("memory")
+    index = list(domain).index(memory)
+    max_memory = ET.Element("maxMemory", slots="1", unit="MiB")
+    max_memory.text = str(vm.spec.memory_mib + size)
+    domain.insert(index, max_memory)
+    cpu = domain.find("cpu")
+    if cpu is None:
+        cpu = ET.Element("cpu")
+        domain.insert(list(domain).index(domain.find("clock")), cpu)
+    numa = _sub(cpu, "numa")
+    _sub(numa, "cell", id="0", cpus=f"0-{hotplug.max_vcpus(vm.spec) - 1}", memory=str(vm.spec.memory_mib), unit="MiB")
+    device = _sub(devices, "memory", model="virtio-mem")
+    target = _sub(device, "target")
+    _sub(target, "size", str(size), unit="MiB")
+    _sub(target, "node", "0")
+    _sub(target, "block", str(hotplug.VIRTIO_MEM_BLOCK_MIB), unit="MiB")
+    _sub(target, "requested", "0", unit="MiB")
 
 
 def _add_cpu_pinning(vm: vm_pb2.VirtualMachine, domain: ET.Element, options: DomainOptions) -> None:

@@ -9,11 +9,12 @@ import logging
 from typing import Iterator
 
 import grpc
+import libvirt
 
 from corral.v1 import launcher_pb2, launcher_pb2_grpc, snapshot_pb2
 
 from corral.snapshots import valid_tag
-from launcher import console, domain_xml, migration, migration_tls, session, snapshots
+from launcher import console, domain_xml, hotplug, migration, migration_tls, session, snapshots
 from launcher.host import DomainNotFound, DomainOperationFailed, HypervisorUnavailable, LauncherError
 from launcher.supervisor import Supervisor
 
@@ -196,3 +197,51 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
         self._snapshot_op(request.tag, context, "delete disk snapshots", lambda domain: snapshots.delete(
             domain, self._sup.vm, request.tag, list(request.disks)))
         return snapshot_pb2.DeleteDomainDiskSnapshotsResponse()
+    # --- hotplug (launcher/hotplug.py) ----------------------------------------------------
+
+    def _on_live_guest(self, action: str, op, context: grpc.ServicerContext):
+        """op(libvirt domain) on the running guest, serialised with the other operations."""
+        sup = self._sup
+        try:
+            with sup._op_lock:
+                guest, _state = sup._live_guest_locked(action)
+                result = op(guest.domain)
+                sup.refresh()
+                return result, sup.board.current()
+        except LauncherError as e:
+            log.warning("%s failed: %s", action, e)
+            _abort(context, e)
+        except libvirt.libvirtError as e:
+            log.warning("%s failed: %s", action, e)
+            context.abort(grpc.StatusCode.INTERNAL, f"{action}: {e.get_error_message()}")
+
+    def AttachDisk(self, request: launcher_pb2.AttachDiskRequest,
+                   context: grpc.ServicerContext) -> launcher_pb2.AttachDiskResponse:
+        _, status = self._on_live_guest(
+            "attach a disk", lambda d: hotplug.attach_disk(d, request.disk, block_device=request.block_device), context)
+        return launcher_pb2.AttachDiskResponse(status=status)
+
+    def DetachDisk(self, request: launcher_pb2.DetachDiskRequest,
+                   context: grpc.ServicerContext) -> launcher_pb2.DetachDiskResponse:
+        _, status = self._on_live_guest("detach a disk", lambda d: hotplug.detach_disk(d, request.disk_name), context)
+        return launcher_pb2.DetachDiskResponse(status=status)
+
+    def ResizeDomain(self, request: launcher_pb2.ResizeDomainRequest,
+                     context: grpc.ServicerContext) -> launcher_pb2.ResizeDomainResponse:
+        """vCPUs first, then memory; each undone alone when the guest does not take it."""
+        if request.vcpus < 0 or request.memory_mib < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "vcpus and memory_mib must not be negative")
+        boot_memory = self._sup.vm.spec.memory_mib
+
+        def resize(domain) -> tuple[int, int]:
+            vcpus = hotplug.set_vcpus(domain, request.vcpus) if request.vcpus else domain.vcpusFlags(hotplug.LIVE)
+            if request.memory_mib:
+                memory = hotplug.set_memory(domain, boot_memory, request.memory_mib)
+            elif hotplug.memory_hotplug_domain(domain):
+                memory = boot_memory + hotplug.plugged_memory_mib(domain)[1]
+            else:
+                memory = boot_memory
+            return vcpus, memory
+
+        (vcpus, memory), status = self._on_live_guest("resize", resize, context)
+        return launcher_pb2.ResizeDomainResponse(status=status, vcpus=vcpus, memory_mib=memory)

@@ -15,7 +15,9 @@ set -euo pipefail
 # button + evdev: the ACPI power button as an input device, for acpid (graceful stop, soft reboot).
 # virtio_scsi + sd_mod: disks on a virtio-scsi bus (a preference's disk bus), as sdX. (The cloud
 # kernel has no AHCI driver: a SATA disk is attached but this guest cannot see it.)
-MODULES="virtio_pci virtio_blk isofs virtio_net virtio_console button evdev virtio_scsi sd_mod"
+# virtio_mem: memory hotplug (a VM with max_memory_mib); loaded unless the kernel command line
+# says corral.novirtiomem (a guest that refuses memory, for tests).
+MODULES="virtio_pci virtio_blk isofs virtio_net virtio_console button evdev virtio_scsi sd_mod virtio_mem"
 out=${1:?usage: build-guest.sh OUTDIR}
 stamp=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 mkdir -p "$out"
@@ -104,7 +106,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 hostname "$(cat /proc/sys/kernel/hostname)"
-for module in $(cat /etc/modules.order); do insmod "/lib/modules/$module.ko"; done
+for module in $(cat /etc/modules.order); do
+    [ "$module" = virtio_mem ] && grep -qw corral.novirtiomem /proc/cmdline && continue
+    insmod "/lib/modules/$module.ko"
+done
 # The ACPI power button powers the guest off, as a real OS does: Corral's graceful stop (and
 # libvirt's ACPI reboot, which turns that power-off into a reset) then work.
 mkdir -p /etc/acpi/PWRF
@@ -153,6 +158,33 @@ done
     done
 ) &
 nc -ll -p 8080 -e /bin/guest-hello >/dev/null 2>&1 &
+# Hotplug, without udev: memory the kernel adds is onlined at once (movable, so virtio-mem can
+# take it back). With corral.hotplug on the kernel command line (hotplug tests: other guests pay
+# nothing), every second CPUs that appeared are brought online (not with corral.nocpuonline: a
+# guest that refuses vCPUs) and a line goes to ttyS0 whenever the online CPUs, MemTotal or the
+# SCSI disks (name:serial, from VPD page 0x80) change. Shell builtins mostly: TCG forks are dear.
+echo online_movable > /sys/devices/system/memory/auto_online_blocks 2>/dev/null
+read -r cmdline < /proc/cmdline
+case " $cmdline " in *" corral.hotplug "*) (
+    last=""
+    while true; do
+        case " $cmdline " in *" corral.nocpuonline "*) ;; *)
+            for cpu in /sys/devices/system/cpu/cpu[0-9]*/online; do
+                read -r value < "$cpu" 2>/dev/null && [ "$value" = 0 ] && echo 1 > "$cpu" 2>/dev/null
+            done ;;
+        esac
+        disks=""
+        for dev in /sys/block/sd*; do
+            [ -e "$dev" ] && disks="$disks${dev##*/}:$(tr -dc 'A-Za-z0-9-' < "$dev/device/vpd_pg80" 2>/dev/null),"
+        done
+        read -r cpus < /sys/devices/system/cpu/online
+        while read -r key value rest; do [ "$key" = MemTotal: ] && break; done < /proc/meminfo
+        state="cpus=$cpus memtotal_kib=$value scsi=$disks"
+        [ "$state" != "$last" ] && echo "CORRAL-GUEST-STATE $state" > /dev/ttyS0
+        last=$state
+        sleep 1
+    done
+) & ;; esac
 echo "CORRAL-GUEST-READY uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 if [ "$(head -c 2 /mnt/cidata/user-data 2>/dev/null)" = "#!" ]; then
     sh /mnt/cidata/user-data </dev/null >/dev/ttyS0 2>&1 &

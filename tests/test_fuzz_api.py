@@ -335,7 +335,9 @@ def assert_xml_round_trips(vm: vm_pb2.VirtualMachine, options: DomainOptions) ->
         "features", "acpi", "apic", "cpu", "clock", "on_poweroff", "on_reboot", "on_crash", "devices", "disk",
         "driver", "source", "target", "serial", "log", "console", "memballoon",
         # networks and the guest agent's channel (user networks: QEMU's command line, integers only)
-        "channel", "interface", "mac", "model", f"{{{QEMU_NS}}}commandline", f"{{{QEMU_NS}}}arg"}
+        "channel", "interface", "mac", "model", f"{{{QEMU_NS}}}commandline", f"{{{QEMU_NS}}}arg",
+        # the virtio-scsi controller every domain has; hotplug (max_vcpus, max_memory_mib): numbers only
+        "controller", "maxMemory", "numa", "cell", "size", "node", "block", "requested"}
 
 
 @FUZZ

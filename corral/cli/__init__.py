@@ -9,7 +9,9 @@
 
 One module per job: base (the group, global options, errors), kinds (types, names, -l/--all),
 get (get, describe), apply (create, apply), edit, delete, verbs (verbs, wait, scale), console, vnc,
-migrations (migrate, drain, cordon), snapshots (snapshot, restore-snapshot), config (the client config file: contexts). ``main(argv)`` returns the exit code instead of exiting,
+hotplug (addvolume, removevolume, set-vcpus, set-memory), migrations (migrate, drain, cordon),
+snapshots (snapshot, restore-snapshot), config (the client config file: contexts). ``main(argv)``
+returns the exit code instead of exiting,
 so tests can call it in-process.
 """
 
@@ -21,7 +23,8 @@ import click
 import grpc
 
 # Importing a command module adds its commands to the group.
-from corral.cli import apply, config, console, delete, edit, get, migrations, snapshots, verbs, vnc  # noqa: F401
+from corral.cli import (apply, config, console, delete, edit, get, hotplug, migrations,  # noqa: F401
+                        snapshots, verbs, vnc)
 from corral.cli.base import CommandError, Duration, cli, client_of, rpc_message
 from corral.cli.kinds import MIGRATION, NODE, POOL, VM, names_of
 

@@ -227,3 +227,47 @@ class AbortMigrationRequest(_message.Message):
 class AbortMigrationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AttachDiskRequest(_message.Message):
+    __slots__ = ("disk", "block_device")
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    disk: _vm_pb2.Disk
+    block_device: bool
+    def __init__(self, disk: _Optional[_Union[_vm_pb2.Disk, _Mapping]] = ..., block_device: _Optional[bool] = ...) -> None: ...
+
+class AttachDiskResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DomainStatus
+    def __init__(self, status: _Optional[_Union[DomainStatus, _Mapping]] = ...) -> None: ...
+
+class DetachDiskRequest(_message.Message):
+    __slots__ = ("disk_name",)
+    DISK_NAME_FIELD_NUMBER: _ClassVar[int]
+    disk_name: str
+    def __init__(self, disk_name: _Optional[str] = ...) -> None: ...
+
+class DetachDiskResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DomainStatus
+    def __init__(self, status: _Optional[_Union[DomainStatus, _Mapping]] = ...) -> None: ...
+
+class ResizeDomainRequest(_message.Message):
+    __slots__ = ("vcpus", "memory_mib")
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    vcpus: int
+    memory_mib: int
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ...) -> None: ...
+
+class ResizeDomainResponse(_message.Message):
+    __slots__ = ("status", "vcpus", "memory_mib")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    status: DomainStatus
+    vcpus: int
+    memory_mib: int
+    def __init__(self, status: _Optional[_Union[DomainStatus, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ...) -> None: ...

@@ -112,6 +112,21 @@ class LauncherServiceStub:
                 request_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.AttachDisk = channel.unary_unary(
+                '/corral.v1.LauncherService/AttachDisk',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.AttachDiskRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.AttachDiskResponse.FromString,
+                _registered_method=True)
+        self.DetachDisk = channel.unary_unary(
+                '/corral.v1.LauncherService/DetachDisk',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.DetachDiskRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.DetachDiskResponse.FromString,
+                _registered_method=True)
+        self.ResizeDomain = channel.unary_unary(
+                '/corral.v1.LauncherService/ResizeDomain',
+                request_serializer=corral_dot_v1_dot_launcher__pb2.ResizeDomainRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_launcher__pb2.ResizeDomainResponse.FromString,
+                _registered_method=True)
 
 
 class LauncherServiceServicer:
@@ -224,6 +239,28 @@ class LauncherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachDisk(self, request, context):
+        """Attaches a disk the handler prepared (its path resolved and checked) to the running guest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachDisk(self, request, context):
+        """Detaches the disk whose serial is disk_name from the running guest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeDomain(self, request, context):
+        """Plugs vCPUs / sets the virtio-mem request, waits (up to a timeout) for the guest to take
+        them, and undoes the change when it did not (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LauncherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +338,21 @@ def add_LauncherServiceServicer_to_server(servicer, server):
                     servicer.DeleteDomainDiskSnapshots,
                     request_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsResponse.SerializeToString,
+            ),
+            'AttachDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachDisk,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.AttachDiskRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.AttachDiskResponse.SerializeToString,
+            ),
+            'DetachDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachDisk,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.DetachDiskRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.DetachDiskResponse.SerializeToString,
+            ),
+            'ResizeDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeDomain,
+                    request_deserializer=corral_dot_v1_dot_launcher__pb2.ResizeDomainRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_launcher__pb2.ResizeDomainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +762,87 @@ class LauncherService:
             '/corral.v1.LauncherService/DeleteDomainDiskSnapshots',
             corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsRequest.SerializeToString,
             corral_dot_v1_dot_snapshot__pb2.DeleteDomainDiskSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/AttachDisk',
+            corral_dot_v1_dot_launcher__pb2.AttachDiskRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.AttachDiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/DetachDisk',
+            corral_dot_v1_dot_launcher__pb2.DetachDiskRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.DetachDiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.LauncherService/ResizeDomain',
+            corral_dot_v1_dot_launcher__pb2.ResizeDomainRequest.SerializeToString,
+            corral_dot_v1_dot_launcher__pb2.ResizeDomainResponse.FromString,
             options,
             channel_credentials,
             insecure,

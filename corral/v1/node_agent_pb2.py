@@ -24,35 +24,48 @@ _sym_db = _symbol_database.Default()
 
 from corral.v1 import launcher_pb2 as corral_dot_v1_dot_launcher__pb2
 from corral.v1 import snapshot_pb2 as corral_dot_v1_dot_snapshot__pb2
+from corral.v1 import vm_pb2 as corral_dot_v1_dot_vm__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63orral/v1/node_agent.proto\x12\tcorral.v1\x1a\x18\x63orral/v1/launcher.proto\x1a\x18\x63orral/v1/snapshot.proto\":\n\x14PauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15PauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"<\n\x16UnpauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"B\n\x17UnpauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"?\n\x19SoftRebootInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"E\n\x1aSoftRebootInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\":\n\x14ResetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15ResetInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"P\n\x1c\x41ttachInstanceConsoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x1d\x41ttachInstanceConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\x96\x06\n\x10NodeAgentService\x12R\n\rPauseInstance\x12\x1f.corral.v1.PauseInstanceRequest\x1a .corral.v1.PauseInstanceResponse\x12X\n\x0fUnpauseInstance\x12!.corral.v1.UnpauseInstanceRequest\x1a\".corral.v1.UnpauseInstanceResponse\x12\x61\n\x12SoftRebootInstance\x12$.corral.v1.SoftRebootInstanceRequest\x1a%.corral.v1.SoftRebootInstanceResponse\x12R\n\rResetInstance\x12\x1f.corral.v1.ResetInstanceRequest\x1a .corral.v1.ResetInstanceResponse\x12n\n\x15\x41ttachInstanceConsole\x12\'.corral.v1.AttachInstanceConsoleRequest\x1a(.corral.v1.AttachInstanceConsoleResponse(\x01\x30\x01\x12^\n\x11TakeDiskSnapshots\x12#.corral.v1.TakeDiskSnapshotsRequest\x1a$.corral.v1.TakeDiskSnapshotsResponse\x12g\n\x14RestoreDiskSnapshots\x12&.corral.v1.RestoreDiskSnapshotsRequest\x1a\'.corral.v1.RestoreDiskSnapshotsResponse\x12\x64\n\x13\x44\x65leteDiskSnapshots\x12%.corral.v1.DeleteDiskSnapshotsRequest\x1a&.corral.v1.DeleteDiskSnapshotsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63orral/v1/node_agent.proto\x12\tcorral.v1\x1a\x18\x63orral/v1/launcher.proto\x1a\x18\x63orral/v1/snapshot.proto\x1a\x12\x63orral/v1/vm.proto\":\n\x14PauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15PauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"<\n\x16UnpauseInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"B\n\x17UnpauseInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"?\n\x19SoftRebootInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"E\n\x1aSoftRebootInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\":\n\x14ResetInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\"@\n\x15ResetInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"P\n\x1c\x41ttachInstanceConsoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x1d\x41ttachInstanceConsoleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"^\n\x19\x41ttachInstanceDiskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x1d\n\x04\x64isk\x18\x03 \x01(\x0b\x32\x0f.corral.v1.Disk\"E\n\x1a\x41ttachInstanceDiskResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"`\n\x19\x44\x65tachInstanceDiskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\x11\n\tdisk_name\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\"E\n\x1a\x44\x65tachInstanceDiskResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\"^\n\x15ResizeInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cinstance_uid\x18\x02 \x01(\t\x12\r\n\x05vcpus\x18\x03 \x01(\x05\x12\x12\n\nmemory_mib\x18\x04 \x01(\x03\"d\n\x16ResizeInstanceResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.corral.v1.DomainStatus\x12\r\n\x05vcpus\x18\x02 \x01(\x05\x12\x12\n\nmemory_mib\x18\x03 \x01(\x03\x32\xb3\x08\n\x10NodeAgentService\x12R\n\rPauseInstance\x12\x1f.corral.v1.PauseInstanceRequest\x1a .corral.v1.PauseInstanceResponse\x12X\n\x0fUnpauseInstance\x12!.corral.v1.UnpauseInstanceRequest\x1a\".corral.v1.UnpauseInstanceResponse\x12\x61\n\x12SoftRebootInstance\x12$.corral.v1.SoftRebootInstanceRequest\x1a%.corral.v1.SoftRebootInstanceResponse\x12R\n\rResetInstance\x12\x1f.corral.v1.ResetInstanceRequest\x1a .corral.v1.ResetInstanceResponse\x12n\n\x15\x41ttachInstanceConsole\x12\'.corral.v1.AttachInstanceConsoleRequest\x1a(.corral.v1.AttachInstanceConsoleResponse(\x01\x30\x01\x12^\n\x11TakeDiskSnapshots\x12#.corral.v1.TakeDiskSnapshotsRequest\x1a$.corral.v1.TakeDiskSnapshotsResponse\x12g\n\x14RestoreDiskSnapshots\x12&.corral.v1.RestoreDiskSnapshotsRequest\x1a\'.corral.v1.RestoreDiskSnapshotsResponse\x12\x64\n\x13\x44\x65leteDiskSnapshots\x12%.corral.v1.DeleteDiskSnapshotsRequest\x1a&.corral.v1.DeleteDiskSnapshotsResponse\x12\x61\n\x12\x41ttachInstanceDisk\x12$.corral.v1.AttachInstanceDiskRequest\x1a%.corral.v1.AttachInstanceDiskResponse\x12\x61\n\x12\x44\x65tachInstanceDisk\x12$.corral.v1.DetachInstanceDiskRequest\x1a%.corral.v1.DetachInstanceDiskResponse\x12U\n\x0eResizeInstance\x12 .corral.v1.ResizeInstanceRequest\x1a!.corral.v1.ResizeInstanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.node_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=93
-  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=151
-  _globals['_PAUSEINSTANCERESPONSE']._serialized_start=153
-  _globals['_PAUSEINSTANCERESPONSE']._serialized_end=217
-  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_start=219
-  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_end=279
-  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_start=281
-  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_end=347
-  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_start=349
-  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_end=412
-  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_start=414
-  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_end=483
-  _globals['_RESETINSTANCEREQUEST']._serialized_start=485
-  _globals['_RESETINSTANCEREQUEST']._serialized_end=543
-  _globals['_RESETINSTANCERESPONSE']._serialized_start=545
-  _globals['_RESETINSTANCERESPONSE']._serialized_end=609
-  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_start=611
-  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_end=691
-  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_start=693
-  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_end=738
-  _globals['_NODEAGENTSERVICE']._serialized_start=741
-  _globals['_NODEAGENTSERVICE']._serialized_end=1531
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_start=113
+  _globals['_PAUSEINSTANCEREQUEST']._serialized_end=171
+  _globals['_PAUSEINSTANCERESPONSE']._serialized_start=173
+  _globals['_PAUSEINSTANCERESPONSE']._serialized_end=237
+  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_start=239
+  _globals['_UNPAUSEINSTANCEREQUEST']._serialized_end=299
+  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_start=301
+  _globals['_UNPAUSEINSTANCERESPONSE']._serialized_end=367
+  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_start=369
+  _globals['_SOFTREBOOTINSTANCEREQUEST']._serialized_end=432
+  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_start=434
+  _globals['_SOFTREBOOTINSTANCERESPONSE']._serialized_end=503
+  _globals['_RESETINSTANCEREQUEST']._serialized_start=505
+  _globals['_RESETINSTANCEREQUEST']._serialized_end=563
+  _globals['_RESETINSTANCERESPONSE']._serialized_start=565
+  _globals['_RESETINSTANCERESPONSE']._serialized_end=629
+  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_start=631
+  _globals['_ATTACHINSTANCECONSOLEREQUEST']._serialized_end=711
+  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_start=713
+  _globals['_ATTACHINSTANCECONSOLERESPONSE']._serialized_end=758
+  _globals['_ATTACHINSTANCEDISKREQUEST']._serialized_start=760
+  _globals['_ATTACHINSTANCEDISKREQUEST']._serialized_end=854
+  _globals['_ATTACHINSTANCEDISKRESPONSE']._serialized_start=856
+  _globals['_ATTACHINSTANCEDISKRESPONSE']._serialized_end=925
+  _globals['_DETACHINSTANCEDISKREQUEST']._serialized_start=927
+  _globals['_DETACHINSTANCEDISKREQUEST']._serialized_end=1023
+  _globals['_DETACHINSTANCEDISKRESPONSE']._serialized_start=1025
+  _globals['_DETACHINSTANCEDISKRESPONSE']._serialized_end=1094
+  _globals['_RESIZEINSTANCEREQUEST']._serialized_start=1096
+  _globals['_RESIZEINSTANCEREQUEST']._serialized_end=1190
+  _globals['_RESIZEINSTANCERESPONSE']._serialized_start=1192
+  _globals['_RESIZEINSTANCERESPONSE']._serialized_end=1292
+  _globals['_NODEAGENTSERVICE']._serialized_start=1295
+  _globals['_NODEAGENTSERVICE']._serialized_end=2370
 # @@protoc_insertion_point(module_scope)

@@ -79,6 +79,21 @@ class NodeAgentServiceStub:
                 request_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsResponse.FromString,
                 _registered_method=True)
+        self.AttachInstanceDisk = channel.unary_unary(
+                '/corral.v1.NodeAgentService/AttachInstanceDisk',
+                request_serializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceDiskRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceDiskResponse.FromString,
+                _registered_method=True)
+        self.DetachInstanceDisk = channel.unary_unary(
+                '/corral.v1.NodeAgentService/DetachInstanceDisk',
+                request_serializer=corral_dot_v1_dot_node__agent__pb2.DetachInstanceDiskRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_node__agent__pb2.DetachInstanceDiskResponse.FromString,
+                _registered_method=True)
+        self.ResizeInstance = channel.unary_unary(
+                '/corral.v1.NodeAgentService/ResizeInstance',
+                request_serializer=corral_dot_v1_dot_node__agent__pb2.ResizeInstanceRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_node__agent__pb2.ResizeInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServiceServicer:
@@ -143,6 +158,28 @@ class NodeAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachInstanceDisk(self, request, context):
+        """Prepares a persistent disk (the node's disk roots and image checks, handed to the run's
+        user) and attaches it to the running guest; INVALID_ARGUMENT when the node refuses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachInstanceDisk(self, request, context):
+        """Detaches a disk from the running guest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeInstance(self, request, context):
+        """Plugs or unplugs vCPUs and virtio-mem memory of the running guest and says what it took.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +222,21 @@ def add_NodeAgentServiceServicer_to_server(servicer, server):
                     servicer.DeleteDiskSnapshots,
                     request_deserializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsResponse.SerializeToString,
+            ),
+            'AttachInstanceDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachInstanceDisk,
+                    request_deserializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceDiskRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_node__agent__pb2.AttachInstanceDiskResponse.SerializeToString,
+            ),
+            'DetachInstanceDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachInstanceDisk,
+                    request_deserializer=corral_dot_v1_dot_node__agent__pb2.DetachInstanceDiskRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_node__agent__pb2.DetachInstanceDiskResponse.SerializeToString,
+            ),
+            'ResizeInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeInstance,
+                    request_deserializer=corral_dot_v1_dot_node__agent__pb2.ResizeInstanceRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_node__agent__pb2.ResizeInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +459,87 @@ class NodeAgentService:
             '/corral.v1.NodeAgentService/DeleteDiskSnapshots',
             corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsRequest.SerializeToString,
             corral_dot_v1_dot_snapshot__pb2.DeleteDiskSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachInstanceDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeAgentService/AttachInstanceDisk',
+            corral_dot_v1_dot_node__agent__pb2.AttachInstanceDiskRequest.SerializeToString,
+            corral_dot_v1_dot_node__agent__pb2.AttachInstanceDiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachInstanceDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeAgentService/DetachInstanceDisk',
+            corral_dot_v1_dot_node__agent__pb2.DetachInstanceDiskRequest.SerializeToString,
+            corral_dot_v1_dot_node__agent__pb2.DetachInstanceDiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeAgentService/ResizeInstance',
+            corral_dot_v1_dot_node__agent__pb2.ResizeInstanceRequest.SerializeToString,
+            corral_dot_v1_dot_node__agent__pb2.ResizeInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -123,7 +123,7 @@ class VirtualMachine(_message.Message):
     def __init__(self, metadata: _Optional[_Union[_meta_pb2.ObjectMeta, _Mapping]] = ..., spec: _Optional[_Union[VirtualMachineSpec, _Mapping]] = ..., status: _Optional[_Union[VirtualMachineStatus, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineSpec(_message.Message):
-    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy", "instance_type", "preference", "machine_type", "firmware", "disk_bus", "cpu_topology", "dedicated_cpu_placement", "hugepages", "headless")
+    __slots__ = ("vcpus", "memory_mib", "boot", "node_selector", "run_strategy", "disks", "cloud_init", "networks", "termination_grace_period_seconds", "eviction_strategy", "instance_type", "preference", "machine_type", "firmware", "disk_bus", "cpu_topology", "dedicated_cpu_placement", "hugepages", "headless", "max_vcpus", "max_memory_mib")
     class NodeSelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,8 @@ class VirtualMachineSpec(_message.Message):
     DEDICATED_CPU_PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     HUGEPAGES_FIELD_NUMBER: _ClassVar[int]
     HEADLESS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
     vcpus: int
     memory_mib: int
     boot: BootSource
@@ -169,7 +171,9 @@ class VirtualMachineSpec(_message.Message):
     dedicated_cpu_placement: bool
     hugepages: Hugepages
     headless: bool
-    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ..., instance_type: _Optional[_Union[InstanceTypeRef, _Mapping]] = ..., preference: _Optional[_Union[PreferenceRef, _Mapping]] = ..., machine_type: _Optional[str] = ..., firmware: _Optional[_Union[Firmware, str]] = ..., disk_bus: _Optional[_Union[DiskBus, str]] = ..., cpu_topology: _Optional[_Union[CpuTopology, _Mapping]] = ..., dedicated_cpu_placement: _Optional[bool] = ..., hugepages: _Optional[_Union[Hugepages, _Mapping]] = ..., headless: _Optional[bool] = ...) -> None: ...
+    max_vcpus: int
+    max_memory_mib: int
+    def __init__(self, vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., boot: _Optional[_Union[BootSource, _Mapping]] = ..., node_selector: _Optional[_Mapping[str, str]] = ..., run_strategy: _Optional[_Union[RunStrategy, str]] = ..., disks: _Optional[_Iterable[_Union[Disk, _Mapping]]] = ..., cloud_init: _Optional[_Union[CloudInitNoCloud, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., termination_grace_period_seconds: _Optional[int] = ..., eviction_strategy: _Optional[_Union[EvictionStrategy, str]] = ..., instance_type: _Optional[_Union[InstanceTypeRef, _Mapping]] = ..., preference: _Optional[_Union[PreferenceRef, _Mapping]] = ..., machine_type: _Optional[str] = ..., firmware: _Optional[_Union[Firmware, str]] = ..., disk_bus: _Optional[_Union[DiskBus, str]] = ..., cpu_topology: _Optional[_Union[CpuTopology, _Mapping]] = ..., dedicated_cpu_placement: _Optional[bool] = ..., hugepages: _Optional[_Union[Hugepages, _Mapping]] = ..., headless: _Optional[bool] = ..., max_vcpus: _Optional[int] = ..., max_memory_mib: _Optional[int] = ...) -> None: ...
 
 class InstanceTypeRef(_message.Message):
     __slots__ = ("name", "revision_name")
@@ -204,16 +208,18 @@ class Hugepages(_message.Message):
     def __init__(self, page_size: _Optional[str] = ...) -> None: ...
 
 class Disk(_message.Message):
-    __slots__ = ("name", "ephemeral", "persistent", "read_only")
+    __slots__ = ("name", "ephemeral", "persistent", "read_only", "bus")
     NAME_FIELD_NUMBER: _ClassVar[int]
     EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
     PERSISTENT_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    BUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     ephemeral: EphemeralDisk
     persistent: PersistentDisk
     read_only: bool
-    def __init__(self, name: _Optional[str] = ..., ephemeral: _Optional[_Union[EphemeralDisk, _Mapping]] = ..., persistent: _Optional[_Union[PersistentDisk, _Mapping]] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    bus: DiskBus
+    def __init__(self, name: _Optional[str] = ..., ephemeral: _Optional[_Union[EphemeralDisk, _Mapping]] = ..., persistent: _Optional[_Union[PersistentDisk, _Mapping]] = ..., read_only: _Optional[bool] = ..., bus: _Optional[_Union[DiskBus, str]] = ...) -> None: ...
 
 class EphemeralDisk(_message.Message):
     __slots__ = ("base_image_path", "base_format")
@@ -308,7 +314,7 @@ class PhaseTransition(_message.Message):
     def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VirtualMachineStatus(_message.Message):
-    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest", "migration_target", "instance_lock_lease", "snapshot_in_progress", "restore_in_progress")
+    __slots__ = ("phase", "node_name", "conditions", "phase_transitions", "serial_log_path", "instance_uid", "restart_count", "start_after", "assignment_token", "printable_status", "runs", "events", "run_request", "saved_state", "restore_from", "run_start_time", "guest", "migration_target", "instance_lock_lease", "snapshot_in_progress", "restore_in_progress", "current_vcpus", "current_memory_mib")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +336,8 @@ class VirtualMachineStatus(_message.Message):
     INSTANCE_LOCK_LEASE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VCPUS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
     phase: VirtualMachinePhase
     node_name: str
     conditions: _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]
@@ -351,7 +359,9 @@ class VirtualMachineStatus(_message.Message):
     instance_lock_lease: int
     snapshot_in_progress: str
     restore_in_progress: str
-    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ..., migration_target: _Optional[_Union[MigrationTarget, _Mapping]] = ..., instance_lock_lease: _Optional[int] = ..., snapshot_in_progress: _Optional[str] = ..., restore_in_progress: _Optional[str] = ...) -> None: ...
+    current_vcpus: int
+    current_memory_mib: int
+    def __init__(self, phase: _Optional[_Union[VirtualMachinePhase, str]] = ..., node_name: _Optional[str] = ..., conditions: _Optional[_Iterable[_Union[_meta_pb2.Condition, _Mapping]]] = ..., phase_transitions: _Optional[_Iterable[_Union[PhaseTransition, _Mapping]]] = ..., serial_log_path: _Optional[str] = ..., instance_uid: _Optional[str] = ..., restart_count: _Optional[int] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_token: _Optional[int] = ..., printable_status: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[RunRecord, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., run_request: _Optional[_Union[RunRequest, _Mapping]] = ..., saved_state: _Optional[_Union[SavedState, _Mapping]] = ..., restore_from: _Optional[_Union[SavedState, _Mapping]] = ..., run_start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., guest: _Optional[_Union[GuestInfo, _Mapping]] = ..., migration_target: _Optional[_Union[MigrationTarget, _Mapping]] = ..., instance_lock_lease: _Optional[int] = ..., snapshot_in_progress: _Optional[str] = ..., restore_in_progress: _Optional[str] = ..., current_vcpus: _Optional[int] = ..., current_memory_mib: _Optional[int] = ...) -> None: ...
 
 class MigrationTarget(_message.Message):
     __slots__ = ("migration_name", "node_name", "instance_uid", "target_address", "target_domain_xml", "bandwidth_mib_per_second", "completion_timeout_seconds", "progress_timeout_seconds", "allow_post_copy", "allow_auto_converge", "cancel_requested", "migration_uri", "cancel_reason", "cancel_message")
@@ -684,3 +694,53 @@ class OpenConsoleResponse(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class AddVolumeRequest(_message.Message):
+    __slots__ = ("name", "disk", "resource_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    disk: Disk
+    resource_version: int
+    def __init__(self, name: _Optional[str] = ..., disk: _Optional[_Union[Disk, _Mapping]] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class AddVolumeResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class RemoveVolumeRequest(_message.Message):
+    __slots__ = ("name", "disk_name", "resource_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISK_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    disk_name: str
+    resource_version: int
+    def __init__(self, name: _Optional[str] = ..., disk_name: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class RemoveVolumeResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
+
+class ResizeVirtualMachineRequest(_message.Message):
+    __slots__ = ("name", "vcpus", "memory_mib", "resource_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vcpus: int
+    memory_mib: int
+    resource_version: int
+    def __init__(self, name: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mib: _Optional[int] = ..., resource_version: _Optional[int] = ...) -> None: ...
+
+class ResizeVirtualMachineResponse(_message.Message):
+    __slots__ = ("virtual_machine",)
+    VIRTUAL_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    virtual_machine: VirtualMachine
+    def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...

@@ -115,6 +115,21 @@ class VirtualMachineServiceStub:
                 request_serializer=corral_dot_v1_dot_vm__pb2.OpenConsoleRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_vm__pb2.OpenConsoleResponse.FromString,
                 _registered_method=True)
+        self.AddVolume = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/AddVolume',
+                request_serializer=corral_dot_v1_dot_vm__pb2.AddVolumeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.AddVolumeResponse.FromString,
+                _registered_method=True)
+        self.RemoveVolume = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/RemoveVolume',
+                request_serializer=corral_dot_v1_dot_vm__pb2.RemoveVolumeRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.RemoveVolumeResponse.FromString,
+                _registered_method=True)
+        self.ResizeVirtualMachine = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/ResizeVirtualMachine',
+                request_serializer=corral_dot_v1_dot_vm__pb2.ResizeVirtualMachineRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.ResizeVirtualMachineResponse.FromString,
+                _registered_method=True)
 
 
 class VirtualMachineServiceServicer:
@@ -233,6 +248,29 @@ class VirtualMachineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddVolume(self, request, context):
+        """Adds a disk to the VM: attached live (SCSI) when it runs, then written to its spec (so the
+        next run has it); ABORTED when the VM changed since resource_version (when given).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVolume(self, request, context):
+        """Removes a disk from the VM: detached live when it runs, then from its spec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeVirtualMachine(self, request, context):
+        """Changes the vCPUs and/or memory of the VM: live (up to max_vcpus / max_memory_mib, when
+        its node has room and its guest takes them) when it runs, then in its spec and status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VirtualMachineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +353,21 @@ def add_VirtualMachineServiceServicer_to_server(servicer, server):
                     servicer.OpenConsole,
                     request_deserializer=corral_dot_v1_dot_vm__pb2.OpenConsoleRequest.FromString,
                     response_serializer=corral_dot_v1_dot_vm__pb2.OpenConsoleResponse.SerializeToString,
+            ),
+            'AddVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddVolume,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.AddVolumeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.AddVolumeResponse.SerializeToString,
+            ),
+            'RemoveVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVolume,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.RemoveVolumeRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.RemoveVolumeResponse.SerializeToString,
+            ),
+            'ResizeVirtualMachine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeVirtualMachine,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.ResizeVirtualMachineRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.ResizeVirtualMachineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -750,6 +803,87 @@ class VirtualMachineService:
             '/corral.v1.VirtualMachineService/OpenConsole',
             corral_dot_v1_dot_vm__pb2.OpenConsoleRequest.SerializeToString,
             corral_dot_v1_dot_vm__pb2.OpenConsoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/AddVolume',
+            corral_dot_v1_dot_vm__pb2.AddVolumeRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.AddVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/RemoveVolume',
+            corral_dot_v1_dot_vm__pb2.RemoveVolumeRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.RemoveVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeVirtualMachine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/ResizeVirtualMachine',
+            corral_dot_v1_dot_vm__pb2.ResizeVirtualMachineRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.ResizeVirtualMachineResponse.FromString,
             options,
             channel_credentials,
             insecure,
