@@ -279,6 +279,11 @@ def not_migratable(vm: vm_pb2.VirtualMachine) -> str:
         if disk.WhichOneof("source") == "ephemeral" and not disk.read_only:
             return (f"disk {disk.name!r} is a writable ephemeral disk: its contents stay on node "
                     f"{vm.status.node_name} (use a persistent disk on shared storage to migrate)")
+    if vm.status.current_vcpus or vm.status.current_memory_mib:
+        # The target's domain is built from the spec, whose vCPUs and memory are now all boot
+        # vCPUs and memory, while the source's were plugged: libvirt would refuse the pair.
+        return ("its vCPUs or memory were changed while it runs (hotplug): restart it before "
+                "migrating, so that its domain is built from its spec")
     return ""
 
 

@@ -145,6 +145,19 @@ def test_a_writable_ephemeral_disk_is_not_migratable():
     assert migrations.not_migratable(vm) == ""
 
 
+
+def test_a_run_resized_live_is_not_migratable_until_restarted():
+    """After a live vCPU or memory hotplug the spec says what is plugged, which the target
+    would boot with: the domains would differ, so the migration is refused with the way out."""
+    vm = running_vm()
+    vm.spec.max_vcpus, vm.spec.vcpus = 4, 2
+    assert migrations.not_migratable(vm) == ""
+    vm.status.current_vcpus = 2
+    assert "restart it before migrating" in migrations.not_migratable(vm)
+    vm.status.ClearField("current_vcpus")
+    vm.status.current_memory_mib = 384
+    assert "hotplug" in migrations.not_migratable(vm)
+
 def test_the_second_success_report_adds_the_downtime_to_the_message():
     vm, migration = migrating_pair()
     migration.status.target_node = "n2"
