@@ -51,6 +51,10 @@ class Hotplug:
         if vm.metadata.HasField("delete_time"):
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot {verb}: VirtualMachine {name!r} "
                                "is being deleted")
+        busy = vm.status.snapshot_in_progress or vm.status.restore_in_progress
+        if busy:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot {verb}: the disks of VirtualMachine "
+                               f"{name!r} are being snapshotted or restored (snapshot {busy}): retry once it ended")
         return vm
 
     @staticmethod

@@ -2,12 +2,18 @@
 on their own bus, the device XML of an attached disk, the validation of maxima and resizes."""
 from __future__ import annotations
 
+import uuid
 import xml.etree.ElementTree as ET
 
+import grpc
 import pytest
 
+from controller.errors import RequestError
+from controller.hotplug_api import Hotplug
 from corral import hotplug
 from corral.cli.hotplug import parse_mib
+from corral.resources import VMS
+from corral.store import Store
 from corral.v1 import vm_pb2
 from corral.validation import ValidationError, validate_new_vm
 from launcher import domain_xml
@@ -123,3 +129,29 @@ def test_resize_problems() -> None:
     plain = vm_pb2.VirtualMachineSpec(vcpus=1, memory_mib=256)
     assert "max_vcpus" in hotplug.resize_problems(plain, vcpus=2, memory_mib=None, boot_memory_mib=256)[0]
     assert "max_memory_mib" in hotplug.resize_problems(plain, vcpus=None, memory_mib=512, boot_memory_mib=256)[0]
+
+
+def test_hotplug_waits_for_a_snapshot_or_restore_of_the_disks(etcd) -> None:
+    """A VM whose disks a snapshot or restore is working on refuses every hotplug verb with
+    FAILED_PRECONDITION naming the snapshot, and nothing is written (real etcd)."""
+    store = Store(endpoints=[etcd.endpoint], prefix=f"/hp-{uuid.uuid4().hex[:8]}/")
+    try:
+        vm = vm_pb2.VirtualMachine()
+        vm.metadata.name = "held"
+        vm.spec.vcpus, vm.spec.max_vcpus, vm.spec.memory_mib = 1, 2, 256
+        vm.status.snapshot_in_progress = "nightly"
+        stored = store.create(VMS, vm)
+        hotplug = Hotplug(store=store, cache=None, node_agents=None)
+        disk = vm_pb2.Disk(name="data")
+        disk.persistent.path = "/var/lib/corral/disks/data.qcow2"
+        calls = [lambda: hotplug.add_volume(vm_pb2.AddVolumeRequest(name="held", disk=disk)),
+                 lambda: hotplug.remove_volume(vm_pb2.RemoveVolumeRequest(name="held", disk_name="data")),
+                 lambda: hotplug.resize(vm_pb2.ResizeVirtualMachineRequest(name="held", vcpus=2))]
+        for call in calls:
+            with pytest.raises(RequestError) as refused:
+                call()
+            assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "snapshot nightly" in str(refused.value)
+        assert store.get(VMS, "held").metadata.resource_version == stored.metadata.resource_version
+    finally:
+        store.close()
