@@ -47,13 +47,22 @@ def signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
-def pet_on_n1(cluster) -> tuple[vm_pb2.VirtualMachine, int]:
+def fence_deadline(state_dir: str) -> float:
+    """The deadline the node's handler last wrote for its QEMUs' fence guard (0: none yet)."""
+    try:
+        with open(os.path.join(state_dir, "fence-deadline"), "rb") as handle:
+            return float(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def pet_on_n1(cluster, heartbeat: list[str] = HEARTBEAT) -> tuple[vm_pb2.VirtualMachine, int]:
     cluster.start_controller()
-    cluster.start_handler("n1", extra=HEARTBEAT)
+    cluster.start_handler("n1", extra=heartbeat)
     cluster.create(cluster.guest_vm("pet"))
     vm = cluster.wait_phase("pet", RUNNING)
     assert vm.status.node_name == "n1"
-    cluster.start_handler("n2", extra=HEARTBEAT)
+    cluster.start_handler("n2", extra=heartbeat)
     return vm, wait_for(lambda: qemu_pid_for(vm.status.instance_uid), timeout=10, what="QEMU")
 
 
@@ -115,22 +124,29 @@ def test_crash_looping_handler_until_the_start_limit_leaves_no_guest_behind(clus
     """The handler crashes again and again, each time with its launchers (an OOM kill of the
     node agent), and is restarted as systemd would (RestartSec=2s) until systemd's start limit
     (5 starts) gives up. While it comes back in time each new handler re-adopts the guest;
-    once it stays dead, the guest ends before the VM runs elsewhere."""
-    vm, qemu = pet_on_n1(cluster)
+    once it stays dead, the guest ends before the VM runs elsewhere. Each handler runs until it
+    has renewed the fencing deadline (a handler killed before that, again and again, rightly
+    lets the guest's deadline pass); the 10 s heartbeat leaves a restart that is slow on a
+    loaded machine time to come back."""
+    heartbeat = ["--heartbeat-seconds", "10"]
+    vm, qemu = pet_on_n1(cluster, heartbeat)
     state_dir = str(cluster.state_dir("n1"))
     with CopySampler(str(cluster.node_root)) as sampler:
         for attempt in range(5):
             time.sleep(1.0)  # it runs a moment, then crashes
             launchers = launcher_pids(state_dir)
+            last_deadline = fence_deadline(state_dir)
             cluster.kill_handler("n1")
             signal_all(launchers, signal.SIGKILL)
             if attempt < 4:
                 time.sleep(2.0)  # RestartSec
-                cluster.start_handler("n1")
+                cluster.start_handler("n1")  # with the arguments it first had
                 wait_for(lambda: launcher_pids(state_dir), timeout=10, what="a launcher adopting the guest")
                 assert qemu_pid_for(vm.status.instance_uid) == qemu, "a restarted handler re-adopts the guest"
+                wait_for(lambda: fence_deadline(state_dir) > last_deadline, timeout=10,
+                         what="the restarted handler to renew the fencing deadline")
         died = time.monotonic()  # systemd gave up
-        wait_for(lambda: not running(qemu), timeout=15, what="the orphaned QEMU to end itself")
+        wait_for(lambda: not running(qemu), timeout=20, what="the orphaned QEMU to end itself")
         fenced = time.monotonic() - died
         moved, recovery = wait_moved(cluster, vm, died)
         time.sleep(2)
