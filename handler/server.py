@@ -28,6 +28,7 @@ from corral.settings import HandlerSettings, loopback
 from corral.v1 import launcher_pb2, node_agent_pb2, node_agent_pb2_grpc, vnc_pb2_grpc
 from handler import hotplug
 from handler.isolation import remove_stale_console_locks
+from handler.relay import relay
 from handler.vnc import NodeVncServicer
 from handler.snapshots import NodeSnapshots, SnapshotRefused
 
@@ -99,32 +100,11 @@ class NodeAgentServicer(node_agent_pb2_grpc.NodeAgentServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must name the run")
         launcher = self._launcher(first.name, first.instance_uid, context)
         remove_stale_console_locks()  # else a dead holder's lock on this pty blocks the console
-
-        def keystrokes() -> Iterator[launcher_pb2.AttachConsoleRequest]:
-            if first.data:
-                yield launcher_pb2.AttachConsoleRequest(data=first.data)
-            try:
-                for request in request_iterator:
-                    yield launcher_pb2.AttachConsoleRequest(data=request.data)
-            except grpc.RpcError:
-                return  # the controller's call ended (cancelled): the relay below ends too
-
-        try:
-            call = launcher.stub.AttachConsole(keystrokes())
-        except ValueError:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {first.instance_uid} has finished")
-        context.add_callback(call.cancel)
-        log.info("vm %s: console attached", first.name)
-        try:
-            for response in call:
-                yield node_agent_pb2.AttachInstanceConsoleResponse(data=response.data)
-        except grpc.RpcError as exc:
-            if context.is_active() and exc.code() != grpc.StatusCode.CANCELLED:
-                context.abort(exc.code(), f"vm {first.name!r}: console: {exc.details()}")
-        finally:
-            call.cancel()
-            log.info("vm %s: console detached", first.name)
-
+        yield from relay(first, request_iterator, context,
+                         open_call=lambda inputs: launcher.stub.AttachConsole(inputs),
+                         wrap_in=lambda data: launcher_pb2.AttachConsoleRequest(data=data),
+                         wrap_out=lambda data: node_agent_pb2.AttachInstanceConsoleResponse(data=data),
+                         what="console")
 
     # Disk snapshots: handler/snapshots.py (through the run's launcher, or qemu-img on the files).
     def _snapshot(self, method, request, context: grpc.ServicerContext):

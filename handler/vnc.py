@@ -6,14 +6,12 @@ Served beside NodeAgentService on the same server, so the same rules hold: mutua
 the node's certificate, and only controllers and admins may call (handler/server.py)."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import grpc
 
 from corral.v1 import vnc_pb2, vnc_pb2_grpc
-
-log = logging.getLogger(__name__)
+from handler.relay import relay
 
 
 class NodeVncServicer(vnc_pb2_grpc.NodeVncServiceServicer):
@@ -29,28 +27,8 @@ class NodeVncServicer(vnc_pb2_grpc.NodeVncServiceServicer):
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must name the run")
         launcher = self.runs._launcher(first.name, first.instance_uid, context)
-
-        def viewer_bytes() -> Iterator[vnc_pb2.AttachVncRequest]:
-            if first.data:
-                yield vnc_pb2.AttachVncRequest(data=first.data)
-            try:
-                for request in request_iterator:
-                    yield vnc_pb2.AttachVncRequest(data=request.data)
-            except grpc.RpcError:
-                return  # the controller's call ended (cancelled): the relay below ends too
-
-        try:
-            call = launcher.vnc_stub.AttachVnc(viewer_bytes())
-        except ValueError:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"run {first.instance_uid} has finished")
-        context.add_callback(call.cancel)
-        log.info("vm %s: vnc attached", first.name)
-        try:
-            for response in call:
-                yield vnc_pb2.AttachInstanceVncResponse(data=response.data)
-        except grpc.RpcError as exc:
-            if context.is_active() and exc.code() != grpc.StatusCode.CANCELLED:
-                context.abort(exc.code(), f"vm {first.name!r}: vnc: {exc.details()}")
-        finally:
-            call.cancel()
-            log.info("vm %s: vnc detached", first.name)
+        yield from relay(first, request_iterator, context,
+                         open_call=lambda inputs: launcher.vnc_stub.AttachVnc(inputs),
+                         wrap_in=lambda data: vnc_pb2.AttachVncRequest(data=data),
+                         wrap_out=lambda data: vnc_pb2.AttachInstanceVncResponse(data=data),
+                         what="vnc")

@@ -233,11 +233,13 @@ def test_web_console_tokens_are_single_use_and_expire(vnc_cluster):
     assert asyncio.run(_websocket_status(base))[0] == 400
 
     # A token is bound to the VM it was made for: the VM deleted and made again, it is refused.
-    stale = stub.CreateVncToken(vnc_pb2.CreateVncTokenRequest(name="nowhere"), timeout=10)
-    vnc_cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="nowhere"), timeout=10)
-    wait_for(lambda: "nowhere" not in {vm.metadata.name for vm in vnc_cluster.vms.ListVirtualMachines(
-        vm_pb2.ListVirtualMachinesRequest(), timeout=10).virtual_machines}, timeout=20, what="nowhere to go")
-    vnc_cluster.create(vnc_cluster.guest_vm("nowhere", node_selector={"nowhere": "true"}))
+    # (Its own VM: under pytest-xdist this module's tests may run in other workers' clusters.)
+    vnc_cluster.create(vnc_cluster.guest_vm("remade", node_selector={"nowhere": "true"}))
+    stale = stub.CreateVncToken(vnc_pb2.CreateVncTokenRequest(name="remade"), timeout=10)
+    vnc_cluster.vms.DeleteVirtualMachine(vm_pb2.DeleteVirtualMachineRequest(name="remade"), timeout=10)
+    wait_for(lambda: "remade" not in {vm.metadata.name for vm in vnc_cluster.vms.ListVirtualMachines(
+        vm_pb2.ListVirtualMachinesRequest(), timeout=10).virtual_machines}, timeout=20, what="remade to go")
+    vnc_cluster.create(vnc_cluster.guest_vm("remade", node_selector={"nowhere": "true"}))
     assert asyncio.run(_websocket_status(base + stale.token))[0] == 403
 
 
