@@ -267,7 +267,7 @@ class MigrationReconciler:
         set_phase(migration, M.MIGRATION_PHASE_SCHEDULED)
         set_phase(migration, M.MIGRATION_PHASE_PREPARING_TARGET)
         self.store.update(MIGRATIONS, migration, fence=fence)
-        views[node].add(vm.spec)
+        scheduling.add_to(views, node, vm.spec)
         active.append(migration)
         log_vm(log, vm, "migration %s: vm %s from %s to %s", name, vm.metadata.name, status.source_node, node)
 

@@ -111,9 +111,8 @@ class Scheduler:
         now = time.time()
         self._assigned = []
         self._lost_runs = []
-        for vm in sorted(view.vms, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
-            if _steady(vm, views, lost):
-                continue
+        unsteady = [vm for vm in view.vms if not _steady(vm, views, lost)]
+        for vm in sorted(unsteady, key=lambda v: (v.metadata.create_time.ToNanoseconds(), v.metadata.name)):
             try:
                 self._reconcile_vm(_copy(vm), fence, views, lost, now)
             except (Conflict, NotFound):
@@ -190,7 +189,7 @@ class Scheduler:
         chosen, why = scheduling.choose_node(vm.spec, views)
         if chosen:
             self._assign(vm, chosen, fence)
-            views[chosen].add(vm.spec)
+            scheduling.add_to(views, chosen, vm.spec)
         else:
             self._mark_unschedulable(vm, why, fence)
 

@@ -170,6 +170,11 @@ class WatchCache:
         self.allocated: dict[str, scheduling.Allocation] = {}  # node -> what its VMs take
         self.changed: set[str] = set()  # VMs changed since the scheduler's last pass
         self.nodes_generation = 0  # moves when a node record or a node's readiness changes
+        # Each node's scheduling view, rebuilt only when its record, readiness or what its VMs
+        # take changed (stale_views): a pass costs the nodes that changed, not every node.
+        # Shared with every reader: deciders replace a view to change it (scheduling.add_to).
+        self._views: dict[str, scheduling.NodeView] = {}
+        self._stale_views: set[str] = set()
         self.revision = 0
         self._resume_from = 0  # the last revision whose events are all applied
         self.cond = threading.Condition()
@@ -220,6 +225,7 @@ class WatchCache:
         with self.cond:
             self.vms = {vm.metadata.name: vm for vm in vms}
             self.allocated = scheduling.allocations(vms)
+            self._views, self._stale_views = {}, set()
             self.changed = set(self.vms)
             self.nodes_generation += 1
             self.migrations = {m.metadata.name: m for m in migrations}
@@ -275,6 +281,7 @@ class WatchCache:
                 elif key.startswith(nodes):
                     name = key[len(nodes):].decode()
                     self.nodes_generation += 1
+                    self._stale_views.add(name)
                     if deleted:
                         self.nodes.pop(name, None)
                     else:
@@ -282,6 +289,7 @@ class WatchCache:
                 elif key.startswith(leases):
                     name = key[len(leases):].decode()
                     self.nodes_generation += 1
+                    self._stale_views.add(name)
                     if deleted:
                         self.ready.discard(name)
                         self.node_leases.pop(name, None)
@@ -320,8 +328,10 @@ class WatchCache:
         after = assigned_nodes(vm)
         for node in scheduling.allocated_on(previous):
             self.allocated[node].change(previous.spec, -1)
+            self._stale_views.add(node)
         for node in scheduling.allocated_on(vm):
             self.allocated.setdefault(node, scheduling.Allocation()).change(vm.spec, +1)
+            self._stale_views.add(node)
         self.changed.add(name)
         for pool in {owning_pool(previous), owning_pool(vm)} - {None}:
             self.changed_pools.add(pool)
@@ -369,7 +379,19 @@ class WatchCache:
         """Node records and what their VMs take, at one revision (records shared: copy to change)."""
         with self.cond:
             nodes = [self.nodes[name] for name in sorted(self.nodes)]
-            return nodes, scheduling.views_from(nodes, self.ready, self.allocated)
+            return nodes, self._current_views()
+
+    def _current_views(self) -> dict[str, scheduling.NodeView]:
+        """Every node's view (a new dict of shared views; caller holds cond)."""
+        for name in self._stale_views:
+            self._views.pop(name, None)
+        self._stale_views = set()
+        for name, node in self.nodes.items():
+            if name not in self._views:
+                self._views[name] = scheduling.view_of(node, name in self.ready, self.allocated.get(name))
+        if len(self._views) != len(self.nodes):  # a node record deleted
+            self._views = {name: view for name, view in self._views.items() if name in self.nodes}
+        return dict(self._views)
 
     def fresh(self, timeout: float = 2.0) -> bool:
         """Wait until the cache has every write etcd had when asked (Kubernetes' consistent
@@ -432,7 +454,7 @@ class WatchCache:
             vms = (list(self.vms.values()) if full
                    else [self.vms[name] for name in changed if name in self.vms])
             nodes = list(self.nodes.values())
-            views = scheduling.views_from(nodes, self.ready, self.allocated)
+            views = self._current_views()
             return SchedulingView(nodes, set(self.ready), views, vms, full,
                                   list(self.migrations.values()), self.revision, self.nodes_generation)
 

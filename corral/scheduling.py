@@ -55,6 +55,13 @@ class NodeView:
         self.allocated_memory_mib += spec.memory_mib
         self.vm_count += 1
 
+    def plus(self, spec: vm_pb2.VirtualMachineSpec) -> "NodeView":
+        """A copy with the VM added: views handed out by the watch cache are shared between
+        passes and readers, so deciders never change one in place (see add_to)."""
+        copy = dataclasses.replace(self, node_ports=set(self.node_ports))
+        copy.add(spec)
+        return copy
+
     def load_after(self, spec: vm_pb2.VirtualMachineSpec) -> float:
         cpu = (self.cpu_units_used() + self.cpu_units_for(spec)) / max(self.capacity_vcpus, 1)
         mem = (self.allocated_memory_mib + spec.memory_mib) / max(self.capacity_memory_mib, 1)
@@ -119,22 +126,29 @@ def post_copy_problem(node: node_pb2.Node) -> str:
     return node.status.post_copy_message or "its handler did not report post-copy support (an older handler)"
 
 
+def view_of(node: node_pb2.Node, ready: bool, used: Allocation | None) -> NodeView:
+    """One node's view: its record, readiness and what its VMs take."""
+    room = allocatable(node)
+    used = used or Allocation()
+    return NodeView(name=node.metadata.name, labels=dict(node.metadata.labels), ready=ready,
+                    unschedulable=node.spec.unschedulable, capacity_vcpus=room.vcpus,
+                    capacity_memory_mib=room.memory_mib, allocated_vcpus=used.vcpus,
+                    allocated_memory_mib=used.memory_mib, vm_count=used.count,
+                    node_ports=set(used.ports), dedicated_vcpus=used.dedicated_vcpus,
+                    cpu_ratio=max(node.status.cpu_allocation_ratio, 1),
+                    post_copy_problem=post_copy_problem(node))
+
+
 def views_from(nodes: Iterable[node_pb2.Node], ready: set[str],
                allocated: dict[str, Allocation]) -> dict[str, NodeView]:
-    """A fresh view of every node (the scheduler changes them as it decides)."""
-    views = {}
-    for node in nodes:
-        name = node.metadata.name
-        room = allocatable(node)
-        used = allocated.get(name) or Allocation()
-        views[name] = NodeView(name=name, labels=dict(node.metadata.labels), ready=name in ready,
-                               unschedulable=node.spec.unschedulable, capacity_vcpus=room.vcpus,
-                               capacity_memory_mib=room.memory_mib, allocated_vcpus=used.vcpus,
-                               allocated_memory_mib=used.memory_mib, vm_count=used.count,
-                               node_ports=set(used.ports), dedicated_vcpus=used.dedicated_vcpus,
-                               cpu_ratio=max(node.status.cpu_allocation_ratio, 1),
-                               post_copy_problem=post_copy_problem(node))
-    return views
+    """A fresh view of every node."""
+    return {node.metadata.name: view_of(node, node.metadata.name in ready, allocated.get(node.metadata.name))
+            for node in nodes}
+
+
+def add_to(views: dict[str, NodeView], node: str, spec: vm_pb2.VirtualMachineSpec) -> None:
+    """Count a VM just placed on the node in this decider's views (a copy replaces the shared view)."""
+    views[node] = views[node].plus(spec)
 
 
 def build_views(nodes: Iterable[node_pb2.Node], ready: set[str],

@@ -13,6 +13,7 @@ from pyetcd import etcdrpc
 
 from controller.watch_cache import WatchCache
 from corral.resources import NODE_LEASES_FOLDER, NODES, VMS
+from corral import scheduling
 from corral.store import Compacted, Store, Unavailable
 from corral.v1 import node_pb2, vm_pb2
 from tests.cluster import wait_for
@@ -74,6 +75,64 @@ def test_cache_mirrors_the_store_and_fans_out_by_node(etcd):
         assert [(vm.metadata.name, vm.status.node_name) for vm in vms] == [("before", "n2")]
         assert at >= moved.metadata.resource_version
         assert cache.wait_newer(at, timeout=0.2) == at  # nothing new: times out at the same revision
+    finally:
+        stop.set()
+        store.close()
+
+
+def test_node_views_follow_events_and_stay_unchanged_by_deciders(etcd):
+    """The cache rebuilds a node's scheduling view only when the node, its readiness or its VMs
+    changed: after every kind of change its views equal ones computed from scratch, and a
+    decider counting a VM in its copy (scheduling.add_to) leaves the cache's views alone."""
+    store = open_store(etcd)
+    stop = threading.Event()
+
+    def node(name: str, vcpus: int) -> node_pb2.Node:
+        record = node_pb2.Node()
+        record.metadata.name = name
+        record.status.capacity.vcpus, record.status.capacity.memory_mib = vcpus, 4096
+        return record
+
+    def running(name: str, node_name: str, vcpus: int) -> vm_pb2.VirtualMachine:
+        vm = make_vm(name, node_name)
+        vm.spec.vcpus, vm.spec.memory_mib = vcpus, 256
+        vm.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+        return vm
+
+    def agrees() -> bool:
+        nodes, ready, vms, _ = cache.snapshot()
+        return cache.node_views()[1] == scheduling.build_views(nodes, ready, vms)
+
+    try:
+        cache = WatchCache(store)
+        threading.Thread(target=cache.run, args=(stop,), daemon=True).start()
+        assert cache.wait_synced(timeout=10)
+        store.put(NODES, node("n1", 4))
+        store.put(NODES, node("n2", 8))
+        lease = store.grant_lease(30)
+        store.txn([], [T.Put(store.raw_key(NODE_LEASES_FOLDER + "n1"), b"n1", lease=lease)])
+        a = store.create(VMS, running("a", "n1", 2))
+        store.create(VMS, running("b", "n2", 1))
+        wait_for(lambda: cache.revision >= store.last_write_revision, timeout=10, what="the cache to catch up")
+        views = cache.node_views()[1]
+        assert (views["n1"].ready, views["n1"].allocated_vcpus, views["n2"].allocated_vcpus) == (True, 2, 1)
+        assert agrees()
+
+        scheduling.add_to(views, "n2", running("c", "n2", 3).spec)  # a decider's own copy
+        assert views["n2"].allocated_vcpus == 4 and cache.node_views()[1]["n2"].allocated_vcpus == 1
+
+        a.status.node_name = "n2"  # moved, grown record, readiness gone, a node deleted
+        store.update(VMS, a)
+        store.put(NODES, node("n1", 16))
+        store.revoke_lease(lease)
+        store.put(NODES, node("n3", 2))
+        store.delete(NODES, "n3")
+        wait_for(lambda: cache.revision >= store.last_write_revision, timeout=10, what="the cache to catch up")
+        views = cache.node_views()[1]
+        assert sorted(views) == ["n1", "n2"]
+        assert (views["n1"].ready, views["n1"].capacity_vcpus, views["n1"].allocated_vcpus) == (False, 16, 0)
+        assert views["n2"].allocated_vcpus == 3
+        assert agrees()
     finally:
         stop.set()
         store.close()
