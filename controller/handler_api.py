@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 from pyetcd import transactions as T
@@ -19,7 +20,7 @@ from controller.node_control import NodeControlMethods
 from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
 from corral.logs import log_vm
-from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, VMS, instance_lock_value
+from corral.resources import INSTANCE_LOCKS_FOLDER, LEADER_TURNED_AWAY, MIGRATIONS, VMS, instance_lock_value
 from corral.store import Conflict, Store, StoreError
 from corral.v1 import handler_pb2, handler_pb2_grpc, migration_pb2, vm_pb2
 from corral.validation import ValidationError, bounded_guest_info, name_problem
@@ -161,11 +162,13 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
 
 
 class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer):
-    def __init__(self, *, store: Store, cache: WatchCache, limits: StreamLimits | None = None) -> None:
+    def __init__(self, *, store: Store, cache: WatchCache, limits: StreamLimits | None = None,
+                 leading: Callable[[], bool] = lambda: False) -> None:
         self.store = store
         self.cache = cache
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
         self.renewer = LeaseRenewer(store)
+        self.leading = leading  # true while this replica leads and sheds node streams
 
     @grpc_errors
     async def WatchAssignments(self, request, context):
@@ -177,6 +180,13 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
         problem = name_problem(node, "node_name")
         if problem:
             raise ValidationError([problem])
+        if request.avoid_leader and self.leading():
+            # Its reconcilers need the CPU, and a leader that fails then cuts no node's stream
+            # (as Kubernetes' scheduler and controllers serve no API). The handler comes back
+            # without avoid_leader when no other replica answers.
+            context.set_trailing_metadata((LEADER_TURNED_AWAY,))
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller replica leads: node streams go to "
+                                                            "the other replicas while one answers")
         loop = asyncio.get_running_loop()
         if not self.cache.synced.is_set() and not await loop.run_in_executor(None, self.cache.wait_synced, 10.0):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     elector = LeaderElector(store=store, identity=settings.replica_id,
                             lease_seconds=settings.leader_lease_seconds, lead=lead)
     metrics.register_controller(list_vms=lambda: cache.snapshot()[2], is_leader=lambda: elector.is_leader)
+    server.leading = lambda: elector.is_leader
     metrics.serve(settings.metrics_listen)
     stop = threading.Event()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,9 @@ class ApiServer:
         self._stop: asyncio.Event | None = None
         self._grace = 0.0
         self.web_console: WebConsole | None = None
+        # Whether this replica leads (set by main once its elector exists): a leader turns away
+        # node streams that can go elsewhere (settings.leader_sheds_node_streams).
+        self.leading: Callable[[], bool] = lambda: False
         self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
 
     def start(self) -> None:
@@ -150,7 +154,8 @@ class ApiServer:
         migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store, threaded=threaded),
                                                                   server)
         handler_pb2_grpc.add_HandlerServiceServicer_to_server(
-            HandlerService(store=self.store, cache=self.cache, limits=limits), server)
+            HandlerService(store=self.store, cache=self.cache, limits=limits,
+                           leading=lambda: settings.leader_sheds_node_streams and self.leading()), server)
         instancetype_pb2_grpc.add_InstanceTypeServiceServicer_to_server(
             InstanceTypeService(store=self.store, cache=self.cache), server)
         instancetype_pb2_grpc.add_PreferenceServiceServicer_to_server(

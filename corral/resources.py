@@ -19,6 +19,9 @@ SNAPSHOTS: Kind[snapshot_pb2.VirtualMachineSnapshot] = Kind("snapshots", snapsho
 NODE_LEASES_FOLDER = "node-leases/"
 #: The key the controller leader holds; its create revision is the fencing token.
 LEADER_KEY = "leader"
+#: Trailing metadata of a node stream the leading replica turned away (WatchAssignmentsRequest
+#: avoid_leader): the handler moves to another replica at once, without backing off.
+LEADER_TURNED_AWAY = ("corral-leader", "1")
 #: A run's instance lock, bound to its node's lease: while it exists no other run may start.
 INSTANCE_LOCKS_FOLDER = "instance-locks/"
 

@@ -152,6 +152,10 @@ class ControllerSettings(CommonSettings):
     replica_id: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
     leader_lease_seconds: int = Field(3, ge=2, le=60)
     resync_seconds: float = Field(1.0, gt=0)
+    leader_sheds_node_streams: bool = Field(
+        True, description="while leading, turn away node assignment streams whose handler can use another "
+                          "replica (it comes back when none answers): the leader's CPU goes to its reconcilers, "
+                          "and its failure cuts no node's stream")
     node_loss_margin_seconds: float = Field(
         5.0, ge=4.0,
         description="how long a node stays NotReady before its runs count as over (its handler "

@@ -1,5 +1,10 @@
 """Follows the node's assignments on a gRPC server stream from any controller, reconnecting
-with jittered exponential backoff (tenacity) and rotating through the controller addresses."""
+with jittered exponential backoff (tenacity) and rotating through the controller addresses.
+
+It prefers a replica that does not lead (the leader's CPU is for its reconcilers): while it
+has addresses it has not tried since its last stream, it asks with avoid_leader, and a
+leading replica turns it away at once (it moves on without backing off). Once every other
+address failed it asks without, and the leader serves it."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +14,7 @@ import threading
 import grpc
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
+from corral.resources import LEADER_TURNED_AWAY
 from corral.v1 import handler_pb2, vm_pb2
 from handler.agent import ControllerStubs, NodeAgent
 
@@ -19,6 +25,12 @@ class StreamEnded(Exception):
     pass
 
 
+def turned_away_by_leader(exc: grpc.RpcError) -> bool:
+    """The replica leads and sent the stream elsewhere (WatchAssignmentsRequest.avoid_leader)."""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and LEADER_TURNED_AWAY in tuple(trailing or ())
+
+
 class AssignmentFollower:
     def __init__(self, *, agent: NodeAgent, stubs: ControllerStubs, node_name: str) -> None:
         self.agent = agent
@@ -26,6 +38,7 @@ class AssignmentFollower:
         self.node_name = node_name
         self.stream = None
         self.stopped = threading.Event()
+        self.failures = 0  # streams that did not sync since the last one that did
 
     def stop(self) -> None:
         self.stopped.set()
@@ -37,13 +50,14 @@ class AssignmentFollower:
         (rather than raises) when a stream that had synced breaks, so backoff starts afresh."""
         snapshot: dict[str, vm_pb2.VirtualMachine] = {}
         synced = False
+        avoid_leader = self.failures < len(self.stubs.servers) - 1  # an address not tried yet
         self.stream = self.stubs.handler.WatchAssignments(
-            handler_pb2.WatchAssignmentsRequest(node_name=self.node_name))
+            handler_pb2.WatchAssignmentsRequest(node_name=self.node_name, avoid_leader=avoid_leader))
         try:
             for event in self.stream:
                 vm = event.virtual_machine
                 if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
-                    synced = True
+                    synced, self.failures = True, 0
                     self.agent.set_assignments(snapshot)
                     log.info("following %d assignments from controller %s", len(snapshot), self.stubs.address)
                 elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
@@ -57,6 +71,11 @@ class AssignmentFollower:
                     else:
                         snapshot.pop(vm.metadata.name, None)
         except grpc.RpcError as exc:
+            if not synced and turned_away_by_leader(exc):
+                log.info("controller %s leads: following another replica", self.stubs.address)
+                self.failures += 1
+                self.stubs.rotate()
+                return
             if not synced or self.stopped.is_set():
                 raise
             log.warning("assignment stream from %s broke: %s", self.stubs.address, exc.details())
@@ -71,6 +90,7 @@ class AssignmentFollower:
             exc = state.outcome.exception()
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.warning("assignment stream from %s: %s; reconnecting", self.stubs.address, detail)
+            self.failures += 1
             self.stubs.rotate()
 
         while not self.stopped.is_set():

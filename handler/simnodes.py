@@ -37,6 +37,7 @@ import libvirt
 
 from corral import logs
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
+from handler.assignments import turned_away_by_leader
 from handler.node import node_record
 
 log = logging.getLogger("corral.simnodes")
@@ -133,8 +134,10 @@ class SimNode:
             stub = self.sim.stub_for(self.name, self.server)
             synced = False
             snapshot: dict[str, vm_pb2.VirtualMachine] = {}
+            avoid_leader = failures < len(self.sim.servers) - 1  # as corral-handler (handler/assignments.py)
             try:
-                async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(node_name=self.name)):
+                async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(
+                        node_name=self.name, avoid_leader=avoid_leader)):
                     vm = event.virtual_machine
                     if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
                         synced, failures = True, 0
@@ -150,6 +153,10 @@ class SimNode:
                         else:
                             snapshot.pop(vm.metadata.name, None)
             except grpc.aio.AioRpcError as exc:
+                if not synced and turned_away_by_leader(exc):
+                    failures += 1
+                    self.server += 1
+                    continue  # at once: the others are there
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("node %s: assignments stream: %s", self.name, exc.details())
             failures += 1

@@ -1,0 +1,113 @@
+"""Which controller replica serves a node's assignment stream: not the leader while another
+replica answers (its CPU is for the reconcilers, and its failure then cuts no node's stream),
+the leader when none does. Real controllers and etcd; simulated nodes (corral-simnodes: the
+real handler protocol, libvirt's test driver) and one real corral-handler."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+from corral.store import Store
+from corral.v1 import node_pb2, vm_pb2
+from tests.cluster import REPO, simulated_vm, wait_for
+
+NODES = 6
+RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
+
+
+def leader_name(cluster) -> str:
+    store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
+    try:
+        kvs = store.range(store.raw_key("leader")).kvs
+        return kvs[0].value.decode() if kvs else ""
+    finally:
+        store.close()
+
+
+def messages(path) -> list[str]:
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line).get("message", ""))
+        except ValueError:
+            continue
+    return found
+
+
+def streams_served(cluster, replica: str) -> set[str]:
+    """Nodes whose assignment stream the replica served (its log: "node N follows its ...")."""
+    return {message.split()[1] for message in messages(cluster.base / f"controller-{replica}.log")
+            if message.startswith("node ") and " follows its " in message}
+
+
+def two_replicas_c1_leading(cluster) -> None:
+    cluster.start_controller("c1")
+    wait_for(lambda: leader_name(cluster) == "c1", timeout=20, what="c1 to lead")
+    cluster.start_controller("c2")
+
+
+def kill_controller(cluster, name: str) -> None:
+    process, _ = cluster.controllers.pop(name)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_simulated_nodes_follow_a_standby_and_come_back_to_the_leader_when_it_is_alone(cluster):
+    two_replicas_c1_leading(cluster)
+    with open(cluster.base / "simnodes.log", "ab") as log:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "handler.simnodes", "--count", str(NODES), "--servers", cluster.servers,
+             "--heartbeat-seconds", "10"],
+            cwd=REPO, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        cluster.preferred = "c2"
+        wait_for(lambda: len(streams_served(cluster, "c2")) == NODES, timeout=60,
+                 what=f"the {NODES} simulated nodes' streams on the standby")
+        assert streams_served(cluster, "c1") == set(), "the leader served a node stream while a standby answered"
+        names = [f"vm-{index}" for index in range(4)]
+        for name in names:
+            cluster.create(simulated_vm(name, label=("streams", "t"), memory_mib=64))
+
+        def running(expected: list[str]):
+            vms = cluster.vms.ListVirtualMachines(vm_pb2.ListVirtualMachinesRequest(
+                label_selector="streams=t"), timeout=10).virtual_machines
+            return sorted(vm.metadata.name for vm in vms if vm.status.phase == RUNNING) == sorted(expected)
+        wait_for(lambda: running(names), timeout=60, what="the VMs Running on simulated nodes")
+
+        kill_controller(cluster, "c2")  # the leader is the only replica left: it serves them all
+        cluster.preferred = "c1"
+        wait_for(lambda: len(streams_served(cluster, "c1")) == NODES, timeout=60,
+                 what="every node's stream back on the leader")
+        cluster.create(simulated_vm("vm-after", label=("streams", "t"), memory_mib=64))
+        wait_for(lambda: running([*names, "vm-after"]), timeout=60, what="a VM started through the leader's streams")
+        nodes = cluster.nodes.ListNodes(node_pb2.ListNodesRequest(), timeout=10).nodes
+        assert len(nodes) == NODES and all(n.status.phase == node_pb2.NODE_PHASE_READY for n in nodes)
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+
+
+def test_a_handler_follows_a_standby_and_the_leader_once_the_standby_is_gone(cluster):
+    two_replicas_c1_leading(cluster)
+    leader_address, standby_address = cluster.controllers["c1"][1], cluster.controllers["c2"][1]
+    cluster.preferred = "c2"
+    cluster.start_handler("n1")
+    handler_log = cluster.base / "handler-n1.log"
+
+    def following(address: str) -> bool:
+        return any(m.startswith("following ") and m.endswith(f"from controller {address}")
+                   for m in messages(handler_log))
+    wait_for(lambda: following(standby_address), timeout=30, what="the handler to follow the standby")
+    assert not following(leader_address)
+    assert any("leads: following another replica" in m for m in messages(handler_log)), \
+        "the handler asked the leader first (its first address) and was sent on"
+
+    kill_controller(cluster, "c2")
+    cluster.preferred = "c1"
+    wait_for(lambda: following(leader_address), timeout=60, what="the handler to follow the leader")
+    wait_for(lambda: cluster.node_ready("n1"), timeout=30, what="n1 Ready through the leader")
