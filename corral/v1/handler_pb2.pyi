@@ -186,10 +186,12 @@ class ReportMigrationStatusResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class WatchAssignmentsRequest(_message.Message):
-    __slots__ = ("node_name",)
+    __slots__ = ("node_name", "avoid_leader")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    AVOID_LEADER_FIELD_NUMBER: _ClassVar[int]
     node_name: str
-    def __init__(self, node_name: _Optional[str] = ...) -> None: ...
+    avoid_leader: bool
+    def __init__(self, node_name: _Optional[str] = ..., avoid_leader: _Optional[bool] = ...) -> None: ...
 
 class WatchAssignmentsResponse(_message.Message):
     __slots__ = ("type", "virtual_machine", "resource_version")
