@@ -569,9 +569,9 @@ class ControllerStubs:
         self.channel: grpc.Channel | None = None
         self.rotate()
 
-    def rotate(self) -> None:
+    def rotate(self, steps: int = 1) -> None:
         old = self.channel
-        self.index = (self.index + 1) % len(self.servers)
+        self.index = (self.index + steps) % len(self.servers)
         address = self.servers[self.index]
         self.channel = (grpc.secure_channel(address, self.credentials, options=KEEPALIVE_OPTIONS)
                         if self.credentials is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import zlib
 
 import grpc
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 
 class StreamEnded(Exception):
     pass
+
+
+def spread(node_name: str, servers: int) -> int:
+    """How far a node turned away by the leader moves in its address list: 1 to servers-1, by
+    its name, so that the leader's nodes spread over the other replicas (all moving one step
+    would put them all on the next one)."""
+    return 1 + zlib.crc32(node_name.encode()) % max(servers - 1, 1)
 
 
 def turned_away_by_leader(exc: grpc.RpcError) -> bool:
@@ -74,7 +82,7 @@ class AssignmentFollower:
             if not synced and turned_away_by_leader(exc):
                 log.info("controller %s leads: following another replica", self.stubs.address)
                 self.failures += 1
-                self.stubs.rotate()
+                self.stubs.rotate(spread(self.node_name, len(self.stubs.servers)))
                 return
             if not synced or self.stopped.is_set():
                 raise

@@ -37,7 +37,7 @@ import libvirt
 
 from corral import logs
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
-from handler.assignments import turned_away_by_leader
+from handler.assignments import spread, turned_away_by_leader
 from handler.node import node_record
 
 log = logging.getLogger("corral.simnodes")
@@ -155,7 +155,7 @@ class SimNode:
             except grpc.aio.AioRpcError as exc:
                 if not synced and turned_away_by_leader(exc):
                     failures += 1
-                    self.server += 1
+                    self.server += spread(self.name, len(self.sim.servers))
                     continue  # at once: the others are there
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("node %s: assignments stream: %s", self.name, exc.details())
