@@ -187,34 +187,34 @@ def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> 
     every node for every VM placed.)"""
     global _next_start
     ordered = list(views.values())
-    enough = max(MIN_FEASIBLE_TO_SCORE, int(len(ordered) * FEASIBLE_SHARE))
+    count = len(ordered)
+    enough = max(MIN_FEASIBLE_TO_SCORE, int(count * FEASIBLE_SHARE))
     vcpus, memory, dedicated = spec.vcpus, spec.memory_mib, spec.dedicated_cpu_placement
     selector = list(spec.node_selector.items())
     ports = networks.node_ports(spec)
     best: NodeView | None = None
     best_key: tuple = ()
     found = 0
-    count = len(ordered)
     start = _next_start % count if count else 0
-    for offset in range(count):
-        view = ordered[(start + offset) % count]
+    for index in range(start, start + count):
+        view = ordered[index - count if index >= count else index]
+        if not view.ready or view.unschedulable:
+            continue
         ratio = view.cpu_ratio
-        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1)
+        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1) if view.dedicated_vcpus else view.allocated_vcpus
         need = vcpus * ratio if dedicated else vcpus
-        if (not view.ready or view.unschedulable
-                or view.capacity_vcpus - used < need
-                or view.capacity_memory_mib - view.allocated_memory_mib < memory
+        capacity, memory_capacity = view.capacity_vcpus, view.capacity_memory_mib
+        if (capacity - used < need or memory_capacity - view.allocated_memory_mib < memory
                 or (selector and any(view.labels.get(key) != value for key, value in selector))
                 or (ports and view.node_ports & ports)):
             continue
-        cpu = (used + need) / max(view.capacity_vcpus, 1)
-        mem = (view.allocated_memory_mib + memory) / max(view.capacity_memory_mib, 1)
-        key = (round((cpu + mem) / 2, 6), view.vm_count, view.name)
-        if best is None or key < best_key:
-            best, best_key = view, key
+        load = round(((used + need) / (capacity or 1) + (view.allocated_memory_mib + memory) / (memory_capacity or 1))
+                     / 2, 6)
+        if best is None or load < best_key[0] or (load == best_key[0] and (view.vm_count, view.name) < best_key[1:]):
+            best, best_key = view, (load, view.vm_count, view.name)
         found += 1
         if found >= enough:
-            _next_start = start + offset + 1
+            _next_start = index + 1
             break
     if best is not None:
         return best.name, ""
