@@ -2,6 +2,7 @@
 loopback, each test in its own etcd key prefix and state directories."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -255,6 +256,36 @@ def simulated_vm(name: str, *, label: tuple[str, str], memory_mib: int) -> vm_pb
     vm.spec.memory_mib = memory_mib
     vm.spec.boot.kernel.kernel_path = "/boot/vmlinuz-simulated"
     return vm
+
+
+def leader_name(cluster: Cluster) -> str:
+    """The replica holding the leader key ("" while none does)."""
+    from corral.store import Store
+    store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
+    try:
+        kvs = store.range(store.raw_key("leader")).kvs
+        return kvs[0].value.decode() if kvs else ""
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def simulated_nodes(cluster: Cluster, count: int, log_path: Path) -> Iterator[subprocess.Popen]:
+    """A corral-simnodes process with COUNT nodes following the cluster's controllers (10 s
+    heartbeat leases), logging to log_path; stopped on leaving."""
+    with open(log_path, "ab") as log:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "handler.simnodes", "--count", str(count), "--servers", cluster.servers,
+             "--heartbeat-seconds", "10"],
+            cwd=REPO, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield sim
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
 
 
 def remove_vm_cgroups(node_root: Path) -> None:

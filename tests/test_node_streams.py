@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
-from corral.store import Store
 from corral.v1 import node_pb2, vm_pb2
-from tests.cluster import REPO, simulated_vm, wait_for
+from tests.cluster import leader_name, simulated_nodes, simulated_vm, wait_for
 
 NODES = 6
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
-
-
-def leader_name(cluster) -> str:
-    store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
-    try:
-        kvs = store.range(store.raw_key("leader")).kvs
-        return kvs[0].value.decode() if kvs else ""
-    finally:
-        store.close()
 
 
 def messages(path) -> list[str]:
@@ -56,12 +44,7 @@ def kill_controller(cluster, name: str) -> None:
 
 def test_simulated_nodes_follow_a_standby_and_come_back_to_the_leader_when_it_is_alone(cluster):
     two_replicas_c1_leading(cluster)
-    with open(cluster.base / "simnodes.log", "ab") as log:
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "handler.simnodes", "--count", str(NODES), "--servers", cluster.servers,
-             "--heartbeat-seconds", "10"],
-            cwd=REPO, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with simulated_nodes(cluster, NODES, cluster.base / "simnodes.log"):
         cluster.preferred = "c2"
         wait_for(lambda: len(streams_served(cluster, "c2")) == NODES, timeout=60,
                  what=f"the {NODES} simulated nodes' streams on the standby")
@@ -84,12 +67,6 @@ def test_simulated_nodes_follow_a_standby_and_come_back_to_the_leader_when_it_is
         wait_for(lambda: running([*names, "vm-after"]), timeout=60, what="a VM started through the leader's streams")
         nodes = cluster.nodes.ListNodes(node_pb2.ListNodesRequest(), timeout=10).nodes
         assert len(nodes) == NODES and all(n.status.phase == node_pb2.NODE_PHASE_READY for n in nodes)
-    finally:
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
 
 
 def test_a_handler_follows_a_standby_and_the_leader_once_the_standby_is_gone(cluster):

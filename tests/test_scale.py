@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from concurrent import futures
 
 import pytest
 
-from corral.store import Store
 from corral.v1 import node_pb2, vm_pb2
-from tests.cluster import REPO, simulated_vm, wait_for
+from tests.cluster import leader_name, simulated_nodes, simulated_vm, wait_for
 
 NODES, VMS = 50, 200
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -25,14 +22,6 @@ RUN_LINE = re.compile(r"run (started|ended): vm (\S+) run (\S+) node (\S+)")
 
 def small_vm(name: str) -> vm_pb2.VirtualMachine:
     return simulated_vm(name, label=("scale", "ci"), memory_mib=64)
-
-
-def leader_name(cluster) -> str:
-    store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
-    try:
-        return store.range(store.raw_key("leader")).kvs[0].value.decode()
-    finally:
-        store.close()
 
 
 def check_runs(log_path) -> dict[str, int]:
@@ -62,12 +51,7 @@ def test_200_vms_on_50_simulated_nodes_survive_a_leader_kill(cluster):
     for name in ("c1", "c2", "c3"):
         cluster.start_controller(name)
     log_path = cluster.base / "simnodes.log"
-    with open(log_path, "ab") as log:
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "handler.simnodes", "--count", str(NODES), "--servers", cluster.servers,
-             "--heartbeat-seconds", "10"],
-            cwd=REPO, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with simulated_nodes(cluster, NODES, log_path):
         wait_for(lambda: len(cluster.nodes.ListNodes(node_pb2.ListNodesRequest(page_size=1000), timeout=10).nodes)
                  == NODES, timeout=60, what=f"{NODES} simulated nodes")
         first_leader = leader_name(cluster)
@@ -116,9 +100,3 @@ def test_200_vms_on_50_simulated_nodes_survive_a_leader_kill(cluster):
             page_size=1000, label_selector="scale=ci"), timeout=30).virtual_machines,
                  timeout=120, interval=1.0, what="every VM deleted")
         check_runs(log_path)
-    finally:
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
