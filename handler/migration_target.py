@@ -137,7 +137,13 @@ class TargetSide:
         launcher = agent.launchers.get(uid)
         state = self.incoming.get(uid)
         if launcher is not None and not self.is_incoming(launcher):
-            return  # a run of this VM this node ran before (finished): not ours to touch
+            if self.removable(launcher):
+                # This node was the source of the run's previous migration, and its guest left;
+                # asked back before that launcher was cleared (the run is still "desired" here,
+                # so the cleanup of runs no longer assigned never reaches it): clear it first,
+                # the next pass prepares the target.
+                agent._in_pool(uid, self.remove_incoming, launcher)
+            return  # else a run of this VM this node ran before (finished): not ours to touch
         if state is not None and state.migration_name != target.migration_name:
             # Another migration of the same run (the first one failed and was retried).
             self.incoming.pop(uid, None)

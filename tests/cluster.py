@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.v1 import node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
 
@@ -145,11 +146,22 @@ class Cluster:
              "--leader-lease-seconds", str(lease_seconds), *(extra or [])],
             env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.controllers[name] = (process, address)
-        wait_for(lambda: self._serving(address), timeout=20, what=f"controller {name} to serve")
+        plaintext = "--config" not in (extra or [])
+        wait_for(lambda: self._serving(address, process, plaintext), timeout=20, what=f"controller {name} to serve")
         return address
 
-    def _serving(self, address: str) -> bool:
+    @staticmethod
+    def _serving(address: str, process: subprocess.Popen, plaintext: bool) -> bool:
+        """The controller answers on its address. Over plaintext its health service must name
+        the VM API: another test's server (a handler, a launcher) can take a port free_port()
+        gave out before the controller binds it, and would answer anything else."""
+        if process.poll() is not None:
+            raise AssertionError(f"the controller exited with {process.returncode} (see its log)")
         with grpc.insecure_channel(address) as channel:
+            if plaintext:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="corral.v1.VirtualMachineService"), timeout=1)
+                return answer.status == health_pb2.HealthCheckResponse.SERVING
             grpc.channel_ready_future(channel).result(timeout=1)
         return True
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.v1 import launcher_pb2
+from corral.v1 import launcher_pb2, vm_pb2
 from handler.agent import observed_phase
 from handler.migration import is_migrated_away
 from handler.migration_proxy import HEADER, SourceTunnel, TargetProxy, read_header
@@ -202,3 +202,57 @@ def test_handler_passes_the_libvirt_mode_to_launchers(tmp_path):
     assert "--libvirt-mode" not in launcher_command(HandlerSettings(), tmp_path)
     command = launcher_command(HandlerSettings(libvirt_mode="session"), tmp_path, isolate=True)
     assert command[command.index("--libvirt-mode") + 1] == "session"
+
+
+class _Launcher:
+    """What reconcile_target asks of a run's launcher: its marks and whether anything runs."""
+
+    def __init__(self, uid: str, marks: set[str], running: bool = False) -> None:
+        self.uid, self.marks, self._running = uid, marks, running
+
+    def marked(self, name: str) -> bool:
+        return name in self.marks
+
+    def running(self) -> bool:
+        return self._running
+
+    def qemu_pids(self) -> list[int]:
+        return [4242] if self._running else []
+
+
+class _Agent:
+    def __init__(self, launchers: dict) -> None:
+        self.node_name, self.launchers, self.pooled = "nb", launchers, []
+
+    def _in_pool(self, uid: str, fn, *args) -> None:
+        self.pooled.append((uid, fn.__name__, args))
+
+
+def test_a_node_asked_back_clears_the_run_it_was_the_source_of_before_preparing():
+    """A VM migrated nb -> na and, before nb cleared its source launcher of that run, asked back
+    na -> nb (same instance uid): nb must clear that launcher (then prepare the target), not
+    wait for a migration timeout with the run 'desired' and never cleaned up (seen in CI)."""
+    from handler.migration import Migrations
+    from handler.migration_source import MIGRATING_MARKER
+
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = "pet"
+    vm.status.instance_uid = "run-1"
+    vm.status.node_name = "na"
+    vm.status.migration_target.node_name = "nb"
+    vm.status.migration_target.migration_name = "back"
+    left = _Launcher("run-1", {MIGRATING_MARKER})  # its guest left: nothing runs
+    agent = _Agent({"run-1": left})
+    migrations = Migrations(agent)
+    migrations.reconcile_target(vm)
+    assert agent.pooled == [("run-1", "remove_incoming", (left,))]
+
+    still = _Launcher("run-1", {MIGRATING_MARKER}, running=True)  # the guest may still be here
+    agent = _Agent({"run-1": still})
+    Migrations(agent).reconcile_target(vm)
+    assert agent.pooled == [], "a source launcher that still runs is not touched"
+
+    ended = _Launcher("run-1", set())  # a run of this VM that ended here, not by migration
+    agent = _Agent({"run-1": ended})
+    Migrations(agent).reconcile_target(vm)
+    assert agent.pooled == []
