@@ -428,7 +428,8 @@ class NodeAgent:
             return
         if launcher.respawn_delay() > 0:
             return  # the periodic pass comes back
-        log.warning("vm %s: launcher exited, starting a new one", vm.metadata.name)
+        log.warning("vm %s: launcher exited (%s), starting a new one", vm.metadata.name,
+                    launcher.log_tail() or "its log is empty")
         launcher.spawn(self.launcher_command)
 
     def _report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher) -> None:
