@@ -389,9 +389,7 @@ class WatchCache:
         for name, node in self.nodes.items():
             if name not in self._views:
                 self._views[name] = scheduling.view_of(node, name in self.ready, self.allocated.get(name))
-        if len(self._views) != len(self.nodes):  # a node record deleted
-            self._views = {name: view for name, view in self._views.items() if name in self.nodes}
-        return dict(self._views)
+        return dict(self._views)  # a deleted node's view went with its event (stale, not rebuilt)
 
     def fresh(self, timeout: float = 2.0) -> bool:
         """Wait until the cache has every write etcd had when asked (Kubernetes' consistent

@@ -201,7 +201,7 @@ def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> 
         if not view.ready or view.unschedulable:
             continue
         ratio = view.cpu_ratio
-        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1) if view.dedicated_vcpus else view.allocated_vcpus
+        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1)
         need = vcpus * ratio if dedicated else vcpus
         capacity, memory_capacity = view.capacity_vcpus, view.capacity_memory_mib
         if (capacity - used < need or memory_capacity - view.allocated_memory_mib < memory

@@ -26,6 +26,12 @@ class StreamEnded(Exception):
     pass
 
 
+def avoid_leader(failures: int, servers: int) -> bool:
+    """Whether a stream should ask to avoid the leader: an address is left that was not tried
+    since the last stream that synced (failures counts those that did not)."""
+    return failures < servers - 1
+
+
 def spread(node_name: str, servers: int) -> int:
     """How far a node turned away by the leader moves in its address list: 1 to servers-1, by
     its name, so that the leader's nodes spread over the other replicas (all moving one step
@@ -58,9 +64,8 @@ class AssignmentFollower:
         (rather than raises) when a stream that had synced breaks, so backoff starts afresh."""
         snapshot: dict[str, vm_pb2.VirtualMachine] = {}
         synced = False
-        avoid_leader = self.failures < len(self.stubs.servers) - 1  # an address not tried yet
-        self.stream = self.stubs.handler.WatchAssignments(
-            handler_pb2.WatchAssignmentsRequest(node_name=self.node_name, avoid_leader=avoid_leader))
+        self.stream = self.stubs.handler.WatchAssignments(handler_pb2.WatchAssignmentsRequest(
+            node_name=self.node_name, avoid_leader=avoid_leader(self.failures, len(self.stubs.servers))))
         try:
             for event in self.stream:
                 vm = event.virtual_machine

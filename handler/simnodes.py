@@ -37,7 +37,7 @@ import libvirt
 
 from corral import logs
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
-from handler.assignments import spread, turned_away_by_leader
+from handler.assignments import avoid_leader, spread, turned_away_by_leader
 from handler.node import node_record
 
 log = logging.getLogger("corral.simnodes")
@@ -134,10 +134,9 @@ class SimNode:
             stub = self.sim.stub_for(self.name, self.server)
             synced = False
             snapshot: dict[str, vm_pb2.VirtualMachine] = {}
-            avoid_leader = failures < len(self.sim.servers) - 1  # as corral-handler (handler/assignments.py)
             try:
                 async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(
-                        node_name=self.name, avoid_leader=avoid_leader)):
+                        node_name=self.name, avoid_leader=avoid_leader(failures, len(self.sim.servers)))):
                     vm = event.virtual_machine
                     if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
                         synced, failures = True, 0

@@ -150,13 +150,15 @@ class Cluster:
         wait_for(lambda: self._serving(address, process, plaintext), timeout=20, what=f"controller {name} to serve")
         return address
 
-    @staticmethod
-    def _serving(address: str, process: subprocess.Popen, plaintext: bool) -> bool:
+    def _serving(self, address: str, process: subprocess.Popen, plaintext: bool) -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the controller exited with {process.returncode} (see its log)")
+        return self._answers(address, plaintext)
+
+    def _answers(self, address: str, plaintext: bool) -> bool:
         """The controller answers on its address. Over plaintext its health service must name
         the VM API: another test's server (a handler, a launcher) can take a port free_port()
         gave out before the controller binds it, and would answer anything else."""
-        if process.poll() is not None:
-            raise AssertionError(f"the controller exited with {process.returncode} (see its log)")
         with grpc.insecure_channel(address) as channel:
             if plaintext:
                 answer = health_pb2_grpc.HealthStub(channel).Check(
@@ -270,15 +272,24 @@ def simulated_vm(name: str, *, label: tuple[str, str], memory_mib: int) -> vm_pb
     return vm
 
 
-def leader_name(cluster: Cluster) -> str:
-    """The replica holding the leader key ("" while none does)."""
+def leader_of(cluster: Cluster) -> tuple[str, int] | None:
+    """(replica id, fencing token) of the current leader, from etcd."""
+    from corral.resources import LEADER_KEY
     from corral.store import Store
     store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
     try:
-        kvs = store.range(store.raw_key("leader")).kvs
-        return kvs[0].value.decode() if kvs else ""
+        response = store.range(store.raw_key(LEADER_KEY))
+        if not response.kvs:
+            return None
+        return response.kvs[0].value.decode(), response.kvs[0].create_revision
     finally:
         store.close()
+
+
+def leader_name(cluster: Cluster) -> str:
+    """The replica holding the leader key ("" while none does)."""
+    leader = leader_of(cluster)
+    return leader[0] if leader else ""
 
 
 @contextlib.contextmanager

@@ -9,21 +9,9 @@ import pytest
 from corral.resources import LEADER_KEY, VMS
 from corral.store import Fence, FencingLost, Store
 from corral.v1 import vm_pb2
-from tests.cluster import qemu_pid_for, wait_for
+from tests.cluster import leader_of, qemu_pid_for, wait_for
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
-
-
-def leader_of(cluster) -> tuple[str, int] | None:
-    """(replica id, fencing token) of the current leader, from etcd."""
-    store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
-    try:
-        response = store.range(store.raw_key(LEADER_KEY))
-        if not response.kvs:
-            return None
-        return response.kvs[0].value.decode(), response.kvs[0].create_revision
-    finally:
-        store.close()
 
 
 def test_a_stale_fencing_token_is_refused_by_etcd(cluster):
