@@ -18,6 +18,13 @@ def strategy(vm: vm_pb2.VirtualMachine) -> int:
     return vm.spec.run_strategy or RS.RUN_STRATEGY_RERUN_ON_FAILURE
 
 
+def settled(vm: vm_pb2.VirtualMachine) -> bool:
+    """A live run on a node, not being deleted, not halted: nothing for the scheduler to decide
+    while its node lives (most VMs, most of the time)."""
+    return (vm.status.phase in vm_status.LIVE_PHASES and bool(vm.status.node_name)
+            and not vm.metadata.HasField("delete_time") and strategy(vm) != RS.RUN_STRATEGY_HALTED)
+
+
 def wants_restart(vm: vm_pb2.VirtualMachine) -> bool:
     """Whether an ended run (Succeeded or Failed) is followed by another."""
     if vm_status.run_request_applies(vm):

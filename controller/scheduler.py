@@ -2,12 +2,13 @@
 declares runs on lost nodes over once those nodes had time to fence themselves, and starts
 new runs per run strategy.
 
-It wakes on every change under the Corral prefix and reads one consistent view from the
-replica's watch cache (no etcd read, no decoding): the VMs changed since its last pass and
-what every node's VMs take (kept by the cache event by event), so a pass costs the changes
-and the nodes, not every VM. Every VM is looked at again (a full pass) every resync period,
-when a node record or a node's readiness changed, and when the set of lost nodes changed:
-what waits on time (back-off, unschedulable VMs, lost nodes) is retried then. Each decision
+It wakes on changes under the Corral prefix (at most every MIN_PASS_INTERVAL_SECONDS) and
+reads one consistent view from the replica's watch cache (no etcd read, no decoding): the VMs
+changed since its last pass and every node's scheduling view (kept by the cache event by
+event), so a pass costs the changes, not every VM or node. A full pass, every resync period,
+when a node record or a node's readiness changed, and when the set of lost nodes changed,
+looks again at every VM that is not settled (lifecycle.settled) and every VM on a node that
+is not Ready: what waits on time (back-off, unschedulable VMs, lost nodes) is retried then. Each decision
 is written guarded by the VM's revision and the leader's fencing token. Before the next pass
 it waits until the cache has seen its own writes, so capacity is never counted from a view
 that misses the assignments just made."""
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Set
 
 from controller import lifecycle
 from controller.migrations import MigrationReconciler
@@ -35,6 +37,10 @@ UNSCHEDULABLE = "Unschedulable"
 #: event (corral/history.py) and one of its instance lock, and etcd allows 128 operations (and
 #: 128 comparisons) in one by default.
 ASSIGN_BATCH = 40
+#: Passes start at most this often. In a storm of changes a pass then takes in this long's
+#: worth (more assignments per transaction, a pass's fixed costs paid less often); a change
+#: after a quiet spell is looked at at once.
+MIN_PASS_INTERVAL_SECONDS = 0.02
 
 
 def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
@@ -45,11 +51,10 @@ def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
 
 
 def _steady(vm: vm_pb2.VirtualMachine, views: dict, lost: set[str]) -> bool:
-    """Nothing for the scheduler to do: a live run on a node that is not lost, not being
-    deleted, not halted (most VMs, most of the time: they are skipped without a copy)."""
+    """Nothing for the scheduler to do: a settled run on a node that is not lost (skipped
+    without a copy)."""
     node = vm.status.node_name
-    return (vm.status.phase in vm_status.LIVE_PHASES and node in views and node not in lost
-            and not vm.metadata.HasField("delete_time") and lifecycle.strategy(vm) != vm_pb2.RUN_STRATEGY_HALTED)
+    return lifecycle.settled(vm) and node in views and node not in lost
 
 
 class Scheduler:
@@ -77,8 +82,10 @@ class Scheduler:
         self._last_full = float("-inf")  # a new term starts with a full pass
         while not stop.is_set():
             try:
+                started = time.monotonic()
                 revision = self.reconcile(fence)
                 self._wait_for_change(revision, stop)
+                stop.wait(started + MIN_PASS_INTERVAL_SECONDS - time.monotonic())
             except FencingLost:
                 log.warning("fencing token %d lost: no longer leading", fence.token)
                 return
@@ -100,7 +107,7 @@ class Scheduler:
         full = (time.monotonic() - self._last_full >= self.resync_seconds
                 or self.cache.nodes_generation != self._nodes_generation)
         view = self.cache.scheduling_view(full)
-        lost = self._lost_nodes({n.metadata.name for n in view.nodes}, view.ready)
+        lost = self._lost_nodes(view.nodes.keys(), view.ready)
         if not full and lost != self._lost:  # runs on those nodes are over: look at every VM
             view = self.cache.scheduling_view(True)
         if view.full:
@@ -126,11 +133,10 @@ class Scheduler:
         if self.migrations is not None:
             self.migrations.reconcile(fence, view.migrations, self.cache.vms.get, views, lost)
         if self.pools is not None:  # the VMs it creates are placed in the next pass
-            self.pools.reconcile(fence, self.cache.pool_work(view.full),
-                                 {node.metadata.name: node for node in view.nodes})
+            self.pools.reconcile(fence, self.cache.pool_work(view.full), view.nodes)
         return view.revision
 
-    def _lost_nodes(self, known: set[str], ready: set[str]) -> set[str]:
+    def _lost_nodes(self, known: Set[str], ready: set[str]) -> set[str]:
         """Nodes NotReady for longer than the margin: their handlers have fenced their guests
         (they stop them before their lease can expire), so their runs are over."""
         now = time.monotonic()

@@ -8,9 +8,10 @@ streams and reconcilers follow it.
   target): a node's subscription hears only about its own VMs.
 - Every snapshot and event carries the etcd revision it reflects; the cache's revision only
   moves forward, after the whole etcd response is applied.
-- What each node's VMs take (scheduling.Allocation) is kept event by event, and the names
-  of VMs changed since the scheduler last asked are collected: a scheduler pass costs the
-  changes and the nodes, not every VM.
+- What each node's VMs take (scheduling.Allocation) is kept event by event, with each node's
+  scheduling view, the names of VMs changed since the scheduler last asked, and those that are
+  not settled (lifecycle.settled): a scheduler pass costs the changes, a full one the VMs
+  that need a decision and those on nodes that are not Ready, never every VM.
 - A broken etcd watch resumes from the cache's revision. A compacted one (events were missed)
   makes the cache relist; subscribers are then told to start over (their stream ends, and
   handlers reconnect and resync).
@@ -27,9 +28,11 @@ from dataclasses import dataclass
 
 from pyetcd import utils as etcd_utils
 
+from controller import lifecycle
 from corral import scheduling
 from corral.resources import INSTANCE_LOCKS_FOLDER, MIGRATIONS, NODE_LEASES_FOLDER, NODES, POOLS, VMS
 from corral.store import Compacted, Store, StoreError, decode
+from corral.watches import RawWatch
 from corral.v1 import migration_pb2, node_pb2, pool_pb2, vm_pb2
 
 log = logging.getLogger(__name__)
@@ -60,10 +63,11 @@ def assigned_nodes(vm: vm_pb2.VirtualMachine | None) -> set[str]:
 
 @dataclass(frozen=True)
 class SchedulingView:
-    """What one scheduler pass reads, at one revision. ``vms`` is every VM (a full pass) or
-    those changed since the previous pass; objects are shared with the cache (copy to change)."""
+    """What one scheduler pass reads, at one revision. ``vms`` is every VM that may need a
+    decision (a full pass: those not settled and those on nodes not Ready) or those changed
+    since the previous pass; objects are shared with the cache (copy to change)."""
 
-    nodes: list[node_pb2.Node]
+    nodes: dict[str, node_pb2.Node]
     ready: set[str]
     views: dict[str, scheduling.NodeView]  # fresh: the scheduler adds what it decides
     vms: list[vm_pb2.VirtualMachine]
@@ -169,6 +173,7 @@ class WatchCache:
         self.changed_pools: set[str] = set()  # pools (or their VMs) changed since the reconciler looked
         self.allocated: dict[str, scheduling.Allocation] = {}  # node -> what its VMs take
         self.changed: set[str] = set()  # VMs changed since the scheduler's last pass
+        self.unsettled: set[str] = set()  # VMs not lifecycle.settled: a full pass looks at them
         self.nodes_generation = 0  # moves when a node record or a node's readiness changes
         # Each node's scheduling view, rebuilt only when its record, readiness or what its VMs
         # take changed (stale_views): a pass costs the nodes that changed, not every node.
@@ -182,6 +187,7 @@ class WatchCache:
         self.history: collections.deque[Change] = collections.deque(maxlen=HISTORY)
         self.history_from = 0  # every VM change after this revision is in history
         self.synced = threading.Event()
+        self._watch: RawWatch | None = None  # the etcd watch being followed
         self._folders = {
             "vms": store.folder(VMS),
             "nodes": store.folder(NODES),
@@ -199,6 +205,8 @@ class WatchCache:
         """List, then follow; a broken watch resumes from the cache's revision (nothing was
         missed, the streams go on), a compacted one lists again (the streams resync)."""
         listed = False
+        if stop is not None:  # the watch is read on this thread: closing it ends the wait
+            threading.Thread(target=self._close_when, args=(stop,), name="watch-cache-stop", daemon=True).start()
         while stop is None or not stop.is_set():
             try:
                 if not listed:
@@ -225,8 +233,8 @@ class WatchCache:
         with self.cond:
             self.vms = {vm.metadata.name: vm for vm in vms}
             self.allocated = scheduling.allocations(vms)
-            self._views, self._stale_views = {}, set()
             self.changed = set(self.vms)
+            self.unsettled = {vm.metadata.name for vm in vms if not lifecycle.settled(vm)}
             self.nodes_generation += 1
             self.migrations = {m.metadata.name: m for m in migrations}
             self.pools = {pool.metadata.name: pool for pool in pools}
@@ -240,6 +248,7 @@ class WatchCache:
                 for node in assigned_nodes(vm):
                     self.by_node.setdefault(node, set()).add(vm.metadata.name)
             self.nodes = {node.metadata.name: node for node in nodes}
+            self._views, self._stale_views = {}, set(self.nodes)
             self.ready = {kv.key[len(folder):].decode() for kv in leases.kvs}
             self.node_leases = {kv.key[len(folder):].decode(): kv.lease for kv in leases.kvs}
             self.locked = {kv.key[len(locks_folder):].decode() for kv in locks.kvs}
@@ -255,14 +264,18 @@ class WatchCache:
         log.info("watch cache: %d VMs, %d nodes at revision %d", len(vms), len(nodes), revision)
         return revision
 
+    def _close_when(self, stop: threading.Event) -> None:
+        stop.wait()
+        if self._watch is not None:
+            self._watch.close()
+
     def _follow(self, revision: int, stop: threading.Event | None) -> None:
-        raw = self.store.watch_everything(start_revision=revision + 1)  # VMs, nodes, leases: one stream
+        raw = self._watch = self.store.watch_everything(start_revision=revision + 1)  # everything: one stream
         try:
-            for response in raw.responses(timeout=1.0):
-                if stop is not None and stop.is_set():
-                    return
-                if response is not None:
-                    self._apply(response.events, response.header.revision)
+            if stop is not None and stop.is_set():
+                return
+            for response in raw.responses():
+                self._apply(response.events, response.header.revision)
         finally:
             raw.close()
 
@@ -333,6 +346,10 @@ class WatchCache:
             self.allocated.setdefault(node, scheduling.Allocation()).change(vm.spec, +1)
             self._stale_views.add(node)
         self.changed.add(name)
+        if vm is None or lifecycle.settled(vm):
+            self.unsettled.discard(name)
+        else:
+            self.unsettled.add(name)
         for pool in {owning_pool(previous), owning_pool(vm)} - {None}:
             self.changed_pools.add(pool)
             members = self.pool_members.setdefault(pool, set())
@@ -382,14 +399,16 @@ class WatchCache:
             return nodes, self._current_views()
 
     def _current_views(self) -> dict[str, scheduling.NodeView]:
-        """Every node's view (a new dict of shared views; caller holds cond)."""
+        """Every node's view (a new dict of shared views; caller holds cond). Only the views of
+        nodes whose record, readiness or VMs changed are rebuilt; a deleted node's goes."""
         for name in self._stale_views:
-            self._views.pop(name, None)
-        self._stale_views = set()
-        for name, node in self.nodes.items():
-            if name not in self._views:
+            node = self.nodes.get(name)
+            if node is None:
+                self._views.pop(name, None)
+            else:
                 self._views[name] = scheduling.view_of(node, name in self.ready, self.allocated.get(name))
-        return dict(self._views)  # a deleted node's view went with its event (stale, not rebuilt)
+        self._stale_views = set()
+        return dict(self._views)
 
     def fresh(self, timeout: float = 2.0) -> bool:
         """Wait until the cache has every write etcd had when asked (Kubernetes' consistent
@@ -445,15 +464,20 @@ class WatchCache:
             return list(self.nodes.values()), set(self.ready), list(self.vms.values()), self.revision
 
     def scheduling_view(self, full: bool) -> SchedulingView:
-        """Nodes, what their VMs take, and every VM (full) or the VMs changed since the last
-        call; the changed set starts afresh either way (one scheduler consumes it)."""
+        """Nodes, what their VMs take, and the VMs that may need a decision (full: those not
+        settled and every VM on a node that is not Ready or has no record) or the VMs changed
+        since the last call; the changed set starts afresh either way (one scheduler consumes it)."""
         with self.cond:
             changed, self.changed = self.changed, set()
-            vms = (list(self.vms.values()) if full
-                   else [self.vms[name] for name in changed if name in self.vms])
-            nodes = list(self.nodes.values())
-            views = self._current_views()
-            return SchedulingView(nodes, set(self.ready), views, vms, full,
+            if full:
+                names = set(self.unsettled)
+                for node, on_node in self.by_node.items():
+                    if node not in self.ready or node not in self.nodes:
+                        names |= on_node
+            else:
+                names = changed
+            vms = [self.vms[name] for name in names if name in self.vms]
+            return SchedulingView(dict(self.nodes), set(self.ready), self._current_views(), vms, full,
                                   list(self.migrations.values()), self.revision, self.nodes_generation)
 
     def pool_work(self, full: bool) -> list[tuple[str, pool_pb2.VirtualMachinePool | None,

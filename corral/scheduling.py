@@ -22,7 +22,7 @@ from corral.v1 import node_pb2, vm_pb2
 ALLOCATING_PHASES = frozenset({vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED, vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class NodeView:
     name: str
     labels: dict[str, str]
@@ -179,12 +179,15 @@ def misfit(view: NodeView, spec: vm_pb2.VirtualMachineSpec) -> str | None:
 MIN_FEASIBLE_TO_SCORE = 100
 FEASIBLE_SHARE = 0.05
 _next_start = 0
+#: Loads (the sum of the CPU and memory shares a node would have) closer than this are equal.
+LOAD_TIE = 1e-9
 
 
 def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> tuple[str | None, str]:
     """The least-loaded fitting node and "", or None and a Kubernetes-style explanation.
     (misfit's checks inlined, with what the VM asks for computed once: this runs for up to
-    every node for every VM placed.)"""
+    every node for every VM placed. Loads within LOAD_TIE of each other are a tie, broken by
+    fewer VMs, then by name.)"""
     global _next_start
     ordered = list(views.values())
     count = len(ordered)
@@ -193,25 +196,26 @@ def choose_node(spec: vm_pb2.VirtualMachineSpec, views: dict[str, NodeView]) -> 
     selector = list(spec.node_selector.items())
     ports = networks.node_ports(spec)
     best: NodeView | None = None
-    best_key: tuple = ()
+    best_load = 0.0
     found = 0
     start = _next_start % count if count else 0
-    for index in range(start, start + count):
-        view = ordered[index - count if index >= count else index]
+    for index, view in enumerate(ordered[start:] + ordered[:start], start):
         if not view.ready or view.unschedulable:
             continue
         ratio = view.cpu_ratio
-        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1)
+        used = view.allocated_vcpus + view.dedicated_vcpus * (ratio - 1) if view.dedicated_vcpus else view.allocated_vcpus
         need = vcpus * ratio if dedicated else vcpus
-        capacity, memory_capacity = view.capacity_vcpus, view.capacity_memory_mib
-        if (capacity - used < need or memory_capacity - view.allocated_memory_mib < memory
+        capacity = view.capacity_vcpus
+        memory_capacity = view.capacity_memory_mib
+        memory_used = view.allocated_memory_mib
+        if (capacity - used < need or memory_capacity - memory_used < memory
                 or (selector and any(view.labels.get(key) != value for key, value in selector))
                 or (ports and view.node_ports & ports)):
             continue
-        load = round(((used + need) / (capacity or 1) + (view.allocated_memory_mib + memory) / (memory_capacity or 1))
-                     / 2, 6)
-        if best is None or load < best_key[0] or (load == best_key[0] and (view.vm_count, view.name) < best_key[1:]):
-            best, best_key = view, (load, view.vm_count, view.name)
+        load = (used + need) / (capacity or 1) + (memory_used + memory) / (memory_capacity or 1)
+        if best is None or load < best_load - LOAD_TIE or (
+                load <= best_load + LOAD_TIE and (view.vm_count, view.name) < (best.vm_count, best.name)):
+            best, best_load = view, load
         found += 1
         if found >= enough:
             _next_start = index + 1

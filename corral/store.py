@@ -434,6 +434,8 @@ class Store:
         return RawWatch(self, key, None, start_revision)
 
     def watch_everything(self, *, start_revision: int) -> "RawWatch":
-        """Every change under the prefix: one stream for a watch cache."""
+        """Every change under the prefix: one stream for a watch cache (which keeps the previous
+        values itself, and reads the stream on its own thread: see RawWatch)."""
         from corral.watches import RawWatch  # noqa: PLC0415
-        return RawWatch(self, self.prefix, etcd_utils.prefix_range_end(self.prefix), start_revision)
+        return RawWatch(self, self.prefix, etcd_utils.prefix_range_end(self.prefix), start_revision,
+                        prev_kv=False, threaded=False)

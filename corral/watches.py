@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Generic
 
 import grpc
-from pyetcd import etcdrpc, utils as etcd_utils
+from pyetcd import etcdrpc, exceptions as etcd_exceptions, utils as etcd_utils
 
 from corral.store import (DELETE_EVENT, Compacted, Kind, M, Store, StoreError, Unavailable, WatchEvent,
                           decode)
@@ -17,16 +17,24 @@ from corral.store import (DELETE_EVENT, Compacted, Kind, M, Store, StoreError, U
 class RawWatch:
     """One etcd watch on its own gRPC stream, as an iterator of responses that fails with
     typed errors. Owning the stream (rather than sharing pyetcd's watcher) means closing one
-    watch can never cancel another, and a broken stream is always reported."""
+    watch can never cancel another, and a broken stream is always reported.
+
+    ``threaded`` (the default) reads the stream on a thread of its own, so that responses()
+    can wake its reader every ``timeout`` seconds of silence; a reader that needs no such
+    wake-up (a watch cache: close() from another thread ends it) reads the stream itself and
+    saves a hand-over between threads per response. ``prev_kv`` asks etcd for each key's
+    previous value (work for etcd, bytes for both sides): only for readers that use it."""
 
     _END = object()
 
-    def __init__(self, store: Store, key: bytes, range_end: bytes | None, start_revision: int) -> None:
+    def __init__(self, store: Store, key: bytes, range_end: bytes | None, start_revision: int, *,
+                 prev_kv: bool = True, threaded: bool = True) -> None:
         self._queue: queue.Queue = queue.Queue()
         self._requests: queue.Queue = queue.Queue()
         self._closed = threading.Event()
+        self._threaded = threaded
         create = etcdrpc.WatchCreateRequest(key=key, range_end=range_end or b"",
-                                            start_revision=start_revision, prev_kv=True)
+                                            start_revision=start_revision, prev_kv=prev_kv)
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
         client = store.client
         self._client = client
@@ -36,8 +44,8 @@ class RawWatch:
             raise Unavailable(f"etcd is unreachable: {exc}") from exc
         self._call = stub.Watch(self._request_stream(), credentials=client.call_credentials,
                                 metadata=client.metadata)
-        self._pump_thread = threading.Thread(target=self._pump, name="etcd-watch", daemon=True)
-        self._pump_thread.start()
+        if threaded:
+            threading.Thread(target=self._pump, name="etcd-watch", daemon=True).start()
 
     def _request_stream(self) -> Iterator[etcdrpc.WatchRequest]:
         while True:
@@ -46,10 +54,10 @@ class RawWatch:
                 return
             yield request
 
-    def _pump(self) -> None:
+    def _stream(self) -> Iterator:
+        """The stream's responses; ends quietly once closed, raises Unavailable when it broke."""
         try:
-            for response in self._call:
-                self._queue.put(response)
+            yield from self._call
             error: StoreError = Unavailable("etcd ended the watch stream")
         except grpc.RpcError as exc:
             error = Unavailable(f"etcd watch broke: {exc.details() if hasattr(exc, 'details') else exc}")
@@ -57,7 +65,14 @@ class RawWatch:
                     and len(self._client.endpoints) > 1):
                 self._client.endpoint_in_use.fail()  # reopen on another member
         if not self._closed.is_set():
-            self._queue.put(error)
+            raise error
+
+    def _pump(self) -> None:
+        try:
+            for response in self._stream():
+                self._queue.put(response)
+        except StoreError as exc:
+            self._queue.put(exc)
 
     def close(self) -> None:
         if not self._closed.is_set():
@@ -67,7 +82,15 @@ class RawWatch:
             self._queue.put(self._END)
 
     def responses(self, timeout: float | None = None) -> Iterator:
-        """Watch responses with events; yields None every `timeout` seconds of silence."""
+        """Watch responses with events; a threaded watch yields None every `timeout` seconds
+        of silence."""
+        if not self._threaded:
+            for response in self._stream():
+                if self._closed.is_set():
+                    return
+                if self._has_events(response):
+                    yield response
+            return
         while not self._closed.is_set():
             try:
                 item = self._queue.get(timeout=timeout)
@@ -78,12 +101,16 @@ class RawWatch:
                 return
             if isinstance(item, StoreError):
                 raise item
-            if item.compact_revision:
-                raise Compacted(item.compact_revision)
-            if item.canceled:
-                raise Unavailable(f"etcd cancelled the watch: {item.cancel_reason or 'no reason given'}")
-            if item.events:
+            if self._has_events(item):
                 yield item
+
+    @staticmethod
+    def _has_events(response) -> bool:
+        if response.compact_revision:
+            raise Compacted(response.compact_revision)
+        if response.canceled:
+            raise Unavailable(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
+        return bool(response.events)
 
 
 class Watch(Generic[M]):

@@ -138,6 +138,62 @@ def test_node_views_follow_events_and_stay_unchanged_by_deciders(etcd):
         store.close()
 
 
+def test_a_full_scheduling_view_holds_every_vm_that_may_need_a_decision_and_no_settled_one(etcd):
+    """A full scheduler pass reads the VMs that are not settled (pending, ended, being deleted,
+    halted) and every VM on a node that is not Ready or has no record, from the cache's index
+    (not by looking at every VM), both after the initial list and event by event."""
+    store = open_store(etcd)
+    stop = threading.Event()
+
+    def vm(name: str, node: str, phase: int, **change) -> vm_pb2.VirtualMachine:
+        made = make_vm(name, node)
+        made.status.phase = phase
+        if change.get("halted"):
+            made.spec.run_strategy = vm_pb2.RUN_STRATEGY_HALTED
+        if change.get("deleting"):
+            made.metadata.delete_time.GetCurrentTime()
+        return made
+
+    running, pending = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING
+    node = node_pb2.Node()
+    for name in ("ready", "not-ready"):
+        node.metadata.name = name
+        store.put(NODES, node)
+    lease = store.grant_lease(30)
+    store.txn([], [T.Put(store.raw_key(NODE_LEASES_FOLDER + "ready"), b"ready", lease=lease)])
+    store.create(VMS, vm("settled", "ready", running))
+    store.create(VMS, vm("pending", "", pending))
+    store.create(VMS, vm("on-not-ready", "not-ready", running))
+    store.create(VMS, vm("on-no-record", "gone", running))
+    cache = WatchCache(store)
+    try:
+        threading.Thread(target=cache.run, args=(stop,), daemon=True).start()
+        assert cache.wait_synced(timeout=10)
+
+        def full_names() -> set[str]:
+            return {v.metadata.name for v in cache.scheduling_view(True).vms}
+
+        assert full_names() == {"pending", "on-not-ready", "on-no-record"}
+        store.create(VMS, vm("halted", "ready", running, halted=True))
+        store.create(VMS, vm("deleting", "ready", running, deleting=True))
+        store.create(VMS, vm("settled-too", "ready", running))
+        ended = store.create(VMS, vm("ended", "ready", running))
+        ended.status.phase = vm_pb2.VIRTUAL_MACHINE_PHASE_FAILED
+        store.update(VMS, ended)
+        placed = store.get(VMS, "pending")
+        placed.status.node_name, placed.status.phase = "ready", vm_pb2.VIRTUAL_MACHINE_PHASE_SCHEDULED
+        store.update(VMS, placed)
+        wait_for(lambda: cache.revision >= store.last_write_revision, timeout=10, what="the cache to catch up")
+        assert full_names() == {"on-not-ready", "on-no-record", "halted", "deleting", "ended"}
+        store.revoke_lease(lease)  # every VM on "ready" may now need a decision
+        wait_for(lambda: "ready" not in cache.ready, timeout=10, what="the lease to go")
+        assert full_names() == {"on-not-ready", "on-no-record", "halted", "deleting", "ended",
+                                "settled", "settled-too", "pending"}
+    finally:
+        stop.set()
+        store.close()
+
+
 def test_a_compaction_makes_the_cache_relist_and_subscriptions_resync(etcd):
     store = open_store(etcd)
     try:
