@@ -186,8 +186,9 @@ class Bench:
 
     def watch_running(self, replicas: Replicas, order: list[str]) -> None:
         """Follow the VMs from one replica; if its stream breaks, resume on the next one still alive
-        from the last revision seen (the stream opens before any VM exists: no initial listing)."""
-        revision, attempt = 0, 0
+        after the last revision seen whole (changes written together share a revision: corral's
+        Client.watch_vms) (the stream opens before any VM exists: no initial listing)."""
+        revision = latest = attempt = 0
         while not self.stop.is_set():
             name = order[attempt % len(order)]
             attempt += 1
@@ -197,7 +198,8 @@ class Bench:
                 label_selector="bench=scale", resource_version=revision))
             try:
                 for event in stream:
-                    revision = max(revision, event.resource_version)
+                    if event.resource_version > latest:
+                        revision, latest = latest, event.resource_version
                     self.seen(event.virtual_machine)
                     if self.stop.is_set():
                         return

@@ -1,7 +1,9 @@
 """The public API: VirtualMachineService and NodeService, served by every replica. Gets and
 writes go to etcd; lists and watches are served from the replica's watch cache (a list once
 the cache has caught up with etcd, so any replica answers the same; a watch from the cache's
-recent history, or from etcd's when it asks for an older revision)."""
+recent history, or from etcd's when it asks for an older revision). The calls a storm is
+made of (create, get) are coroutines on the server's event loop, with etcd's answer awaited
+there (corral/async_store.py); the others are plain functions in the server's thread pool."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import grpc
-from pyetcd import utils as etcd_utils
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from controller import console, instancetypes, lifecycle, pagination
@@ -23,6 +24,7 @@ from controller.nodes import list_node_views, present_nodes, ready_node_names
 from controller.objects import new_metadata
 from controller.watch_cache import WatchCache
 from corral import history, status as vm_status
+from corral.async_store import AsyncStore
 from corral.logs import log_vm
 from corral.resources import NODES, VMS
 from corral.selectors import matches, parse_selector
@@ -108,8 +110,10 @@ def watch_objects(store: Store, kind, request, context):
 
 class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     def __init__(self, *, store: Store, cache: WatchCache, node_agents: NodeAgents | None = None,
-                 limits: StreamLimits | None = None, interactive: ThreadBoundStreams | None = None) -> None:
+                 limits: StreamLimits | None = None, interactive: ThreadBoundStreams | None = None,
+                 async_store: AsyncStore | None = None) -> None:
         self.store = store
+        self.async_store = async_store or AsyncStore(store)
         self.cache = cache
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
         # Consoles hold a unary thread each for as long as they are open: bounded.
@@ -119,7 +123,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         self.hotplug = Hotplug(store=store, cache=cache, node_agents=self.node_agents)
 
     @grpc_errors
-    def CreateVirtualMachine(self, request, context):
+    async def CreateVirtualMachine(self, request, context):
         given = request.virtual_machine
         validate_new_vm(given)
         problems = user_annotation_problems(given.metadata.annotations, "metadata.annotations")
@@ -128,18 +132,18 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         vm = vm_pb2.VirtualMachine()
         new_metadata(vm.metadata, given.metadata)
         vm.spec.CopyFrom(given.spec)
-        instancetypes.resolve(self.store, vm)  # refused: nothing written
+        if instancetypes.names_any(vm.spec):  # refused: nothing written
+            await asyncio.to_thread(instancetypes.resolve, self.store, vm)  # reads etcd
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
-        stored = self.store.create(VMS, vm)
+        stored = await self.async_store.create(VMS, vm)
         log_vm(log, stored, "created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
         return vm_pb2.CreateVirtualMachineResponse(virtual_machine=stored)
 
     @grpc_errors
-    def GetVirtualMachine(self, request, context):
+    async def GetVirtualMachine(self, request, context):
         _check_name(request.name)
-        vm = self.store.get(VMS, request.name)
-        beside = self.store.raw_key(history.folder(vm.metadata.name))
-        kvs = self.store.range(beside, etcd_utils.prefix_range_end(beside)).kvs
+        beside = self.store.raw_key(history.folder(request.name))
+        vm, kvs = await self.async_store.get_with(VMS, request.name, beside)
         history.merge(vm, [(kv.key[len(beside):].decode(), kv.value) for kv in kvs])
         return vm_pb2.GetVirtualMachineResponse(virtual_machine=present(vm, self._ready()))
 

@@ -19,6 +19,7 @@ from controller.migrations import clear_target, fail, progress_message, set_phas
 from controller.node_control import NodeControlMethods
 from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
+from corral.async_store import AsyncStore
 from corral.logs import log_vm
 from corral.resources import INSTANCE_LOCKS_FOLDER, LEADER_TURNED_AWAY, MIGRATIONS, VMS, instance_lock_value
 from corral.store import Conflict, Store, StoreError
@@ -163,8 +164,9 @@ def apply_migration_report(vm: vm_pb2.VirtualMachine, migration: migration_pb2.M
 
 class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer):
     def __init__(self, *, store: Store, cache: WatchCache, limits: StreamLimits | None = None,
-                 leading: Callable[[], bool] = lambda: False) -> None:
+                 leading: Callable[[], bool] = lambda: False, async_store: AsyncStore | None = None) -> None:
         self.store = store
+        self.async_store = async_store or AsyncStore(store)
         self.cache = cache
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
         self.renewer = LeaseRenewer(store)
@@ -231,26 +233,42 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
         return vm
 
     @grpc_errors
-    def ReportVirtualMachineStatus(self, request, context):
-        """Applied to the VM as the watch cache has it (no etcd read, no decoding); when that
-        copy was behind (the write conflicts, or it says the run is not the node's), to the
-        VM as etcd has it."""
+    async def ReportVirtualMachineStatus(self, request, context):
+        """Applied to the VM as the watch cache has it (no etcd read, no decoding), written from
+        the event loop; when that copy was behind (the write conflicts, or it says the run is
+        not the node's), to the VM as etcd has it (on a thread: rare)."""
         auth.require_node(context, request.node_name)
         cached = self.cache.vms.get(request.name)
         if cached is not None:
             copy = vm_pb2.VirtualMachine()
             copy.CopyFrom(cached)
             try:
-                return self._report(request, copy)
+                vm, changed, new_phase = self._apply_report(request, copy)
+                if changed:
+                    vm = await self.async_store.update(VMS, vm)
+                    self._reported(request, vm, new_phase)
+                return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
             except (Conflict, RequestError):
                 pass
-        return self._report_from_store(request)
+        return await asyncio.to_thread(self._report_from_store, request)
 
     @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)
     def _report_from_store(self, request) -> handler_pb2.ReportVirtualMachineStatusResponse:
-        return self._report(request, self.store.get(VMS, request.name))
+        vm, changed, new_phase = self._apply_report(request, self.store.get(VMS, request.name))
+        if changed:
+            vm = self.store.update(VMS, vm)
+            self._reported(request, vm, new_phase)
+        return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
 
-    def _report(self, request, vm: vm_pb2.VirtualMachine) -> handler_pb2.ReportVirtualMachineStatusResponse:
+    def _reported(self, request, vm: vm_pb2.VirtualMachine, new_phase: bool) -> None:
+        if new_phase:
+            metrics.observe_phase_transition(vm)
+        log_vm(log, vm, "vm %s on %s is %s %s", vm.metadata.name, request.node_name,
+               vm_status.phase_name(vm.status.phase), request.reason)
+
+    def _apply_report(self, request, vm: vm_pb2.VirtualMachine) -> tuple[vm_pb2.VirtualMachine, bool, bool]:
+        """The report applied to the VM: (the VM, whether it changed, whether its phase did).
+        Raises RequestError when the node does not own its run or the run already ended."""
         vm = self._owned_vm(request.node_name, request.name, request.uid, request.instance_uid, vm)
         if vm.status.phase in vm_status.TERMINAL_PHASES and request.phase != vm.status.phase:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -266,13 +284,7 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
             vm.status.serial_log_path = request.serial_log_path
             changed = True
         changed |= apply_run_report(vm, request, new_phase=new_phase, reason=reason)
-        if changed:
-            vm = self.store.update(VMS, vm)
-            if new_phase:
-                metrics.observe_phase_transition(vm)
-            log_vm(log, vm, "vm %s on %s is %s %s", vm.metadata.name, request.node_name,
-                   vm_status.phase_name(vm.status.phase), request.reason)
-        return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
+        return vm, changed, new_phase
 
     @grpc_errors
     @retry(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True)

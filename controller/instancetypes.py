@@ -248,12 +248,17 @@ def resolved_problems(spec: vm_pb2.VirtualMachineSpec) -> list[str]:
     return spec_problems(spec) + ([problem] if problem else [])
 
 
+def names_any(spec: vm_pb2.VirtualMachineSpec) -> bool:
+    """Whether the spec names an instance type or a preference (resolve has work to do)."""
+    return bool(spec.instance_type.name or spec.preference.name)
+
+
 def resolve(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool = False) -> None:
     """Fill ``vm.spec`` from the instance type and preference it names and (unless dry_run)
     record the revisions used. Raises ValidationError (INVALID_ARGUMENT) when the VM sets a
     field its type fixes or the result is invalid, Unresolvable (FAILED_PRECONDITION) when
     what it names does not exist; then nothing is written. A VM naming neither is left alone."""
-    if not (vm.spec.instance_type.name or vm.spec.preference.name):
+    if not names_any(vm.spec):
         return
     sources = fetch(store, vm.spec)
     resolved = vm_pb2.VirtualMachineSpec()

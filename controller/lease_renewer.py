@@ -94,7 +94,7 @@ class LeaseRenewer:
                 for answer in answers:
                     answer(int(response.TTL))
         except grpc.RpcError as exc:
-            error = self._store._translate(exc, self._timeout)
+            error = self._store.translate(exc, self._timeout)
         requests.put(None)
         with self._lock:
             if self._requests is not requests:

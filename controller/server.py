@@ -27,6 +27,7 @@ from controller.node_agents import NodeAgents
 from controller.vnc import VncService
 from controller.watch_cache import WatchCache
 from corral import tls
+from corral.async_store import AsyncStore
 from corral.settings import ControllerSettings, loopback
 from corral.store import Store
 from corral.v1 import (handler_pb2, handler_pb2_grpc, instancetype_pb2, instancetype_pb2_grpc, migration_pb2,
@@ -73,6 +74,7 @@ class ApiServer:
         self._stop: asyncio.Event | None = None
         self._grace = 0.0
         self.web_console: WebConsole | None = None
+        self.async_store: AsyncStore | None = None
         # Whether this replica leads (set by main once its elector exists): a leader turns away
         # node streams that can go elsewhere (settings.leader_sheds_node_streams).
         self.leading: Callable[[], bool] = lambda: False
@@ -110,6 +112,7 @@ class ApiServer:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
+        self.async_store = AsyncStore(self.store)  # its etcd channels belong to this loop
         self._server = self._build()
         await self._server.start()
         if self.web_console is not None:
@@ -122,6 +125,7 @@ class ApiServer:
         if self.web_console is not None:
             await self.web_console.stop()
         await self._server.stop(self._grace)
+        await self.async_store.close()
 
     def _build(self) -> grpc.aio.Server:
         settings = self.settings
@@ -141,7 +145,8 @@ class ApiServer:
         # that with the threaded watches below at most half the pool is held by streams.
         interactive = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=8)
         vm_pb2_grpc.add_VirtualMachineServiceServicer_to_server(VirtualMachineService(
-            store=self.store, cache=self.cache, node_agents=agents, limits=limits, interactive=interactive), server)
+            store=self.store, cache=self.cache, node_agents=agents, limits=limits, interactive=interactive,
+            async_store=self.async_store), server)
         if settings.web_console_listen:
             from controller.web_console import WebConsole  # noqa: PLC0415 - aiohttp only when it is on
             self.web_console = WebConsole(settings, self.store, agents)
@@ -154,7 +159,7 @@ class ApiServer:
         migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store, threaded=threaded),
                                                                   server)
         handler_pb2_grpc.add_HandlerServiceServicer_to_server(
-            HandlerService(store=self.store, cache=self.cache, limits=limits,
+            HandlerService(store=self.store, cache=self.cache, limits=limits, async_store=self.async_store,
                            leading=lambda: settings.leader_sheds_node_streams and self.leading()), server)
         instancetype_pb2_grpc.add_InstanceTypeServiceServicer_to_server(
             InstanceTypeService(store=self.store, cache=self.cache), server)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -101,6 +102,7 @@ class Subscription:
         self.loop = loop
         self.queue: queue.SimpleQueue | asyncio.Queue = queue.SimpleQueue() if loop is None else asyncio.Queue()
         self.ended = False
+        self.taken = 0  # the revision of the last change its reader took
 
     def deliver(self, items: list) -> None:
         """From the cache's thread: one wake-up per etcd response, however many changes."""
@@ -119,9 +121,13 @@ class Subscription:
         if self.queue.qsize() + len(items) > MAX_PENDING and items != [self.RESYNC]:
             log.warning("a stream of %s left %d changes unread: ending it (its client starts over)",
                         self.node, self.queue.qsize())
+            # At a revision's end: the rest of the revision its reader is in the middle of stays
+            # (changes written together share one; a client resumes after the last it saw whole).
+            unread = []
             while not self.queue.empty():
-                self.queue.get_nowait()
-            items = [self.RESYNC]
+                unread.append(self.queue.get_nowait())
+            items = [item for item in itertools.takewhile(
+                lambda item: item is not self.RESYNC and item.revision == self.taken, unread)] + [self.RESYNC]
         for item in items:
             self.queue.put_nowait(item)
         self.ended = items[-1] is self.RESYNC
@@ -136,6 +142,7 @@ class Subscription:
                 continue
             if item is self.RESYNC:
                 return
+            self.taken = item.revision
             yield item
 
     async def async_changes(self) -> AsyncIterator[Change]:
@@ -145,6 +152,7 @@ class Subscription:
             item = await self.queue.get()
             if item is self.RESYNC:
                 return
+            self.taken = item.revision
             yield item
 
     def end(self) -> None:

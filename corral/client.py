@@ -215,12 +215,14 @@ class Client(ResourceCalls):
         """Watch events after ``resource_version`` (0: current VMs as ADDED first, then changes).
 
         Fails over on UNAVAILABLE before the first event; after that, only a watch that began at
-        a non-zero resource_version resumes (from the last event's) on another replica, since a
-        snapshot cannot be resumed half-way. ``timeout`` bounds the whole stream
-        (DEADLINE_EXCEEDED). Closing the iterator cancels the call.
+        a non-zero resource_version resumes on another replica, since a snapshot cannot be
+        resumed half-way. It resumes after the last revision whose events all arrived: changes
+        written in one transaction share a revision, and the stream may have broken between
+        them (those of the last revision may then come twice). ``timeout`` bounds the whole
+        stream (DEADLINE_EXCEEDED). Closing the iterator cancels the call.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        revision = resource_version
+        revision = latest = resource_version
         seen_event = False
         index = self._current
         refusals = 0
@@ -237,8 +239,8 @@ class Client(ResourceCalls):
                         self._current = index
                     seen_event = True
                     refusals = 0
-                    if event.resource_version:
-                        revision = event.resource_version
+                    if event.resource_version > latest:  # the revision before is complete
+                        revision, latest = latest, event.resource_version
                     yield event
                 return
             except grpc.RpcError as err:

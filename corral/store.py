@@ -64,6 +64,14 @@ class Unavailable(StoreError):
     """etcd cannot be reached or did not answer in time."""
 
 
+class LeaseNeeded(StoreError):
+    """A write needs an expiry lease granted first (asked not to block: see AsyncStore)."""
+
+    def __init__(self, ttl: int) -> None:
+        super().__init__(f"an expiry lease of {ttl}s must be granted first")
+        self.ttl = ttl
+
+
 class Compacted(StoreError):
     """A watch asked for a revision that etcd has compacted away: re-list."""
 
@@ -115,6 +123,10 @@ def decode(message_class: type[M], value: bytes, mod_revision: int) -> M:
     return obj
 
 
+def not_found(kind: Kind, name: str) -> NotFound:
+    return NotFound(f"{kind.message_class.DESCRIPTOR.name} {name!r} not found")
+
+
 def parse_endpoint(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     return parts.hostname or "127.0.0.1", parts.port or 2379, parts.scheme == "https"
@@ -137,6 +149,7 @@ class Store:
         self._expiry_leases: dict[int, tuple[int, float]] = {}  # TTL -> (lease, reuse until)
         self._leases_lock = threading.Lock()
         self._stubs: dict[type, tuple[object, object]] = {}  # stub class -> (channel, stub)
+        self.auth: tls.EtcdTokenAuth | None = None  # etcd's auth token, when logging in with a user
         if bool(username) != (password is not None):
             raise StoreError("etcd authentication needs both a user name and a password")
         parsed = [parse_endpoint(url) for url in endpoints]
@@ -160,7 +173,7 @@ class Store:
             endpoints=etcd_endpoints, timeout=timeout, failover=True
         )
         if username:
-            self._auth = auth = tls.EtcdTokenAuth(username, password or "", self._authenticate)
+            self.auth = auth = tls.EtcdTokenAuth(username, password or "", self._authenticate)
             for endpoint in etcd_endpoints:
                 endpoint.channel = grpc.intercept_channel(endpoint.channel, auth)
             try:
@@ -229,11 +242,12 @@ class Store:
             return method(request, timeout or self.timeout, credentials=client.call_credentials,
                           metadata=client.metadata)
         except grpc.RpcError as exc:
-            raise self._translate(exc, timeout or self.timeout) from exc
+            raise self.translate(exc, timeout or self.timeout) from exc
         except etcd_exceptions.NoServerAvailableError as exc:
             raise Unavailable(f"etcd is unreachable: no endpoint answered recently ({exc})") from exc
 
-    def _translate(self, exc: grpc.RpcError, timeout: float) -> StoreError:
+    def translate(self, exc: grpc.RpcError, timeout: float) -> StoreError:
+        """A gRPC error from etcd as a StoreError (UNAVAILABLE also moves to another member)."""
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -248,21 +262,29 @@ class Store:
             return Unavailable(f"etcd is out of space or overloaded: {details}")
         return StoreError(f"etcd refused the request ({code.name if code else code}): {details}")
 
-    def _writes(self, kind: Kind[M], obj: M, lease: int | None = None) -> tuple[list, M]:
+    def _writes(self, kind: Kind[M], obj: M, lease: int | None = None, *, may_block: bool = True,
+                ) -> tuple[list, M]:
         """The puts that store ``obj`` (its own key, and what its kind keeps beside it), and
-        the object as its own key holds it (resource_version still to set)."""
+        the object as its own key holds it (resource_version still to set). Without
+        may_block, raises LeaseNeeded instead of granting an expiry lease."""
         stored = type(obj)()
         stored.CopyFrom(obj)
         beside = kind.beside(stored) if kind.beside is not None else []
         stored.metadata.resource_version = 0
         puts = [T.Put(self.key(kind, obj.metadata.name), stored.SerializeToString(deterministic=True), lease=lease)]
-        puts += [T.Put(self.raw_key(suffix), value, lease=self._expiry_lease(ttl)) for suffix, value, ttl in beside]
+        puts += [T.Put(self.raw_key(suffix), value, lease=self.expiry_lease(ttl, may_block=may_block))
+                 for suffix, value, ttl in beside]
         return puts, stored
 
-    def _expiry_lease(self, ttl: int) -> int:
+    def expiry_lease(self, ttl: int, *, may_block: bool = True) -> int:
         """A lease for keys that should expire after about ``ttl`` seconds, shared by every such
         key written within a window (as Kubernetes' apiserver does for events): a grant per
         window, not per key."""
+        lease, until = self._expiry_leases.get(ttl, (0, 0.0))
+        if time.monotonic() < until:
+            return lease
+        if not may_block:  # (nor wait for a thread that is granting one)
+            raise LeaseNeeded(ttl)
         window = min(600, max(1, ttl // 10))
         with self._leases_lock:
             lease, until = self._expiry_leases.get(ttl, (0, 0.0))
@@ -284,12 +306,14 @@ class Store:
         self._call(etcdrpc.LeaseStub, "LeaseRevoke", etcdrpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
 
     def txn(self, compare: list, success: list, failure: list | None = None) -> etcdrpc.TxnResponse:
-        request = etcdrpc.TxnRequest(
-            compare=[c.build_message() for c in compare],
-            success=self.client._ops_to_requests(success),
-            failure=self.client._ops_to_requests(failure or []),
-        )
-        response = self._call(etcdrpc.KVStub, "Txn", request)
+        return self.txn_done(self._call(etcdrpc.KVStub, "Txn", self.txn_request(compare, success, failure)), success)
+
+    def txn_request(self, compare: list, success: list, failure: list | None = None) -> etcdrpc.TxnRequest:
+        return etcdrpc.TxnRequest(compare=[c.build_message() for c in compare],
+                                  success=self.client._ops_to_requests(success),
+                                  failure=self.client._ops_to_requests(failure or []))
+
+    def txn_done(self, response: etcdrpc.TxnResponse, success: list) -> etcdrpc.TxnResponse:
         if response.succeeded and success:
             # Readers of a watch cache wait until it has seen this process's own writes.
             self.last_write_revision = max(self.last_write_revision, response.header.revision)
@@ -308,7 +332,7 @@ class Store:
     def get(self, kind: Kind[M], name: str) -> M:
         response = self.range(self.key(kind, name))
         if not response.kvs:
-            raise NotFound(f"{kind.message_class.DESCRIPTOR.name} {name!r} not found")
+            raise not_found(kind, name)
         kv = response.kvs[0]
         return decode(kind.message_class, kv.value, kv.mod_revision)
 
@@ -328,16 +352,21 @@ class Store:
         return objects, revision
 
     def create(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, lease: int | None = None) -> M:
-        key = self.key(kind, obj.metadata.name)
-        compare = [T.Create(key) == 0]
-        if fence:
-            compare.append(T.Create(fence.key) == fence.token)
-        puts, stored = self._writes(kind, obj, lease)
+        compare, puts, stored = self.create_ops(kind, obj, fence=fence, lease=lease)
         response = self.txn(compare, puts)
         if not response.succeeded:
-            self._explain_failure(kind, obj.metadata.name, fence, exists_is_error=True)
+            self.explain_failed_create(kind, obj.metadata.name, fence)
         stored.metadata.resource_version = response.header.revision
         return stored
+
+    def create_ops(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, lease: int | None = None,
+                   may_block: bool = True) -> tuple[list, list, M]:
+        """What create() sends: (compare, puts, the object as stored)."""
+        compare = [T.Create(self.key(kind, obj.metadata.name)) == 0]
+        if fence:
+            compare.append(T.Create(fence.key) == fence.token)
+        puts, stored = self._writes(kind, obj, lease, may_block=may_block)
+        return compare, puts, stored
 
     def put(self, kind: Kind[M], obj: M, *, lease: int | None = None) -> M:
         """Unconditional write: only for objects a single owner writes (a node's own record)."""
@@ -349,20 +378,29 @@ class Store:
     def update(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, absent: bytes | None = None) -> M:
         """Write obj if its key still has obj.metadata.resource_version as mod_revision (and,
         when given, the key `absent` does not exist: raises Conflict otherwise)."""
-        key = self.key(kind, obj.metadata.name)
-        compare = [T.Mod(key) == obj.metadata.resource_version]
+        compare, puts, stored = self.update_ops(kind, obj, fence=fence, absent=absent)
+        response = self.txn(compare, puts)
+        if not response.succeeded:
+            self.explain_failed_update(kind, obj.metadata.name, fence, absent)
+        stored.metadata.resource_version = response.header.revision
+        return stored
+
+    def update_ops(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, absent: bytes | None = None,
+                   may_block: bool = True) -> tuple[list, list, M]:
+        """What update() sends: (compare, puts, the object as stored)."""
+        compare = [T.Mod(self.key(kind, obj.metadata.name)) == obj.metadata.resource_version]
         if fence:
             compare.append(T.Create(fence.key) == fence.token)
         if absent is not None:
             compare.append(T.Version(absent) == 0)
-        puts, stored = self._writes(kind, obj)
-        response = self.txn(compare, puts)
-        if not response.succeeded:
-            if absent is not None and self.range(absent).kvs:
-                raise Conflict(f"{absent.decode()} exists")
-            self._explain_failure(kind, obj.metadata.name, fence)
-        stored.metadata.resource_version = response.header.revision
-        return stored
+        puts, stored = self._writes(kind, obj, may_block=may_block)
+        return compare, puts, stored
+
+    def explain_failed_update(self, kind: Kind, name: str, fence: Fence | None, absent: bytes | None) -> None:
+        """Raise what made an update's transaction fail (reads etcd)."""
+        if absent is not None and self.range(absent).kvs:
+            raise Conflict(f"{absent.decode()} exists")
+        self._explain_failure(kind, name, fence)
 
     def update_all(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None,
                    create: list[tuple[bytes, bytes, int]] = (), absent: list[bytes] = ()) -> bool:
@@ -403,6 +441,10 @@ class Store:
         if not response.succeeded:
             self._explain_failure(kind, name, fence)
         return response.header.revision
+
+    def explain_failed_create(self, kind: Kind, name: str, fence: Fence | None) -> None:
+        """Raise what made a create's transaction fail (reads etcd)."""
+        self._explain_failure(kind, name, fence, exists_is_error=True)
 
     def _explain_failure(self, kind: Kind, name: str, fence: Fence | None, *, exists_is_error: bool = False) -> None:
         if fence is not None:

@@ -141,7 +141,7 @@ _STALE_TOKEN_MESSAGES = ("invalid auth token", "revision of auth store is old", 
 TOKEN_MAX_AGE_SECONDS = 240.0
 
 
-def _stale_token(code: grpc.StatusCode | None, details: str | None) -> bool:
+def stale_token(code: grpc.StatusCode | None, details: str | None) -> bool:
     return code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
                     grpc.StatusCode.FAILED_PRECONDITION) and any(
         text in (details or "") for text in _STALE_TOKEN_MESSAGES)
@@ -180,6 +180,14 @@ class EtcdTokenAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInte
                 self._issued = time.monotonic()
             return self._token
 
+    def fresh_token(self) -> str | None:
+        """The token held when it is not due for renewal, else None; never calls etcd (for
+        callers on an event loop, which must not block: they fetch one with token() off it)."""
+        token, issued = self._token, self._issued
+        if token is not None and time.monotonic() - issued <= TOKEN_MAX_AGE_SECONDS:
+            return token
+        return None
+
     def invalidate(self, token: str) -> None:
         with self._lock:
             if self._token == token:
@@ -197,7 +205,7 @@ class EtcdTokenAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInte
         if token is not None and hasattr(call, "add_done_callback"):
             def done(finished) -> None:
                 try:
-                    if _stale_token(finished.code(), finished.details()):
+                    if stale_token(finished.code(), finished.details()):
                         self.invalidate(token)
                 except Exception:  # noqa: BLE001 - a cancelled call has no code to inspect
                     pass
@@ -207,7 +215,7 @@ class EtcdTokenAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInte
     def intercept_unary_unary(self, continuation, client_call_details, request):
         details, token = self._with_token(client_call_details)
         outcome = continuation(details, request)
-        if token is not None and _stale_token(outcome.code(), outcome.details()):
+        if token is not None and stale_token(outcome.code(), outcome.details()):
             log.info("etcd refused the auth token (%s): authenticating again", outcome.details())
             self.invalidate(token)
             details, token = self._with_token(client_call_details)

@@ -3,6 +3,7 @@ with client certificates (--client-cert-auth), user/password auth with a role li
 Corral's key prefix, and failover when the member a controller uses is killed."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -16,7 +17,9 @@ import pytest
 
 from pyetcd import transactions as T
 
+from corral.async_store import AsyncStore
 from corral.client import Client
+from corral.resources import VMS
 from corral.store import Store, StoreError
 from corral.v1 import vm_pb2
 from tests.certs import make_ca
@@ -278,7 +281,7 @@ def test_a_token_etcd_refuses_is_replaced(tmp_path, caplog):
         store = Store(endpoints=etcd.endpoints, prefix="/p/", username="root", password="rootpw")
         store.revision()
         caplog.set_level("INFO", logger="corral.tls")
-        store._auth._token = "bogus"  # what etcd says "invalid auth token" to
+        store.auth._token = "bogus"  # what etcd says "invalid auth token" to
         assert store.revision() > 0
         assert "authenticating again" in caplog.text
         # Watches carry the token too.
@@ -287,6 +290,21 @@ def test_a_token_etcd_refuses_is_replaced(tmp_path, caplog):
         response = next(r for r in watch.responses(timeout=5) if r is not None)
         assert response.events[0].kv.value == b"v"
         watch.close()
+        # So do the coroutines the controller's API uses (corral/async_store.py).
+        store.auth._token = "bogus"
+        caplog.clear()
+        vm = vm_pb2.VirtualMachine()
+        vm.metadata.name = "async"
+
+        async def create() -> vm_pb2.VirtualMachine:
+            async_store = AsyncStore(store)
+            try:
+                return await async_store.create(VMS, vm)
+            finally:
+                await async_store.close()
+
+        assert asyncio.run(create()).metadata.resource_version > 0
+        assert store.get(VMS, "async").metadata.name == "async" and store.auth.fresh_token() != "bogus"
         store.close()
     finally:
         etcd.stop()

@@ -259,3 +259,24 @@ def test_a_stream_that_cannot_keep_up_is_ended_not_buffered_without_bound(monkey
         return [change async for change in sub.async_changes()]
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_stream_ended_for_falling_behind_ends_at_a_revision_s_end(monkeypatch):
+    """Changes written in one transaction share a revision, and a client resumes after the last
+    revision it saw whole: a stream cut while its reader is in the middle of one revision
+    still delivers the rest of that revision, and nothing after it."""
+    import asyncio
+
+    from controller import watch_cache
+
+    monkeypatch.setattr(watch_cache, "MAX_PENDING", 5)
+
+    async def scenario() -> list:
+        sub = watch_cache.Subscription(None, "n1", asyncio.get_running_loop())
+        sub._put_all([watch_cache.Change(f"a{index}", None, 7) for index in range(3)])  # one transaction
+        changes = sub.async_changes()
+        first = await changes.__anext__()  # the reader takes one of revision 7 ...
+        sub._put_all([watch_cache.Change(f"b{index}", None, 8) for index in range(4)])  # ... and falls behind
+        return [first.name] + [change.name async for change in changes]
+
+    assert asyncio.run(scenario()) == ["a0", "a1", "a2"]

@@ -170,6 +170,9 @@ class VirtualMachineServiceServicer:
 
     def WatchVirtualMachines(self, request, context):
         """Streams changes from a resource version (0: the current state as ADDED events first).
+        Changes written in one transaction share a revision and come one after another: to
+        resume after a broken stream, pass the last revision seen whole (the one before the
+        last event's); that event's revision then comes again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

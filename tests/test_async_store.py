@@ -1,0 +1,168 @@
+"""The store's coroutines (corral/async_store.py) on a real etcd: they write and read what the
+blocking Store does, fail the same way (ALREADY_EXISTS, a stale revision, a missing object),
+never block the event loop for an expiry lease, and move to another member when the one in
+use stops answering."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import pytest
+
+from corral import history, status as vm_status
+from corral.async_store import AsyncStore
+from corral.resources import VMS
+from corral.store import AlreadyExists, Conflict, NotFound, Store, Unavailable
+from corral.v1 import vm_pb2
+from tests.cluster import wait_for
+
+
+def open_store(endpoints: list[str]) -> Store:
+    store = Store(endpoints=endpoints, prefix=f"/as-{uuid.uuid4().hex[:8]}/", timeout=3)
+    wait_for(lambda: store.revision() > 0, timeout=20, what="etcd to answer")
+    return store
+
+
+def make_vm(name: str) -> vm_pb2.VirtualMachine:
+    vm = vm_pb2.VirtualMachine()
+    vm.metadata.name = name
+    vm.spec.vcpus, vm.spec.memory_mib = 1, 64
+    return vm
+
+
+def test_writes_and_reads_agree_with_the_blocking_store_and_fail_the_same_way(etcd):
+    store = open_store([etcd.endpoint])
+
+    async def scenario() -> None:
+        async_store = AsyncStore(store)
+        try:
+            made = make_vm("a")
+            vm_status.record_event(made, "Created", "made by the test")
+            stored = await async_store.create(VMS, made)
+            assert stored.metadata.resource_version == store.last_write_revision > 0
+            assert store.get(VMS, "a").metadata.resource_version == stored.metadata.resource_version
+            with pytest.raises(AlreadyExists, match="'a' already exists"):
+                await async_store.create(VMS, make_vm("a"))
+
+            stored.spec.vcpus = 2
+            updated = await async_store.update(VMS, stored)
+            assert store.get(VMS, "a").spec.vcpus == 2
+            with pytest.raises(Conflict, match="read it again"):
+                await async_store.update(VMS, stored)  # the revision it was read at is gone
+            got, beside = await async_store.get_with(VMS, "a", store.raw_key(history.folder("a")))
+            assert got.metadata.resource_version == updated.metadata.resource_version and got.spec.vcpus == 2
+            assert [kv.key.startswith(store.raw_key(history.folder("a") + "e/")) for kv in beside] == [True]  # its event
+            with pytest.raises(NotFound, match="'b' not found"):
+                await async_store.get_with(VMS, "b", store.raw_key(history.folder("b")))
+        finally:
+            await async_store.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_writes_asked_together_are_committed_together_each_still_guarded(etcd):
+    """Creates asked while others are on their way go to etcd in one transaction (fewer
+    revisions than writes); a name that exists fails alone with ALREADY_EXISTS and the rest
+    of its group is written; two writes of one key never share a transaction (the second,
+    from the same revision, is refused as stale)."""
+    store = open_store([etcd.endpoint])
+    store.create(VMS, make_vm("taken"))
+
+    async def scenario() -> tuple[int, list, list, list]:
+        async_store = AsyncStore(store)
+        try:
+            before = store.revision()
+            together = await asyncio.gather(*(async_store.create(VMS, make_vm(f"vm-{i:03d}")) for i in range(40)))
+            revisions = store.revision() - before
+            one_taken = await asyncio.gather(*(async_store.create(VMS, make_vm(name)) for name in
+                                               ["new-1", "new-2", "taken", "new-3"]), return_exceptions=True)
+            current = store.get(VMS, "vm-000")
+            first, second = vm_pb2.VirtualMachine(), vm_pb2.VirtualMachine()
+            first.CopyFrom(current)
+            second.CopyFrom(current)
+            first.spec.vcpus, second.spec.vcpus = 3, 4
+            twice = await asyncio.gather(async_store.update(VMS, first), async_store.update(VMS, second),
+                                         return_exceptions=True)
+            return revisions, together, one_taken, twice
+        finally:
+            await async_store.close()
+
+    try:
+        revisions, together, one_taken, twice = asyncio.run(scenario())
+        # The first goes at once, the 39 asked meanwhile in groups of at most GROUP_WRITES.
+        assert revisions <= 3, f"{revisions} etcd revisions for 40 creates asked at once"
+        assert len({vm.metadata.resource_version for vm in together}) == revisions
+        assert [type(answer).__name__ for answer in one_taken] == [
+            "VirtualMachine", "VirtualMachine", "AlreadyExists", "VirtualMachine"]
+        assert len(store.list_all(VMS)[0]) == 1 + 40 + 3
+        assert isinstance(twice[0], vm_pb2.VirtualMachine) and isinstance(twice[1], Conflict), twice
+        assert store.get(VMS, "vm-000").spec.vcpus == 3
+    finally:
+        store.close()
+
+
+def test_an_expiry_lease_is_granted_off_the_loop(etcd):
+    """A write of keys that expire (a VM's events) needs a lease granted once per window: the
+    grant runs on a thread while the loop goes on (a ticker on it keeps ticking)."""
+    store = open_store([etcd.endpoint])
+    granting = threading.Event()
+    grant = store.grant_lease
+
+    def slow_grant(ttl: int) -> int:
+        granting.set()
+        time.sleep(0.5)
+        return grant(ttl)
+
+    store.grant_lease = slow_grant
+
+    async def scenario() -> int:
+        async_store = AsyncStore(store)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1 if granting.is_set() else 0
+
+        task = asyncio.create_task(ticker())
+        vm = make_vm("with-events")
+        vm_status.record_event(vm, "Created", "made by the test")
+        try:
+            stored = await async_store.create(VMS, vm)
+        finally:
+            task.cancel()
+            await async_store.close()
+        beside = store.raw_key(history.folder("with-events"))
+        kvs = store.range(beside, beside + b"\xff").kvs
+        assert kvs and all(kv.lease for kv in kvs), "the events are bound to an expiry lease"
+        assert stored.metadata.resource_version > 0
+        return ticks
+
+    try:
+        ticks = asyncio.run(scenario())
+        assert granting.is_set() and ticks >= 10, f"the loop stood still while the lease was granted ({ticks} ticks)"
+    finally:
+        store.close()
+
+
+def test_an_unreachable_etcd_is_unavailable_not_a_hang(tmp_path):
+    store = Store(endpoints=["http://127.0.0.1:9"], prefix="/as/", timeout=1)
+
+    async def scenario() -> None:
+        async_store = AsyncStore(store)
+        try:
+            with pytest.raises(Unavailable):
+                await asyncio.wait_for(async_store.create(VMS, make_vm("a")), timeout=10)
+        finally:
+            await async_store.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
