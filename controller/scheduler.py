@@ -18,12 +18,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Set
 
 from controller import lifecycle
 from controller.migrations import MigrationReconciler
 from controller.pool_reconciler import PoolReconciler
-from controller.watch_cache import WatchCache
+from controller.watch_cache import SchedulingView, WatchCache
 from corral import metrics, scheduling, status as vm_status
 from corral.logs import log_vm
 from corral.resources import INSTANCE_LOCKS_FOLDER, VMS, instance_lock_value
@@ -40,7 +39,7 @@ ASSIGN_BATCH = 40
 #: Passes start at most this often. In a storm of changes a pass then takes in this long's
 #: worth (more assignments per transaction, a pass's fixed costs paid less often); a change
 #: after a quiet spell is looked at at once.
-MIN_PASS_INTERVAL_SECONDS = 0.02
+MIN_PASS_INTERVAL_SECONDS = 0.05
 
 
 def _copy(vm: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
@@ -76,6 +75,7 @@ class Scheduler:
         # When this leader first saw each node NotReady. A new leader starts counting afresh:
         # later is always safe.
         self.not_ready_since: dict[str, float] = {}
+        self._not_ready: tuple[int, set[str]] = (-1, set())  # (nodes generation, nodes known, not Ready)
 
     def run(self, fence: Fence, stop: threading.Event) -> None:
         """Reconcile until stop is set or leadership is lost."""
@@ -107,7 +107,7 @@ class Scheduler:
         full = (time.monotonic() - self._last_full >= self.resync_seconds
                 or self.cache.nodes_generation != self._nodes_generation)
         view = self.cache.scheduling_view(full)
-        lost = self._lost_nodes(view.nodes.keys(), view.ready)
+        lost = self._lost_nodes(view)
         if not full and lost != self._lost:  # runs on those nodes are over: look at every VM
             view = self.cache.scheduling_view(True)
         if view.full:
@@ -136,14 +136,16 @@ class Scheduler:
             self.pools.reconcile(fence, self.cache.pool_work(view.full), view.nodes)
         return view.revision
 
-    def _lost_nodes(self, known: Set[str], ready: set[str]) -> set[str]:
+    def _lost_nodes(self, view: SchedulingView) -> set[str]:
         """Nodes NotReady for longer than the margin: their handlers have fenced their guests
         (they stop them before their lease can expire), so their runs are over."""
         now = time.monotonic()
+        if view.nodes_generation != self._not_ready[0]:  # readiness changes only with the generation
+            self._not_ready = (view.nodes_generation, view.nodes.keys() - view.ready)
         for name in list(self.not_ready_since):
-            if name in ready:
+            if name in view.ready:
                 del self.not_ready_since[name]
-        for name in known - ready:
+        for name in self._not_ready[1]:
             self.not_ready_since.setdefault(name, now)
         return {name for name, since in self.not_ready_since.items() if now - since >= self.node_loss_margin}
 
