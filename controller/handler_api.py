@@ -17,6 +17,7 @@ from controller.lease_renewer import LeaseRenewer
 from controller.limits import StreamLimits
 from controller.migrations import clear_target, fail, progress_message, set_phase
 from controller.node_control import NodeControlMethods
+from controller.subscriptions import Subscription
 from controller.watch_cache import WatchCache
 from corral import metrics, status as vm_status
 from corral.async_store import AsyncStore
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SAVE_FAILED = "SaveFailed"
 STORE_HEALTH_TIMEOUT = 1.0
+#: A replica that became leader moves this many node streams to the other replicas per interval.
+HAND_OFF_STREAMS = 25
+HAND_OFF_INTERVAL_SECONDS = 0.5
 
 
 def _assigned(vm: vm_pb2.VirtualMachine, node: str) -> bool:
@@ -171,6 +175,7 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
         self.limits = limits or StreamLimits(per_node=4, per_user=64)
         self.renewer = LeaseRenewer(store)
         self.leading = leading  # true while this replica leads and sheds node streams
+        self._movable: set[Subscription] = set()  # streams of handlers that asked to avoid the leader
 
     @grpc_errors
     async def WatchAssignments(self, request, context):
@@ -193,11 +198,24 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
         if not self.cache.synced.is_set() and not await loop.run_in_executor(None, self.cache.wait_synced, 10.0):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller has not read the store yet: retry")
         with self.limits.hold(context, f"an assignments stream for node {node!r}"):
-            async for response in self._assignments(node, loop):
+            async for response in self._assignments(node, loop, context, movable=request.avoid_leader):
                 yield response
 
-    async def _assignments(self, node: str, loop: asyncio.AbstractEventLoop):
+    async def hand_off_streams(self) -> None:
+        """While this replica leads, end the node streams it took as a standby from handlers
+        that asked to avoid the leader (they have other replicas to go to): a few at a time, as
+        each costs its node a resync. Streams asked without avoid_leader stay."""
+        while True:
+            await asyncio.sleep(HAND_OFF_INTERVAL_SECONDS)
+            if self._movable and self.leading():
+                for subscription in list(self._movable)[:HAND_OFF_STREAMS]:
+                    self._movable.discard(subscription)
+                    subscription.move()
+
+    async def _assignments(self, node: str, loop: asyncio.AbstractEventLoop, context, *, movable: bool):
         vms, revision, subscription = self.cache.subscribe(node, loop)
+        if movable:
+            self._movable.add(subscription)
         try:  # a handler that goes away cancels this coroutine: the finally frees its subscription
             for vm in vms:
                 yield handler_pb2.WatchAssignmentsResponse(
@@ -216,8 +234,14 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
                     yield handler_pb2.WatchAssignmentsResponse(
                         type=handler_pb2.ASSIGNMENT_EVENT_TYPE_REMOVE, virtual_machine=gone,
                         resource_version=change.revision)
+            if subscription.moved:
+                log.info("node %s: this replica leads: its stream moves to another replica", node)
+                context.set_trailing_metadata((LEADER_TURNED_AWAY,))
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "this controller replica now leads: node streams go "
+                                                                "to the other replicas while one answers")
             log.info("node %s: the watch cache started over: the stream ends for a resync", node)
         finally:
+            self._movable.discard(subscription)
             subscription.close()
 
     def _owned_vm(self, node: str, name: str, uid: str, instance_uid: str = "",

@@ -2,7 +2,7 @@
 A stream costs the replica a subscription and memory for what it has not read yet; without a
 bound, one certificate opening hundreds of watches could stall the replica for everyone.
 (Plaintext servers are for local use and have no identities: no per-identity bound there.)
-What a stream may leave unread is bounded in the watch cache (watch_cache.MAX_PENDING)."""
+What a stream may leave unread is bounded in the watch cache (subscriptions.MAX_PENDING)."""
 from __future__ import annotations
 
 import contextlib

@@ -75,6 +75,7 @@ class ApiServer:
         self._grace = 0.0
         self.web_console: WebConsole | None = None
         self.async_store: AsyncStore | None = None
+        self._handlers: HandlerService | None = None
         # Whether this replica leads (set by main once its elector exists): a leader turns away
         # node streams that can go elsewhere (settings.leader_sheds_node_streams).
         self.leading: Callable[[], bool] = lambda: False
@@ -115,6 +116,7 @@ class ApiServer:
         self.async_store = AsyncStore(self.store)  # its etcd channels belong to this loop
         self._server = self._build()
         await self._server.start()
+        hand_off = asyncio.get_running_loop().create_task(self._handlers.hand_off_streams())
         if self.web_console is not None:
             await self.web_console.start()
         self._started.set()
@@ -124,6 +126,7 @@ class ApiServer:
         self.loop.set_exception_handler(lambda _loop, context: log.debug("at shutdown: %s", context.get("message")))
         if self.web_console is not None:
             await self.web_console.stop()
+        hand_off.cancel()
         await self._server.stop(self._grace)
         await self.async_store.close()
 
@@ -158,9 +161,10 @@ class ApiServer:
         threaded = ThreadBoundStreams(total=UNARY_THREADS // 4, per_identity=4)
         migration_pb2_grpc.add_MigrationServiceServicer_to_server(MigrationService(store=self.store, threaded=threaded),
                                                                   server)
-        handler_pb2_grpc.add_HandlerServiceServicer_to_server(
-            HandlerService(store=self.store, cache=self.cache, limits=limits, async_store=self.async_store,
-                           leading=lambda: settings.leader_sheds_node_streams and self.leading()), server)
+        self._handlers = HandlerService(store=self.store, cache=self.cache, limits=limits,
+                                        async_store=self.async_store,
+                                        leading=lambda: settings.leader_sheds_node_streams and self.leading())
+        handler_pb2_grpc.add_HandlerServiceServicer_to_server(self._handlers, server)
         instancetype_pb2_grpc.add_InstanceTypeServiceServicer_to_server(
             InstanceTypeService(store=self.store, cache=self.cache), server)
         instancetype_pb2_grpc.add_PreferenceServiceServicer_to_server(

@@ -26,10 +26,31 @@ class StreamEnded(Exception):
     pass
 
 
-def avoid_leader(failures: int, servers: int) -> bool:
-    """Whether a stream should ask to avoid the leader: an address is left that was not tried
-    since the last stream that synced (failures counts those that did not)."""
-    return failures < servers - 1
+class Tries:
+    """The controller addresses (by index) a node's stream tried since its last stream synced:
+    it asks to avoid the leader while another untried address is left, and after a failure it
+    moves to an address it has not tried while one is left (moving by spread() alone could land
+    on a dead replica and then give up on a standby it never tried)."""
+
+    def __init__(self, servers: int) -> None:
+        self.servers = servers
+        self.tried: set[int] = set()
+
+    def avoid_leader(self, index: int) -> bool:
+        return len(self.tried | {index % self.servers}) < self.servers
+
+    def synced(self) -> None:
+        self.tried.clear()
+
+    def failed(self, index: int, steps: int = 1) -> int:
+        """A stream from the address at ``index`` failed (or was turned away): how many steps
+        to move in the list (``steps``, or further to skip addresses already tried)."""
+        self.tried.add(index % self.servers)
+        moved = steps
+        if len(self.tried) < self.servers:
+            while (index + moved) % self.servers in self.tried:
+                moved += 1
+        return moved
 
 
 def spread(node_name: str, servers: int) -> int:
@@ -52,7 +73,7 @@ class AssignmentFollower:
         self.node_name = node_name
         self.stream = None
         self.stopped = threading.Event()
-        self.failures = 0  # streams that did not sync since the last one that did
+        self.tries = Tries(len(stubs.servers))  # addresses tried since the last stream synced
 
     def stop(self) -> None:
         self.stopped.set()
@@ -65,12 +86,13 @@ class AssignmentFollower:
         snapshot: dict[str, vm_pb2.VirtualMachine] = {}
         synced = False
         self.stream = self.stubs.handler.WatchAssignments(handler_pb2.WatchAssignmentsRequest(
-            node_name=self.node_name, avoid_leader=avoid_leader(self.failures, len(self.stubs.servers))))
+            node_name=self.node_name, avoid_leader=self.tries.avoid_leader(self.stubs.index)))
         try:
             for event in self.stream:
                 vm = event.virtual_machine
                 if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
-                    synced, self.failures = True, 0
+                    synced = True
+                    self.tries.synced()
                     self.agent.set_assignments(snapshot)
                     log.info("following %d assignments from controller %s", len(snapshot), self.stubs.address)
                 elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
@@ -84,15 +106,14 @@ class AssignmentFollower:
                     else:
                         snapshot.pop(vm.metadata.name, None)
         except grpc.RpcError as exc:
-            if not synced and turned_away_by_leader(exc):
+            if turned_away_by_leader(exc):  # when asked, or when it became leader (a stream it moves)
                 log.info("controller %s leads: following another replica", self.stubs.address)
-                self.failures += 1
-                self.stubs.rotate(spread(self.node_name, len(self.stubs.servers)))
+                self.stubs.rotate(self.tries.failed(self.stubs.index, spread(self.node_name, len(self.stubs.servers))))
                 return
             if not synced or self.stopped.is_set():
                 raise
             log.warning("assignment stream from %s broke: %s", self.stubs.address, exc.details())
-            self.stubs.rotate()
+            self.stubs.rotate(self.tries.failed(self.stubs.index))
             self.stopped.wait(0.5 + random.random())  # many handlers must not all reconnect at once
             return
         if not synced:
@@ -103,8 +124,7 @@ class AssignmentFollower:
             exc = state.outcome.exception()
             detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
             log.warning("assignment stream from %s: %s; reconnecting", self.stubs.address, detail)
-            self.failures += 1
-            self.stubs.rotate()
+            self.stubs.rotate(self.tries.failed(self.stubs.index))
 
         while not self.stopped.is_set():
             for attempt in Retrying(

@@ -37,7 +37,7 @@ import libvirt
 
 from corral import logs
 from corral.v1 import handler_pb2, handler_pb2_grpc, vm_pb2
-from handler.assignments import avoid_leader, spread, turned_away_by_leader
+from handler.assignments import Tries, spread, turned_away_by_leader
 from handler.node import node_record
 
 log = logging.getLogger("corral.simnodes")
@@ -129,17 +129,19 @@ class SimNode:
 
     # -- assignments ---------------------------------------------------------------------------
     async def follow(self) -> None:
-        failures = 0
+        failures = 0  # for the back-off
+        tries = Tries(len(self.sim.servers))
         while True:
             stub = self.sim.stub_for(self.name, self.server)
             synced = False
             snapshot: dict[str, vm_pb2.VirtualMachine] = {}
             try:
                 async for event in stub.WatchAssignments(handler_pb2.WatchAssignmentsRequest(
-                        node_name=self.name, avoid_leader=avoid_leader(failures, len(self.sim.servers)))):
+                        node_name=self.name, avoid_leader=tries.avoid_leader(self.server))):
                     vm = event.virtual_machine
                     if event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_SYNCED:
                         synced, failures = True, 0
+                        tries.synced()
                         await self.resync(snapshot)
                     elif event.type == handler_pb2.ASSIGNMENT_EVENT_TYPE_UPSERT:
                         if synced:
@@ -152,14 +154,13 @@ class SimNode:
                         else:
                             snapshot.pop(vm.metadata.name, None)
             except grpc.aio.AioRpcError as exc:
-                if not synced and turned_away_by_leader(exc):
-                    failures += 1
-                    self.server += spread(self.name, len(self.sim.servers))
+                if turned_away_by_leader(exc):  # when asked, or moved when it became leader
+                    self.server += tries.failed(self.server, spread(self.name, len(self.sim.servers)))
                     continue  # at once: the others are there
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("node %s: assignments stream: %s", self.name, exc.details())
             failures += 1
-            self.server += 1
+            self.server += tries.failed(self.server)
             await asyncio.sleep(min(0.2 * 2 ** min(failures, 5), 5.0) * random.random())
 
     async def resync(self, snapshot: dict[str, vm_pb2.VirtualMachine]) -> None:

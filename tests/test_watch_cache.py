@@ -246,16 +246,16 @@ def test_a_stream_that_cannot_keep_up_is_ended_not_buffered_without_bound(monkey
     is ended (its client starts over from a list) instead of growing the replica's memory."""
     import asyncio
 
-    from controller import watch_cache
+    from controller import subscriptions
 
-    monkeypatch.setattr(watch_cache, "MAX_PENDING", 5)
+    monkeypatch.setattr(subscriptions, "MAX_PENDING", 5)
 
     async def scenario() -> list:
-        sub = watch_cache.Subscription(None, "n1", asyncio.get_running_loop())
+        sub = subscriptions.Subscription(None, "n1", asyncio.get_running_loop())
         for index in range(3):
-            sub._put_all([watch_cache.Change(f"vm{index}", None, index + 1)])
-        sub._put_all([watch_cache.Change(f"more{index}", None, 10 + index) for index in range(3)])  # 6 > 5
-        sub._put_all([watch_cache.Change("after", None, 20)])  # ignored: the stream has ended
+            sub._put_all([subscriptions.Change(f"vm{index}", None, index + 1)])
+        sub._put_all([subscriptions.Change(f"more{index}", None, 10 + index) for index in range(3)])  # 6 > 5
+        sub._put_all([subscriptions.Change("after", None, 20)])  # ignored: the stream has ended
         return [change async for change in sub.async_changes()]
 
     assert asyncio.run(scenario()) == []
@@ -267,16 +267,16 @@ def test_a_stream_ended_for_falling_behind_ends_at_a_revision_s_end(monkeypatch)
     still delivers the rest of that revision, and nothing after it."""
     import asyncio
 
-    from controller import watch_cache
+    from controller import subscriptions
 
-    monkeypatch.setattr(watch_cache, "MAX_PENDING", 5)
+    monkeypatch.setattr(subscriptions, "MAX_PENDING", 5)
 
     async def scenario() -> list:
-        sub = watch_cache.Subscription(None, "n1", asyncio.get_running_loop())
-        sub._put_all([watch_cache.Change(f"a{index}", None, 7) for index in range(3)])  # one transaction
+        sub = subscriptions.Subscription(None, "n1", asyncio.get_running_loop())
+        sub._put_all([subscriptions.Change(f"a{index}", None, 7) for index in range(3)])  # one transaction
         changes = sub.async_changes()
         first = await changes.__anext__()  # the reader takes one of revision 7 ...
-        sub._put_all([watch_cache.Change(f"b{index}", None, 8) for index in range(4)])  # ... and falls behind
+        sub._put_all([subscriptions.Change(f"b{index}", None, 8) for index in range(4)])  # ... and falls behind
         return [first.name] + [change.name async for change in changes]
 
     assert asyncio.run(scenario()) == ["a0", "a1", "a2"]
