@@ -8,6 +8,8 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
@@ -18,11 +20,24 @@ from corral.store import AlreadyExists, Conflict, NotFound, Store, Unavailable
 from corral.v1 import vm_pb2
 from tests.cluster import wait_for
 
+T = TypeVar("T")
+
 
 def open_store(endpoints: list[str]) -> Store:
     store = Store(endpoints=endpoints, prefix=f"/as-{uuid.uuid4().hex[:8]}/", timeout=3)
     wait_for(lambda: store.revision() > 0, timeout=20, what="etcd to answer")
     return store
+
+
+def run(store: Store, scenario: Callable[[AsyncStore], Awaitable[T]]) -> T:
+    """``scenario`` on a fresh event loop with an AsyncStore of ``store`` (closed after)."""
+    async def main() -> T:
+        async_store = AsyncStore(store)
+        try:
+            return await scenario(async_store)
+        finally:
+            await async_store.close()
+    return asyncio.run(main())
 
 
 def make_vm(name: str) -> vm_pb2.VirtualMachine:
@@ -35,32 +50,28 @@ def make_vm(name: str) -> vm_pb2.VirtualMachine:
 def test_writes_and_reads_agree_with_the_blocking_store_and_fail_the_same_way(etcd):
     store = open_store([etcd.endpoint])
 
-    async def scenario() -> None:
-        async_store = AsyncStore(store)
-        try:
-            made = make_vm("a")
-            vm_status.record_event(made, "Created", "made by the test")
-            stored = await async_store.create(VMS, made)
-            assert stored.metadata.resource_version == store.last_write_revision > 0
-            assert store.get(VMS, "a").metadata.resource_version == stored.metadata.resource_version
-            with pytest.raises(AlreadyExists, match="'a' already exists"):
-                await async_store.create(VMS, make_vm("a"))
+    async def scenario(async_store: AsyncStore) -> None:
+        made = make_vm("a")
+        vm_status.record_event(made, "Created", "made by the test")
+        stored = await async_store.create(VMS, made)
+        assert stored.metadata.resource_version == store.last_write_revision > 0
+        assert store.get(VMS, "a").metadata.resource_version == stored.metadata.resource_version
+        with pytest.raises(AlreadyExists, match="'a' already exists"):
+            await async_store.create(VMS, make_vm("a"))
 
-            stored.spec.vcpus = 2
-            updated = await async_store.update(VMS, stored)
-            assert store.get(VMS, "a").spec.vcpus == 2
-            with pytest.raises(Conflict, match="read it again"):
-                await async_store.update(VMS, stored)  # the revision it was read at is gone
-            got, beside = await async_store.get_with(VMS, "a", store.raw_key(history.folder("a")))
-            assert got.metadata.resource_version == updated.metadata.resource_version and got.spec.vcpus == 2
-            assert [kv.key.startswith(store.raw_key(history.folder("a") + "e/")) for kv in beside] == [True]  # its event
-            with pytest.raises(NotFound, match="'b' not found"):
-                await async_store.get_with(VMS, "b", store.raw_key(history.folder("b")))
-        finally:
-            await async_store.close()
+        stored.spec.vcpus = 2
+        updated = await async_store.update(VMS, stored)
+        assert store.get(VMS, "a").spec.vcpus == 2
+        with pytest.raises(Conflict, match="read it again"):
+            await async_store.update(VMS, stored)  # the revision it was read at is gone
+        got, beside = await async_store.get_with(VMS, "a", store.raw_key(history.folder("a")))
+        assert got.metadata.resource_version == updated.metadata.resource_version and got.spec.vcpus == 2
+        assert [kv.key.startswith(store.raw_key(history.folder("a") + "e/")) for kv in beside] == [True]  # its event
+        with pytest.raises(NotFound, match="'b' not found"):
+            await async_store.get_with(VMS, "b", store.raw_key(history.folder("b")))
 
     try:
-        asyncio.run(scenario())
+        run(store, scenario)
     finally:
         store.close()
 
@@ -73,27 +84,23 @@ def test_writes_asked_together_are_committed_together_each_still_guarded(etcd):
     store = open_store([etcd.endpoint])
     store.create(VMS, make_vm("taken"))
 
-    async def scenario() -> tuple[int, list, list, list]:
-        async_store = AsyncStore(store)
-        try:
-            before = store.revision()
-            together = await asyncio.gather(*(async_store.create(VMS, make_vm(f"vm-{i:03d}")) for i in range(40)))
-            revisions = store.revision() - before
-            one_taken = await asyncio.gather(*(async_store.create(VMS, make_vm(name)) for name in
-                                               ["new-1", "new-2", "taken", "new-3"]), return_exceptions=True)
-            current = store.get(VMS, "vm-000")
-            first, second = vm_pb2.VirtualMachine(), vm_pb2.VirtualMachine()
-            first.CopyFrom(current)
-            second.CopyFrom(current)
-            first.spec.vcpus, second.spec.vcpus = 3, 4
-            twice = await asyncio.gather(async_store.update(VMS, first), async_store.update(VMS, second),
-                                         return_exceptions=True)
-            return revisions, together, one_taken, twice
-        finally:
-            await async_store.close()
+    async def scenario(async_store: AsyncStore) -> tuple[int, list, list, list]:
+        before = store.revision()
+        together = await asyncio.gather(*(async_store.create(VMS, make_vm(f"vm-{i:03d}")) for i in range(40)))
+        revisions = store.revision() - before
+        one_taken = await asyncio.gather(*(async_store.create(VMS, make_vm(name)) for name in
+                                           ["new-1", "new-2", "taken", "new-3"]), return_exceptions=True)
+        current = store.get(VMS, "vm-000")
+        first, second = vm_pb2.VirtualMachine(), vm_pb2.VirtualMachine()
+        first.CopyFrom(current)
+        second.CopyFrom(current)
+        first.spec.vcpus, second.spec.vcpus = 3, 4
+        twice = await asyncio.gather(async_store.update(VMS, first), async_store.update(VMS, second),
+                                     return_exceptions=True)
+        return revisions, together, one_taken, twice
 
     try:
-        revisions, together, one_taken, twice = asyncio.run(scenario())
+        revisions, together, one_taken, twice = run(store, scenario)
         # The first goes at once, the 39 asked meanwhile in groups of at most GROUP_WRITES.
         assert revisions <= 3, f"{revisions} etcd revisions for 40 creates asked at once"
         assert len({vm.metadata.resource_version for vm in together}) == revisions
@@ -120,8 +127,7 @@ def test_an_expiry_lease_is_granted_off_the_loop(etcd):
 
     store.grant_lease = slow_grant
 
-    async def scenario() -> int:
-        async_store = AsyncStore(store)
+    async def scenario(async_store: AsyncStore) -> int:
         ticks = 0
 
         async def ticker() -> None:
@@ -137,7 +143,6 @@ def test_an_expiry_lease_is_granted_off_the_loop(etcd):
             stored = await async_store.create(VMS, vm)
         finally:
             task.cancel()
-            await async_store.close()
         beside = store.raw_key(history.folder("with-events"))
         kvs = store.range(beside, beside + b"\xff").kvs
         assert kvs and all(kv.lease for kv in kvs), "the events are bound to an expiry lease"
@@ -145,7 +150,7 @@ def test_an_expiry_lease_is_granted_off_the_loop(etcd):
         return ticks
 
     try:
-        ticks = asyncio.run(scenario())
+        ticks = run(store, scenario)
         assert granting.is_set() and ticks >= 10, f"the loop stood still while the lease was granted ({ticks} ticks)"
     finally:
         store.close()
@@ -154,15 +159,11 @@ def test_an_expiry_lease_is_granted_off_the_loop(etcd):
 def test_an_unreachable_etcd_is_unavailable_not_a_hang(tmp_path):
     store = Store(endpoints=["http://127.0.0.1:9"], prefix="/as/", timeout=1)
 
-    async def scenario() -> None:
-        async_store = AsyncStore(store)
-        try:
-            with pytest.raises(Unavailable):
-                await asyncio.wait_for(async_store.create(VMS, make_vm("a")), timeout=10)
-        finally:
-            await async_store.close()
+    async def scenario(async_store: AsyncStore) -> None:
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(async_store.create(VMS, make_vm("a")), timeout=10)
 
     try:
-        asyncio.run(scenario())
+        run(store, scenario)
     finally:
         store.close()
