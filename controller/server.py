@@ -103,6 +103,10 @@ class ApiServer:
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # What coroutines hand to a thread (etcd logins, lease grants, rare fallbacks, waits for
+        # the cache): asyncio's default of a few threads could be held by slow ones.
+        self.loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=UNARY_THREADS,
+                                                                  thread_name_prefix="loop-aux"))
         try:
             self.loop.run_until_complete(self._serve())
         except BaseException as exc:  # noqa: BLE001 - handed to start()

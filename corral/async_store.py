@@ -23,13 +23,16 @@ import grpc
 from pyetcd import etcdrpc, exceptions as etcd_exceptions, utils as etcd_utils
 
 from corral import tls
-from corral.store import CHANNEL_OPTIONS, Fence, Kind, LeaseNeeded, M, Store, Unavailable, decode, not_found
+from corral.store import (CHANNEL_OPTIONS, Fence, Kind, LeaseNeeded, M, Store, StoreError, Unavailable, decode,
+                          not_found)
 
 
-#: At most this many writes, and this many operations, in one group's transaction (etcd takes
-#: 128 operations and 128 comparisons per transaction by default; a write compares 1-3 keys).
+#: At most this many writes, operations and bytes of values in one group's transaction (etcd
+#: takes 128 operations and 128 comparisons per transaction by default, a write compares 1-3
+#: keys, and a request of at most 1.5 MiB). A write alone is never refused here.
 GROUP_WRITES = 32
 GROUP_OPERATIONS = 120
+GROUP_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -38,6 +41,10 @@ class _Write:
     compare: list
     puts: list
     done: asyncio.Future  # the revision written, or None when a comparison failed
+
+    @property
+    def size(self) -> int:
+        return sum(len(put.value) for put in self.puts)
 
 
 def _settle(done: asyncio.Future, result: int | None = None, error: BaseException | None = None) -> None:
@@ -120,26 +127,38 @@ class AsyncStore:
     async def _commit_waiting(self) -> None:
         try:
             while self._waiting:
-                group, keys, operations, later = [], set(), 0, []
+                group, keys, operations, size, later = [], set(), 0, 0, []
                 for write in self._waiting:
-                    fits = len(group) < GROUP_WRITES and operations + len(write.puts) <= GROUP_OPERATIONS
+                    fits = not group or (len(group) < GROUP_WRITES and operations + len(write.puts) <= GROUP_OPERATIONS
+                                         and size + write.size <= GROUP_BYTES)
                     if fits and write.key not in keys:
                         group.append(write)
                         keys.add(write.key)
                         operations += len(write.puts)
+                        size += write.size
                     else:
                         later.append(write)
                 self._waiting = later
                 await self._commit_group(group)
+        except BaseException:  # cancelled (the server stops): nobody would send what waits
+            for write in self._waiting:
+                _settle(write.done, error=Unavailable("the controller is stopping: the write was not sent"))
+            self._waiting = []
+            raise
         finally:
             self._committer = None
 
     async def _commit_group(self, group: list[_Write]) -> None:
         try:
             if len(group) > 1:
-                response = await self.txn([c for write in group for c in write.compare],
-                                          [put for write in group for put in write.puts])
-                if response.succeeded:
+                try:
+                    response = await self.txn([c for write in group for c in write.compare],
+                                              [put for write in group for put in write.puts])
+                except Unavailable:
+                    raise  # the outcome is unknown: each caller hears it, as for a write alone
+                except StoreError:
+                    response = None  # refused as a whole (too large, say): each on its own below
+                if response is not None and response.succeeded:
                     for write in group:
                         _settle(write.done, response.header.revision)
                     return
@@ -151,9 +170,12 @@ class AsyncStore:
                     _settle(write.done, error=answer)
                 else:
                     _settle(write.done, answer.header.revision if answer.succeeded else None)
-        except Exception as exc:  # noqa: BLE001 - etcd's trouble is each waiting caller's error
+        except BaseException as exc:  # etcd's trouble (or a cancellation) is each waiting caller's
             for write in group:
-                _settle(write.done, error=exc)
+                _settle(write.done, error=exc if isinstance(exc, Exception) else
+                        Unavailable("the controller is stopping: the write's outcome is unknown"))
+            if not isinstance(exc, Exception):
+                raise
 
     async def create(self, kind: Kind[M], obj: M, *, fence: Fence | None = None) -> M:
         """Store.create on the loop (committed in a group)."""

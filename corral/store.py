@@ -148,6 +148,7 @@ class Store:
         self.last_write_revision = 0
         self._expiry_leases: dict[int, tuple[int, float]] = {}  # TTL -> (lease, reuse until)
         self._leases_lock = threading.Lock()
+        self._revision_lock = threading.Lock()
         self._stubs: dict[type, tuple[object, object]] = {}  # stub class -> (channel, stub)
         self.auth: tls.EtcdTokenAuth | None = None  # etcd's auth token, when logging in with a user
         if bool(username) != (password is not None):
@@ -315,8 +316,10 @@ class Store:
 
     def txn_done(self, response: etcdrpc.TxnResponse, success: list) -> etcdrpc.TxnResponse:
         if response.succeeded and success:
-            # Readers of a watch cache wait until it has seen this process's own writes.
-            self.last_write_revision = max(self.last_write_revision, response.header.revision)
+            # Readers of a watch cache wait until it has seen this process's own writes (a lock:
+            # the event loop and the scheduler's thread both write).
+            with self._revision_lock:
+                self.last_write_revision = max(self.last_write_revision, response.header.revision)
         return response
 
     def range(self, start: bytes, end: bytes | None = None, *, limit: int = 0,
