@@ -65,6 +65,26 @@ class StatusBoard:
             return list(self._history[seen:]), self._closed
 
 
+#: QEMU's last words added to a start error that lacks them (libvirt can lose the race with a
+#: QEMU that exits at once and say only "failed to connect to monitor socket").
+QEMU_LOG_LINES = 2
+
+
+def with_qemu_log(message: str, paths: list[str]) -> str:
+    """``message`` with the last lines QEMU wrote to its log, when they add something."""
+    for path in paths:
+        try:
+            with open(path, "rb") as log_file:  # the launcher's own directory, as the VM's user
+                log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 4096))
+                lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines()]
+        except OSError:
+            continue
+        said = [line[:300] for line in lines if line.startswith("qemu")][-QEMU_LOG_LINES:]
+        if said and not all(line in message for line in said):
+            return f"{message} (QEMU: {'; '.join(said)})"
+    return message
+
+
 class Supervisor:
     """Owns the VM's domain for this launcher's lifetime."""
 
@@ -125,10 +145,17 @@ class Supervisor:
                 self._start_locked()
             except LauncherError as e:
                 log.error("cannot start domain: %s", e)
-                self._start_error = str(e) or type(e).__name__
+                self._start_error = with_qemu_log(str(e) or type(e).__name__, self._qemu_log_paths())
             self.refresh()
         threading.Thread(target=self._refresh_loop, name="status-refresh", daemon=True).start()
         self.agent.start()
+
+    def _qemu_log_paths(self) -> list[str]:
+        """Where QEMU's own log of this domain is (embedded driver, or the run's session daemon)."""
+        name = f"{self.vm.metadata.name}.log"
+        if self.host.root:
+            return [os.path.join(self.host.root, "log", "qemu", name)]
+        return [os.path.join(self.vm_dir, ".cache", "libvirt", "qemu", "log", name)]
 
     def _start_locked(self) -> None:
         if self._fenced:

@@ -287,3 +287,20 @@ def test_a_guest_agent_flood_is_capped_and_its_escape_sequences_removed():
     texts = [guest.hostname, guest.os_name] + [i.name for i in guest.interfaces]
     assert not any("\x1b" in text or "\x07" in text for text in texts)
     assert vm.ByteSize() < 64 * 1024, "the guest grew its VM's record"
+
+
+def test_a_start_error_without_qemu_s_reason_gets_it_from_qemu_s_log(tmp_path):
+    """libvirt can lose the race with a QEMU that exits at once and say only that the monitor
+    socket refused: the launcher adds QEMU's own last words from its log (once)."""
+    from launcher.supervisor import with_qemu_log
+
+    log = tmp_path / "vm.log"
+    log.write_text("-msg timestamp=on\nchar device redirected to /dev/pts/0 (label charserial0)\n"
+                   "qemu: could not open kernel file '/nonexistent/vmlinuz': No such file or directory\n"
+                   "2026-11-30 19:34:11.562+0000: shutting down, reason=failed\n")
+    lost = "internal error: failed to connect to monitor socket: Connection refused"
+    said = with_qemu_log(lost, [str(tmp_path / "absent.log"), str(log)])
+    assert said.startswith(lost) and "could not open kernel file '/nonexistent/vmlinuz'" in said
+    complete = "internal error: qemu: could not open kernel file '/nonexistent/vmlinuz': No such file or directory"
+    assert with_qemu_log(complete, [str(log)]) == complete
+    assert with_qemu_log(lost, [str(tmp_path / "absent.log")]) == lost
