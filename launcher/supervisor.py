@@ -17,6 +17,7 @@ from corral.v1 import launcher_pb2, vm_pb2
 
 from launcher import domain_xml, migration, reaper, session
 from launcher.guest_agent import GuestAgentPoller
+from launcher.qemu_log import with_qemu_log
 from launcher.host import (DomainNotFound, DomainNotRunning, Guest, Host, LauncherError,
                            LifecycleEvent, capabilities_files, embed_capabilities_dir,
                            save_capabilities_cache, translate_state)
@@ -63,26 +64,6 @@ class StatusBoard:
         with self._cond:
             self._cond.wait_for(lambda: self._closed or len(self._history) > seen, timeout)
             return list(self._history[seen:]), self._closed
-
-
-#: QEMU's last words added to a start error that lacks them (libvirt can lose the race with a
-#: QEMU that exits at once and say only "failed to connect to monitor socket").
-QEMU_LOG_LINES = 2
-
-
-def with_qemu_log(message: str, paths: list[str]) -> str:
-    """``message`` with the last lines QEMU wrote to its log, when they add something."""
-    for path in paths:
-        try:
-            with open(path, "rb") as log_file:  # the launcher's own directory, as the VM's user
-                log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 4096))
-                lines = [line.strip() for line in log_file.read().decode(errors="replace").splitlines()]
-        except OSError:
-            continue
-        said = [line[:300] for line in lines if line.startswith("qemu")][-QEMU_LOG_LINES:]
-        if said and not all(line in message for line in said):
-            return f"{message} (QEMU: {'; '.join(said)})"
-    return message
 
 
 class Supervisor:

@@ -292,7 +292,7 @@ def test_a_guest_agent_flood_is_capped_and_its_escape_sequences_removed():
 def test_a_start_error_without_qemu_s_reason_gets_it_from_qemu_s_log(tmp_path):
     """libvirt can lose the race with a QEMU that exits at once and say only that the monitor
     socket refused: the launcher adds QEMU's own last words from its log (once)."""
-    from launcher.supervisor import with_qemu_log
+    from launcher.qemu_log import with_qemu_log
 
     log = tmp_path / "vm.log"
     log.write_text("-msg timestamp=on\nchar device redirected to /dev/pts/0 (label charserial0)\n"
