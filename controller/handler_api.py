@@ -270,8 +270,7 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
                 vm, changed, new_phase = self._apply_report(request, copy)
                 if changed:
                     vm = await self.async_store.update(VMS, vm)
-                    self._reported(request, vm, new_phase)
-                return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
+                return self._reported(request, vm, changed, new_phase)
             except (Conflict, RequestError):
                 pass
         return await asyncio.to_thread(self._report_from_store, request)
@@ -281,14 +280,17 @@ class HandlerService(NodeControlMethods, handler_pb2_grpc.HandlerServiceServicer
         vm, changed, new_phase = self._apply_report(request, self.store.get(VMS, request.name))
         if changed:
             vm = self.store.update(VMS, vm)
-            self._reported(request, vm, new_phase)
-        return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
+        return self._reported(request, vm, changed, new_phase)
 
-    def _reported(self, request, vm: vm_pb2.VirtualMachine, new_phase: bool) -> None:
-        if new_phase:
-            metrics.observe_phase_transition(vm)
-        log_vm(log, vm, "vm %s on %s is %s %s", vm.metadata.name, request.node_name,
-               vm_status.phase_name(vm.status.phase), request.reason)
+    def _reported(self, request, vm: vm_pb2.VirtualMachine, changed: bool,
+                  new_phase: bool) -> handler_pb2.ReportVirtualMachineStatusResponse:
+        """The answer to a report once its change (if any) is written, counted and logged."""
+        if changed:
+            if new_phase:
+                metrics.observe_phase_transition(vm)
+            log_vm(log, vm, "vm %s on %s is %s %s", vm.metadata.name, request.node_name,
+                   vm_status.phase_name(vm.status.phase), request.reason)
+        return handler_pb2.ReportVirtualMachineStatusResponse(virtual_machine=vm)
 
     def _apply_report(self, request, vm: vm_pb2.VirtualMachine) -> tuple[vm_pb2.VirtualMachine, bool, bool]:
         """The report applied to the VM: (the VM, whether it changed, whether its phase did).
