@@ -277,7 +277,8 @@ def test_sigterm_leaves_guest_then_qemu_crash_then_shutdown(vm: Launcher) -> Non
     assert second.wait(timeout=10) == 0
     # A later launcher on the same dir does not boot the guest a second time.
     third = vm.start()
-    status = vm.wait_status(lambda s: s.launcher_pid == third.pid)
+    # (Its first status can be STARTING while it looks at the directory: wait for its verdict.)
+    status = vm.wait_status(lambda s: s.launcher_pid == third.pid and s.state != pb.DOMAIN_STATE_STARTING)
     assert status.state in (pb.DOMAIN_STATE_SHUTOFF, pb.DOMAIN_STATE_CRASHED)
     assert status.qemu_pid == 0
 
