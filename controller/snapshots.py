@@ -31,7 +31,8 @@ FINAL = (S.SNAPSHOT_PHASE_SUCCEEDED, S.SNAPSHOT_PHASE_FAILED)
 #: A node call: freezing, QEMU's transaction and qemu-img on a slow disk.
 NODE_CALL_SECONDS = 150.0
 #: Errors worth retrying on the next pass (the node is away or busy), not failing the snapshot.
-RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+               grpc.StatusCode.ABORTED)  # ABORTED: the VM's run is still ending on the node
 #: How long a snapshot or restore keeps the VM held while its node does not answer: then it
 #: fails and the VM is free to run again (a lost node must not keep its VM from restarting).
 NODE_WAIT_SECONDS = 300.0

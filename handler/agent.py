@@ -453,6 +453,12 @@ class NodeAgent:
             # assigned meanwhile, and removing this one must wait for _finish.
             self._in_pool(launcher.uid, self._finish, launcher)
 
+    def ending(self, launcher: Launcher) -> bool:
+        """Whether this run's end was reported and its launcher is being let go (_finish): the
+        controller may already show the VM stopped while the run still holds its disks here."""
+        last = self.reported.get(launcher.uid)
+        return launcher.ended is not None or (last is not None and last[0][0] in vm_status.TERMINAL_PHASES)
+
     def _send_report(self, vm: vm_pb2.VirtualMachine, launcher: Launcher, phase: int, reason: str,
                      message: str, *, saved_state_path: str = "") -> bool:
         """Report a phase unless already reported; whether the controller has it."""

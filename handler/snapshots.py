@@ -157,10 +157,15 @@ class NodeSnapshots:
 
     def _no_run_here(self, name: str) -> None:
         for launcher in list(self.agent.launchers.values()):
-            if launcher.vm.metadata.name == name and not (launcher.finished or launcher.closed.is_set()):
-                raise SnapshotRefused(grpc.StatusCode.FAILED_PRECONDITION,
-                                      f"vm {name!r} has a run on node {self.agent.node_name} "
-                                      f"({launcher.uid}): its disks are in use")
+            if launcher.vm.metadata.name != name or launcher.finished or launcher.closed.is_set():
+                continue
+            if self.agent.ending(launcher):  # stopped, its launcher not yet gone: moments
+                raise SnapshotRefused(grpc.StatusCode.ABORTED,
+                                      f"vm {name!r}: its run {launcher.uid} on node {self.agent.node_name} "
+                                      "is still ending: try again shortly")
+            raise SnapshotRefused(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"vm {name!r} has a run on node {self.agent.node_name} "
+                                  f"({launcher.uid}): its disks are in use")
 
     def _call_launcher(self, launcher, method: str, request):
         try:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,7 @@ import pytest
 
 from controller.snapshots import restore_refusal, set_phase, snapshot_refusal, stopped
 from corral.snapshots import snapshot_disks, tag_for, valid_tag
-from corral.v1 import migration_pb2, snapshot_pb2, vm_pb2
+from corral.v1 import meta_pb2, migration_pb2, snapshot_pb2, vm_pb2
 from handler.snapshots import NodeSnapshots, SnapshotRefused, offline
 from launcher.snapshots import SnapshotError, disk_paths
 from tests.cluster import wait_for
@@ -245,4 +246,41 @@ def test_a_disk_a_qemu_holds_open_is_retried_not_failed(roots):
         qemu.kill()
         qemu.wait()
     offline("take", TAG, [target(disk)], (str(disks),))
+    assert tags_of(disk) == {TAG}
+
+
+class _Run:
+    """A launcher as NodeSnapshots sees it: its VM, uid, and whether it is over."""
+
+    def __init__(self, name: str, uid: str, *, ended=None) -> None:
+        self.vm = vm_pb2.VirtualMachine(metadata=meta_pb2.ObjectMeta(name=name))
+        self.uid, self.ended, self.finished = uid, ended, False
+        self.closed = threading.Event()
+
+
+def test_a_run_still_ending_is_retried_a_live_one_refused(roots):
+    """The controller may show a VM stopped (its end reported) a moment before the node has let
+    the run's launcher go: a restore then is ABORTED (retried), not failed; a live run refuses."""
+    from handler.agent import NodeAgent
+    disks, _ = roots
+    agent = _Agent()
+    agent.launchers = {"u1": _Run("v", "u1")}
+    agent.reported = {}
+    agent.ending = lambda launcher: NodeAgent.ending(agent, launcher)
+    agent.device_roots = type("Roots", (), {"disks": (str(disks),)})
+    node = NodeSnapshots(agent)
+    disk = disks / "ending.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    request = S.RestoreDiskSnapshotsRequest(name="v", tag=TAG, disks=[target(disk)])
+    with pytest.raises(SnapshotRefused) as refused:
+        node.restore(request)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "in use" in str(refused.value)
+    agent.reported["u1"] = ((vm_pb2.VIRTUAL_MACHINE_PHASE_SUCCEEDED, "GuestShutdown"), 0.0)
+    with pytest.raises(SnapshotRefused) as refused:
+        node.restore(request)
+    assert refused.value.code == grpc.StatusCode.ABORTED and "still ending" in str(refused.value)
+    from controller.snapshots import RETRY_CODES
+    assert refused.value.code in RETRY_CODES
+    agent.launchers["u1"].finished = True  # let go: the disks are free
+    node.take(S.TakeDiskSnapshotsRequest(name="v", tag=TAG, disks=[target(disk)]))
     assert tags_of(disk) == {TAG}
