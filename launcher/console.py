@@ -2,7 +2,8 @@
 
 A session opens the domain's console (its ``<serial type='pty'>``) into a non-blocking
 libvirt stream whose READABLE events come on the embedded driver's event loop (host.py runs
-it); output is queued for the gRPC thread, input is sent from the thread reading requests.
+it); output is queued for the gRPC thread; input, the opening and the closing are done on the
+loop's thread too (event_loop.py says why).
 QEMU keeps appending the output to the serial log file whether a console is attached or not.
 
 Opening with VIR_DOMAIN_CONSOLE_FORCE takes the console from a session that is still open
@@ -31,10 +32,21 @@ _CLOSED = object()
 
 
 class ConsoleSession:
-    """One attached console stream: ``read()`` output, ``write()`` input, ``close()``."""
+    """One attached console stream: ``read()`` output, ``write()`` input, ``close()``.
+
+    Every libvirt call on the stream runs on the event loop's thread (host.loop; see
+    event_loop.py: libvirt's streams are not safe against two threads at once)."""
 
     def __init__(self, host: Host, uuid: str) -> None:
-        conn = host.conn
+        self._loop = host.loop
+        self._output: queue.Queue[object] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._watching = False
+        self._stream: libvirt.virStream | None = None
+        self._loop.call(lambda: self._open(host.conn, uuid))
+
+    def _open(self, conn: libvirt.virConnect, uuid: str) -> None:
         try:
             domain = conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError as e:
@@ -42,17 +54,14 @@ class ConsoleSession:
         try:
             if not domain.isActive():
                 raise DomainNotRunning("the domain is not running: no console to attach to")
-            self._stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
-            domain.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            domain.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            stream.eventAddCallback(
+                libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+                | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_event, None)
         except libvirt.libvirtError as e:
             raise classify(e) from e
-        self._output: queue.Queue[object] = queue.Queue()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._watching = True
-        self._stream.eventAddCallback(
-            libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
-            | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_event, None)
+        self._stream, self._watching = stream, True
 
     # Runs on libvirt's event loop thread: keep it short, never raise.
     def _on_event(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
@@ -72,16 +81,17 @@ class ConsoleSession:
                     break
                 self._output.put(bytes(data))
         if ended:
-            self._stop_watching()
+            self._stop_watching(stream)
             self._output.put(_CLOSED)
 
-    def _stop_watching(self) -> None:
+    def _stop_watching(self, stream: libvirt.virStream) -> None:
+        """On the loop's thread."""
         with self._lock:
             if not self._watching:
                 return
             self._watching = False
         try:
-            self._stream.eventRemoveCallback()
+            stream.eventRemoveCallback()
         except libvirt.libvirtError:
             pass
 
@@ -96,17 +106,25 @@ class ConsoleSession:
             return None
         return item  # type: ignore[return-value]
 
+    def _send(self, data: bytes) -> int:
+        """On the loop's thread: bytes taken, or -2 when the pty is full."""
+        if self._closed or self._stream is None:
+            raise LauncherError("the console is closed")
+        try:
+            return self._stream.send(data)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+
     def write(self, data: bytes) -> None:
         """Send input to the guest's serial port; raises LauncherError if the console ended."""
         deadline = time.monotonic() + SEND_TIMEOUT_SECONDS
         view = memoryview(data)
         while view:
-            if self._closed:
-                raise LauncherError("the console is closed")
+            chunk = bytes(view)
             try:
-                sent = self._stream.send(bytes(view))
-            except libvirt.libvirtError as e:
-                raise classify(e) from e
+                sent = self._loop.call(lambda: self._send(chunk))
+            except TimeoutError:
+                raise LauncherError("libvirt's event loop does not answer") from None
             if sent == -2:  # the pty is full: the guest is not reading (paused, busy)
                 if time.monotonic() > deadline:
                     raise LauncherError("the guest does not take console input")
@@ -114,16 +132,26 @@ class ConsoleSession:
                 continue
             view = view[sent:]
 
+    def _abort(self) -> None:
+        """On the loop's thread: stop watching, then abort (no event of it can come after)."""
+        stream = self._stream
+        if stream is None:
+            return
+        self._stop_watching(stream)
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._stop_watching()
         try:
-            self._stream.abort()
-        except libvirt.libvirtError:
-            pass
+            self._loop.call(self._abort)
+        except TimeoutError:
+            log.warning("console: libvirt's event loop did not answer; its stream is left open")
         self._output.put(_CLOSED)
 
 

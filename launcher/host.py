@@ -11,7 +11,6 @@ import glob
 import logging
 import os
 import tempfile
-import threading
 import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +18,7 @@ from typing import Callable
 import libvirt
 
 from corral.v1 import launcher_pb2
+from launcher.event_loop import EventLoop
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +363,7 @@ class Host:
         self.pid_dir = pid_dir or (os.path.join(self.root, "run", "qemu") if self.root else None)
         self._conn: libvirt.virConnect | None = None
         self._callbacks: list[Callable[[LifecycleEvent], None]] = []
+        self.loop = EventLoop()  # console streams are worked on its thread only (event_loop.py)
 
     def open(self) -> None:
         """Start the event loop, open the connection, subscribe to lifecycle events.
@@ -372,20 +373,13 @@ class Host:
         """
         # Errors reach callers as exceptions; libvirt's default handler would also print them.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-        libvirt.virEventRegisterDefaultImpl()
-        threading.Thread(target=self._run_event_loop, name="libvirt-events", daemon=True).start()
+        self.loop.start()
         try:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
             raise HypervisorUnavailable(f"cannot open {self.uri}: {e.get_error_message()}") from e
         self._conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
-
-    @staticmethod
-    def _run_event_loop() -> None:
-        while True:
-            if libvirt.virEventRunDefaultImpl() < 0:
-                log.error("libvirt event loop iteration failed")
 
     def on_lifecycle(self, callback: Callable[[LifecycleEvent], None]) -> None:
         """Call ``callback`` (on the event-loop thread: keep it short) for each event."""

@@ -198,6 +198,40 @@ def test_two_consoles_at_once_each_reach_their_own_guest(console_cluster):
             console.close()
 
 
+def launcher_pid(cluster: Cluster, name: str) -> int:
+    run = node_agent_pb2.UnpauseInstanceRequest(name=name, instance_uid=cluster.get(name).status.instance_uid)
+    return node_agent(cluster).UnpauseInstance(run, timeout=30).status.launcher_pid
+
+
+def test_consoles_taking_over_each_other_leave_the_launcher_alive(console_cluster):
+    """A new console takes the serial port from the one before (as `virsh console --force`):
+    the old stream ends. Opening one while the previous closes at that very moment used to race
+    inside libvirt's stream code and kill the launcher (CI); all stream work is now on one thread."""
+    pid = launcher_pid(console_cluster, "alpha")
+    older = Console(console_cluster.vms, "alpha")
+    older.expect(rb"# ", timeout=60, poke=True)
+    for round_ in range(24):
+        if round_ % 2:  # the older one closes while the newer one opens
+            closing = threading.Thread(target=older.close)
+            closing.start()
+            newer = Console(console_cluster.vms, "alpha")
+            closing.join()
+        else:  # the newer one takes the port over: the older one ends by itself
+            newer = Console(console_cluster.vms, "alpha")
+            newer.expect(rb"# ", timeout=30, poke=True)
+            assert older.ended.wait(30), "the console taken over did not end"
+            older.close()
+        # Attached (the shell answers through it) before the next one comes: two opens in
+        # flight at once may reach the launcher in either order.
+        newer.expect(rb"# ", timeout=30, poke=True)
+        older = newer
+    try:
+        older.run(b"echo still-$((3*3))", rb"\nstill-9\r?\n")
+    finally:
+        older.close()
+    assert launcher_pid(console_cluster, "alpha") == pid, "alpha's launcher was replaced"
+
+
 def corral_cli(cluster: Cluster, *args: str, **kwargs) -> subprocess.Popen:
     env = {**cluster.env(), "CORRAL_SERVER": cluster.controllers["c1"][1]}
     return subprocess.Popen([sys.executable, "-m", "corral.cli", *args], cwd=REPO, env=env,
