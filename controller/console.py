@@ -42,8 +42,8 @@ def open_console(store: Store, agents: node_agents.NodeAgents, requests: Iterato
         try:
             for request in requests:
                 yield node_agent_pb2.AttachInstanceConsoleRequest(data=request.data)
-        except Exception:  # noqa: BLE001 - the client's call ended (cancelled: RpcError; ended
-            return  # here first: grpc.aio's AbortError): the relay below ends too
+        except Exception:  # noqa: BLE001 - the client's call ended (RpcError, or grpc.aio's AbortError)
+            return  # the relay below ends too
         # The client's input ended (a half-close): its output keeps coming until it leaves, so
         # the node's stream stays open rather than passing the half-close down to the launcher.
         ended.wait()
