@@ -17,7 +17,8 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from corral.resources import LEADER_TURNED_AWAY
 from corral.v1 import handler_pb2, vm_pb2
-from handler.agent import ControllerStubs, NodeAgent
+from handler.agent import NodeAgent
+from handler.control import ControllerStubs
 
 log = logging.getLogger(__name__)
 

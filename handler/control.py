@@ -106,3 +106,29 @@ class NodeControl:
     def release_lock(self, vm_name: str, instance_uid: str) -> None:
         self.call("ReleaseInstanceLock", handler_pb2.ReleaseInstanceLockRequest(
             node_name=self.node_name, vm_name=vm_name, instance_uid=instance_uid))
+
+
+class ControllerStubs:
+    """Stubs on a channel to one of the controllers; rotate() moves to the next address."""
+
+    def __init__(self, servers: list[str], *, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.servers = servers
+        self.credentials = credentials  # TLS (the node's certificate) when set, else plaintext
+        self.index = -1
+        self.channel: grpc.Channel | None = None
+        self.rotate()
+
+    def rotate(self, steps: int = 1) -> None:
+        old = self.channel
+        self.index = (self.index + steps) % len(self.servers)
+        address = self.servers[self.index]
+        self.channel = (grpc.secure_channel(address, self.credentials, options=KEEPALIVE_OPTIONS)
+                        if self.credentials is not None
+                        else grpc.insecure_channel(address, options=KEEPALIVE_OPTIONS))
+        self.handler = handler_pb2_grpc.HandlerServiceStub(self.channel)
+        if old is not None:
+            old.close()
+
+    @property
+    def address(self) -> str:
+        return self.servers[self.index]

@@ -19,7 +19,8 @@ from corral.sdnotify import Watchdog, notify
 from corral.settings import HandlerSettings, add_common_arguments, parse_daemon_settings
 from corral.store import StoreError
 from handler.isolation import setup as setup_isolation
-from handler.agent import ControllerStubs, NodeAgent
+from handler.agent import NodeAgent
+from handler.control import ControllerStubs
 from handler.devices import Roots
 from handler.assignments import AssignmentFollower
 from handler.control import NodeControl, Refused
