@@ -27,7 +27,8 @@ from handler import networks as node_networks
 from handler import cpus
 from handler.devices import DeviceError, Roots, RunDevices, node_paths
 from handler.isolation import Isolation, hand_over_to
-from handler.launchers import VM_FILE, Launcher, SparePool, run_owner
+from handler.launchers import VM_FILE, Launcher, run_owner
+from handler.spares import SparePool
 from handler.vm_files import run_record_path
 from handler.migration import Migrations, is_migrated_away
 from handler.migration_proxy import MigrationTLS
