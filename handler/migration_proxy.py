@@ -33,6 +33,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ CHUNK = 64 * 1024
 BUFFER_LIMIT = 1024 * 1024
 #: How long a pipe's poll waits (a stopped pipe notices within this).
 POLL_MS = 500
+#: close() waits this long for connections still in their TLS handshake or header.
+CLOSE_WAIT_SECONDS = 2.0
 _WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
 
 
@@ -237,6 +240,7 @@ class _Listener:
         self.sock = sock
         self.name = name
         self.pipes: set[Pipe] = set()
+        self.opening: set[threading.Thread] = set()  # connections still being checked
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept_loop, name=name, daemon=True)
@@ -252,8 +256,11 @@ class _Listener:
                 if self.stopped.is_set():
                     return
                 continue
-            threading.Thread(target=self._serve_guarded, args=(conn, address), name=f"{self.name}-conn",
-                             daemon=True).start()
+            opener = threading.Thread(target=self._serve_guarded, args=(conn, address), name=f"{self.name}-conn",
+                                      daemon=True)
+            with self.lock:
+                self.opening.add(opener)
+            opener.start()
 
     def _serve_guarded(self, conn: socket.socket, address: object) -> None:
         try:
@@ -265,6 +272,9 @@ class _Listener:
             log.warning("%s: connection from %s refused: %s", self.name, address or "a local process", exc)
             conn.close()
             return
+        finally:
+            with self.lock:
+                self.opening.discard(threading.current_thread())
         pipe = Pipe(conn, other, name=self.name, on_done=self._forget)
         with self.lock:
             if self.stopped.is_set():
@@ -291,9 +301,12 @@ class _Listener:
             pass
         self.sock.close()
         with self.lock:
-            pipes = list(self.pipes)
+            pipes, opening = list(self.pipes), list(self.opening)
         for pipe in pipes:
             pipe.stop()
+        deadline = time.monotonic() + CLOSE_WAIT_SECONDS  # let handshakes under way finish (and log)
+        for opener in opening:
+            opener.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def connections(self) -> int:

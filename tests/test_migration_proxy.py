@@ -227,9 +227,10 @@ def test_the_target_proxy_refuses_all_but_the_source_node(pki, target, who):
     assert target.libvirt.accepted == 1
 
 
-def test_the_source_refuses_a_target_that_is_not_the_target_node(pki, short_dir):
+def test_the_source_refuses_a_target_that_is_not_the_target_node(pki, short_dir, caplog):
     """A proxy answering with another node's certificate (a node record pointing at the wrong
-    handler, or one node posing as another): the source's tunnel drops the connection."""
+    handler, or one node posing as another): the source's tunnel drops the connection. The
+    impostor's close() waits for its handshake under way (which logs the refusal)."""
     libvirt = LibvirtSocket(short_dir / "libvirt-sock")
     impostor = TargetProxy("127.0.0.1:0", lambda uid, node: libvirt.path, tls=node_tls(pki, pki.nc))
     impostor.start()
@@ -243,6 +244,7 @@ def test_the_source_refuses_a_target_that_is_not_the_target_node(pki, short_dir)
         tunnel.close()
         impostor.close()
         libvirt.close()
+    assert "refused" in caplog.text, caplog.text
 
 
 def test_the_tls_files_must_load(pki, tmp_path):
