@@ -91,14 +91,16 @@ class AsyncStore:
             token = None
             if auth is not None:
                 token = auth.fresh_token() or await asyncio.to_thread(auth.token)
+            stub = self._stub()
+            endpoint = self.store.client.endpoint_in_use  # the member this call goes to
             try:
-                return await getattr(self._stub(), method)(
+                return await getattr(stub, method)(
                     request, timeout=timeout, metadata=(("token", token),) if token else None)
             except grpc.aio.AioRpcError as exc:
                 if token is not None and attempt == 1 and tls.stale_token(exc.code(), exc.details()):
                     auth.invalidate(token)
                     continue
-                raise self.store.translate(exc, timeout) from exc
+                raise self.store.translate(exc, timeout, endpoint) from exc
         raise AssertionError("unreachable")
 
     async def _ops(self, build: Callable[[], tuple[list, list, M]]) -> tuple[list, list, M]:

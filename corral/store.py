@@ -235,25 +235,30 @@ class Store:
 
     def _call(self, stub_class, method_name: str, request: Message, timeout: float | None = None):
         client = self.client
+        endpoint = None
         try:
-            method = getattr(self._stub(stub_class), method_name)
+            stub = self._stub(stub_class)
+            endpoint = client.endpoint_in_use
+            method = getattr(stub, method_name)
             if method_name == "LeaseKeepAlive":
                 return next(iter(method(iter([request]), timeout or self.timeout,
                                         credentials=client.call_credentials, metadata=client.metadata)))
             return method(request, timeout or self.timeout, credentials=client.call_credentials,
                           metadata=client.metadata)
         except grpc.RpcError as exc:
-            raise self.translate(exc, timeout or self.timeout) from exc
+            raise self.translate(exc, timeout or self.timeout, endpoint) from exc
         except etcd_exceptions.NoServerAvailableError as exc:
             raise Unavailable(f"etcd is unreachable: no endpoint answered recently ({exc})") from exc
 
-    def translate(self, exc: grpc.RpcError, timeout: float) -> StoreError:
-        """A gRPC error from etcd as a StoreError (UNAVAILABLE also moves to another member)."""
+    def translate(self, exc: grpc.RpcError, timeout: float, endpoint: object = None) -> StoreError:
+        """A gRPC error from etcd as a StoreError. UNAVAILABLE also marks the member the call
+        went to (``endpoint``; default: the one in use now) failed: calls move to another. With
+        many calls in flight, the one in use may already be another member, which answers."""
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
             if len(self.client.endpoints) > 1:
-                self.client.endpoint_in_use.fail()  # try another member next time
+                (endpoint or self.client.endpoint_in_use).fail()  # try another member next time
             return Unavailable(f"etcd is unreachable: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Unavailable(f"etcd did not answer within {timeout:g}s (the outcome of a write is unknown): {details}")

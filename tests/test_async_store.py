@@ -189,3 +189,31 @@ def test_an_unreachable_etcd_is_unavailable_not_a_hang(tmp_path):
         run(store, scenario)
     finally:
         store.close()
+
+
+def test_an_unavailable_answer_fails_the_member_the_call_went_to(etcd):
+    """With calls in flight on two members, a late UNAVAILABLE from the member that died must
+    not mark the one now in use failed too (both would be failed: no member left to try)."""
+    import grpc
+
+    class Down(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "connection refused"
+
+    store = Store(endpoints=["http://127.0.0.1:9", etcd.endpoint], prefix=f"/as-{uuid.uuid4().hex[:8]}/", timeout=2)
+    try:
+        members = list(store.client.endpoints.values())
+        dead = next(member for member in members if member.netloc.endswith(":9"))
+        alive = next(member for member in members if member is not dead)
+        error = store.translate(Down(), 2, dead)
+        assert isinstance(error, Unavailable)
+        assert dead.is_failed() and not alive.is_failed()
+        wait_for(lambda: store.revision() > 0, timeout=20, what="the member that answers")
+        assert store.client.endpoint_in_use is alive
+        store.translate(Down(), 2, dead)  # late, from the dead member: the live one stays in use
+        assert not alive.is_failed() and store.revision() > 0
+    finally:
+        store.close()
