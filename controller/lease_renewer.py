@@ -75,15 +75,16 @@ class LeaseRenewer:
         client = self._store.client
         try:
             stub = etcdrpc.LeaseStub(client.channel)
+            endpoint = client.endpoint_in_use  # the member this stream goes to
             call = stub.LeaseKeepAlive(_drain(requests), credentials=client.call_credentials,
                                        metadata=client.metadata)
         except Exception as exc:  # noqa: BLE001 - no endpoint: every waiter is told
             raise Unavailable(f"etcd is unreachable: {exc}") from exc
         self._requests, self._call = requests, call
-        threading.Thread(target=self._read, args=(call, requests), name="lease-renewer", daemon=True).start()
+        threading.Thread(target=self._read, args=(call, requests, endpoint), name="lease-renewer", daemon=True).start()
         return requests
 
-    def _read(self, call, requests: queue.SimpleQueue) -> None:
+    def _read(self, call, requests: queue.SimpleQueue, endpoint: object) -> None:
         """Hand each answer to the renewals waiting for it; when the stream ends, fail the
         rest (the next renewal opens a new stream)."""
         error: StoreError = Unavailable("etcd ended the lease keep-alive stream")
@@ -94,7 +95,7 @@ class LeaseRenewer:
                 for answer in answers:
                     answer(int(response.TTL))
         except grpc.RpcError as exc:
-            error = self._store.translate(exc, self._timeout)
+            error = self._store.translate(exc, self._timeout, endpoint)
         requests.put(None)
         with self._lock:
             if self._requests is not requests:

@@ -40,6 +40,7 @@ class RawWatch:
         self._client = client
         try:
             stub = etcdrpc.WatchStub(client.channel)
+            self._endpoint = client.endpoint_in_use  # the member this stream goes to
         except etcd_exceptions.NoServerAvailableError as exc:
             raise Unavailable(f"etcd is unreachable: {exc}") from exc
         self._call = stub.Watch(self._request_stream(), credentials=client.call_credentials,
@@ -63,7 +64,7 @@ class RawWatch:
             error = Unavailable(f"etcd watch broke: {exc.details() if hasattr(exc, 'details') else exc}")
             if (not self._closed.is_set() and exc.code() == grpc.StatusCode.UNAVAILABLE
                     and len(self._client.endpoints) > 1):
-                self._client.endpoint_in_use.fail()  # reopen on another member
+                self._endpoint.fail()  # reopen on another member (not the one in use now, if it changed)
         if not self._closed.is_set():
             raise error
 

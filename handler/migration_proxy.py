@@ -258,9 +258,9 @@ class _Listener:
                 continue
             opener = threading.Thread(target=self._serve_guarded, args=(conn, address), name=f"{self.name}-conn",
                                       daemon=True)
-            with self.lock:
+            with self.lock:  # started under the lock: close() joins only started threads
                 self.opening.add(opener)
-            opener.start()
+                opener.start()
 
     def _serve_guarded(self, conn: socket.socket, address: object) -> None:
         try:
@@ -301,11 +301,15 @@ class _Listener:
             pass
         self.sock.close()
         with self.lock:
-            pipes, opening = list(self.pipes), list(self.opening)
+            pipes = list(self.pipes)
         for pipe in pipes:
             pipe.stop()
         deadline = time.monotonic() + CLOSE_WAIT_SECONDS  # let handshakes under way finish (and log)
-        for opener in opening:
+        while time.monotonic() < deadline:
+            with self.lock:  # again each time: the accept thread may have started one meanwhile
+                opener = next(iter(self.opening), None)
+            if opener is None:
+                break
             opener.join(max(0.0, deadline - time.monotonic()))
 
     @property

@@ -44,7 +44,11 @@ class ConsoleSession:
         self._closed = False
         self._watching = False
         self._stream: libvirt.virStream | None = None
-        self._loop.call(lambda: self._open(host.conn, uuid))
+        try:
+            self._loop.call(lambda: self._open(host.conn, uuid))
+        except TimeoutError:
+            self.close(wait=False)  # an _open that still runs sees it is closed: it aborts its stream
+            raise LauncherError("libvirt's event loop does not answer: no console") from None
 
     def _open(self, conn: libvirt.virConnect, uuid: str) -> None:
         try:
@@ -56,12 +60,18 @@ class ConsoleSession:
                 raise DomainNotRunning("the domain is not running: no console to attach to")
             stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
             domain.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        except libvirt.libvirtError as e:
+            raise classify(e) from e
+        try:
             stream.eventAddCallback(
                 libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
                 | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_event, None)
         except libvirt.libvirtError as e:
+            self._abort_stream(stream)
             raise classify(e) from e
         self._stream, self._watching = stream, True
+        if self._closed:  # the caller gave up waiting meanwhile (close(wait=False) ran first)
+            self._abort()
 
     # Runs on libvirt's event loop thread: keep it short, never raise.
     def _on_event(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
@@ -134,24 +144,39 @@ class ConsoleSession:
 
     def _abort(self) -> None:
         """On the loop's thread: stop watching, then abort (no event of it can come after)."""
-        stream = self._stream
+        stream, self._stream = self._stream, None
         if stream is None:
             return
         self._stop_watching(stream)
+        self._abort_stream(stream)
+
+    @staticmethod
+    def _abort_stream(stream: libvirt.virStream) -> None:
+        """On the loop's thread. Also drops the callback libvirt-python keeps (stream.cb), so
+        that freeing the stream later, on whatever thread, calls no more than virStreamFree."""
         try:
             stream.abort()
         except libvirt.libvirtError:
             pass
+        try:
+            del stream.cb  # its __del__ removes the callback (on its thread) while this is set
+        except AttributeError:
+            pass
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Abort the stream on the loop's thread; ``wait=False`` (gRPC's call-ended callback,
+        which must not block the server) only asks for it."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        try:
-            self._loop.call(self._abort)
-        except TimeoutError:
-            log.warning("console: libvirt's event loop did not answer; its stream is left open")
+        if wait:
+            try:
+                self._loop.call(self._abort)
+            except TimeoutError:
+                log.warning("console: libvirt's event loop did not answer; its stream is left open")
+        else:
+            self._loop.post(self._abort)
         self._output.put(_CLOSED)
 
 

@@ -49,13 +49,24 @@ class EventLoop:
 
     def call(self, work: Callable[[], T], timeout: float = CALL_TIMEOUT_SECONDS) -> T:
         """``work()`` run on the loop's thread (at once when already there): its result, or
-        its exception; TimeoutError when the loop did not get to it in time (then it never runs)."""
+        its exception; TimeoutError when the loop did not get to it in time (then it does not
+        run later, unless it had just started: callers make late work harmless)."""
         if self._thread_id is None or self.on_loop():
             return work()
+        future = self.post(work)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def post(self, work: Callable[[], T]) -> Future:
+        """Run ``work()`` on the loop's thread soon, without waiting: its Future."""
         future: Future = Future()
 
         def fire(timer: int, _opaque: object) -> None:
-            libvirt.virEventRemoveTimeout(timer)
+            if timer >= 0:
+                libvirt.virEventRemoveTimeout(timer)
             if not future.set_running_or_notify_cancel():
                 return  # the caller gave up
             try:
@@ -63,9 +74,8 @@ class EventLoop:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 future.set_exception(exc)
 
+        if self._thread_id is None:  # no loop (yet): nothing else can run on one
+            fire(-1, None)
+            return future
         libvirt.virEventAddTimeout(0, fire, None)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+        return future

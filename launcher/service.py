@@ -120,7 +120,7 @@ class LauncherServicer(launcher_pb2_grpc.LauncherServiceServicer):
             session = console.ConsoleSession(self._sup.host, domain_xml.domain_uuid(self._sup.vm))
         except LauncherError as e:
             _abort(context, e)
-        context.add_callback(session.close)
+        context.add_callback(lambda: session.close(wait=False))  # never blocks the server's thread
         for data in console.pump(session, (r.data for r in request_iterator), context.is_active):
             yield launcher_pb2.AttachConsoleResponse(data=data)
 

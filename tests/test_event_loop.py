@@ -64,3 +64,18 @@ def test_a_wedged_loop_times_out_and_the_work_never_runs_late(loop):
         blocker.join()
     assert loop.call(lambda: "free again") == "free again"
     assert ran == []
+
+
+def test_post_does_not_wait_and_runs_on_the_loop(loop):
+    release = threading.Event()
+    blocker = loop.post(lambda: release.wait(10))
+    posted = loop.post(lambda: threading.current_thread().name)  # queued behind the blocker
+    assert not posted.done()  # the caller was not held up
+    release.set()
+    assert blocker.result(5) is True and posted.result(5) == "libvirt-events"
+
+
+def test_before_the_loop_runs_work_runs_in_place():
+    idle = EventLoop()  # never started: nothing else can be on a loop thread
+    assert idle.call(lambda: threading.current_thread().name) == threading.current_thread().name
+    assert idle.post(lambda: 7).result(0) == 7
