@@ -38,6 +38,11 @@ RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 NODE_WAIT_SECONDS = 300.0
 
 
+def waiting_reason(code: grpc.StatusCode) -> str:
+    """What a retried node call waits for: the node, or the end of the VM's last run there."""
+    return "RunEnding" if code == grpc.StatusCode.ABORTED else "NodeUnavailable"
+
+
 def waited_too_long(since, now: float | None = None) -> bool:
     """Whether more than NODE_WAIT_SECONDS passed since the Timestamp ``since``."""
     return (now if now is not None else time.time()) - since.ToNanoseconds() / 1e9 > NODE_WAIT_SECONDS
@@ -259,10 +264,10 @@ class SnapshotReconciler:
                 tag=snapshot.status.disks[0].tag, disks=targets(snapshot)))
         except RequestError as exc:
             if exc.code in RETRY_CODES and not waited_too_long(snapshot.metadata.create_time):
-                if set_phase(snapshot, S.SNAPSHOT_PHASE_IN_PROGRESS, "NodeUnavailable", str(exc)):
+                if set_phase(snapshot, S.SNAPSHOT_PHASE_IN_PROGRESS, waiting_reason(exc.code), str(exc)):
                     self.store.update(SNAPSHOTS, snapshot, fence=fence)
                 return
-            self._fail(snapshot, "NodeUnavailable" if exc.code in RETRY_CODES else "SnapshotFailed", str(exc), fence)
+            self._fail(snapshot, waiting_reason(exc.code) if exc.code in RETRY_CODES else "SnapshotFailed", str(exc), fence)
             self._mark(vm, "snapshot_in_progress", "", fence)
             return
         del snapshot.status.indications[:]

@@ -279,8 +279,9 @@ def test_a_run_still_ending_is_retried_a_live_one_refused(roots):
     with pytest.raises(SnapshotRefused) as refused:
         node.restore(request)
     assert refused.value.code == grpc.StatusCode.ABORTED and "still ending" in str(refused.value)
-    from controller.snapshots import RETRY_CODES
-    assert refused.value.code in RETRY_CODES
+    from controller.snapshots import RETRY_CODES, waiting_reason
+    assert refused.value.code in RETRY_CODES and waiting_reason(refused.value.code) == "RunEnding"
+    assert waiting_reason(grpc.StatusCode.UNAVAILABLE) == "NodeUnavailable"
     agent.launchers["u1"].finished = True  # let go: the disks are free
     node.take(S.TakeDiskSnapshotsRequest(name="v", tag=TAG, disks=[target(disk)]))
     assert tags_of(disk) == {TAG}
