@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,9 @@ def nodes(tmp_path_factory, guest_dir):
 
 @pytest.fixture(scope="module")
 def pet(nodes):
-    """One guest most cases move around."""
-    vm = nodes.create("pet", eviction_strategy=vm_pb2.EVICTION_STRATEGY_LIVE_MIGRATE)
+    """One guest most cases move around. Its name is this run's own: QEMU processes are
+    counted by name across the machine, and other modules (run in parallel) have a "pet" too."""
+    vm = nodes.create(f"pet-{uuid.uuid4().hex[:6]}", eviction_strategy=vm_pb2.EVICTION_STRATEGY_LIVE_MIGRATE)
     return vm.metadata.name
 
 
@@ -269,7 +271,7 @@ def test_source_node_killed_mid_way_the_vm_runs_exactly_once(nodes, pet):
     wait_for(lambda: not [p for p in qemu_pids(uid) if source_dir.encode() in Path(f"/proc/{p}/cmdline").read_bytes()],
              timeout=10, what="the source's QEMU to die")
     ended = None
-    with RunSampler("pet") as sampler:  # from now on: never two QEMU of one run at once
+    with RunSampler(pet) as sampler:  # from now on: never two QEMU of one run at once
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             vm = nodes.cluster.get(pet)
