@@ -69,7 +69,8 @@ class AsyncStore:
             await channel.close()
         self._channels, self._stubs = [], {}
 
-    def _stub(self) -> etcdrpc.KVStub:
+    def _stub(self) -> tuple[etcdrpc.KVStub, object]:
+        """A stub on the member pyetcd picks, and that member (the one a failure is blamed on)."""
         client = self.store.client
         try:
             client.channel  # noqa: B018 - pyetcd picks a member that has not failed lately
@@ -82,7 +83,7 @@ class AsyncStore:
                        if endpoint.secure else grpc.aio.insecure_channel(endpoint.netloc, options=CHANNEL_OPTIONS))
             self._channels.append(channel)
             stub = self._stubs[endpoint.netloc] = etcdrpc.KVStub(channel)
-        return stub
+        return stub, endpoint
 
     async def _call(self, method: str, request):
         """One KV call; a token etcd refused is replaced and the call made once more."""
@@ -91,8 +92,7 @@ class AsyncStore:
             token = None
             if auth is not None:
                 token = auth.fresh_token() or await asyncio.to_thread(auth.token)
-            stub = self._stub()
-            endpoint = self.store.client.endpoint_in_use  # the member this call goes to
+            stub, endpoint = self._stub()
             try:
                 return await getattr(stub, method)(
                     request, timeout=timeout, metadata=(("token", token),) if token else None)

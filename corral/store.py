@@ -224,21 +224,22 @@ class Store:
 
     # -- low level --------------------------------------------------------------------------
     def _stub(self, stub_class):
-        # A stub on the current endpoint's channel: when an endpoint is marked failed, the next
-        # call goes to another one (pyetcd's cached stubs would not). Kept while the channel
-        # is the same (making one per call cost ~15% of a call's CPU).
+        """A stub on the current endpoint's channel, and that endpoint (the member a failure is
+        blamed on). When an endpoint is marked failed, the next call goes to another one
+        (pyetcd's cached stubs would not). Kept while the channel is the same (making one per
+        call cost ~15% of a call's CPU)."""
         channel = self.client.channel
+        endpoint = self.client.endpoint_in_use  # the member whose channel that is
         cached = self._stubs.get(stub_class)
         if cached is None or cached[0] is not channel:
             cached = self._stubs[stub_class] = (channel, stub_class(channel))
-        return cached[1]
+        return cached[1], endpoint
 
     def _call(self, stub_class, method_name: str, request: Message, timeout: float | None = None):
         client = self.client
         endpoint = None
         try:
-            stub = self._stub(stub_class)
-            endpoint = client.endpoint_in_use
+            stub, endpoint = self._stub(stub_class)
             method = getattr(stub, method_name)
             if method_name == "LeaseKeepAlive":
                 return next(iter(method(iter([request]), timeout or self.timeout,
