@@ -27,7 +27,10 @@ from launcher.domain_xml import QEMU_NS, DomainOptions, build_domain_xml
 from tests.cluster import Cluster, free_port
 
 # Hypothesis warns when it prints a failing example of megabytes: those are the point here.
-pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+# One worker runs the whole module (scripts/test.sh: --dist loadgroup): the last test checks
+# what the others stored in the module's controller, which another worker would not have.
+pytestmark = [pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning"),
+              pytest.mark.xdist_group("fuzz_api")]
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
