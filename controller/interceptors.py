@@ -82,25 +82,43 @@ class ControllerInterceptor(grpc.aio.ServerInterceptor):
     """Refuses, with PERMISSION_DENIED, calls to services the peer's identity may not use
     (auth.service_refusal; per-node checks are in the HandlerService itself), and counts
     every call by method and the status it ended with (OK, an abort's code, UNKNOWN for an
-    uncaught exception, CANCELLED for a stream the client left)."""
+    uncaught exception, CANCELLED for a stream the client left).
+
+    A method's wrapped handler is made once and kept (by method, for the handler grpc gave):
+    wrapping inspects the behaviour and builds closures, a cost every call would pay again."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _rewrap(handler, lambda behavior: _wrap(behavior, *_checks(method)))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-        def before(context, is_async: bool):
-            refusal = auth.service_refusal(context.auth_context(), method)
-            if refusal:
-                API_REQUESTS.labels(method.lstrip("/"), grpc.StatusCode.PERMISSION_DENIED.name).inc()
-                return context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)  # raises (sync) / awaited
-            return _done() if is_async else None
 
-        def after(code: grpc.StatusCode) -> None:
-            API_REQUESTS.labels(method.lstrip("/"), code.name).inc()
+def _checks(method: str) -> tuple[Callable, Callable]:
+    """before(context, is_async) and after(code) for one method."""
+    name = method.lstrip("/")
+    ok = API_REQUESTS.labels(name, grpc.StatusCode.OK.name)
 
-        return _rewrap(handler, lambda behavior: _wrap(behavior, before, after))
+    def before(context, is_async: bool):
+        refusal = auth.service_refusal(context.auth_context(), method)
+        if refusal:
+            API_REQUESTS.labels(name, grpc.StatusCode.PERMISSION_DENIED.name).inc()
+            return context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)  # raises (sync) / awaited
+        return _done() if is_async else None
+
+    def after(code: grpc.StatusCode) -> None:
+        (ok if code is grpc.StatusCode.OK else API_REQUESTS.labels(name, code.name)).inc()
+
+    return before, after
 
 
 async def _done() -> None:
