@@ -5,11 +5,13 @@ VMs as libvirt test-driver domains, no QEMU). A benchmark, not a test: it prints
     .venv/bin/python bench/bench_scale.py --nodes 100 --vms 1000 [--standbys 2] [--clients 16]
     .venv/bin/python bench/bench_scale.py --nodes 100 --vms 1000 --kill-leader-at 0.5
     .venv/bin/python bench/bench_scale.py --nodes 100 --vms 1000 --vanish 10
+    .venv/bin/python bench/bench_scale.py --nodes 1000 --vms 10000 --batch 100
 
 It starts its own etcd, one controller plus standbys, and one corral-simnodes process with
 the nodes; creates the VMs through the API from parallel clients; and waits (one
 WatchVirtualMachines stream, from a replica that is not the leader) until every VM is
-Running. Meanwhile a prober calls GetVirtualMachine every 50 ms. The last line is one JSON
+Running (with --batch N, each client call is a BatchCreateVirtualMachines of N VMs, all or
+none, one etcd transaction). Meanwhile a prober calls GetVirtualMachine every 50 ms. The last line is one JSON
 object:
 
     nodes, vms, running, seconds_to_all_running, vms_per_second, api_p99_seconds (creates and
@@ -260,21 +262,32 @@ class Bench:
         kill_after = max(1, int(self.args.kill_leader_at * len(names))) if self.args.kill_leader_at else 0
         t0 = time.monotonic()
 
+        size = self.args.batch
+
         def create(index: int) -> None:
+            """VM number index (one CreateVirtualMachine), or with --batch the batch starting there."""
             began = time.monotonic()
-            answer, failed = self.replicas.call(index, "CreateVirtualMachine", vm_pb2.CreateVirtualMachineRequest(
-                virtual_machine=small_vm(names[index])), timeout=60, created_if_exists=True)
+            chunk = [small_vm(name) for name in names[index:index + size]]
+            if size == 1:
+                answer, failed = self.replicas.call(index, "CreateVirtualMachine", vm_pb2.CreateVirtualMachineRequest(
+                    virtual_machine=chunk[0]), timeout=60, created_if_exists=True)
+            else:  # all or none: ALREADY_EXISTS after a failed try means that try made them all
+                answer, failed = self.replicas.call(index // size, "BatchCreateVirtualMachines",
+                                                    vm_pb2.BatchCreateVirtualMachinesRequest(requests=[
+                                                        vm_pb2.CreateVirtualMachineRequest(virtual_machine=vm)
+                                                        for vm in chunk]), timeout=60, created_if_exists=True)
             self.latencies["create"].append(time.monotonic() - began)
             with self.lock:
-                self.created += 1
+                before = self.created
+                self.created += len(chunk)
                 self.creates_retried += bool(failed)
                 self.creates_found_existing += answer is None
-                if self.created == kill_after:
+                if before < kill_after <= self.created:
                     self.kill_leader(leader)
 
-        note(f"creating {len(names)} VMs, {leader} leading")
+        note(f"creating {len(names)} VMs, {leader} leading" + (f", {size} per call" if size > 1 else ""))
         with futures.ThreadPoolExecutor(self.args.clients) as pool:
-            list(pool.map(create, range(len(names))))
+            list(pool.map(create, range(0, len(names), size)))
         note("all created")
         deadline = t0 + self.args.timeout
         while len(self.running_at) < len(names) and time.monotonic() < deadline:
@@ -291,7 +304,7 @@ class Bench:
         seconds = finished - t0
         both = self.latencies["create"] + self.latencies["probe"]
         result = {
-            "nodes": self.args.nodes, "vms": self.args.vms, "running": len(self.running_at),
+            "nodes": self.args.nodes, "vms": self.args.vms, "batch": self.args.batch, "running": len(self.running_at),
             "seconds_to_all_running": round(seconds, 2),
             "vms_per_second": round(len(names) / seconds, 1) if seconds == seconds else 0.0,
             "api_p99_seconds": round(percentile(both, 99), 3),
@@ -413,6 +426,8 @@ def main() -> int:
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--standbys", type=int, default=2, help="controller replicas besides the leader")
     parser.add_argument("--clients", type=int, default=16, help="parallel API clients creating VMs")
+    parser.add_argument("--batch", type=int, default=1, metavar="N",
+                        help="create N VMs per call (BatchCreateVirtualMachines, 1 to 100); 1: CreateVirtualMachine")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--delete", action="store_true", help="then delete them all (seconds_to_all_deleted)")
     parser.add_argument("--keep", action="store_true", help=f"keep the logs (in /tmp/cbs-*)")
@@ -425,6 +440,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.kill_leader_at and not (0 < args.kill_leader_at < 1 and args.standbys >= 1):
         parser.error("--kill-leader-at needs 0 < F < 1 and at least one standby")
+    if not 1 <= args.batch <= 100:
+        parser.error("--batch N needs 1 <= N <= 100")
     if args.vanish and not 0 < args.vanish < args.nodes:
         parser.error("--vanish N needs 0 < N < --nodes")
     bench = Bench(args)

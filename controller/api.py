@@ -1,9 +1,10 @@
-"""The public API: VirtualMachineService and NodeService, served by every replica. Gets and
-writes go to etcd; lists and watches are served from the replica's watch cache (a list once
-the cache has caught up with etcd, so any replica answers the same; a watch from the cache's
-recent history, or from etcd's when it asks for an older revision). The calls a storm is
-made of (create, get) are coroutines on the server's event loop, with etcd's answer awaited
-there (corral/async_store.py); the others are plain functions in the server's thread pool."""
+"""The public API's VirtualMachineService (NodeService: controller/node_api.py), served by every
+replica. Gets and writes go to etcd; lists and watches are served from the replica's watch
+cache (a list once the cache has caught up with etcd, so any replica answers the same; a watch
+from the cache's recent history, or from etcd's when it asks for an older revision). The calls
+a storm is made of (create, get) are coroutines on the server's event loop, with etcd's answer
+awaited there (corral/async_store.py); the others are plain functions in the server's thread
+pool."""
 from __future__ import annotations
 
 import asyncio
@@ -20,25 +21,31 @@ from controller.hotplug_api import Hotplug
 from controller.node_agents import NodeAgents
 from controller.errors import RequestError, call_ended, grpc_errors
 from controller.limits import StreamLimits, ThreadBoundStreams
-from controller.nodes import list_node_views, present_nodes, ready_node_names
+from controller.nodes import ready_node_names
 from controller.objects import new_metadata
 from controller.watch_cache import WatchCache
 from corral import history, status as vm_status
 from corral.async_store import AsyncStore
 from corral.logs import log_vm
-from corral.resources import NODES, VMS
+from corral.resources import VMS
 from corral.selectors import matches, parse_selector
-from corral.store import Compacted, Conflict, NotFound, Store, StoreError
-from corral.v1 import meta_pb2, node_agent_pb2, node_pb2, node_pb2_grpc, vm_pb2, vm_pb2_grpc
+from corral.store import AlreadyExists, Compacted, Conflict, Store, StoreError
+from corral.v1 import meta_pb2, node_agent_pb2, vm_pb2, vm_pb2_grpc
 from corral.validation import (ValidationError, name_problem, system_annotation, user_annotation_problems,
                                validate_new_vm, validate_vm_update)
 
 log = logging.getLogger(__name__)
 
 WATCH_POLL_SECONDS = 1.0
+#: VMs one BatchCreateVirtualMachines may create: etcd refuses a transaction of more than
+#: 128 operations by default (--max-txn-ops), and each VM is one put and one comparison.
+BATCH_CREATE_LIMIT = 100
+#: Bytes a batch's VMs may take together: etcd refuses a request past 1.5 MiB by default
+#: (--max-request-bytes); a VM alone may take more (its cloud-init data, annotations).
+BATCH_CREATE_BYTES = 1024 * 1024
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     problem = name_problem(name, "name")
     if problem:
         raise ValidationError([problem])
@@ -124,7 +131,47 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
 
     @grpc_errors
     async def CreateVirtualMachine(self, request, context):
-        given = request.virtual_machine
+        stored = await self.async_store.create(VMS, await self._new_vm(request.virtual_machine))
+        log_vm(log, stored, "created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
+        return vm_pb2.CreateVirtualMachineResponse(virtual_machine=stored)
+
+    @grpc_errors
+    async def BatchCreateVirtualMachines(self, request, context):
+        """All or none, in one transaction: a fleet's creates cost one call and one revision."""
+        entries = request.requests
+        if not 1 <= len(entries) <= BATCH_CREATE_LIMIT:
+            raise ValidationError([f"requests: {len(entries)} entries, a batch takes 1 to {BATCH_CREATE_LIMIT} "
+                                   "(send larger fleets in several calls)"])
+        vms: list[vm_pb2.VirtualMachine] = []
+        first_index: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            try:
+                vm = await self._new_vm(entry.virtual_machine)
+            except ValidationError as exc:
+                raise ValidationError([f"requests[{index}]: {problem}" for problem in exc.problems]) from None
+            except RequestError as exc:  # an instance type it names does not exist, say
+                raise RequestError(exc.code, f"requests[{index}]: {exc}") from None
+            name = vm.metadata.name
+            if name in first_index:
+                raise ValidationError([f"requests[{index}]: name {name!r} is also the name of "
+                                       f"requests[{first_index[name]}]: names must differ"])
+            first_index[name] = index
+            vms.append(vm)
+        size = sum(vm.ByteSize() for vm in vms)
+        if size > BATCH_CREATE_BYTES:
+            raise ValidationError([f"requests: the VMs take {size} bytes together, a batch at most "
+                                   f"{BATCH_CREATE_BYTES} (the store's request limit): send them in smaller batches"])
+        try:
+            stored = await self.async_store.create_all(VMS, vms)
+        except AlreadyExists as exc:
+            raise AlreadyExists(f"requests[{first_index[exc.name]}]: {exc}: nothing was created") from None
+        for vm in stored:
+            log_vm(log, vm, "created vm %s uid %s", vm.metadata.name, vm.metadata.uid)
+        return vm_pb2.BatchCreateVirtualMachinesResponse(virtual_machines=stored)
+
+    async def _new_vm(self, given: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
+        """The VM to store for a create: validated, with the server's metadata, its instance
+        type and preference applied, Pending. Raises ValidationError (nothing written)."""
         validate_new_vm(given)
         problems = user_annotation_problems(given.metadata.annotations, "metadata.annotations")
         if problems:
@@ -135,20 +182,22 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         if instancetypes.names_any(vm.spec):  # refused: nothing written
             await asyncio.to_thread(instancetypes.resolve, self.store, vm)  # reads etcd
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
-        stored = await self.async_store.create(VMS, vm)
-        log_vm(log, stored, "created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
-        return vm_pb2.CreateVirtualMachineResponse(virtual_machine=stored)
+        return vm
 
     @grpc_errors
     async def GetVirtualMachine(self, request, context):
-        _check_name(request.name)
+        check_name(request.name)
         beside = self.store.raw_key(history.folder(request.name))
         vm, kvs = await self.async_store.get_with(VMS, request.name, beside)
         history.merge(vm, [(kv.key[len(beside):].decode(), kv.value) for kv in kvs])
-        return vm_pb2.GetVirtualMachineResponse(virtual_machine=present(vm, self._ready()))
+        return vm_pb2.GetVirtualMachineResponse(virtual_machine=present(vm, self._ready(one=True)))
 
-    def _ready(self) -> set[str] | None:
-        return set(self.cache.ready) if self.cache.synced.is_set() else _ready_nodes(self.store)
+    def _ready(self, *, one: bool = False) -> set[str] | None:
+        """The Ready nodes' names: the cache's own set when ``one`` look-up follows (a single
+        ``in`` needs no copy of a thousand names), else a copy that stays as it is."""
+        if self.cache.synced.is_set():
+            return self.cache.ready if one else set(self.cache.ready)
+        return _ready_nodes(self.store)
 
     @grpc_errors
     def ListVirtualMachines(self, request, context):
@@ -200,7 +249,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
 
     @grpc_errors
     def DeleteVirtualMachine(self, request, context):
-        _check_name(request.name)
+        check_name(request.name)
         if request.resource_version:
             return self._delete(request)
         # No precondition given: a concurrent status write must not make the delete fail.
@@ -271,7 +320,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
     # -- verbs ----------------------------------------------------------------------------
     def _change(self, name: str, decide: Callable[[vm_pb2.VirtualMachine], bool]) -> vm_pb2.VirtualMachine:
         """Apply a verb's decision to the stored VM, retrying when a status write got in between."""
-        _check_name(name)
+        check_name(name)
         for attempt in Retrying(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True):
             with attempt:
                 vm = self.store.get(VMS, name)
@@ -315,7 +364,7 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
 
     def _guest_action(self, name: str, verb: str, call: str, event: str, message: str) -> vm_pb2.VirtualMachine:
         """Ask the run's node to act on the guest now (no store write but an event)."""
-        _check_name(name)
+        check_name(name)
         vm = self.store.get(VMS, name)
         try:
             lifecycle.check_guest_action(vm, verb)
@@ -422,54 +471,3 @@ def _without_run_strategy(spec: vm_pb2.VirtualMachineSpec) -> vm_pb2.VirtualMach
     copy.CopyFrom(spec)
     copy.ClearField("run_strategy")
     return copy
-
-
-class NodeService(node_pb2_grpc.NodeServiceServicer):
-    """Nodes from the watch cache once it has caught up with etcd (from etcd when it cannot)."""
-
-    def __init__(self, *, store: Store, cache: WatchCache) -> None:
-        self.store = store
-        self.cache = cache
-
-    def _nodes(self) -> list[node_pb2.Node]:
-        if self.cache.fresh():
-            return present_nodes(*self.cache.node_views())
-        return list_node_views(self.store)
-
-    @grpc_errors
-    def GetNode(self, request, context):
-        _check_name(request.name)
-        nodes = {view.metadata.name: view for view in self._nodes()}
-        if request.name not in nodes:
-            raise NotFound(f"Node {request.name!r} not found")
-        return node_pb2.GetNodeResponse(node=nodes[request.name])
-
-    @grpc_errors
-    def ListNodes(self, request, context):
-        selector = parse_selector(request.label_selector)
-        size = pagination.page_size(request.page_size)
-        _, after = pagination.decode_token(request.page_token)
-        nodes = [n for n in self._nodes()
-                 if n.metadata.name > after and matches(selector, n.metadata.labels)]
-        page = nodes[:size]
-        token = pagination.encode_token(1, page[-1].metadata.name) if len(nodes) > size else ""
-        return node_pb2.ListNodesResponse(nodes=page, next_page_token=token)
-
-    def _set_unschedulable(self, name: str, value: bool) -> node_pb2.Node:
-        _check_name(name)
-        for attempt in Retrying(retry=retry_if_exception_type(Conflict), stop=stop_after_attempt(8), reraise=True):
-            with attempt:
-                node = self.store.get(NODES, name)
-                if node.spec.unschedulable != value:
-                    node.spec.unschedulable = value
-                    self.store.update(NODES, node)
-                    log.info("node %s %s", name, "cordoned" if value else "uncordoned")
-        return next(view for view in self._nodes() if view.metadata.name == name)
-
-    @grpc_errors
-    def CordonNode(self, request, context):
-        return node_pb2.CordonNodeResponse(node=self._set_unschedulable(request.name, True))
-
-    @grpc_errors
-    def UncordonNode(self, request, context):
-        return node_pb2.UncordonNodeResponse(node=self._set_unschedulable(request.name, False))

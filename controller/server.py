@@ -15,7 +15,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controller.api import NodeService, VirtualMachineService
+from controller.api import VirtualMachineService
+from controller.node_api import NodeService
 from controller.handler_api import HandlerService
 from controller.instancetype_api import InstanceTypeService, PreferenceService
 from controller.interceptors import ControllerInterceptor

@@ -188,6 +188,25 @@ class AsyncStore:
         stored.metadata.resource_version = revision
         return stored
 
+    async def create_all(self, kind: Kind[M], objs: list[M]) -> list[M]:
+        """Create every object or none, in one transaction of its own (not grouped with other
+        writes: its size is the caller's). Raises AlreadyExists naming one that exists."""
+        compare: list = []
+        puts: list = []
+        stored: list[M] = []
+        for obj in objs:
+            one_compare, one_puts, one_stored = await self._ops(
+                lambda obj=obj: self.store.create_ops(kind, obj, may_block=False))
+            compare += one_compare
+            puts += one_puts
+            stored.append(one_stored)
+        response = await self.txn(compare, puts)
+        if not response.succeeded:
+            await asyncio.to_thread(self.store.explain_failed_create_all, kind, [obj.metadata.name for obj in objs])
+        for obj in stored:
+            obj.metadata.resource_version = response.header.revision
+        return stored
+
     async def update(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, absent: bytes | None = None) -> M:
         """Store.update on the loop (committed in a group)."""
         compare, puts, stored = await self._ops(

@@ -172,6 +172,13 @@ class Client(ResourceCalls):
         return self._unary(vm_pb2_grpc.VirtualMachineServiceStub, "CreateVirtualMachine",
                            request).virtual_machine
 
+    def create_vms(self, vms: list[vm_pb2.VirtualMachine]) -> list[vm_pb2.VirtualMachine]:
+        """Creates up to 100 VMs in one call, all or none; returns them as stored, in order."""
+        request = vm_pb2.BatchCreateVirtualMachinesRequest(
+            requests=[vm_pb2.CreateVirtualMachineRequest(virtual_machine=vm) for vm in vms])
+        return list(self._unary(vm_pb2_grpc.VirtualMachineServiceStub, "BatchCreateVirtualMachines",
+                                request).virtual_machines)
+
     def get_vm(self, name: str) -> vm_pb2.VirtualMachine:
         """One VM by name; NOT_FOUND as a grpc.RpcError."""
         request = vm_pb2.GetVirtualMachineRequest(name=name)

@@ -49,7 +49,9 @@ class NotFound(StoreError):
 
 
 class AlreadyExists(StoreError):
-    pass
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name  # the object's (a batch's caller says which of its entries)
 
 
 class Conflict(StoreError):
@@ -455,6 +457,15 @@ class Store:
         """Raise what made a create's transaction fail (reads etcd)."""
         self._explain_failure(kind, name, fence, exists_is_error=True)
 
+    def explain_failed_create_all(self, kind: Kind, names: list[str]) -> None:
+        """Raise what made a batch create's transaction fail: AlreadyExists for the first name
+        taken (reads etcd, a key at a time: only on this path)."""
+        noun = kind.message_class.DESCRIPTOR.name
+        for name in names:
+            if self.range(self.key(kind, name), keys_only=True).kvs:
+                raise AlreadyExists(f"{noun} {name!r} already exists", name)
+        raise Conflict(f"one of the {noun}s was created and deleted meanwhile: retry")
+
     def _explain_failure(self, kind: Kind, name: str, fence: Fence | None, *, exists_is_error: bool = False) -> None:
         if fence is not None:
             leader = self.range(fence.key)
@@ -464,7 +475,7 @@ class Store:
         noun = kind.message_class.DESCRIPTOR.name
         if exists_is_error:
             if current.kvs:
-                raise AlreadyExists(f"{noun} {name!r} already exists")
+                raise AlreadyExists(f"{noun} {name!r} already exists", name)
             raise Conflict(f"{noun} {name!r} changed concurrently")
         if not current.kvs:
             raise NotFound(f"{noun} {name!r} not found")

@@ -224,6 +224,37 @@ def test_create_with_hostile_input(controller):
     create()
 
 
+def test_batch_create_with_hostile_input(controller):
+    """A batch of hostile entries is refused with a status a client can act on, naming the
+    entry at fault (or the batch's size); it is accepted only when every entry is valid and
+    its names differ."""
+    stub = controller.vms
+
+    @FUZZ
+    @given(batch=st.lists(st.one_of(vms(), valid_vms, one_hostile_field()), min_size=1, max_size=6))
+    def create(batch):
+        request = vm_pb2.BatchCreateVirtualMachinesRequest(
+            requests=[vm_pb2.CreateVirtualMachineRequest(virtual_machine=vm) for vm in batch])
+        code, message = call(stub.BatchCreateVirtualMachines, request)
+        valid = True
+        for vm in batch:
+            try:
+                validation.validate_new_vm(vm)
+            except validation.ValidationError:
+                valid = False
+        names = [vm.metadata.name for vm in batch]
+        if code == grpc.StatusCode.OK:
+            assert valid and len(set(names)) == len(names)
+            for vm in batch:
+                assert_harmless(vm)
+        else:
+            assert "requests[" in message or "smaller batches" in message, message[:500]
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                assert not valid or len(set(names)) < len(names) or "smaller batches" in message, message[:500]
+
+    create()
+
+
 HOSTILE_STRINGS = ["", ".", "..", "../x", "x/../y", "x\n", "\nx", "x\r", "x\x00", "x\t", "x ", " x", "x\u2028",
                    "x\ufeff", "x\ufffe", "x\u0130", "ｘ", "X", "x_", "x.", "-x", "x-", "x" * 64, "x" * 5000,
                    "x<y>", "x&y", "x\"y", "x'y", "]]>", "/x/../y", "//x", "/x//y", "/x/./y", "/x/", "/x\n",

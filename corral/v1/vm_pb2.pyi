@@ -489,6 +489,18 @@ class CreateVirtualMachineResponse(_message.Message):
     virtual_machine: VirtualMachine
     def __init__(self, virtual_machine: _Optional[_Union[VirtualMachine, _Mapping]] = ...) -> None: ...
 
+class BatchCreateVirtualMachinesRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[CreateVirtualMachineRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[CreateVirtualMachineRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchCreateVirtualMachinesResponse(_message.Message):
+    __slots__ = ("virtual_machines",)
+    VIRTUAL_MACHINES_FIELD_NUMBER: _ClassVar[int]
+    virtual_machines: _containers.RepeatedCompositeFieldContainer[VirtualMachine]
+    def __init__(self, virtual_machines: _Optional[_Iterable[_Union[VirtualMachine, _Mapping]]] = ...) -> None: ...
+
 class GetVirtualMachineRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

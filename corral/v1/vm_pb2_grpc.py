@@ -40,6 +40,11 @@ class VirtualMachineServiceStub:
                 request_serializer=corral_dot_v1_dot_vm__pb2.CreateVirtualMachineRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_vm__pb2.CreateVirtualMachineResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateVirtualMachines = channel.unary_unary(
+                '/corral.v1.VirtualMachineService/BatchCreateVirtualMachines',
+                request_serializer=corral_dot_v1_dot_vm__pb2.BatchCreateVirtualMachinesRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_vm__pb2.BatchCreateVirtualMachinesResponse.FromString,
+                _registered_method=True)
         self.GetVirtualMachine = channel.unary_unary(
                 '/corral.v1.VirtualMachineService/GetVirtualMachine',
                 request_serializer=corral_dot_v1_dot_vm__pb2.GetVirtualMachineRequest.SerializeToString,
@@ -138,6 +143,16 @@ class VirtualMachineServiceServicer:
 
     def CreateVirtualMachine(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateVirtualMachines(self, request, context):
+        """Creates up to 100 VMs in one call, all or none (one store transaction): for fleets of
+        cattle VMs, as GCE's instances.bulkInsert or EC2's RunInstances with a count. Refused as
+        a whole, with the index of the entry at fault in the message, when any entry is invalid
+        or a name comes twice (INVALID_ARGUMENT) or a VM of that name exists (ALREADY_EXISTS).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -282,6 +297,11 @@ def add_VirtualMachineServiceServicer_to_server(servicer, server):
                     request_deserializer=corral_dot_v1_dot_vm__pb2.CreateVirtualMachineRequest.FromString,
                     response_serializer=corral_dot_v1_dot_vm__pb2.CreateVirtualMachineResponse.SerializeToString,
             ),
+            'BatchCreateVirtualMachines': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateVirtualMachines,
+                    request_deserializer=corral_dot_v1_dot_vm__pb2.BatchCreateVirtualMachinesRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_vm__pb2.BatchCreateVirtualMachinesResponse.SerializeToString,
+            ),
             'GetVirtualMachine': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVirtualMachine,
                     request_deserializer=corral_dot_v1_dot_vm__pb2.GetVirtualMachineRequest.FromString,
@@ -401,6 +421,33 @@ class VirtualMachineService:
             '/corral.v1.VirtualMachineService/CreateVirtualMachine',
             corral_dot_v1_dot_vm__pb2.CreateVirtualMachineRequest.SerializeToString,
             corral_dot_v1_dot_vm__pb2.CreateVirtualMachineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateVirtualMachines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.VirtualMachineService/BatchCreateVirtualMachines',
+            corral_dot_v1_dot_vm__pb2.BatchCreateVirtualMachinesRequest.SerializeToString,
+            corral_dot_v1_dot_vm__pb2.BatchCreateVirtualMachinesResponse.FromString,
             options,
             channel_credentials,
             insecure,
