@@ -10,5 +10,4 @@ cd "$(dirname "$0")/.."
 if [[ $(id -u) == 0 && -w /proc/sys/vm/unprivileged_userfaultfd ]]; then
     echo 1 > /proc/sys/vm/unprivileged_userfaultfd
 fi
-# --dist loadgroup: as load, but a module marked xdist_group runs on one worker (its tests share state).
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${CORRAL_TEST_WORKERS:-4}" --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${CORRAL_TEST_WORKERS:-4}" "$@"
