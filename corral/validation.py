@@ -104,8 +104,8 @@ def label_problems(labels: dict[str, str] | object, field: str) -> list[str]:
 
 
 def node_path_problem(path: str, field: str, *, required: bool) -> str | None:
-    """A path on the node: absolute, normalised, printable. Where it may point (allowed roots)
-    is the node's decision."""
+    """A file's path on the node: absolute, normalised, printable, not the root directory.
+    Where it may point (allowed roots) is the node's decision."""
     if not path:
         return f"{field} is required" if required else None
     if len(path) > MAX_PATH_LENGTH:
@@ -116,6 +116,8 @@ def node_path_problem(path: str, field: str, *, required: bool) -> str | None:
         return f"{field} {shown(path)} contains control or other unprintable characters"
     if posixpath.normpath(path) != path or "/../" in path + "/" or path.startswith("//"):
         return f"{field} {shown(path)} must be normalised (no '..', '.', or repeated '/')"
+    if path == "/":
+        return f"{field} '/' is the root directory: name a file"
     return None
 
 

@@ -68,6 +68,8 @@ def test_valid_disks_and_cloud_init_pass() -> None:
      "spec.disks[0].ephemeral.base_format must be given"),
     (lambda vm: add_disk(vm, "data", path="disks/a"), "spec.disks[0].persistent.path 'disks/a' must be an absolute path"),
     (lambda vm: add_disk(vm, "data", path="/disks/../etc/shadow"), "must be normalised"),
+    (lambda vm: add_disk(vm, "data", path="/"), "spec.disks[0].persistent.path '/' is the root directory"),
+    (lambda vm: setattr(vm.spec.boot.kernel, "kernel_path", "/"), "kernel_path '/' is the root directory"),
     (lambda vm: add_disk(vm, "Data", path="/disks/a"), "spec.disks[0].name 'Data' is not a DNS-1123 label"),
     (lambda vm: add_disk(vm, "a" * 21, path="/disks/a"), "is longer than 20 characters"),
     (lambda vm: vm.spec.disks.add(name="empty"), "spec.disks[0] needs a source"),
