@@ -85,9 +85,8 @@ def test_writes_asked_together_are_committed_together_each_still_guarded(etcd):
     store.create(VMS, make_vm("taken"))
 
     async def scenario(async_store: AsyncStore) -> tuple[int, list, list, list]:
-        before = store.revision()
         together = await asyncio.gather(*(async_store.create(VMS, make_vm(f"vm-{i:03d}")) for i in range(40)))
-        revisions = store.revision() - before
+        revisions = len({vm.metadata.resource_version for vm in together})  # (etcd is shared by other tests)
         one_taken = await asyncio.gather(*(async_store.create(VMS, make_vm(name)) for name in
                                            ["new-1", "new-2", "taken", "new-3"]), return_exceptions=True)
         current = store.get(VMS, "vm-000")
@@ -103,12 +102,45 @@ def test_writes_asked_together_are_committed_together_each_still_guarded(etcd):
         revisions, together, one_taken, twice = run(store, scenario)
         # The first goes at once, the 39 asked meanwhile in groups of at most GROUP_WRITES.
         assert revisions <= 3, f"{revisions} etcd revisions for 40 creates asked at once"
-        assert len({vm.metadata.resource_version for vm in together}) == revisions
         assert [type(answer).__name__ for answer in one_taken] == [
             "VirtualMachine", "VirtualMachine", "AlreadyExists", "VirtualMachine"]
         assert len(store.list_all(VMS)[0]) == 1 + 40 + 3
         assert isinstance(twice[0], vm_pb2.VirtualMachine) and isinstance(twice[1], Conflict), twice
         assert store.get(VMS, "vm-000").spec.vcpus == 3
+    finally:
+        store.close()
+
+
+def test_create_all_writes_every_object_in_one_revision_or_none(etcd):
+    """Store.create_all (the pool reconciler's, with the fence) and AsyncStore.create_all (the
+    batch API's): all in one transaction; a name taken, or a fence that is not the leader's,
+    writes nothing (the blocking one answers None, the async one names the object taken)."""
+    from pyetcd import transactions as etcd_txn
+    from corral.resources import LEADER_KEY
+    from corral.store import Fence
+    store = open_store([etcd.endpoint])
+    try:
+        leader = store.raw_key(LEADER_KEY)
+        fence = Fence(leader, store.txn([], [etcd_txn.Put(leader, b"test")]).header.revision)
+        made = [make_vm(f"fleet-{index}") for index in range(30)]
+        for vm in made:
+            vm_status.record_event(vm, "CreatedByPool", "by the test")  # a key of its own beside the VM
+        stored = store.create_all(VMS, made, fence=fence)
+        assert stored is not None and len({vm.metadata.resource_version for vm in stored}) == 1
+        assert {vm.metadata.name for vm in store.list_all(VMS)[0]} == {f"fleet-{index}" for index in range(30)}
+        assert store.create_all(VMS, [make_vm("new-a"), make_vm("fleet-3")], fence=fence) is None
+        assert store.create_all(VMS, [make_vm("new-b")], fence=Fence(leader, fence.token - 1)) is None
+
+        async def scenario(async_store: AsyncStore):
+            created = await async_store.create_all(VMS, [make_vm("new-c"), make_vm("new-d")])
+            with pytest.raises(AlreadyExists, match="'fleet-7' already exists") as taken:
+                await async_store.create_all(VMS, [make_vm("new-e"), make_vm("fleet-7")])
+            return created, taken.value.name
+        created, taken_name = run(store, scenario)
+        assert [vm.metadata.name for vm in created] == ["new-c", "new-d"] and taken_name == "fleet-7"
+        names = {vm.metadata.name for vm in store.list_all(VMS)[0]}
+        assert not names & {"new-a", "new-b", "new-e"}, "a refused batch wrote something"
+        assert {"new-c", "new-d"} <= names
     finally:
         store.close()
 
@@ -124,9 +156,8 @@ def test_a_group_stays_under_etcd_s_request_size(etcd):
         return vm
 
     async def scenario(async_store: AsyncStore) -> int:
-        before = store.revision()
-        await asyncio.gather(*(async_store.create(VMS, big(f"big-{index}")) for index in range(5)))
-        return store.revision() - before
+        created = await asyncio.gather(*(async_store.create(VMS, big(f"big-{index}")) for index in range(5)))
+        return len({vm.metadata.resource_version for vm in created})  # etcd is shared: not revision deltas
 
     try:
         assert run(store, scenario) == 3
