@@ -23,6 +23,12 @@ from corral.validation import ValidationError
 
 log = logging.getLogger(__name__)
 
+#: New VMs per transaction: each is a comparison and two puts (the VM, its CreatedByPool event),
+#: and etcd takes 128 of either by default (--max-txn-ops); and at most this many bytes of them
+#: (etcd refuses a request past 1.5 MiB by default).
+CREATE_BATCH = 40
+CREATE_BATCH_BYTES = 512 * 1024
+
 
 def resolve_spec(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool) -> None:
     """Fill the VM's spec from its instance type and preference, as CreateVirtualMachine does."""
@@ -50,6 +56,21 @@ def make_vm(pool: pool_pb2.VirtualMachinePool, index: int, revision: str,
     vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
     vm_status.record_event(vm, "CreatedByPool", f"created by pool {pool.metadata.name} (template {revision})")
     return vm
+
+
+def _batches(vms: list[tuple[int, vm_pb2.VirtualMachine]]) -> list[list[tuple[int, vm_pb2.VirtualMachine]]]:
+    """The new VMs in groups of at most CREATE_BATCH and CREATE_BATCH_BYTES (a lone VM past
+    the bytes still goes, alone)."""
+    groups: list[list[tuple[int, vm_pb2.VirtualMachine]]] = []
+    size = 0
+    for item in vms:
+        item_size = item[1].ByteSize()
+        if not groups or len(groups[-1]) == CREATE_BATCH or size + item_size > CREATE_BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += item_size
+    return groups
 
 
 def delete_vm(store: Store, vm: vm_pb2.VirtualMachine, fence: Fence) -> None:
@@ -153,21 +174,7 @@ class PoolReconciler:
             log_vm(log, vm, "pool %s: vm %s scaled in, kept stopped", pool.metadata.name, vm.metadata.name)
         for vm in plan.revive:
             self._revive(pool, vm, revision, wanted_spec(vm.metadata.name), now, fence, failures)
-        for index in plan.create:
-            try:
-                vm = self.store.create(VMS, make_vm(pool, index, revision, template), fence=fence)
-                log_vm(log, vm, "pool %s: created vm %s", pool.metadata.name, vm.metadata.name)
-            except AlreadyExists:
-                # Ours but not in the cache yet (the next pass sees it), or a VM someone made
-                # under the pool's name: reported, never adopted or deleted.
-                name = pools.vm_name(pool.metadata.name, index)
-                try:
-                    other = self.store.get(VMS, name)
-                except NotFound:
-                    continue
-                if not pools.owned_by(other, pool):
-                    failures.append(f"VirtualMachine {name} exists and is not the pool's: delete or rename it "
-                                    f"so the pool can make its VM {index}")
+        self._create(pool, plan.create, revision, template, fence, failures)
         for vm in plan.update:
             if vm.metadata.name in plan.restart and lifecycle.strategy(vm) != vm_pb2.RUN_STRATEGY_HALTED:
                 try:
@@ -188,6 +195,35 @@ class PoolReconciler:
         if failures:
             pools.set_condition(status, "ReplicaFailure", True, "CreateFailed", failures[0])
         self._write_status(pool, status, fence)
+
+    def _create(self, pool: pool_pb2.VirtualMachinePool, indexes: list[int], revision: str,
+                template: vm_pb2.VirtualMachineSpec, fence: Fence, failures: list[str]) -> None:
+        """The plan's new VMs, several to a transaction (a pool scaled to thousands costs tens
+        of writes, not thousands); a batch that meets a name taken is made one by one."""
+        for chunk in _batches([(index, make_vm(pool, index, revision, template)) for index in indexes]):
+            made = self.store.create_all(VMS, [vm for _, vm in chunk], fence=fence)
+            for vm in made or ():
+                log_vm(log, vm, "pool %s: created vm %s", pool.metadata.name, vm.metadata.name)
+            if made is None:
+                for index, _ in chunk:
+                    self._create_one(pool, index, revision, template, fence, failures)
+
+    def _create_one(self, pool: pool_pb2.VirtualMachinePool, index: int, revision: str,
+                    template: vm_pb2.VirtualMachineSpec, fence: Fence, failures: list[str]) -> None:
+        try:
+            vm = self.store.create(VMS, make_vm(pool, index, revision, template), fence=fence)
+            log_vm(log, vm, "pool %s: created vm %s", pool.metadata.name, vm.metadata.name)
+        except AlreadyExists:
+            # Ours but not in the cache yet (the next pass sees it), or a VM someone made
+            # under the pool's name: reported, never adopted or deleted.
+            name = pools.vm_name(pool.metadata.name, index)
+            try:
+                other = self.store.get(VMS, name)
+            except NotFound:
+                return
+            if not pools.owned_by(other, pool):
+                failures.append(f"VirtualMachine {name} exists and is not the pool's: delete or rename it "
+                                f"so the pool can make its VM {index}")
 
     @staticmethod
     def _stopped(vm: vm_pb2.VirtualMachine, failures: list[str]) -> bool:

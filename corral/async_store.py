@@ -191,15 +191,7 @@ class AsyncStore:
     async def create_all(self, kind: Kind[M], objs: list[M]) -> list[M]:
         """Create every object or none, in one transaction of its own (not grouped with other
         writes: its size is the caller's). Raises AlreadyExists naming one that exists."""
-        compare: list = []
-        puts: list = []
-        stored: list[M] = []
-        for obj in objs:
-            one_compare, one_puts, one_stored = await self._ops(
-                lambda obj=obj: self.store.create_ops(kind, obj, may_block=False))
-            compare += one_compare
-            puts += one_puts
-            stored.append(one_stored)
+        compare, puts, stored = await self._ops(lambda: self.store.create_all_ops(kind, objs, may_block=False))
         response = await self.txn(compare, puts)
         if not response.succeeded:
             await asyncio.to_thread(self.store.explain_failed_create_all, kind, [obj.metadata.name for obj in objs])

@@ -25,6 +25,8 @@ from pyetcd import etcdrpc, exceptions as etcd_exceptions, utils as etcd_utils
 from pyetcd import transactions as T
 
 from corral import tls
+from corral.store_errors import (  # noqa: F401 - re-exported: callers import them from here
+    AlreadyExists, Compacted, Conflict, FencingLost, LeaseNeeded, NotFound, StoreError, Unavailable)
 
 log = logging.getLogger(__name__)
 
@@ -38,48 +40,6 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-
-
-class StoreError(Exception):
-    """Base of everything the store raises."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class AlreadyExists(StoreError):
-    def __init__(self, message: str, name: str = "") -> None:
-        super().__init__(message)
-        self.name = name  # the object's (a batch's caller says which of its entries)
-
-
-class Conflict(StoreError):
-    """The object changed since it was read (stale resource_version)."""
-
-
-class FencingLost(StoreError):
-    """The writer's fencing token is no longer the current leader's."""
-
-
-class Unavailable(StoreError):
-    """etcd cannot be reached or did not answer in time."""
-
-
-class LeaseNeeded(StoreError):
-    """A write needs an expiry lease granted first (asked not to block: see AsyncStore)."""
-
-    def __init__(self, ttl: int) -> None:
-        super().__init__(f"an expiry lease of {ttl}s must be granted first")
-        self.ttl = ttl
-
-
-class Compacted(StoreError):
-    """A watch asked for a revision that etcd has compacted away: re-list."""
-
-    def __init__(self, compacted_revision: int) -> None:
-        super().__init__(f"revision compacted up to {compacted_revision}")
-        self.compacted_revision = compacted_revision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +338,33 @@ class Store:
             compare.append(T.Create(fence.key) == fence.token)
         puts, stored = self._writes(kind, obj, lease, may_block=may_block)
         return compare, puts, stored
+
+    def create_all_ops(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None,
+                       may_block: bool = True) -> tuple[list, list, list[M]]:
+        """What creating every obj in one transaction sends: (compare: each key's absence and
+        the fence once, puts, the objects as stored)."""
+        compare: list = [T.Create(self.key(kind, obj.metadata.name)) == 0 for obj in objs]
+        if fence:
+            compare.append(T.Create(fence.key) == fence.token)
+        puts: list = []
+        stored: list[M] = []
+        for obj in objs:
+            obj_puts, obj_stored = self._writes(kind, obj, may_block=may_block)
+            puts += obj_puts
+            stored.append(obj_stored)
+        return compare, puts, stored
+
+    def create_all(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None) -> list[M] | None:
+        """Create every obj in one transaction: the objects as stored, or None, writing nothing,
+        when one exists (or the fence is not the leader's): the caller then creates them one
+        by one to learn which."""
+        compare, puts, stored = self.create_all_ops(kind, objs, fence=fence)
+        response = self.txn(compare, puts)
+        if not response.succeeded:
+            return None
+        for obj in stored:
+            obj.metadata.resource_version = response.header.revision
+        return stored
 
     def put(self, kind: Kind[M], obj: M, *, lease: int | None = None) -> M:
         """Unconditional write: only for objects a single owner writes (a node's own record)."""

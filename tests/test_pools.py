@@ -181,19 +181,19 @@ def test_a_leader_killed_during_a_scale_up_leaves_exactly_the_replicas(cluster):
     cluster.preferred = next(name for name in cluster.controllers if name != leader)
     pool = pool_of(cluster, "big", 0)  # no node: the VMs stay Pending, which is all this needs
     create_pool(cluster, pool)
-    scale(cluster, "big", 150)
+    scale(cluster, "big", 1000)  # the most a pool takes: 25 transactions of 40, the kill lands between
     wait_for(lambda: len(members(cluster, "big")) >= 5, timeout=20, interval=0.02, what="the scale-up under way")
     process, _ = cluster.controllers.pop(leader)
     process.send_signal(signal.SIGKILL)
     process.wait()
     at_kill = len(members(cluster, "big"))
-    print(f"leader {leader} killed with {at_kill} of 150 VMs made")
-    assert at_kill < 150, "the scale-up had ended before the leader was killed"
-    wait_for(lambda: len(members(cluster, "big")) == 150, timeout=60, what="150 VMs")
-    wait_for(lambda: get_pool(cluster, "big").status.replicas == 150, timeout=20, what="pool status: 150")
+    print(f"leader {leader} killed with {at_kill} of 1000 VMs made")
+    assert at_kill < 1000, "the scale-up had ended before the leader was killed"
+    wait_for(lambda: len(members(cluster, "big")) == 1000, timeout=90, what="1000 VMs")
+    wait_for(lambda: get_pool(cluster, "big").status.replicas == 1000, timeout=30, what="pool status: 1000")
     vms = members(cluster, "big")
-    assert set(vms) == {f"big-{i}" for i in range(150)}
-    assert len({vm.metadata.uid for vm in vms.values()}) == 150
+    assert set(vms) == {f"big-{i}" for i in range(1000)}
+    assert len({vm.metadata.uid for vm in vms.values()}) == 1000
 
 
 def test_orphaned_vms_stay_without_owner(cluster):

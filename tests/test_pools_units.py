@@ -181,3 +181,20 @@ def test_users_cannot_set_the_controllers_annotations():
     assert user_annotation_problems({"corral.dev/last-applied": "{}"}, "a") == []
     for key in ("corral.dev/pool-scaled-in", "corral.dev/pool-template-revision", "corral.dev/delete-orphan"):
         assert "set by Corral's controllers" in user_annotation_problems({key: "true"}, "a")[0]
+
+
+def test_new_vms_are_written_in_batches_that_etcd_takes():
+    from controller.pool_reconciler import CREATE_BATCH, CREATE_BATCH_BYTES, _batches, make_vm
+    pool = a_pool(100)
+    template = pool.spec.virtual_machine_template.spec
+    small = [(index, make_vm(pool, index, "r1", template)) for index in range(100)]
+    groups = _batches(small)
+    assert [len(group) for group in groups] == [CREATE_BATCH, CREATE_BATCH, 100 - 2 * CREATE_BATCH]
+    assert [index for group in groups for index, _ in group] == list(range(100)), "order and indices kept"
+    template.cloud_init.user_data = "#!/bin/sh\n" + "x" * 60_000
+    big = [(index, make_vm(pool, index, "r1", template)) for index in range(20)]
+    groups = _batches(big)
+    assert all(sum(vm.ByteSize() for _, vm in group) <= CREATE_BATCH_BYTES for group in groups)
+    assert sum(len(group) for group in groups) == 20 and len(groups) > 2
+    template.cloud_init.user_data = "x" * (CREATE_BATCH_BYTES + 1)
+    assert [len(group) for group in _batches([(0, make_vm(pool, 0, "r1", template))] * 2)] == [1, 1]
