@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,12 @@ DELETE_EVENT = 1  # mvccpb.Event.DELETE
 EVERY_VM = "*"
 #: VM changes kept to resume watches from a recent revision (older ones are read from etcd).
 HISTORY = 20_000
+#: How often at most a pool is looked at again because its VMs changed (a change of the pool
+#: itself is looked at in the next pass), and how often every pool is (a scheduler's full pass
+#: asks for them all, at most this often): a look costs the pool's size, and in a storm its
+#: VMs change hundreds of times a second.
+POOL_VMS_PASS_SECONDS = 1.0
+POOL_RESYNC_SECONDS = 5.0
 
 
 def owning_pool(vm: vm_pb2.VirtualMachine | None) -> str | None:
@@ -49,6 +56,17 @@ def owning_pool(vm: vm_pb2.VirtualMachine | None) -> str | None:
     if vm is None or vm.metadata.owner.kind != "VirtualMachinePool":
         return None
     return vm.metadata.owner.name
+
+
+def status_only(before: pool_pb2.VirtualMachinePool | None, after: pool_pb2.VirtualMachinePool | None) -> bool:
+    """Whether a pool's change touches its status alone (what the pool reconciler writes after
+    each look: another look for it would only write the next status, and so on)."""
+    if before is None or after is None:
+        return False
+    return (before.spec == after.spec and before.metadata.uid == after.metadata.uid
+            and before.metadata.delete_time == after.metadata.delete_time
+            and before.metadata.labels == after.metadata.labels
+            and before.metadata.annotations == after.metadata.annotations)
 
 
 def assigned_nodes(vm: vm_pb2.VirtualMachine | None) -> set[str]:
@@ -86,7 +104,10 @@ class WatchCache:
         self.migrations: dict[str, migration_pb2.Migration] = {}
         self.pools: dict[str, pool_pb2.VirtualMachinePool] = {}
         self.pool_members: dict[str, set[str]] = {}  # pool name -> VMs naming it as owner
-        self.changed_pools: set[str] = set()  # pools (or their VMs) changed since the reconciler looked
+        self.changed_pools: set[str] = set()  # pools changed since the reconciler looked
+        self.pools_with_changed_vms: set[str] = set()  # pools some of whose VMs changed since then
+        self._pool_looked_at: dict[str, float] = {}  # pool -> when the reconciler last had it (monotonic)
+        self._pools_resynced = float("-inf")  # when the reconciler last had every pool
         self.allocated: dict[str, scheduling.Allocation] = {}  # node -> what its VMs take
         self.changed: set[str] = set()  # VMs changed since the scheduler's last pass
         self.unsettled: set[str] = set()  # VMs not lifecycle.settled: a full pass looks at them
@@ -235,11 +256,14 @@ class WatchCache:
                         self.migrations[name] = decode(migration_pb2.Migration, event.kv.value, event.kv.mod_revision)
                 elif key.startswith(pools):
                     name = key[len(pools):].decode()
-                    self.changed_pools.add(name)
-                    if deleted:
+                    pool = None if deleted else decode(pool_pb2.VirtualMachinePool, event.kv.value,
+                                                       event.kv.mod_revision)
+                    if not status_only(self.pools.get(name), pool):
+                        self.changed_pools.add(name)  # (the reconciler's own status write: no new look)
+                    if pool is None:
                         self.pools.pop(name, None)
                     else:
-                        self.pools[name] = decode(pool_pb2.VirtualMachinePool, event.kv.value, event.kv.mod_revision)
+                        self.pools[name] = pool
             self.revision = max(self.revision, revision)
             if events:
                 self._resume_from = max(self._resume_from, max(event.kv.mod_revision for event in events))
@@ -267,7 +291,7 @@ class WatchCache:
         else:
             self.unsettled.add(name)
         for pool in {owning_pool(previous), owning_pool(vm)} - {None}:
-            self.changed_pools.add(pool)
+            self.pools_with_changed_vms.add(pool)
             members = self.pool_members.setdefault(pool, set())
             (members.add if owning_pool(vm) == pool else members.discard)(name)
             if not members:
@@ -399,12 +423,27 @@ class WatchCache:
     def pool_work(self, full: bool) -> list[tuple[str, pool_pb2.VirtualMachinePool | None,
                                                   list[vm_pb2.VirtualMachine]]]:
         """For the pool reconciler: (name, pool or None if gone, VMs naming it as owner) of every
-        pool (full) or of those changed since the last call (shared objects: copy to change)."""
+        pool (full, at most every POOL_RESYNC_SECONDS), or of those changed since the last call,
+        a pool whose VMs alone changed at most every POOL_VMS_PASS_SECONDS. Shared objects:
+        copy to change."""
+        now = time.monotonic()
         with self.cond:
-            changed, self.changed_pools = self.changed_pools, set()
-            names = set(self.pools) | set(self.pool_members) if full else changed
-            return [(name, self.pools.get(name), [self.vms[vm] for vm in sorted(self.pool_members.get(name, ()))])
+            if full and now - self._pools_resynced >= POOL_RESYNC_SECONDS:
+                self._pools_resynced = now
+                names = set(self.pools) | set(self.pool_members)
+                self.changed_pools, self.pools_with_changed_vms = set(), set()
+            else:
+                due = {name for name in self.pools_with_changed_vms
+                       if now - self._pool_looked_at.get(name, 0.0) >= POOL_VMS_PASS_SECONDS}
+                names = self.changed_pools | due
+                self.changed_pools = set()
+                self.pools_with_changed_vms -= due
+            work = [(name, self.pools.get(name), [self.vms[vm] for vm in sorted(self.pool_members.get(name, ()))])
                     for name in sorted(names) if name in self.pools or name in self.pool_members]
+            self._pool_looked_at = {name: when for name, when in self._pool_looked_at.items()
+                                    if name in self.pools or name in self.pool_members}
+            self._pool_looked_at.update((name, now) for name, _, _ in work)
+            return work
 
     def wait_newer(self, revision: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> int:
         """Block until the cache is past ``revision`` (or timeout); its revision then."""

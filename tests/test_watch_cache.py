@@ -280,3 +280,53 @@ def test_a_stream_ended_for_falling_behind_ends_at_a_revision_s_end(monkeypatch)
         return [first.name] + [change.name async for change in changes]
 
     assert asyncio.run(scenario()) == ["a0", "a1", "a2"]
+
+
+def test_a_pool_whose_vms_alone_changed_is_looked_at_again_only_after_a_while(etcd):
+    """In a storm a pool's VMs change hundreds of times a second and each look at the pool costs
+    its size: the pool reconciler gets such a pool again only after POOL_VMS_PASS_SECONDS; a
+    change of the pool itself comes in the next pass, and a full pass has every pool (at most
+    every POOL_RESYNC_SECONDS)."""
+    from controller.watch_cache import POOL_VMS_PASS_SECONDS
+    from corral.resources import POOLS
+    from corral.v1 import pool_pb2
+    store = open_store(etcd)
+    stop = threading.Event()
+    try:
+        pool = pool_pb2.VirtualMachinePool()
+        pool.metadata.name = "web"
+        pool = store.create(POOLS, pool)
+        member = make_vm("web-0")
+        member.metadata.owner.kind, member.metadata.owner.name = "VirtualMachinePool", "web"
+        member = store.create(VMS, member)
+        cache = WatchCache(store)
+        threading.Thread(target=cache.run, args=(stop,), daemon=True).start()
+        assert cache.wait_synced(timeout=10)
+        first = cache.pool_work(False)  # the relist marks every pool
+        assert [(name, [vm.metadata.name for vm in vms]) for name, _, vms in first] == [("web", ["web-0"])]
+
+        def caught_up() -> bool:
+            return cache.revision >= store.last_write_revision
+        member.status.node_name = "n1"
+        member = store.update(VMS, member)
+        wait_for(caught_up, timeout=10, what="the cache to catch up")
+        assert cache.pool_work(False) == [], "looked at again at once"
+        assert [name for name, _, _ in cache.pool_work(True)] == ["web"], "a full pass has every pool"
+        assert cache.pool_work(True) == [], "every pool again at once"
+        member.status.node_name = "n2"
+        member = store.update(VMS, member)
+        wait_for(caught_up, timeout=10, what="the cache to catch up")
+        assert cache.pool_work(False) == []
+        wait_for(lambda: [name for name, _, _ in cache.pool_work(False)] == ["web"],
+                 timeout=POOL_VMS_PASS_SECONDS + 2, interval=0.05, what="the pool again, its VMs having changed")
+        pool.spec.replicas = 3
+        pool = store.update(POOLS, pool)
+        wait_for(caught_up, timeout=10, what="the cache to catch up")
+        assert [name for name, _, _ in cache.pool_work(False)] == ["web"], "a change of the pool waits for nothing"
+        pool.status.replicas = 1  # what the reconciler writes after a look: no look for it
+        store.update(POOLS, pool)
+        wait_for(caught_up, timeout=10, what="the cache to catch up")
+        assert cache.pool_work(False) == []
+    finally:
+        stop.set()
+        store.close()
