@@ -6,12 +6,14 @@ VMs as libvirt test-driver domains, no QEMU). A benchmark, not a test: it prints
     .venv/bin/python bench/bench_scale.py --nodes 100 --vms 1000 --kill-leader-at 0.5
     .venv/bin/python bench/bench_scale.py --nodes 100 --vms 1000 --vanish 10
     .venv/bin/python bench/bench_scale.py --nodes 1000 --vms 10000 --batch 100
+    .venv/bin/python bench/bench_scale.py --nodes 1000 --vms 10000 --pools 10
 
 It starts its own etcd, one controller plus standbys, and one corral-simnodes process with
 the nodes; creates the VMs through the API from parallel clients; and waits (one
 WatchVirtualMachines stream, from a replica that is not the leader) until every VM is
 Running (with --batch N, each client call is a BatchCreateVirtualMachines of N VMs, all or
-none, one etcd transaction). Meanwhile a prober calls GetVirtualMachine every 50 ms. The last line is one JSON
+none, one etcd transaction; with --pools P, P VirtualMachinePools whose VMs the leader
+makes). Meanwhile a prober calls GetVirtualMachine every 50 ms. The last line is one JSON
 object:
 
     nodes, vms, running, seconds_to_all_running, vms_per_second, api_p99_seconds (creates and
@@ -81,7 +83,7 @@ from bench.scale_faults import (VERDICTS, LeaderTracker, Replicas, await_leases_
                                 read_starts)
 from corral.settings import ControllerSettings  # noqa: E402
 from corral.store import Store  # noqa: E402
-from corral.v1 import vm_pb2  # noqa: E402
+from corral.v1 import pool_pb2, vm_pb2  # noqa: E402
 from tests.cluster import Cluster, Etcd, simulated_vm, wait_for  # noqa: E402
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -112,6 +114,19 @@ def rss_mib(pid: int) -> float:
 
 def small_vm(name: str) -> vm_pb2.VirtualMachine:
     return simulated_vm(name, label=("bench", "scale"), memory_mib=256)
+
+
+def fleet_pool(name: str, replicas: int) -> pool_pb2.VirtualMachinePool:
+    """A pool of small_vm()s (labelled bench=scale, and pool=NAME for its selector)."""
+    pool = pool_pb2.VirtualMachinePool()
+    pool.metadata.name = name
+    pool.spec.replicas = replicas
+    pool.spec.selector = f"pool={name}"
+    template = pool.spec.virtual_machine_template
+    template.metadata.labels.update({"bench": "scale", "pool": name})
+    template.spec.CopyFrom(small_vm(name).spec)
+    template.spec.run_strategy = vm_pb2.RUN_STRATEGY_ALWAYS
+    return pool
 
 
 class Bench:
@@ -218,14 +233,15 @@ class Bench:
             self.rescheduled_at.setdefault(name, now)
 
     def probe(self, replicas: Replicas) -> None:
-        """GetVirtualMachine every 50 ms, on c1 first; a replica that fails is left for the next."""
+        """GetVirtualMachine of the first VM every 50 ms, on c1 first; a replica that fails is left
+        for the next."""
         current = 0
         while not self.storm_over.wait(0.05):
             t0 = time.monotonic()
             for _ in replicas.names:
                 try:
                     replicas.stubs[replicas.names[current]].GetVirtualMachine(
-                        vm_pb2.GetVirtualMachineRequest(name="vm-000000"), timeout=10)
+                        vm_pb2.GetVirtualMachineRequest(name=self.probed_name), timeout=10)
                     break
                 except grpc.RpcError as exc:
                     if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -246,7 +262,10 @@ class Bench:
 
     def run(self) -> dict:
         self.start()
-        names = [f"vm-{index:06d}" for index in range(self.args.vms)]
+        per_pool = self.args.vms // self.args.pools if self.args.pools else 0
+        names = [f"fleet-{index // per_pool}-{index % per_pool}" for index in range(self.args.vms)] if per_pool \
+            else [f"vm-{index:06d}" for index in range(self.args.vms)]
+        self.probed_name = names[0]
         revision0, _ = self.revision()
         puts0 = self.etcd_puts()
         self.leaders = LeaderTracker(self.etcd.endpoint, PREFIX, lambda name: cpu_seconds(self.pid(name)))
@@ -285,9 +304,22 @@ class Bench:
                 if before < kill_after <= self.created:
                     self.kill_leader(leader)
 
-        note(f"creating {len(names)} VMs, {leader} leading" + (f", {size} per call" if size > 1 else ""))
-        with futures.ThreadPoolExecutor(self.args.clients) as pool:
-            list(pool.map(create, range(0, len(names), size)))
+        def create_pool(number: int) -> None:
+            """A VirtualMachinePool of per_pool replicas: the leader makes its VMs."""
+            began = time.monotonic()
+            self.replicas.call(number, "CreateVirtualMachinePool", pool_pb2.CreateVirtualMachinePoolRequest(
+                virtual_machine_pool=fleet_pool(f"fleet-{number}", per_pool)), timeout=60, created_if_exists=True,
+                pools=True)
+            self.latencies["create"].append(time.monotonic() - began)
+
+        if per_pool:
+            note(f"creating {self.args.pools} pools of {per_pool} VMs, {leader} leading")
+            with futures.ThreadPoolExecutor(self.args.clients) as pool:
+                list(pool.map(create_pool, range(self.args.pools)))
+        else:
+            note(f"creating {len(names)} VMs, {leader} leading" + (f", {size} per call" if size > 1 else ""))
+            with futures.ThreadPoolExecutor(self.args.clients) as pool:
+                list(pool.map(create, range(0, len(names), size)))
         note("all created")
         deadline = t0 + self.args.timeout
         while len(self.running_at) < len(names) and time.monotonic() < deadline:
@@ -304,7 +336,8 @@ class Bench:
         seconds = finished - t0
         both = self.latencies["create"] + self.latencies["probe"]
         result = {
-            "nodes": self.args.nodes, "vms": self.args.vms, "batch": self.args.batch, "running": len(self.running_at),
+            "nodes": self.args.nodes, "vms": self.args.vms, "batch": self.args.batch, "pools": self.args.pools,
+            "running": len(self.running_at),
             "seconds_to_all_running": round(seconds, 2),
             "vms_per_second": round(len(names) / seconds, 1) if seconds == seconds else 0.0,
             "api_p99_seconds": round(percentile(both, 99), 3),
@@ -428,6 +461,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="parallel API clients creating VMs")
     parser.add_argument("--batch", type=int, default=1, metavar="N",
                         help="create N VMs per call (BatchCreateVirtualMachines, 1 to 100); 1: CreateVirtualMachine")
+    parser.add_argument("--pools", type=int, default=0, metavar="P",
+                        help="instead of creating VMs, create P VirtualMachinePools of VMS/P replicas each (at most "
+                             "1000): the leader makes the VMs")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--delete", action="store_true", help="then delete them all (seconds_to_all_deleted)")
     parser.add_argument("--keep", action="store_true", help=f"keep the logs (in /tmp/cbs-*)")
@@ -442,6 +478,9 @@ def main() -> int:
         parser.error("--kill-leader-at needs 0 < F < 1 and at least one standby")
     if not 1 <= args.batch <= 100:
         parser.error("--batch N needs 1 <= N <= 100")
+    if args.pools and (args.vms % args.pools or args.vms // args.pools > 1000 or args.batch > 1 or args.kill_leader_at):
+        parser.error("--pools P needs VMS divisible by P into pools of at most 1000, and neither --batch nor "
+                     "--kill-leader-at")
     if args.vanish and not 0 < args.vanish < args.nodes:
         parser.error("--vanish N needs 0 < N < --nodes")
     bench = Bench(args)

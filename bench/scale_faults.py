@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from corral.store import DELETE_EVENT, Store, StoreError
-from corral.v1 import vm_pb2, vm_pb2_grpc
+from corral.v1 import pool_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
 #: What checks() returns: each must be 0.
@@ -22,7 +22,7 @@ VERDICTS = ("vms_lost", "vms_not_running_at_end", "vms_started_twice", "vms_runn
 
 
 class Replicas:
-    """One VirtualMachineService stub per controller replica. A call that meets an UNAVAILABLE
+    """One VirtualMachineService stub (and one VirtualMachinePoolService stub) per controller replica. A call that meets an UNAVAILABLE
     replica (killed, or killed while answering) is made again on the next one, as a client
     given every replica's address would do."""
 
@@ -30,15 +30,18 @@ class Replicas:
         self.names = list(addresses)
         self.channels = {name: grpc.insecure_channel(address) for name, address in addresses.items()}
         self.stubs = {name: vm_pb2_grpc.VirtualMachineServiceStub(channel) for name, channel in self.channels.items()}
+        self.pool_stubs = {name: pool_pb2_grpc.VirtualMachinePoolServiceStub(channel)
+                           for name, channel in self.channels.items()}
 
-    def call(self, first: int, method: str, request, *, timeout: float, created_if_exists: bool = False):
+    def call(self, first: int, method: str, request, *, timeout: float, created_if_exists: bool = False,
+             pools: bool = False):
         """(answer, how many times a replica was UNAVAILABLE first). With created_if_exists, a
         create retried after a failure that answers ALREADY_EXISTS was made by the failed try:
         the answer is then None. Other errors, and the last UNAVAILABLE after three rounds, raise."""
         failed = 0
         rounds = 3 * len(self.names)
         for attempt in range(rounds):
-            stub = self.stubs[self.names[(first + attempt) % len(self.names)]]
+            stub = (self.pool_stubs if pools else self.stubs)[self.names[(first + attempt) % len(self.names)]]
             try:
                 return getattr(stub, method)(request, timeout=timeout), failed
             except grpc.RpcError as exc:
