@@ -131,7 +131,8 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
 
     @grpc_errors
     async def CreateVirtualMachine(self, request, context):
-        stored = await self.async_store.create(VMS, await self._new_vm(request.virtual_machine))
+        vm, _ = await self._new_vm(request.virtual_machine)
+        stored = await self.async_store.create(VMS, vm)
         log_vm(log, stored, "created vm %s uid %s", stored.metadata.name, stored.metadata.uid)
         return vm_pb2.CreateVirtualMachineResponse(virtual_machine=stored)
 
@@ -143,10 +144,11 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
             raise ValidationError([f"requests: {len(entries)} entries, a batch takes 1 to {BATCH_CREATE_LIMIT} "
                                    "(send larger fleets in several calls)"])
         vms: list[vm_pb2.VirtualMachine] = []
+        sources: list[instancetypes.Sources] = []
         first_index: dict[str, int] = {}
         for index, entry in enumerate(entries):
-            try:
-                vm = await self._new_vm(entry.virtual_machine)
+            try:  # instance type revisions are written only once every entry passed (below)
+                vm, read = await self._new_vm(entry.virtual_machine, record=False)
             except ValidationError as exc:
                 raise ValidationError([f"requests[{index}]: {problem}" for problem in exc.problems]) from None
             except RequestError as exc:  # an instance type it names does not exist, say
@@ -157,10 +159,13 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
                                        f"requests[{first_index[name]}]: names must differ"])
             first_index[name] = index
             vms.append(vm)
+            sources += [read] if read is not None else []
         size = sum(vm.ByteSize() for vm in vms)
         if size > BATCH_CREATE_BYTES:
             raise ValidationError([f"requests: the VMs take {size} bytes together, a batch at most "
                                    f"{BATCH_CREATE_BYTES} (the store's request limit): send them in smaller batches"])
+        for read in sources:
+            await asyncio.to_thread(instancetypes.record, self.store, read)
         try:
             stored = await self.async_store.create_all(VMS, vms)
         except AlreadyExists as exc:
@@ -169,9 +174,12 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
             log_vm(log, vm, "created vm %s uid %s", vm.metadata.name, vm.metadata.uid)
         return vm_pb2.BatchCreateVirtualMachinesResponse(virtual_machines=stored)
 
-    async def _new_vm(self, given: vm_pb2.VirtualMachine) -> vm_pb2.VirtualMachine:
+    async def _new_vm(self, given: vm_pb2.VirtualMachine, *,
+                      record: bool = True) -> tuple[vm_pb2.VirtualMachine, instancetypes.Sources | None]:
         """The VM to store for a create: validated, with the server's metadata, its instance
-        type and preference applied, Pending. Raises ValidationError (nothing written)."""
+        type and preference applied (their revisions written unless not ``record``: then
+        ``instancetypes.record`` what is returned), Pending. Raises ValidationError (nothing
+        written)."""
         validate_new_vm(given)
         problems = user_annotation_problems(given.metadata.annotations, "metadata.annotations")
         if problems:
@@ -179,10 +187,11 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         vm = vm_pb2.VirtualMachine()
         new_metadata(vm.metadata, given.metadata)
         vm.spec.CopyFrom(given.spec)
+        read = None
         if instancetypes.names_any(vm.spec):  # refused: nothing written
-            await asyncio.to_thread(instancetypes.resolve, self.store, vm)  # reads etcd
+            read = await asyncio.to_thread(instancetypes.resolve, self.store, vm, dry_run=not record)  # reads etcd
         vm_status.set_phase(vm, vm_pb2.VIRTUAL_MACHINE_PHASE_PENDING)
-        return vm
+        return vm, read
 
     @grpc_errors
     async def GetVirtualMachine(self, request, context):

@@ -253,13 +253,14 @@ def names_any(spec: vm_pb2.VirtualMachineSpec) -> bool:
     return bool(spec.instance_type.name or spec.preference.name)
 
 
-def resolve(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool = False) -> None:
+def resolve(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool = False) -> Sources | None:
     """Fill ``vm.spec`` from the instance type and preference it names and (unless dry_run)
-    record the revisions used. Raises ValidationError (INVALID_ARGUMENT) when the VM sets a
-    field its type fixes or the result is invalid, Unresolvable (FAILED_PRECONDITION) when
-    what it names does not exist; then nothing is written. A VM naming neither is left alone."""
+    record the revisions used; returns what it read (``record`` it later after a dry run).
+    Raises ValidationError (INVALID_ARGUMENT) when the VM sets a field its type fixes or the
+    result is invalid, Unresolvable (FAILED_PRECONDITION) when what it names does not exist;
+    then nothing is written. A VM naming neither is left alone (None)."""
     if not names_any(vm.spec):
-        return
+        return None
     sources = fetch(store, vm.spec)
     resolved = vm_pb2.VirtualMachineSpec()
     resolved.CopyFrom(vm.spec)
@@ -270,6 +271,7 @@ def resolve(store: Store, vm: vm_pb2.VirtualMachine, *, dry_run: bool = False) -
     if not dry_run:
         record(store, sources)
     vm.spec.CopyFrom(resolved)
+    return sources
 
 
 def _recorded(store: Store, name: str, field: str):

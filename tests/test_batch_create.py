@@ -7,8 +7,9 @@ import grpc
 import pytest
 
 from corral.client import Client
+from corral.resources import REVISIONS
 from corral.store import Store
-from corral.v1 import node_pb2, vm_pb2
+from corral.v1 import instancetype_pb2 as it_pb2, instancetype_pb2_grpc as it_grpc, node_pb2, vm_pb2
 from tests.cluster import simulated_nodes, simulated_vm, wait_for
 
 RUNNING = vm_pb2.VIRTUAL_MACHINE_PHASE_RUNNING
@@ -87,6 +88,24 @@ def test_a_refused_batch_creates_nothing_and_names_the_entry(cluster):
     error = refused(cluster, vms)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "requests[0]: " in error.details()
 
+    # Entry 0 names a real instance type (a create records its revision), entry 1 is invalid:
+    # refused, and no revision was written either.
+    small = it_pb2.InstanceType(spec=it_pb2.InstanceTypeSpec(vcpus=1, memory_mib=64))
+    small.metadata.name = "tiny"
+    it_grpc.InstanceTypeServiceStub(cluster.channel()).CreateInstanceType(
+        it_pb2.CreateInstanceTypeRequest(instance_type=small), timeout=10)
+    vms = fleet("sized", 2)
+    vms[0].spec.ClearField("vcpus")
+    vms[0].spec.ClearField("memory_mib")
+    vms[0].spec.instance_type.name = "tiny"
+    vms[1].spec.vcpus = 0
+    error = refused(cluster, vms)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "requests[1]: " in error.details()
+    store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
+    assert store.list_all(REVISIONS)[0] == [], "a refused batch recorded an instance type revision"
+    batch(cluster, vms[:1])  # alone it is fine, and records it
+    assert len(store.list_all(REVISIONS)[0]) == 1
+
     for count in (0, 101):
         error = refused(cluster, fleet("many", count))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "1 to 100" in error.details()
@@ -97,4 +116,4 @@ def test_a_refused_batch_creates_nothing_and_names_the_entry(cluster):
     error = refused(cluster, vms)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "smaller batches" in error.details()
 
-    assert names_in_store(cluster) == before, "a refused batch wrote something"
+    assert names_in_store(cluster) == before | {"sized-000"}, "a refused batch wrote something"
