@@ -80,6 +80,7 @@ class Scheduler:
     def run(self, fence: Fence, stop: threading.Event) -> None:
         """Reconcile until stop is set or leadership is lost."""
         self._last_full = float("-inf")  # a new term starts with a full pass
+        self.cache.every_pool_next()  # ... that has every pool
         while not stop.is_set():
             try:
                 started = time.monotonic()
@@ -133,7 +134,12 @@ class Scheduler:
         if self.migrations is not None:
             self.migrations.reconcile(fence, view.migrations, self.cache.vms.get, views, lost)
         if self.pools is not None:  # the VMs it creates are placed in the next pass
-            self.pools.reconcile(fence, self.cache.pool_work(view.full), view.nodes)
+            work = self.cache.pool_work(view.full)
+            try:
+                self.pools.reconcile(fence, work, view.nodes)
+            except BaseException:
+                self.cache.look_again([name for name, _, _ in work])  # some may not have been reached
+                raise
         return view.revision
 
     def _lost_nodes(self, view: SchedulingView) -> set[str]:

@@ -437,13 +437,24 @@ class WatchCache:
                        if now - self._pool_looked_at.get(name, 0.0) >= POOL_VMS_PASS_SECONDS}
                 names = self.changed_pools | due
                 self.changed_pools = set()
-                self.pools_with_changed_vms -= due
+                self.pools_with_changed_vms -= names
             work = [(name, self.pools.get(name), [self.vms[vm] for vm in sorted(self.pool_members.get(name, ()))])
                     for name in sorted(names) if name in self.pools or name in self.pool_members]
             self._pool_looked_at = {name: when for name, when in self._pool_looked_at.items()
                                     if name in self.pools or name in self.pool_members}
             self._pool_looked_at.update((name, now) for name, _, _ in work)
             return work
+
+    def every_pool_next(self) -> None:
+        """The next pool_work(full=True) has every pool, however recent the last (a new term)."""
+        with self.cond:
+            self._pools_resynced = float("-inf")
+
+    def look_again(self, names: list[str]) -> None:
+        """Pools handed out by pool_work that the reconciler may not have reached (its pass
+        failed): in the next pool_work again."""
+        with self.cond:
+            self.changed_pools.update(names)
 
     def wait_newer(self, revision: int, timeout: float, stop: Callable[[], bool] = lambda: False) -> int:
         """Block until the cache is past ``revision`` (or timeout); its revision then."""

@@ -282,13 +282,15 @@ def test_a_stream_ended_for_falling_behind_ends_at_a_revision_s_end(monkeypatch)
     assert asyncio.run(scenario()) == ["a0", "a1", "a2"]
 
 
-def test_a_pool_whose_vms_alone_changed_is_looked_at_again_only_after_a_while(etcd):
+def test_a_pool_whose_vms_alone_changed_is_looked_at_again_only_after_a_while(etcd, monkeypatch):
     """In a storm a pool's VMs change hundreds of times a second and each look at the pool costs
     its size: the pool reconciler gets such a pool again only after POOL_VMS_PASS_SECONDS; a
     change of the pool itself comes in the next pass, and a full pass has every pool (at most
     every POOL_RESYNC_SECONDS)."""
-    from controller.watch_cache import POOL_VMS_PASS_SECONDS
+    from controller import watch_cache
     from corral.resources import POOLS
+    monkeypatch.setattr(watch_cache, "POOL_VMS_PASS_SECONDS", 3600.0)  # "not yet" whatever the load
+    monkeypatch.setattr(watch_cache, "POOL_RESYNC_SECONDS", 3600.0)
     from corral.v1 import pool_pb2
     store = open_store(etcd)
     stop = threading.Event()
@@ -317,8 +319,14 @@ def test_a_pool_whose_vms_alone_changed_is_looked_at_again_only_after_a_while(et
         member = store.update(VMS, member)
         wait_for(caught_up, timeout=10, what="the cache to catch up")
         assert cache.pool_work(False) == []
+        monkeypatch.setattr(watch_cache, "POOL_VMS_PASS_SECONDS", 0.2)
         wait_for(lambda: [name for name, _, _ in cache.pool_work(False)] == ["web"],
-                 timeout=POOL_VMS_PASS_SECONDS + 2, interval=0.05, what="the pool again, its VMs having changed")
+                 timeout=5, interval=0.05, what="the pool again, its VMs having changed")
+        monkeypatch.setattr(watch_cache, "POOL_VMS_PASS_SECONDS", 3600.0)
+        cache.every_pool_next()  # a new term: every pool, though the last full look was just now
+        assert [name for name, _, _ in cache.pool_work(True)] == ["web"]
+        cache.look_again(["web"])  # a pass that failed midway
+        assert [name for name, _, _ in cache.pool_work(False)] == ["web"]
         pool.spec.replicas = 3
         pool = store.update(POOLS, pool)
         wait_for(caught_up, timeout=10, what="the cache to catch up")
