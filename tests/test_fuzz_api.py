@@ -231,13 +231,16 @@ def test_batch_create_with_hostile_input(controller):
     entry at fault (or the batch's size); it is accepted only when every entry is valid and
     its names differ."""
     stub = controller.vms
+    accepted = []
 
-    @FUZZ
-    @given(batch=st.lists(st.one_of(vms(), valid_vms, one_hostile_field()), min_size=1, max_size=6))
+    @FUZZ  # (under gRPC's 4 MiB request limit: a larger call is RESOURCE_EXHAUSTED, tested above)
+    @given(batch=st.lists(st.one_of(vms(), valid_vms, one_hostile_field()), min_size=1, max_size=6).filter(
+        lambda batch: sum(vm.ByteSize() for vm in batch) < 3 * 1024 * 1024))
     def create(batch):
         request = vm_pb2.BatchCreateVirtualMachinesRequest(
             requests=[vm_pb2.CreateVirtualMachineRequest(virtual_machine=vm) for vm in batch])
         code, message = call(stub.BatchCreateVirtualMachines, request)
+        accepted.append(code == grpc.StatusCode.OK)
         valid = True
         for vm in batch:
             try:
@@ -255,6 +258,7 @@ def test_batch_create_with_hostile_input(controller):
                 assert not valid or len(set(names)) < len(names) or "smaller batches" in message, message[:500]
 
     create()
+    assert any(accepted), "no batch was accepted: the strategies are off"
     check_alive_leading_and_everything_stored_is_valid(controller)
 
 
