@@ -333,13 +333,10 @@ class Store:
     def create_ops(self, kind: Kind[M], obj: M, *, fence: Fence | None = None, lease: int | None = None,
                    may_block: bool = True) -> tuple[list, list, M]:
         """What create() sends: (compare, puts, the object as stored)."""
-        compare = [T.Create(self.key(kind, obj.metadata.name)) == 0]
-        if fence:
-            compare.append(T.Create(fence.key) == fence.token)
-        puts, stored = self._writes(kind, obj, lease, may_block=may_block)
+        compare, puts, (stored,) = self.create_all_ops(kind, [obj], fence=fence, lease=lease, may_block=may_block)
         return compare, puts, stored
 
-    def create_all_ops(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None,
+    def create_all_ops(self, kind: Kind[M], objs: list[M], *, fence: Fence | None = None, lease: int | None = None,
                        may_block: bool = True) -> tuple[list, list, list[M]]:
         """What creating every obj in one transaction sends: (compare: each key's absence and
         the fence once, puts, the objects as stored)."""
@@ -349,7 +346,7 @@ class Store:
         puts: list = []
         stored: list[M] = []
         for obj in objs:
-            obj_puts, obj_stored = self._writes(kind, obj, may_block=may_block)
+            obj_puts, obj_stored = self._writes(kind, obj, lease, may_block=may_block)
             puts += obj_puts
             stored.append(obj_stored)
         return compare, puts, stored
