@@ -164,8 +164,10 @@ class VirtualMachineService(vm_pb2_grpc.VirtualMachineServiceServicer):
         if size > BATCH_CREATE_BYTES:
             raise ValidationError([f"requests: the VMs take {size} bytes together, a batch at most "
                                    f"{BATCH_CREATE_BYTES} (the store's request limit): send them in smaller batches"])
-        for read in sources:
-            await asyncio.to_thread(instancetypes.record, self.store, read)
+        revisions = {revision.metadata.name: revision for read in sources for revision in read.new}
+        if revisions:  # each once, however many entries name the same type (one thread hop)
+            await asyncio.to_thread(instancetypes.record, self.store,
+                                    instancetypes.Sources(new=list(revisions.values())))
         try:
             stored = await self.async_store.create_all(VMS, vms)
         except AlreadyExists as exc:

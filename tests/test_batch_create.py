@@ -103,7 +103,9 @@ def test_a_refused_batch_creates_nothing_and_names_the_entry(cluster):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "requests[1]: " in error.details()
     store = Store(endpoints=[cluster.etcd.endpoint], prefix=cluster.prefix)
     assert store.list_all(REVISIONS)[0] == [], "a refused batch recorded an instance type revision"
-    batch(cluster, vms[:1])  # alone it is fine, and records it
+    vms[1].CopyFrom(vms[0])
+    vms[1].metadata.name = "sized-001"
+    batch(cluster, vms)  # two entries of that type: fine, and its revision recorded once
     assert len(store.list_all(REVISIONS)[0]) == 1
 
     for count in (0, 101):
@@ -116,4 +118,4 @@ def test_a_refused_batch_creates_nothing_and_names_the_entry(cluster):
     error = refused(cluster, vms)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "smaller batches" in error.details()
 
-    assert names_in_store(cluster) == before | {"sized-000"}, "a refused batch wrote something"
+    assert names_in_store(cluster) == before | {"sized-000", "sized-001"}, "a refused batch wrote something"
